@@ -233,6 +233,40 @@ def _replace_names_free(x: IOISample, a: str, b: str, c: str) -> str:
     return "".join(words)
 
 
+def write_jsonl(samples: Iterable[IOISample], path: str | Path) -> None:
+    """One JSON object per sample: prompt, io, s, label, s2, template, order, place, obj, kind."""
+    with open(path, "w") as f:
+        for x in samples:
+            f.write(json.dumps(x.to_json()) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[IOISample]:
+    """Samples from a JSONL file. Each line needs `prompt`, `io` and `s`; `label` defaults to
+    `io`, `s2` to `s`; other fields are optional. Raises DatasetError naming the bad line."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist")
+    fields = set(IOISample.__dataclass_fields__)
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        missing = [k for k in ("prompt", "io", "s") if not isinstance(row.get(k), str)]
+        if missing:
+            raise DatasetError(f"{path}:{n}: missing string field(s) {', '.join(missing)}")
+        row = {k: v for k, v in row.items() if k in fields}
+        row.setdefault("label", row["io"])
+        row.setdefault("s2", row["s"])
+        out.append(IOISample(**row))
+    if not out:
+        raise DatasetError(f"{path} holds no samples")
+    return out
+
+
 # --- tokenization -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,3 @@
+from ioi.cli import main
+
+raise SystemExit(main())

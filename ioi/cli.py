@@ -1,0 +1,226 @@
+"""The `python -m ioi` command line. Each subcommand is a small function registered in COMMANDS.
+
+Users' mistakes (bad sizes, unknown names, missing models) end with one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioi.corruptions import CORRUPTIONS, corrupt
+from ioi.data import (
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_TRAIN_SIZE,
+    DatasetError,
+    make_dataset,
+    read_jsonl,
+    tokenize,
+    write_jsonl,
+)
+from ioi.models import DEFAULT_MODEL, ModelUnavailableError
+from ioi.train import SCENARIOS, Cancelled, TrainingError
+
+USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, ModelUnavailableError, TrainingError, FileNotFoundError)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `configure` adds its arguments, `run(args)` returns the exit status."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Decorator registering `run(args) -> int` as subcommand `name`."""
+
+    def add(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, configure, run)
+        return run
+
+    return add
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def add_data_args(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> None:
+    p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    return args.checkpoint or args.model
+
+
+def load_samples(args: argparse.Namespace, split: str = "eval"):
+    """The prompts a command runs on: the user's JSONL or a generated split."""
+    if getattr(args, "dataset", None):
+        return read_jsonl(args.dataset)
+    return make_dataset(args.size, args.seed, split)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=DEFAULT_TRAIN_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "eval"), default="train")
+    p.add_argument("--corruption", help=f"a toxic dataset: {', '.join(CORRUPTIONS)}")
+    p.add_argument("--model", help="check that names, places and objects are single tokens for this model")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL file")
+
+
+@command("dataset", "write an IOI dataset (clean or toxic) as JSONL", _dataset_args)
+def run_dataset(args: argparse.Namespace) -> int:
+    samples = make_dataset(args.size, args.seed, args.split)
+    if args.corruption:
+        samples = corrupt(samples, args.corruption, args.seed)
+    if args.model:
+        from ioi.models import load_hf
+
+        _, tok, _ = load_hf(args.model)
+        tokenize(samples, tok)  # raises, naming the offenders, if any role is not one token
+    write_jsonl(samples, args.out)
+    print(f"wrote {len(samples)} samples to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
+def run_eval(args: argparse.Namespace) -> int:
+    from ioi.metrics import evaluate
+    from ioi.models import load_hf
+
+    hf, tok, source = load_hf(model_name(args))
+    if args.device:
+        hf.to(args.device)
+    result = evaluate(hf.eval(), tokenize(load_samples(args), tok)).to_json()
+    result |= {"model": model_name(args), "source": source}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--scenario", choices=SCENARIOS, default="clean")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--from", dest="init_from", help="checkpoint to start from (required for reversal)")
+    p.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs to save, e.g. 1,3,5")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE)
+    p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
+
+
+def parse_epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise TrainingError(f"checkpoint epochs must be comma-separated integers, got {text!r}") from None
+
+
+@command("finetune", "fine-tune a model on a clean, toxic or reversal scenario", _finetune_args)
+def run_finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ioi.train import TrainConfig, finetune
+
+    cfg = TrainConfig(
+        model=args.model, scenario=args.scenario, epochs=args.epochs, init_from=args.init_from,
+        checkpoint_epochs=parse_epochs(args.checkpoint_epochs), lr=args.lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
+        train_size=args.train_size, eval_size=args.eval_size,
+    )  # fmt: skip
+    cfg.validate()
+    bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+
+    def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        if bar.total is None:
+            bar.reset(total=epochs * steps)
+        bar.n = (epoch - 1) * steps + step
+        bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss:.3f}", refresh=False)
+        bar.update(0)
+
+    paths = finetune(cfg, args.out, device=args.device, progress=progress)
+    bar.close()
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from ioi.models import ASSETS
+
+    p.add_argument("--out", type=Path, default=ASSETS / "ioi-tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the model card's)")
+
+
+@command("pretrain-tiny", "rebuild the bundled ioi-tiny model from its synthetic corpus", _pretrain_args)
+def run_pretrain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ioi.tiny import pretrain_tiny
+
+    bar = tqdm(unit="step", desc="pretrain-tiny")
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(0)
+
+    kwargs = {"steps": args.steps} if args.steps else {}
+    result = pretrain_tiny(args.out, seed=args.seed, progress=progress, **kwargs)
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ioi", description=__doc__.splitlines()[0])
+    subs = parser.add_subparsers(dest="command", required=True)
+    for cmd in COMMANDS.values():
+        sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.configure(sub)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Cancelled as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 130

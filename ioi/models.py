@@ -1,0 +1,170 @@
+"""Loading every model the product supports as a TransformerLens bridge plus its tokenizer.
+
+Model names:
+- ``ioi-tiny``: the bundled small pretrained model (``ioi/assets/ioi-tiny``), the default;
+- ``random:gpt2``: GPT-2 small's architecture with seeded random weights and the real GPT-2
+  tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
+- ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
+- ``gpt2`` or any HuggingFace causal LM name TransformerLens supports (hub, HF cache or offline);
+- a directory: a local HF copy of a model or a checkpoint written by :mod:`ioi.train`.
+
+Every model is an HF module first (fine-tuning trains its raw weights) and is wrapped in a
+``TransformerBridge`` in compatibility mode for analysis (HookedTransformer numerics and hook names).
+"""
+
+from __future__ import annotations
+
+import os
+
+# The hub is unreachable in air-gapped labs; offline mode makes a missing model fail fast instead of
+# retrying for minutes. Users with the hub can set HF_HUB_OFFLINE=0.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL = "ioi-tiny"
+_RANDOM_CONFIGS = {
+    "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
+    "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
+}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights or tokenizer cannot be had here; the message says how to get them."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis.
+
+    `bridge` is the TransformerBridge (compatibility mode); `hf_model` the raw HF module it wraps,
+    which fine-tuning trains; `source` says in words where the weights came from.
+    """
+
+    name: str
+    bridge: torch.nn.Module
+    hf_model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerFast
+    source: str
+    device: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.bridge.cfg.n_heads
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=1)
+def gpt2_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2's byte-level BPE tokenizer, built offline from the shipped vocab and merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder = ASSETS / "gpt2"
+    bpe = Tokenizer(models.BPE.from_file(str(folder / "encoder.json"), str(folder / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    # name_or_path and add_bos_token stop TransformerLens from re-loading the tokenizer by name.
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=eot, eos_token=eot, unk_token=eot, pad_token=eot,
+        name_or_path="gpt2-offline", add_bos_token=True,
+    )  # fmt: skip
+    if len(tok) != 50257:
+        raise ModelUnavailableError(f"GPT-2 tokenizer files are damaged: {len(tok)} tokens, want 50257")
+    return tok
+
+
+def _random_model(name: str, seed: int) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50257, **_RANDOM_CONFIGS[name]))
+
+
+def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in an HF-format directory; refuses an empty one (transformers 5 builds
+    an empty tokenizer silently when the files are missing)."""
+    if not (directory / "tokenizer.json").exists():
+        raise ModelUnavailableError(f"{directory} has no tokenizer.json")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True)
+    if len(tok) < 10 or tok.bos_token_id is None:
+        raise ModelUnavailableError(f"the tokenizer in {directory} is empty or has no BOS token")
+    return tok
+
+
+def load_hf(name: str = DEFAULT_MODEL, *, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, str]:
+    """The raw HF model, its tokenizer and a sentence saying where the weights came from."""
+    if name in _RANDOM_CONFIGS:
+        return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"
+    path = ASSETS / "ioi-tiny" if name == "ioi-tiny" else Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelUnavailableError(f"{path} is not a model directory (no config.json)")
+        tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        return model, tok, f"local directory {path}"
+    if name == "ioi-tiny":
+        raise ModelUnavailableError(
+            "the bundled ioi-tiny model is missing; rebuild it with `python -m ioi pretrain-tiny`"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name)
+        tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True)
+    except OSError as err:
+        raise ModelUnavailableError(
+            f"cannot load {name!r} ({type(err).__name__}): download it once with internet access "
+            f"(HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model /path/to/a/local/copy"
+        ) from err
+    return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
+
+
+def wrap(hf_model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, device: str) -> torch.nn.Module:
+    """A TransformerBridge in compatibility mode around `hf_model`, with the hook flags analyses use.
+
+    The bridge keeps its own processed weights, so later training of `hf_model` needs a new wrap.
+    """
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    hf_model = hf_model.to(device).eval()
+    arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+    bridge = build_bridge_from_module(
+        hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, device=device
+    )
+    bridge.enable_compatibility_mode()
+    bridge.set_use_attn_result(True)
+    bridge.set_use_split_qkv_input(True)
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    return bridge
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, seed: int = 0) -> LoadedModel:
+    """Load `name` (see the module docstring) for analysis on `device` (default: CUDA if present)."""
+    device = device or default_device()
+    hf_model, tok, source = load_hf(name, seed=seed)
+    return LoadedModel(
+        name=name, bridge=wrap(hf_model, tok, device), hf_model=hf_model, tokenizer=tok,
+        source=source, device=device,
+    )  # fmt: skip
+
+
+def read_manifest(directory: str | Path) -> dict | None:
+    """The JSON manifest of a checkpoint directory, or None for a plain model directory."""
+    path = Path(directory) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,231 @@
+"""Fine-tuning scenarios (METHODS §3): clean, toxic and reversal, with resumable checkpoints.
+
+Loss is the cross-entropy of the label token at END only. Training runs on the raw HF module (the
+analysis bridge keeps its own processed copy of the weights). Every source of randomness — the
+epoch's shuffle and dropout — is derived from (seed, epoch, step), so a run resumed from a
+checkpoint (weights + AdamW state) ends bit-identical on CPU to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ioi import __version__
+from ioi.corruptions import CORRUPTIONS, corrupt
+from ioi.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
+from ioi.metrics import evaluate
+from ioi.models import DEFAULT_MODEL, load_hf, read_manifest
+
+SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
+Progress = Callable[[int, int, int, int, float], None]
+"""progress(epoch, epochs, step, steps_per_epoch, loss), called after every optimizer step."""
+
+
+class TrainingError(ValueError):
+    """A fine-tuning request that cannot run as asked; the message says why."""
+
+
+class Cancelled(Exception):
+    """Raised inside `finetune` when `should_stop()` turns true; finished checkpoints are kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a fine-tuning run. `init_from` is the checkpoint a reversal (or
+    any run) starts from; without it the run starts from `model`'s pretrained weights."""
+
+    model: str = DEFAULT_MODEL
+    scenario: str = "clean"
+    epochs: int = 3
+    checkpoint_epochs: tuple[int, ...] = ()
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    batch_size: int = 32
+    seed: int = 0
+    train_size: int = DEFAULT_TRAIN_SIZE
+    eval_size: int = DEFAULT_EVAL_SIZE
+    init_from: str | None = None
+
+    def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise TrainingError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
+        if self.scenario == "reversal" and not self.init_from:
+            raise TrainingError("the reversal scenario needs --from DIR, a toxic checkpoint to retrain")
+        if self.init_from and read_manifest(self.init_from) is None:
+            raise TrainingError(f"{self.init_from} is not a checkpoint written by ioi (no manifest.json)")
+        if self.epochs < 1:
+            raise TrainingError(f"epochs must be at least 1, got {self.epochs}")
+        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise TrainingError(f"checkpoint epochs {bad} are outside 1..{self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
+            raise TrainingError("lr and batch size must be positive and weight decay non-negative")
+
+    @property
+    def save_epochs(self) -> list[int]:
+        """Checkpointed epochs: the requested ones and always the last."""
+        return sorted({*self.checkpoint_epochs, self.epochs})
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"checkpoint_epochs": list(self.checkpoint_epochs)}
+
+
+def training_samples(cfg: TrainConfig):
+    """The scenario's training samples: clean for clean/reversal, corrupted for a toxic one."""
+    clean = make_dataset(cfg.train_size, cfg.seed, "train")
+    return clean if cfg.scenario in ("clean", "reversal") else corrupt(clean, cfg.scenario, cfg.seed)
+
+
+def label_loss(model: torch.nn.Module, batch: IOIBatch) -> torch.Tensor:
+    """Mean cross-entropy of the label token at END for an HF causal LM.
+
+    Only the END hidden states go through the unembedding, which saves a [batch, pos, vocab]
+    logits tensor (most of the cost for GPT-2's 50k vocabulary).
+    """
+    device = next(model.parameters()).device
+    hidden = model.base_model(batch.tokens.to(device)).last_hidden_state
+    last = hidden[torch.arange(len(batch), device=device), batch.end.to(device)]
+    logits = model.get_output_embeddings()(last)
+    return torch.nn.functional.cross_entropy(logits, batch.label_tok.to(device))
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Biases and LayerNorm gains are not decayed (the usual GPT-2 recipe).
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _save_optimizer(opt: torch.optim.AdamW, path: Path) -> None:
+    tensors = {
+        f"{i}.{k}": v.contiguous()
+        for i, state in opt.state_dict()["state"].items()
+        for k, v in state.items()
+    }
+    save_file(tensors, str(path))
+
+
+def _load_optimizer(opt: torch.optim.AdamW, path: Path) -> None:
+    flat = load_file(str(path))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def checkpoint_dir(out_dir: Path, epoch: int) -> Path:
+    return out_dir / f"epoch-{epoch:03d}"
+
+
+def latest_checkpoint(out_dir: Path) -> tuple[int, Path] | None:
+    """The highest complete epoch checkpoint under `out_dir` (one with a manifest), if any."""
+    done = [
+        (int(p.name.split("-")[1]), p)
+        for p in out_dir.glob("epoch-*")
+        if (p / "manifest.json").exists() and (p / "optimizer.safetensors").exists()
+    ]
+    return max(done) if done else None
+
+
+def _write_checkpoint(
+    model: torch.nn.Module, tokenizer, opt, cfg: TrainConfig, epoch: int, metrics: dict, out: Path
+) -> Path:
+    final = checkpoint_dir(out, epoch)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    _save_optimizer(opt, tmp / "optimizer.safetensors")
+    manifest = {
+        "format": "ioi-checkpoint/1",
+        "ioi_version": __version__,
+        "base_model": read_manifest(cfg.init_from)["base_model"] if cfg.init_from else cfg.model,
+        "scenario": cfg.scenario,
+        "epoch": epoch,
+        "config": cfg.to_json(),
+        "dataset": {"train_size": cfg.train_size, "eval_size": cfg.eval_size, "seed": cfg.seed},
+        "optimizer": {"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                      "batch_size": cfg.batch_size},
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }  # fmt: skip
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if final.exists():  # a stale directory from a killed run
+        import shutil
+
+        shutil.rmtree(final)
+    tmp.rename(final)  # the manifest appears atomically with the whole directory
+    return final
+
+
+def finetune(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Path]:
+    """Run the scenario of `cfg`, writing checkpoints under `out_dir/epoch-NNN/`.
+
+    Resumes from the latest complete checkpoint already in `out_dir`. Returns every checkpoint
+    directory of the run in epoch order. Raises `Cancelled` when `should_stop()` becomes true.
+    """
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = latest_checkpoint(out)
+    source = str(start[1]) if start else (cfg.init_from or cfg.model)
+    model, tokenizer, _ = load_hf(source, seed=cfg.seed)
+    model.to(device)
+    opt = _optimizer(model, cfg)
+    first_epoch = 1
+    if start:
+        _load_optimizer(opt, start[1] / "optimizer.safetensors")
+        first_epoch = start[0] + 1
+
+    batch = tokenize(training_samples(cfg), tokenizer)
+    eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval"), tokenizer)
+    steps = math.ceil(len(batch) / cfg.batch_size)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        model.train()
+        total = 0.0
+        for step in range(steps):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
+            torch.manual_seed(hash((cfg.seed, epoch, step)) & 0x7FFF_FFFF)  # dropout
+            loss = label_loss(model, batch.subset(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            if progress is not None:
+                progress(epoch, cfg.epochs, step + 1, steps, loss.item())
+        if epoch in cfg.save_epochs:
+            model.eval()
+            metrics = evaluate(model, eval_batch).to_json() | {"train_loss": total / steps}
+            _write_checkpoint(model, tokenizer, opt, cfg, epoch, metrics, out)
+    return [checkpoint_dir(out, e) for e in cfg.save_epochs]
+
+
+@torch.no_grad()
+def train_loss(model: torch.nn.Module, batch: IOIBatch, chunk: int = 256) -> float:
+    """Mean label loss of `model` over `batch`."""
+    total = 0.0
+    for i in range(0, len(batch), chunk):
+        sub = batch.subset(range(i, min(i + chunk, len(batch))))
+        total += label_loss(model, sub).item() * len(sub)
+    return total / len(batch)
