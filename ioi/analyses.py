@@ -1,0 +1,78 @@
+"""The registry of analyses: each turns (model, clean batch, ABC batch) into a per-head table.
+
+Every chart of the dashboard, every `python -m ioi analyze METHOD` and every analysis a job runs
+at a checkpoint goes through `run_analysis`, so a new method registered here appears everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ioi.data import IOIBatch
+from ioi.models import LoadedModel
+
+
+@dataclass
+class AnalysisResult:
+    """`heads` has one row per head with columns layer, head, value (plus method-specific ones);
+    `summary` holds scalars (e.g. faithfulness); `tables` any further tidy tables."""
+
+    method: str
+    heads: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            **self.summary,
+            "heads": self.heads.to_dict(orient="records"),
+            **{name: t.to_dict(orient="records") for name, t in self.tables.items()},
+        }
+
+
+AnalysisFn = Callable[..., AnalysisResult]
+"""fn(model, clean, abc, *, other=None, **options) -> AnalysisResult"""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    description: str
+    fn: AnalysisFn
+    needs_other: bool = False
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register_analysis(name: str, description: str, *, needs_other: bool = False):
+    """Decorator adding `fn(model, clean, abc, *, other=None, **options)` to the registry."""
+
+    def add(fn: AnalysisFn) -> AnalysisFn:
+        ANALYSES[name] = Analysis(name, description, fn, needs_other)
+        return fn
+
+    return add
+
+
+def run_analysis(
+    name: str,
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other: LoadedModel | None = None,
+    **options: Any,
+) -> AnalysisResult:
+    """Run registered analysis `name`; ValueError listing the known ones for an unknown name."""
+    if name not in ANALYSES:
+        raise ValueError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
+    entry = ANALYSES[name]
+    if entry.needs_other and other is None:
+        raise ValueError(f"analysis {name!r} compares two models: give the second one (--other)")
+    return entry.fn(model, clean, abc, other=other, **options)
