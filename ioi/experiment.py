@@ -193,8 +193,15 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
 
 
 def is_complete(cfg: ExperimentConfig, root: str | Path | None = None) -> bool:
-    """Whether every entry `cfg` asks for is validly cached (so running it would do nothing)."""
-    return not plan(cfg, root, experiment_id(cfg), lambda _: None)
+    """Whether every entry `cfg` asks for is validly cached (so running it would do nothing).
+    A damaged entry found on the way is reported as a warning and set aside for recomputation."""
+    import warnings
+
+    def report(message: str) -> None:
+        if "recomputed" in message:
+            warnings.warn(message, stacklevel=3)
+
+    return not plan(cfg, root, experiment_id(cfg), report)
 
 
 @contextmanager
@@ -275,7 +282,7 @@ def run_experiment(
     with experiment_lock(root, exp_id):
         todo = plan(cfg, root, exp_id, note)
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent else None
-        if any(epoch > 0 for epoch in todo):
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -292,6 +299,23 @@ def run_experiment(
         if entry is not None:
             metrics[epoch] = entry.summary
     return ExperimentSummary(exp_id, metrics, trained, notes)
+
+
+def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
+    """Whether training must run to produce the checkpoints of `epochs`. Fine-tuning resumes from
+    the latest complete checkpoint, so when an earlier one is missing (pruned) the later ones are
+    removed to make it retrain from before the gap."""
+    import shutil
+
+    from ioi.train import checkpoint_dir
+
+    missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
+    if not missing:
+        return False
+    for later in folder.glob("epoch-[0-9][0-9][0-9]"):
+        if int(later.name.split("-")[1]) > missing[0]:
+            shutil.rmtree(later)
+    return True
 
 
 def _analyse_epoch(
