@@ -1,0 +1,64 @@
+"""Sweeps: stages and ids, and the same numbers on a Dask LocalCluster as with the local backend."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import joblib
+import pytest
+from jobs_support import TOY, tiny_config, worker_env
+
+from ioi import cache
+from ioi.experiment import ExperimentError, experiment_id
+from ioi.sweep import run_sweep, sweep_configs
+
+
+def test_sweep_stages_and_reversal_parents():
+    base = tiny_config(epochs=2, checkpoint_epochs=(1,))
+    first, second = sweep_configs(base, seeds=(0, 1), scenarios=("clean", "name_moving"), reversal_epochs=1)
+    assert [(c.seed, c.scenario) for c in first] == [
+        (0, "clean"),
+        (0, "name_moving"),
+        (1, "clean"),
+        (1, "name_moving"),
+    ]
+    assert [c.parent for c in second] == [experiment_id(first[1]), experiment_id(first[3])]
+    assert all(c.scenario == "reversal" and c.epochs == 1 and c.checkpoint_epochs == (1,) for c in second)
+    # a reversal's identity includes its parent's
+    assert experiment_id(second[0]) != experiment_id(replace(second[0], parent="ab" * 8))
+    assert len({experiment_id(c) for c in first + second}) == 6
+    with pytest.raises(ExperimentError, match="clean or a toxic dataset"):
+        sweep_configs(base, scenarios=("reversal",))
+
+
+def _numbers(root, summaries):
+    """Every cached metric and toy-analysis value of the sweep, by experiment id."""
+    out = {}
+    for s in summaries:
+        out[s.id] = (
+            cache.load_metrics_series(root, s.id).to_dict(orient="list"),
+            [cache.load_analysis(root, s.id, e, TOY).heads["value"].tolist() for e in sorted(s.metrics)],
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_local_numbers(tmp_path, monkeypatch):
+    from dask.distributed import Client, LocalCluster
+
+    worker_env(monkeypatch)
+    stages = sweep_configs(
+        tiny_config(epochs=1, checkpoint_epochs=()), seeds=(0, 1), scenarios=("subject_duplication",),
+        reversal_epochs=1,
+    )  # fmt: skip
+    local = run_sweep(stages, tmp_path / "local", n_jobs=2)
+    assert [s.trained for s in local] == [True] * 4
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster), joblib.parallel_config(backend="dask"):
+            remote = run_sweep(stages, tmp_path / "dask", n_jobs=-1)
+    assert [s.id for s in remote] == [s.id for s in local]
+    assert [s.metrics for s in remote] == [s.metrics for s in local]
+    assert _numbers(tmp_path / "dask", remote) == _numbers(tmp_path / "local", local)
+    assert local[2].metrics[0] == local[0].metrics[1]  # the reversal starts where its parent ended
+    again = run_sweep(stages, tmp_path / "local", n_jobs=1)  # all cached: nothing trains
+    assert not any(s.trained for s in again)
