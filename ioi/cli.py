@@ -252,8 +252,12 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
     listing = subs.add_parser("list", help="every job, newest first")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--cache", type=Path)
-    for name, help in (("show", "one job's state, progress and log"), ("cancel", "stop a job at its next step"),
-                       ("resume", "continue an interrupted, failed or cancelled job")):  # fmt: skip
+    actions = (
+        ("show", "one job's state, progress and log"),
+        ("cancel", "stop a job at its next step"),
+        ("resume", "continue an interrupted, failed or cancelled job"),
+    )
+    for name, help in actions:
         sub = subs.add_parser(name, help=help)
         sub.add_argument("id")
         sub.add_argument("--cache", type=Path)

@@ -232,6 +232,10 @@ def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: st
     parent = ExperimentConfig.from_json(record["config"])
     if parent.scenario not in CORRUPTIONS:
         raise ExperimentError(f"a reversal starts from a toxic experiment; {cfg.parent} is {parent.scenario}")
+    if parent.model != cfg.model:
+        raise ExperimentError(
+            f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
+        )
     final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
     if not (final / "manifest.json").exists():
         log(f"re-creating the weights of parent {cfg.parent}")

@@ -108,7 +108,8 @@ class JobInfo:
         if self.state not in ("queued", "running"):
             return self.state
         stale = self.heartbeat is None or time.time() - self.heartbeat > STALE_AFTER
-        dead = self.host == socket.gethostname() and not pid_alive(self.pid)
+        # the worker may outlive a killed supervisor (it finishes its task), so either one counts
+        dead = self.host == socket.gethostname() and not (pid_alive(self.pid) or pid_alive(self.worker_pid))
         return "interrupted" if stale or dead else self.state
 
     @property
