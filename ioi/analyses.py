@@ -6,6 +6,8 @@ at a checkpoint goes through `run_analysis`, so a new method registered here app
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,24 @@ class Analysis:
 
 
 ANALYSES: dict[str, Analysis] = {}
+# Modules that register analyses when imported; imported lazily to keep `import ioi` light.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "ioi.attribution",
+    "ioi.attention",
+    "ioi.patching",
+    "ioi.path_patching",
+    "ioi.ablation",
+    "ioi.circuit",
+    "ioi.cmap",
+)
+
+
+def load_builtin_analyses() -> dict[str, Analysis]:
+    """Import every built-in analysis module (those present) and return the registry."""
+    for module in BUILTIN_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    return ANALYSES
 
 
 def register_analysis(name: str, description: str, *, needs_other: bool = False):
@@ -70,6 +90,7 @@ def run_analysis(
     **options: Any,
 ) -> AnalysisResult:
     """Run registered analysis `name`; ValueError listing the known ones for an unknown name."""
+    load_builtin_analyses()
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
     entry = ANALYSES[name]

@@ -29,8 +29,13 @@ from ioi.models import DEFAULT_MODEL, ModelUnavailableError
 from ioi.train import SCENARIOS, Cancelled, TrainingError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    DatasetError, ModelUnavailableError, TrainingError, ExperimentError, JobError, FileNotFoundError,
-)  # fmt: skip
+    DatasetError,
+    ModelUnavailableError,
+    TrainingError,
+    ExperimentError,
+    JobError,
+    FileNotFoundError,
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,12 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})")
-    p.add_argument("--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 

@@ -157,22 +157,17 @@ def experiment_id(cfg: ExperimentConfig) -> str:
 
 
 def registered_analyses() -> dict[str, Any]:
-    """The analysis registry, with the built-in analysis modules imported when they exist, and the
-    modules named in $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered
-    there run in background jobs and sweeps too, whose worker processes import them."""
+    """The analysis registry with the built-in analysis modules loaded, plus the modules named in
+    $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered there run in
+    background jobs and sweeps too, whose worker processes import them."""
     import importlib
 
-    from ioi import analyses
+    from ioi.analyses import load_builtin_analyses
 
-    extra = [m.strip() for m in os.environ.get("IOI_ANALYSIS_MODULES", "").split(",") if m.strip()]
-    for module in getattr(analyses, "BUILTIN_MODULES", ()):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError:  # an analysis module not merged yet: its analyses are skipped
-            pass
-    for module in extra:
-        importlib.import_module(module)
-    return analyses.ANALYSES
+    for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
+        if module.strip():
+            importlib.import_module(module.strip())
+    return load_builtin_analyses()
 
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
