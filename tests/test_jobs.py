@@ -141,3 +141,23 @@ def test_running_job_with_a_dead_process_is_interrupted(tmp_path):
         jobs.resume(job_id, tmp_path)
     with pytest.raises(jobs.JobError, match="no job"):
         jobs.get_job("nope", tmp_path)
+
+
+def test_cli_submit_show_list_on_a_cached_experiment(reference, capsys):
+    import json
+
+    from ioi.cli import main
+
+    root, summary = reference
+    args = ["--model", "random:tiny", "--epochs", "2", "--checkpoint-epochs", "1", "--lr", "1e-3",
+            "--batch-size", "8", "--train-size", "256", "--eval-size", "16", "--analysis-size", "8",
+            "--analyses", TOY, "--cache", str(root)]  # fmt: skip
+    assert main(["jobs", "submit", *args, "--wait"]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    assert main(["jobs", "show", job_id, "--json", "--cache", str(root)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "done" and shown["cached"] and shown["experiment"] == summary.id
+    assert main(["jobs", "list", "--json", "--cache", str(root)]) == 0
+    assert job_id in [j["id"] for j in json.loads(capsys.readouterr().out)]
+    assert main(["jobs", "show", "0000", "--cache", str(root)]) == 2
+    assert "no job" in capsys.readouterr().err
