@@ -280,7 +280,8 @@ def run_experiment(
     trained = False
     with experiment_lock(root, exp_id):
         todo = plan(cfg, root, exp_id, note)
-        init = parent_checkpoint(cfg, root, device, note) if cfg.parent else None
+        # a cached reversal needs no weights: its parent is only re-created when something runs
+        init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
         if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip

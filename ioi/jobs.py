@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.cache import cache_root, connect
+from ioi.cache import cache_root, connect, read_experiment, register_experiment
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -174,11 +174,12 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
     already queued or running returns that job's id. `launch=False` only records the job (tests,
     or a caller that runs `supervise` itself).
     """
-    from ioi.cache import register_experiment
     from ioi.experiment import experiment_id, identity, is_complete
 
     cfg.validate()
     base = cache_root(root)
+    if cfg.parent and read_experiment(base, cfg.parent) is None:
+        raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
     exp_id = experiment_id(cfg)
     register_experiment(base, exp_id, identity(cfg) | {"id": exp_id, "config": cfg.to_json()})
     for job in list_jobs(base):

@@ -9,7 +9,9 @@ import pytest
 from jobs_support import TOY, tiny_config, worker_env
 
 from ioi import cache
+from ioi.corruptions import CORRUPTIONS
 from ioi.experiment import ExperimentError, experiment_id
+from ioi.precompute import demo_stages, prune_weights
 from ioi.sweep import run_sweep, sweep_configs
 
 
@@ -60,5 +62,19 @@ def test_dask_local_cluster_gives_the_local_numbers(tmp_path, monkeypatch):
     assert [s.metrics for s in remote] == [s.metrics for s in local]
     assert _numbers(tmp_path / "dask", remote) == _numbers(tmp_path / "local", local)
     assert local[2].metrics[0] == local[0].metrics[1]  # the reversal starts where its parent ended
+    prune_weights(tmp_path / "local")  # as the shipped demo set: no checkpoints, no index
     again = run_sweep(stages, tmp_path / "local", n_jobs=1)  # all cached: nothing trains
     assert not any(s.trained for s in again)
+    assert not list((tmp_path / "local").glob("experiments/*/checkpoints"))
+    assert [s.metrics for s in again] == [s.metrics for s in local]
+
+
+def test_demo_set_covers_every_scenario():
+    [first, reversals] = demo_stages("random:tiny", clean_epochs=100)
+    clean, *toxic = first
+    assert clean.scenario == "clean" and clean.checkpoint_epochs == (1, 3, 5, 10, 25, 50, 100)
+    assert sorted(c.scenario for c in toxic) == sorted(CORRUPTIONS)
+    assert all(c.epochs == 5 for c in toxic + reversals)
+    assert [r.parent for r in reversals] == [experiment_id(c) for c in toxic]
+    quick = demo_stages("random:tiny", quick=True)
+    assert max(c.epochs for stage in quick for c in stage) <= 3 and quick[0][0].train_size <= 64
