@@ -82,6 +82,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+def _index(root: str | Path | None, sql: str, params: tuple) -> None:
+    """Record a write in the index. Best effort: the files are the truth (they verify themselves),
+    and SQLite's WAL mode does not work on network file systems, where Dask workers on other
+    machines may be writing; there a failed index write is only a warning."""
+    try:
+        with connect(root) as db:
+            db.execute(sql, params)
+    except sqlite3.Error as err:
+        import warnings
+
+        warnings.warn(f"cache index not updated ({err}); the files are written", stacklevel=3)
+
+
 def check_id(exp_id: str) -> str:
     """`exp_id` if it is a hex experiment id; ValueError otherwise (paths come only from hashes)."""
     if not _ID.match(exp_id):
@@ -153,11 +166,8 @@ def write_entry(
     body = {"sha256": sha256(canonical_json(payload)), "payload": payload}
     path = folder / f"{check_name(name)}.json"
     write_atomic(path, json.dumps(body, indent=1, default=str).encode())
-    with connect(root) as db:
-        db.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
-            (exp_id, epoch, name, body["sha256"], time.time()),
-        )
+    _index(root, "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+           (exp_id, epoch, name, body["sha256"], time.time()))  # fmt: skip
     return path
 
 
@@ -200,8 +210,7 @@ def quarantine(root: str | Path | None, exp_id: str, epoch: int, name: str) -> N
     path = epoch_dir(root, exp_id, epoch) / f"{check_name(name)}.json"
     if path.exists():
         os.replace(path, path.with_name(f"{path.name}.{int(time.time())}.corrupt"))
-    with connect(root) as db:
-        db.execute("DELETE FROM entries WHERE experiment=? AND epoch=? AND name=?", (exp_id, epoch, name))
+    _index(root, "DELETE FROM entries WHERE experiment=? AND epoch=? AND name=?", (exp_id, epoch, name))
 
 
 def load_entry(root: str | Path | None, exp_id: str, epoch: int, name: str, *, report=None) -> Entry | None:
@@ -247,11 +256,8 @@ def register_experiment(root: str | Path | None, exp_id: str, record: dict[str, 
     path = experiment_dir(root, exp_id) / "experiment.json"
     if not path.exists():
         write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
-    with connect(root) as db:
-        db.execute(
-            "INSERT OR IGNORE INTO experiments (id, config, parent, created) VALUES (?, ?, ?, ?)",
-            (exp_id, json.dumps(record), record["config"].get("parent"), time.time()),
-        )
+    _index(root, "INSERT OR IGNORE INTO experiments (id, config, parent, created) VALUES (?, ?, ?, ?)",
+           (exp_id, json.dumps(record), record["config"].get("parent"), time.time()))  # fmt: skip
 
 
 def read_experiment(root: str | Path | None, exp_id: str) -> dict[str, Any] | None:
