@@ -310,6 +310,7 @@ def _job_line(job) -> str:
 @command("jobs", "background experiments: submit, list, show, cancel, resume", _jobs_args)
 def run_jobs(args: argparse.Namespace) -> int:
     from ioi import jobs
+    from ioi.cache import cache_root
 
     root = args.cache
     if args.action == "submit":
@@ -333,6 +334,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         if job.error:
             print(f"error: {job.error}")
         print(job.log)
+        print(f"(process output: {cache_root(root) / 'jobs' / f'{job.id}.log'})")
         return 0
     if args.action == "cancel":
         print(_job_line(jobs.cancel(args.id, root)))
