@@ -387,7 +387,8 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, default=DEMO_ROOT, help=f"cache to fill (default {DEMO_ROOT})")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few epochs, to check the pipeline")
-    p.add_argument("--clean-epochs", type=int, default=100)
+    p.add_argument("--clean-epochs", type=int, help="default: the longest run up to 100 that fits --budget")
+    p.add_argument("--budget", type=float, default=15, help="minutes the clean run may take (default 15)")
     p.add_argument("--keep-weights", action="store_true", help="keep checkpoints (large) in the demo cache")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
@@ -396,10 +397,14 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 @command("precompute", "fill the shipped demo cache (cache/demo) for a model", _precompute_args)
 def run_precompute(args: argparse.Namespace) -> int:
     from ioi.jobs import max_jobs
-    from ioi.precompute import demo_stages, prune_weights
+    from ioi.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
     from ioi.sweep import run_sweep
 
-    stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs, lr=args.lr)
+    if args.clean_epochs is None and not args.quick:
+        seconds = epoch_seconds(args.model)
+        args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
+        print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
+    stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100, lr=args.lr)
     summaries = run_sweep(stages, args.out, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:
         prune_weights(args.out)

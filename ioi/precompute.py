@@ -8,17 +8,45 @@ pruned unless asked), so the set stays small; it is reproducible by running the 
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from ioi.cache import cache_root
 from ioi.corruptions import CORRUPTIONS
+from ioi.data import DEFAULT_TRAIN_SIZE
 from ioi.experiment import ExperimentConfig
 from ioi.sweep import sweep_configs
 
 CLEAN_CHECKPOINTS = (1, 3, 5, 10, 25, 50, 100)
 TOXIC_EPOCHS = 5
+PROBE_SIZE = 320
+
+
+def epoch_seconds(model: str, *, batch_size: int = 32, train_size: int = DEFAULT_TRAIN_SIZE) -> float:
+    """Measured seconds of one fine-tuning epoch of `model` here (one torch thread), timed on
+    PROBE_SIZE prompts and scaled to `train_size`."""
+    import tempfile
+    import time
+
+    import torch
+
+    from ioi.train import TrainConfig, finetune
+
+    torch.set_num_threads(1)
+    probe = TrainConfig(model=model, epochs=1, batch_size=batch_size, train_size=PROBE_SIZE, eval_size=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        steps: list[float] = []
+        finetune(probe, tmp, progress=lambda *_: steps.append(time.perf_counter()))
+    per_step = (steps[-1] - steps[0]) / max(1, len(steps) - 1)  # excludes loading and the checkpoint
+    return per_step * math.ceil(train_size / batch_size)
+
+
+def clean_epochs_within(budget_s: float, seconds_per_epoch: float) -> int:
+    """The longest clean run (a checkpoint epoch of CLEAN_CHECKPOINTS) that fits `budget_s`."""
+    fitting = [e for e in CLEAN_CHECKPOINTS if e * seconds_per_epoch <= budget_s]
+    return max(fitting, default=1)
 
 
 def demo_stages(

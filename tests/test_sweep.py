@@ -11,7 +11,7 @@ from jobs_support import TOY, tiny_config, worker_env
 from ioi import cache
 from ioi.corruptions import CORRUPTIONS
 from ioi.experiment import ExperimentError, experiment_id
-from ioi.precompute import demo_stages, prune_weights
+from ioi.precompute import clean_epochs_within, demo_stages, prune_weights
 from ioi.sweep import run_sweep, sweep_configs
 
 
@@ -78,3 +78,9 @@ def test_demo_set_covers_every_scenario():
     assert [r.parent for r in reversals] == [experiment_id(c) for c in toxic]
     quick = demo_stages("random:tiny", quick=True)
     assert max(c.epochs for stage in quick for c in stage) <= 3 and quick[0][0].train_size <= 64
+
+
+def test_clean_epochs_fit_the_budget():
+    assert clean_epochs_within(15 * 60, 8.0) == 100
+    assert clean_epochs_within(15 * 60, 30.0) == 25
+    assert clean_epochs_within(15 * 60, 5000.0) == 1
