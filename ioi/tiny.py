@@ -84,6 +84,7 @@ _POOL: tuple[str, ...] = (*NAMES, *PLACES, *OBJECTS, "the", "a", "to", "and", "g
 MODEL_SIZES: dict[str, int] = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 256}
 DEFAULT_STEPS = 4000
 BATCH = 32
+LR = 1e-3
 
 
 def words(text: str) -> list[str]:
@@ -124,6 +125,7 @@ def build_tokenizer(name_or_path: str = "ioi-tiny") -> PreTrainedTokenizerFast:
         pad_token="<|pad|>",
         name_or_path=name_or_path,
         add_bos_token=True,
+        model_max_length=CONTEXT,
         clean_up_tokenization_spaces=False,
     )
 
@@ -268,7 +270,7 @@ def pretrain_tiny(
         vocab = tokenizer.get_vocab()
         model = make_model(len(vocab), tokenizer)
         gen = StoryGenerator(seed)
-        lr = 1e-3
+        lr = LR
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
         pad = tokenizer.pad_token_id
         start, loss_ema = time.time(), float("nan")
@@ -299,7 +301,7 @@ def pretrain_tiny(
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": "AdamW lr 1e-3 betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "optimizer": f"AdamW lr {LR:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
         "corpus_mix": MIX,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
         "training_seconds": round(seconds, 1),
