@@ -23,7 +23,16 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ioi.data import NAMES, OBJECTS, PLACES, TEMPLATES, IOISample, make_dataset, render, tokenize
+from ioi.data import (
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TEMPLATES,
+    IOISample,
+    make_dataset,
+    render,
+    tokenize,
+)
 
 SPECIALS = ("<|bos|>", "<|eos|>", "<|unk|>", "<|pad|>")
 # GPT-2-style words: an optional leading space, then a run of letters or one punctuation mark.

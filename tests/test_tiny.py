@@ -10,7 +10,15 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from ioi import tiny
-from ioi.data import NAMES, OBJECTS, PLACES, TEMPLATES, check_vocabulary, make_dataset, tokenize
+from ioi.data import (
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TEMPLATES,
+    check_vocabulary,
+    make_dataset,
+    tokenize,
+)
 
 ASSET = Path(tiny.__file__).parent / "assets" / "ioi-tiny"
 
