@@ -49,6 +49,11 @@ class Analysis:
 
 ANALYSES: dict[str, Analysis] = {}
 
+BUILTIN_MODULES: tuple[str, ...] = (
+    "ioi.patching",
+)
+"""Modules whose import registers the built-in analyses; :func:`analyses` imports them lazily."""
+
 
 def register_analysis(name: str, description: str, *, needs_other: bool = False):
     """Decorator adding `fn(model, clean, abc, *, other=None, **options)` to the registry."""
@@ -58,6 +63,15 @@ def register_analysis(name: str, description: str, *, needs_other: bool = False)
         return fn
 
     return add
+
+
+def load_builtins() -> dict[str, Analysis]:
+    """Import every module of BUILTIN_MODULES (registering its analyses); returns the registry."""
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return ANALYSES
 
 
 def run_analysis(
@@ -70,6 +84,7 @@ def run_analysis(
     **options: Any,
 ) -> AnalysisResult:
     """Run registered analysis `name`; ValueError listing the known ones for an unknown name."""
+    load_builtins()
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
     entry = ANALYSES[name]
