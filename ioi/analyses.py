@@ -51,6 +51,7 @@ ANALYSES: dict[str, Analysis] = {}
 
 BUILTIN_MODULES: tuple[str, ...] = (
     "ioi.patching",
+    "ioi.path_patching",
 )
 """Modules whose import registers the built-in analyses; :func:`analyses` imports them lazily."""
 

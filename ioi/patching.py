@@ -58,8 +58,9 @@ class Patch:
     """Overwrite one activation: `site` of head `head` in `layer` (head None: an MLP site).
 
     value: [batch, pos, ...] the replacement (e.g. [batch, pos, d_head] for a head's hook_z; for
-    "pattern" [batch, query pos, key pos]). where: [batch, pos] bool (query positions for
-    "pattern"); None patches every position.
+    "pattern" [batch, query pos, key pos]), or with `where` only the selected entries
+    [where.sum(), ...]. where: [batch, pos] bool (query positions for "pattern"); None patches
+    every position.
     """
 
     layer: int
@@ -209,6 +210,8 @@ def _apply(act: Tensor, copies: int, layer: int, site: str, chunk: Sequence[Sequ
             value = p.value.to(out.device, out.dtype)
             if p.where is None:
                 target[:] = value
+            elif value.dim() == target.dim() - 1:  # only the selected entries were given
+                target[p.where.to(out.device)] = value
             else:
                 where = p.where.to(out.device).reshape(p.where.shape + (1,) * (value.dim() - 2))
                 target[:] = torch.where(where, value, target)
