@@ -52,6 +52,8 @@ ANALYSES: dict[str, Analysis] = {}
 BUILTIN_MODULES: tuple[str, ...] = (
     "ioi.patching",
     "ioi.path_patching",
+    "ioi.ablation",
+    "ioi.circuit",
 )
 """Modules whose import registers the built-in analyses; :func:`analyses` imports them lazily."""
 
