@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ioi.analyses import AnalysisResult, register_analysis
-from ioi.circuit import CLASS_POSITIONS, Circuit, Head, analysis_circuit
+from ioi.circuit import CLASS_POSITIONS, Circuit, Head, analysis_circuit, parse_heads
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
 from ioi.patching import (
@@ -321,10 +321,7 @@ def knockout_analysis(
     grid = single.reshape(model.n_layers, model.n_heads).cpu()
     summary = {"f_model": f_m, "ablation": ko.ablation.value, "position": position or "all"}
     if heads or mlps:
-        chosen = [
-            Head.parse(h)
-            for h in (heads.replace(",", " ").split() if isinstance(heads, str) else heads or ())
-        ]
+        chosen = parse_heads(heads or (), model.n_layers, model.n_heads)
         summary["knocked_out"] = [str(h) for h in chosen] + [f"MLP {layer}" for layer in mlps]
         summary["f_knockout"] = ko.run([ko.without(chosen, position, mlps)]).item()
     used = analysis_circuit(model, clean, abc, circuit)

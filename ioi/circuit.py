@@ -79,6 +79,23 @@ def _heads(text: str) -> tuple[Head, ...]:
     return tuple(Head.parse(h) for h in text.split())
 
 
+def parse_heads(value, n_layers: int | None = None, n_heads: int | None = None) -> tuple[Head, ...]:
+    """Heads from "9.9 9.6,10.0" or a list of "L.H" strings / Heads; with a model's size, refuses
+    heads it does not have."""
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"heads are given as text like '9.9 10.0', got {value!r}")
+    heads = tuple(h if isinstance(h, Head) else Head.parse(str(h)) for h in value)
+    if n_layers is not None:
+        bad = [str(h) for h in heads if not (0 <= h.layer < n_layers and 0 <= h.head < (n_heads or 0))]
+        if bad:
+            raise ValueError(
+                f"no such heads {', '.join(bad)} in a model of {n_layers} layers × {n_heads} heads"
+            )
+    return heads
+
+
 GPT2_SMALL_CIRCUIT = Circuit(
     name="GPT-2 small IOI circuit",
     source="Wang et al. 2022 (arXiv 2211.00593), 26 heads",
@@ -258,7 +275,11 @@ def classify_analysis(model, clean, abc, *, other=None, freeze_mlp: bool = False
         raise ValueError(
             f"unknown classify options {', '.join(unknown)}; thresholds: {', '.join(sorted(known))}"
         )
-    circuit = classify_heads(model, clean, abc, ClassifyThresholds(**thresholds), freeze_mlp=freeze_mlp)
+    try:
+        t = ClassifyThresholds(**{k: float(v) for k, v in thresholds.items()})
+    except (TypeError, ValueError):
+        raise ValueError(f"classify thresholds must be numbers, got {thresholds}") from None
+    circuit = classify_heads(model, clean, abc, t, freeze_mlp=freeze_mlp)
     scores = dict(circuit.meta["scores"])
     frame = heads_frame(scores.pop("path_logits"), **scores)
     frame["class"] = [

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ioi.analyses import AnalysisResult, register_analysis
-from ioi.circuit import Head
+from ioi.circuit import Head, parse_heads
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
 from ioi.patching import (
@@ -196,9 +196,7 @@ def parse_receivers(
     site = receiver if receiver.endswith("_input") else f"{receiver}_input"
     if not heads:
         raise ValueError(f"receiver {receiver!r} needs receiver heads, e.g. heads='9.9 9.6 10.0'")
-    if isinstance(heads, str):
-        heads = heads.replace(",", " ").split()
-    return Receivers(tuple(Head.parse(h) for h in heads), site, position or "end")
+    return Receivers(parse_heads(heads), site, position or "end")
 
 
 @register_analysis("path-patch", "path patching per sender head, to the logits or to receiver heads' q/k/v")
@@ -217,6 +215,7 @@ def path_patch_analysis(
     """Options: receiver ("logits" | "q" | "k" | "v"), heads (receiver heads, "L.H ..."),
     position (receiver position, default "end"), frozen_mlp (bool), normalize (bool)."""
     receivers = parse_receivers(receiver, heads, position)
+    parse_heads(receivers.heads, model.n_layers, model.n_heads)  # refuses heads the model lacks
     acts = prepare(model, clean, abc)
     grid = path_patch(model, clean, abc, receivers, freeze_mlp=frozen_mlp, normalize=normalize, acts=acts)
     summary = {
