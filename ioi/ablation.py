@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, register_analysis
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.circuit import CLASS_POSITIONS, Circuit, Head, analysis_circuit, parse_heads
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
@@ -27,7 +27,6 @@ from ioi.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
     Patch,
-    heads_frame,
     hook_name,
     position_mask,
     prepare,

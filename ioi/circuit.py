@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, register_analysis
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
 
 
 class Head(NamedTuple):
@@ -267,8 +267,6 @@ def analysis_circuit(model, clean, abc, circuit: Circuit | dict | None = None) -
 def classify_analysis(model, clean, abc, *, other=None, freeze_mlp: bool = False, **thresholds: float):
     """Heads rows: value = path effect to the logits, `class` (empty when none), every score grid.
     Summary `classes` = Circuit.to_json()["classes"]. Options: freeze_mlp, any ClassifyThresholds field."""
-    from ioi.patching import heads_frame
-
     known = set(ClassifyThresholds.__dataclass_fields__)
     unknown = sorted(set(thresholds) - known)
     if unknown:

@@ -285,7 +285,7 @@ def json_safe(value: object) -> object:
     _analyze_args,
 )
 def run_analyze(args: argparse.Namespace) -> int:
-    from ioi.analyses import load_builtins, run_analysis
+    from ioi.analyses import load_builtin_analyses, run_analysis
     from ioi.data import abc_counterfactual
     from ioi.models import load_model
 
@@ -293,7 +293,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         options = parse_options(args.option)
         if args.circuit:
             options["circuit"] = json.loads(args.circuit.read_text())
-        known = load_builtins()
+        known = load_builtin_analyses()
         if args.method not in known:
             raise ValueError(f"unknown analysis {args.method!r}; known: {', '.join(sorted(known))}")
         if known[args.method].needs_other and not args.other:

@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, register_analysis
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
 
@@ -338,20 +338,6 @@ def patch_head_outputs(
     f = run_patched(model, clean, variants, resid_pre=acts.resid_pre, max_rows=max_rows).mean(1)
     values = acts.normalize(f) if normalize else f - acts.f_clean
     return head_grid(model, values.cpu(), heads)
-
-
-def heads_frame(grid: Tensor, **columns: Tensor):
-    """A tidy DataFrame (layer, head, value, plus one column per extra [layer, head] grid)."""
-    import pandas as pd
-
-    n_layers, n_heads = grid.shape
-    rows = {
-        "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
-        "head": [head for _ in range(n_layers) for head in range(n_heads)],
-        "value": grid.flatten().tolist(),
-    }
-    rows |= {name: g.flatten().tolist() for name, g in columns.items()}
-    return pd.DataFrame(rows)
 
 
 @register_analysis("patch", "activation patching per head: clean run with one head's output from ABC")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, register_analysis
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.circuit import Head, parse_heads
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
@@ -36,7 +36,6 @@ from ioi.patching import (
     all_heads,
     final_logit_diff,
     head_grid,
-    heads_frame,
     position_mask,
     prepare,
     run_patched,
