@@ -21,7 +21,7 @@ Shapes: [layer, batch, pos, head, d_head] for stacked head outputs; heads are wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -127,17 +127,8 @@ def prepare(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, chunk: int = 
     final_name = f"blocks.{n_layers - 1}.hook_resid_post"
     mlp_names = [hook_name(layer, "mlp_out") for layer in range(n_layers)]
 
-    def run(batch: IOIBatch, names: list[str]) -> dict[str, Tensor]:
-        parts: dict[str, list[Tensor]] = {n: [] for n in names}
-        for i in range(0, len(batch), chunk):
-            tokens = batch.tokens[i : i + chunk].to(model.device)
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in parts)
-            for n in names:
-                parts[n].append(cache[n])
-        return {n: torch.cat(v) for n, v in parts.items()}
-
-    c = run(clean, z_names + resid_names + [final_name] + mlp_names)
-    a = run(abc, z_names + [final_name])
+    c = read_activations(model, clean, z_names + resid_names + [final_name] + mlp_names, chunk=chunk)
+    a = read_activations(model, abc, z_names + [final_name], chunk=chunk)
     acts = Activations(
         z_clean=torch.stack([c[n] for n in z_names]),
         z_abc=torch.stack([a[n] for n in z_names]),
@@ -150,6 +141,43 @@ def prepare(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, chunk: int = 
         _MEMO.pop(next(iter(_MEMO)))
     _MEMO[key] = (model, clean, abc, acts)  # the strong references keep the ids from being reused
     return acts
+
+
+@torch.no_grad()
+def read_activations(
+    model: LoadedModel,
+    batch: IOIBatch,
+    names: Sequence[str],
+    *,
+    chunk: int = 128,
+    hooks: Sequence[tuple[str, Callable]] = (),
+) -> dict[str, Tensor]:
+    """{name: activation over the whole batch} for hook `names` inside the blocks (up to the last
+    block's hook_resid_post), run in chunks of `chunk` prompts; `hooks` (e.g. :func:`patch_hooks`
+    of a one-variant list) run too. The forward stops after the last block: no unembedding."""
+    wanted = set(names)
+    parts: dict[str, list[Tensor]] = {n: [] for n in names}
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+
+    def stop(act: Tensor, hook) -> None:
+        if last in wanted:
+            parts[last].append(act.clone())
+        raise _Stop
+
+    # hook.name is the canonical name (METHODS §10): register under each name, read back by closure.
+    saves = [(n, partial(_keep_as, name=n, parts=parts)) for n in names if n != last]
+    for i in range(0, len(batch), chunk):
+        tokens = batch.tokens[i : i + chunk].to(model.device)
+        try:
+            with model.bridge.hooks(fwd_hooks=[*hooks, *saves, (last, stop)]):
+                model.bridge(tokens)
+        except _Stop:
+            pass
+    return {n: torch.cat(v) for n, v in parts.items()}
+
+
+def _keep_as(act: Tensor, hook, name: str, parts: dict[str, list[Tensor]]) -> None:
+    parts[name].append(act.clone())
 
 
 def end_rows(x: Tensor, batch: IOIBatch) -> Tensor:
@@ -191,8 +219,9 @@ def position_mask(batch: IOIBatch, position: str | None) -> Tensor | None:
     return where
 
 
-def _apply(act: Tensor, copies: int, layer: int, site: str, chunk: Sequence[Sequence[Patch]],
-           freeze: Tensor | None) -> Tensor:  # fmt: skip
+def _apply(
+    act: Tensor, copies: int, layer: int, site: str, chunk: Sequence[Sequence[Patch]], freeze: Tensor | None
+) -> Tensor:
     """Overwrite `act` ([copies·batch, ...]) with the patches of each variant in `chunk`."""
     out = act.clone().unflatten(0, (copies, -1))
     axis = SITES[site][1]
@@ -267,16 +296,7 @@ def _run_chunk(
     """[copies, batch, pos, d_model] final residuals of one forward over stacked copies of `batch`,
     from block `start` (fed resid_pre[start]) or from the tokens (start 0)."""
     bridge, n_layers, copies = model.bridge, model.n_layers, len(chunk)
-    sites = {(p.layer, p.site) for v in chunk for p in v}
-    frozen = {"z": freeze_z, "mlp_out": freeze_mlp}
-    for site, values in frozen.items():
-        if values is not None:
-            sites |= {(layer, site) for layer in range(start, n_layers)}
-    hooks = []
-    for layer, site in sorted(sites):
-        fixed = frozen[site][layer] if frozen.get(site) is not None else None
-        hooks.append((hook_name(layer, site), partial(_hook, copies=copies, layer=layer, site=site,
-                                                      chunk=chunk, freeze=fixed)))  # fmt: skip
+    hooks = patch_hooks(chunk, n_layers, start=start, freeze_z=freeze_z, freeze_mlp=freeze_mlp)
     got: dict[str, Tensor] = {}
     hooks.append((f"blocks.{n_layers - 1}.hook_resid_post", partial(_grab, got=got)))
     if start > 0:
@@ -289,6 +309,33 @@ def _run_chunk(
     except _Stop:
         pass
     return got["resid"].unflatten(0, (copies, len(batch)))
+
+
+def patch_hooks(
+    variants: Sequence[Sequence[Patch]],
+    n_layers: int,
+    *,
+    start: int = 0,
+    freeze_z: Tensor | None = None,
+    freeze_mlp: Tensor | None = None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks applying each variant's patches to its copy of a batch stacked len(variants)
+    times (one variant: a plain batch), for `bridge.run_with_hooks(tokens, fwd_hooks=...)`.
+
+    freeze_z / freeze_mlp ([layer, batch, pos, ...]) overwrite every head output / MLP output of
+    the layers from `start` on, before the patches.
+    """
+    sites = {(p.layer, p.site) for v in variants for p in v}
+    frozen = {"z": freeze_z, "mlp_out": freeze_mlp}
+    for site, values in frozen.items():
+        if values is not None:
+            sites |= {(layer, site) for layer in range(start, n_layers)}
+    hooks = []
+    for layer, site in sorted(sites):
+        fixed = frozen[site][layer] if frozen.get(site) is not None else None
+        fn = partial(_hook, copies=len(variants), layer=layer, site=site, chunk=variants, freeze=fixed)
+        hooks.append((hook_name(layer, site), fn))
+    return hooks
 
 
 def _hook(act: Tensor, hook, **kwargs) -> Tensor:
@@ -341,11 +388,22 @@ def patch_head_outputs(
 
 
 @register_analysis("patch", "activation patching per head: clean run with one head's output from ABC")
-def patch_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None,
-                   position: str | None = None, normalize: bool = True) -> AnalysisResult:  # fmt: skip
+def patch_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    position: str | None = None,
+    normalize: bool = True,
+) -> AnalysisResult:
     """Options: position (None = all positions, or "end", "s2", …), normalize (bool)."""
     acts = prepare(model, clean, abc)
     grid = patch_head_outputs(model, clean, abc, position=position, normalize=normalize, acts=acts)
-    summary = {"f_clean": acts.f_clean, "f_abc": acts.f_abc, "position": position or "all",
-               "normalized": normalize}  # fmt: skip
+    summary = {
+        "f_clean": acts.f_clean,
+        "f_abc": acts.f_abc,
+        "position": position or "all",
+        "normalized": normalize,
+    }
     return AnalysisResult("patch", heads_frame(grid), summary)

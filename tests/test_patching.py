@@ -7,7 +7,16 @@ import torch
 from analysis_data import ioi_batches
 
 from ioi.metrics import logit_diff_per_prompt
-from ioi.patching import Patch, hook_name, patch_head_outputs, position_mask, prepare, run_patched
+from ioi.patching import (
+    Patch,
+    hook_name,
+    patch_head_outputs,
+    patch_hooks,
+    position_mask,
+    prepare,
+    read_activations,
+    run_patched,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +83,19 @@ def test_normalized_effect_is_zero_for_clean_and_scaled_by_the_gap(tiny_random, 
     raw = patch_head_outputs(tiny_random, clean, abc, normalize=False)
     norm = patch_head_outputs(tiny_random, clean, abc)
     torch.testing.assert_close(norm, raw / (acts.f_clean - acts.f_abc))
+
+
+def test_read_activations_and_patch_hooks_match_the_bridge(tiny_random, data):
+    clean, abc = data
+    acts = prepare(tiny_random, clean, abc)
+    names = [hook_name(0, "z"), "blocks.1.hook_resid_post", hook_name(1, "q_input")]
+    got = read_activations(tiny_random, clean, names, chunk=5)
+    _, cache = tiny_random.bridge.run_with_cache(clean.tokens, names_filter=lambda n: n in names)
+    for n in names:
+        torch.testing.assert_close(got[n], cache[n])
+    variant = [Patch(0, 2, acts.z_abc[0, :, :, 2], position_mask(clean, "s2"))]
+    logits = tiny_random.bridge.run_with_hooks(
+        clean.tokens, fwd_hooks=patch_hooks([variant], tiny_random.n_layers)
+    )
+    want = logit_diff_per_prompt(logits, clean)
+    torch.testing.assert_close(run_patched(tiny_random, clean, [variant])[0], want, atol=1e-4, rtol=1e-4)
