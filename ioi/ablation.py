@@ -142,8 +142,9 @@ class Faithfulness:
 class Knockout:
     """Ablation runs of one model on one dataset, sharing the cached runs and ablation values.
 
-    `f(kept)` / `f_many([kept, …])` give F with every head ablated except as `kept` says (see
-    :func:`ablate`); `circuit_kept(circuit, without)` builds `kept` for C \\ K.
+    `f_many([kept, …])` gives F with every head ablated except as each `kept` says (see
+    :func:`ablate`); `circuit_kept(circuit, K)` builds `kept` for C \\ K, `model_kept(K)` for M \\ K;
+    `run([patches, …])` runs any lists of patches, e.g. from `without(heads, position, mlps)`.
     """
 
     def __init__(
@@ -192,6 +193,8 @@ class Knockout:
 
     @staticmethod
     def circuit_kept(circuit: Circuit, without: Iterable[Head] = ()) -> dict[Head, str | None]:
+        """Circuit heads (minus `without`) kept at their class's position; a class that
+        CLASS_POSITIONS does not name is kept at every position."""
         drop = set(without)
         return {
             h: CLASS_POSITIONS.get(c, None) for c, hs in circuit.classes.items() for h in hs if h not in drop
