@@ -102,10 +102,10 @@ def test_senders_at_or_above_the_receiver_layer_have_no_effect(tiny_random, data
 
 
 def test_gpt2_shape_sweep_to_logits_matches_slow_reference_on_some_heads(gpt2_random):
-    clean, abc = ioi_batches(gpt2_random, 4)
+    clean, abc = ioi_batches(gpt2_random, 2)
     acts = prepare(gpt2_random, clean, abc)
     grid = path_patch(gpt2_random, clean, abc, LOGITS, normalize=False)
     assert grid.shape == (12, 12) and not grid.isnan().any()
-    for layer, head in [(0, 1), (5, 5), (9, 9), (11, 10)]:
+    for layer, head in [(0, 1), (9, 9), (11, 10)]:
         want = slow_path_patch(gpt2_random, clean, acts, Head(layer, head), LOGITS, False)
         assert grid[layer, head].item() == pytest.approx(want, abs=1e-4)
