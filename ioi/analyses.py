@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import torch
 
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
@@ -35,6 +36,19 @@ class AnalysisResult:
             "heads": self.heads.to_dict(orient="records"),
             **{name: t.to_dict(orient="records") for name, t in self.tables.items()},
         }
+
+
+def heads_frame(value: torch.Tensor, **columns: torch.Tensor) -> pd.DataFrame:
+    """The `heads` table from [layer, head] tensors: columns layer, head, value, then `columns`."""
+    n_layers, n_heads = value.shape
+    frame = {
+        "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
+        "head": [h for _ in range(n_layers) for h in range(n_heads)],
+        "value": value.detach().cpu().double().flatten().tolist(),
+    }
+    for name, col in columns.items():
+        frame[name] = col.detach().cpu().double().flatten().tolist()
+    return pd.DataFrame(frame)
 
 
 AnalysisFn = Callable[..., AnalysisResult]

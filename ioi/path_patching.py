@@ -1,0 +1,227 @@
+"""Path patching (IOI paper, METHODS §6): the effect of a sender head through one path only.
+
+For a sender head, the clean run is repeated with the sender's output taken from the ABC run and
+every other head's output frozen to its clean value (MLPs recompute, or are frozen too with
+``freeze_mlp``). The receivers' inputs are read from that run; a clean run with only the receivers'
+inputs replaced then gives the effect on the logit difference. Receivers are either the final
+residual at END (the logits: the sender's direct path) or a set of heads' query, key or value input
+at one position (e.g. the name movers' queries at END).
+
+Because every head is frozen, attention mixes nothing between positions: the patched residual at a
+position depends only on that position's sender output and the (position-wise) MLPs and LayerNorms.
+So the receivers' inputs are computed exactly without any forward pass, by pushing the sender's
+output difference (z_abc − z_clean)·W_O through the MLPs of the layers in between at the receiver
+position only (with frozen MLPs it simply adds up: the effect on the logits is a linear map of it
+followed by ln_final). Only the second step (receiver heads) needs forward passes, which start at
+the first receiver layer and stack many senders in one pass (:func:`ioi.patching.run_patched`).
+A sender at or above a receiver's layer has no path to it: its effect is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.circuit import Head, parse_heads
+from ioi.data import IOIBatch
+from ioi.models import LoadedModel
+from ioi.patching import (
+    DEFAULT_MAX_ROWS,
+    Activations,
+    Patch,
+    all_heads,
+    final_logit_diff,
+    head_grid,
+    position_mask,
+    prepare,
+    run_patched,
+)
+
+RECEIVER_SITES = ("q_input", "k_input", "v_input")
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where path patching measures a sender's effect.
+
+    heads empty: the final residual (logits) at END. Otherwise those heads' `site` input
+    ("q_input", "k_input" or "v_input") at `position` ("end", "s2", "s1+1", …).
+    """
+
+    heads: tuple[Head, ...] = ()
+    site: str = "q_input"
+    position: str = "end"
+
+    def __post_init__(self) -> None:
+        if self.site not in RECEIVER_SITES:
+            raise ValueError(f"receiver site must be one of {', '.join(RECEIVER_SITES)}, got {self.site!r}")
+
+    @property
+    def is_logits(self) -> bool:
+        return not self.heads
+
+    def describe(self) -> str:
+        if self.is_logits:
+            return "logits at END"
+        heads = " ".join(str(h) for h in self.heads)
+        return f"{self.site.removesuffix('_input')} input of {heads} at {self.position}"
+
+
+LOGITS = Receivers()
+
+
+def sender_deltas(
+    model: LoadedModel, acts: Activations, senders: Sequence[tuple[int, int]], rows: Tensor
+) -> Tensor:
+    """[senders, n_rows, d_model] change of each sender's output, (z_abc − z_clean)·W_O, at `rows`
+    ([batch, pos] bool)."""
+    w_o = model.bridge.W_O  # [layer, head, d_head, d_model]; the bridge rebuilds it on each access
+    out = []
+    for layer, head in senders:
+        dz = (acts.z_abc[layer, :, :, head] - acts.z_clean[layer, :, :, head])[rows]
+        out.append(dz @ w_o[layer, head])
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def propagate(
+    model: LoadedModel,
+    acts: Activations,
+    senders: Sequence[tuple[int, int]],
+    delta: Tensor,
+    rows: Tensor,
+    to_layers: Sequence[int],
+    *,
+    freeze_mlp: bool = False,
+) -> dict[int, Tensor]:
+    """Patched residuals {layer: [senders, n_rows, d_model]} before each block in `to_layers`
+    (n_layers = the final residual), with every head frozen to clean except the senders, whose
+    output changed by `delta` [senders, n_rows, d_model] at `rows` ([batch, pos] bool).
+    """
+    sender_layer = torch.tensor([layer for layer, _ in senders], device=delta.device)
+    diff = torch.zeros_like(delta)  # patched − clean residual, per sender
+    out = {}
+    for layer in range(max(to_layers) + 1):
+        if layer in to_layers:
+            out[layer] = acts.resid_pre[layer][rows] + diff
+        if layer == model.n_layers:
+            break
+        diff = diff + delta * (sender_layer == layer)[:, None, None]
+        active = sender_layer <= layer
+        if freeze_mlp or not active.any():
+            continue
+        block = model.bridge.blocks[layer]
+        mid = acts.resid_mid(layer)[rows] + diff[active]
+        diff[active] = diff[active] + block.mlp(block.ln2(mid)) - acts.mlp_out[layer][rows]
+    return out
+
+
+@torch.no_grad()
+def path_patch(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    receivers: Receivers = LOGITS,
+    *,
+    senders: Sequence[tuple[int, int]] | None = None,
+    sender_position: str | None = None,
+    freeze_mlp: bool = False,
+    normalize: bool = True,
+    acts: Activations | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Tensor:
+    """[layer, head] path-patching effect of each sender head on the logit difference via `receivers`.
+
+    senders: heads to try (default every head; others NaN); sender_position: patch the sender only
+    at that position (default every position); freeze_mlp: MLPs keep their clean outputs too.
+    Value: normalised effect (F_patched − F_clean)/(F_clean − F_abc), or with normalize=False the
+    raw change F_patched − F_clean.
+    """
+    acts = acts or prepare(model, clean, abc)
+    senders = list(senders) if senders is not None else all_heads(model)
+    at_position = position_mask(clean, receivers.position if not receivers.is_logits else "end")
+    delta = sender_deltas(model, acts, senders, at_position)
+    if sender_position is not None:  # a sender patched elsewhere changes nothing at this position
+        delta = delta * position_mask(clean, sender_position)[at_position][None, :, None]
+    if receivers.is_logits:
+        final = propagate(model, acts, senders, delta, at_position, [model.n_layers], freeze_mlp=freeze_mlp)
+        f = final_logit_diff(model, final[model.n_layers], clean).mean(1)
+    else:
+        f = _through_heads(model, clean, acts, senders, delta, at_position, receivers, freeze_mlp, max_rows)
+    values = acts.normalize(f) if normalize else f - acts.f_clean
+    return head_grid(model, values.cpu(), senders)
+
+
+def _through_heads(
+    model: LoadedModel,
+    clean: IOIBatch,
+    acts: Activations,
+    senders: Sequence[tuple[int, int]],
+    delta: Tensor,
+    rows: Tensor,
+    receivers: Receivers,
+    freeze_mlp: bool,
+    max_rows: int,
+) -> Tensor:
+    """[senders] mean logit difference of the clean run with only the receivers' inputs patched."""
+    layers = sorted({h.layer for h in receivers.heads})
+    patched = propagate(model, acts, senders, delta, rows, layers, freeze_mlp=freeze_mlp)
+    variants: list[list[Patch]] = []
+    reached = []
+    for i, (layer, _) in enumerate(senders):
+        heads = [h for h in receivers.heads if h.layer > layer]
+        reached.append(bool(heads))
+        variants.append([Patch(h.layer, h.head, patched[h.layer][i], rows, receivers.site) for h in heads])
+    f = torch.full((len(senders),), acts.f_clean, device=delta.device)
+    idx = [i for i, r in enumerate(reached) if r]
+    if idx:
+        ld = run_patched(
+            model, clean, [variants[i] for i in idx], resid_pre=acts.resid_pre, max_rows=max_rows
+        )
+        f[idx] = ld.mean(1)
+    return f
+
+
+def parse_receivers(
+    receiver: str, heads: Sequence[str] | str | None = None, position: str | None = None
+) -> Receivers:
+    """Receivers from words: "logits", or "q"/"k"/"v" (or "q_input", …) of `heads` ("9.9 9.6")."""
+    if receiver == "logits":
+        return LOGITS
+    site = receiver if receiver.endswith("_input") else f"{receiver}_input"
+    if not heads:
+        raise ValueError(f"receiver {receiver!r} needs receiver heads, e.g. heads='9.9 9.6 10.0'")
+    return Receivers(parse_heads(heads), site, position or "end")
+
+
+@register_analysis("path-patch", "path patching per sender head, to the logits or to receiver heads' q/k/v")
+def path_patch_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    receiver: str = "logits",
+    heads: Sequence[str] | str | None = None,
+    position: str | None = None,
+    frozen_mlp: bool = False,
+    normalize: bool = True,
+) -> AnalysisResult:
+    """Options: receiver ("logits" | "q" | "k" | "v"), heads (receiver heads, "L.H ..."),
+    position (receiver position, default "end"), frozen_mlp (bool), normalize (bool)."""
+    receivers = parse_receivers(receiver, heads, position)
+    parse_heads(receivers.heads, model.n_layers, model.n_heads)  # refuses heads the model lacks
+    acts = prepare(model, clean, abc)
+    grid = path_patch(model, clean, abc, receivers, freeze_mlp=frozen_mlp, normalize=normalize, acts=acts)
+    summary = {
+        "receivers": receivers.describe(),
+        "frozen_mlp": frozen_mlp,
+        "normalized": normalize,
+        "f_clean": acts.f_clean,
+        "f_abc": acts.f_abc,
+    }
+    return AnalysisResult("path-patch", heads_frame(grid), summary)
