@@ -6,11 +6,14 @@ at a checkpoint goes through `run_analysis`, so a new method registered here app
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import torch
 
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
@@ -35,6 +38,19 @@ class AnalysisResult:
         }
 
 
+def heads_frame(value: torch.Tensor, **columns: torch.Tensor) -> pd.DataFrame:
+    """The `heads` table from [layer, head] tensors: columns layer, head, value, then `columns`."""
+    n_layers, n_heads = value.shape
+    frame = {
+        "layer": [l for l in range(n_layers) for _ in range(n_heads)],
+        "head": [h for _ in range(n_layers) for h in range(n_heads)],
+        "value": value.detach().cpu().double().flatten().tolist(),
+    }
+    for name, col in columns.items():
+        frame[name] = col.detach().cpu().double().flatten().tolist()
+    return pd.DataFrame(frame)
+
+
 AnalysisFn = Callable[..., AnalysisResult]
 """fn(model, clean, abc, *, other=None, **options) -> AnalysisResult"""
 
@@ -48,6 +64,16 @@ class Analysis:
 
 
 ANALYSES: dict[str, Analysis] = {}
+
+BUILTIN_MODULES: tuple[str, ...] = ("ioi.attribution", "ioi.attention", "ioi.cmap")
+"""Modules whose import registers the built-in analyses; `run_analysis` imports them lazily."""
+
+
+def load_builtin_analyses() -> dict[str, Analysis]:
+    """Import every module of BUILTIN_MODULES (registering its analyses) and return the registry."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return ANALYSES
 
 
 def register_analysis(name: str, description: str, *, needs_other: bool = False):
@@ -70,6 +96,7 @@ def run_analysis(
     **options: Any,
 ) -> AnalysisResult:
     """Run registered analysis `name`; ValueError listing the known ones for an unknown name."""
+    load_builtin_analyses()
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
     entry = ANALYSES[name]
