@@ -172,22 +172,24 @@ def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[torch.Tensor
     """Clean hook_z per layer [batch, pos, head, d_head], ∂F/∂z of each, and ∂F/∂resid_final
     [batch, pos, d_model], from one forward and one backward pass (F = mean logit diff)."""
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
-    leaves: list[torch.Tensor] = []
+    z_clean: list[torch.Tensor] = []
+    deltas: list[torch.Tensor] = []
 
-    def leaf(x: torch.Tensor, hook) -> torch.Tensor:
-        # Parameters carry no grad; a leaf per hooked activation gives ∂F/∂activation only.
-        x = x.detach().requires_grad_(True)
-        leaves.append(x)
-        return x
+    def add_zero_leaf(x: torch.Tensor, hook) -> torch.Tensor:
+        # Parameters carry no grad. z + δ with a zero leaf δ gives ∂F/∂δ = ∂F/∂z; making z itself
+        # a detached leaf would instead cut the paths from earlier heads through this one.
+        z_clean.append(x.detach())
+        deltas.append(torch.zeros_like(x, requires_grad=True))
+        return x + deltas[-1]
 
-    hooks = [(f"blocks.{l}.attn.hook_z", leaf) for l in range(n_layers)]
+    hooks = [(f"blocks.{l}.attn.hook_z", add_zero_leaf) for l in range(n_layers)]
     with torch.enable_grad():
         got = capture(bridge, batch.tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")
         resid = got["ln_final.hook_in"]  # downstream of the leaves: grad w.r.t. it needs no leaf
         rows = torch.arange(len(batch), device=device)
         f = logit_diff_from_resid(bridge, resid[rows, batch.end.to(device)], batch).mean()
-        *g_z, g_resid = torch.autograd.grad(f, [*leaves, resid])
-    return [z.detach() for z in leaves], g_z, g_resid
+        *g_z, g_resid = torch.autograd.grad(f, [*deltas, resid])
+    return z_clean, g_z, g_resid
 
 
 def attribution_patching(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor],
