@@ -7,7 +7,6 @@ at a checkpoint goes through `run_analysis`, so a new method registered here app
 from __future__ import annotations
 
 import importlib
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ def heads_frame(value: torch.Tensor, **columns: torch.Tensor) -> pd.DataFrame:
     """The `heads` table from [layer, head] tensors: columns layer, head, value, then `columns`."""
     n_layers, n_heads = value.shape
     frame = {
-        "layer": [l for l in range(n_layers) for _ in range(n_heads)],
+        "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
         "head": [h for _ in range(n_layers) for h in range(n_heads)],
         "value": value.detach().cpu().double().flatten().tolist(),
     }

@@ -42,7 +42,7 @@ def pattern_at(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) ->
 def attention_scores(bridge: torch.nn.Module, batch: IOIBatch) -> dict[str, torch.Tensor]:
     """Mean attention probabilities, column of PATTERNS -> [layer, head]."""
     n_layers = bridge.cfg.n_layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
     out: dict[str, list[torch.Tensor]] = {c: [] for c in PATTERNS}
     got = capture(bridge, batch.tokens.to(bridge.W_U.device), names, stop_at="ln_final.hook_in")
     for name in names:
@@ -58,8 +58,17 @@ def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
-def copy_scores(resid: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, w_u: torch.Tensor,
-                tokens: torch.Tensor, *, k: int = 5, eps: float = 1e-5, sign: float = 1.0) -> torch.Tensor:
+def copy_scores(
+    resid: torch.Tensor,
+    w_v: torch.Tensor,
+    w_o: torch.Tensor,
+    w_u: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    k: int = 5,
+    eps: float = 1e-5,
+    sign: float = 1.0,
+) -> torch.Tensor:
     """[layer, head] share of names whose token is in the top-k logits of sign·OV(name).
 
     resid [names, d_model] the names' residual after block 0; w_v [layer, head, d_model, d_head];
@@ -68,17 +77,19 @@ def copy_scores(resid: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, w_u: 
     n_layers, n_heads = w_v.shape[:2]
     x = _layer_norm(resid, eps)
     scores = torch.empty(n_layers, n_heads)
-    for l in range(n_layers):
+    for layer in range(n_layers):
         for h in range(n_heads):
-            out = sign * (x @ w_v[l, h] @ w_o[l, h])  # [names, d_model]
+            out = sign * (x @ w_v[layer, h] @ w_o[layer, h])  # [names, d_model]
             logits = _layer_norm(out, eps) @ w_u  # [names, vocab]
             top = logits.topk(k, dim=-1).indices
-            scores[l, h] = (top == tokens[:, None].to(top.device)).any(-1).float().mean()
+            scores[layer, h] = (top == tokens[:, None].to(top.device)).any(-1).float().mean()
     return scores
 
 
 @torch.no_grad()
-def name_residuals(bridge: torch.nn.Module, tokenizer, names: Sequence[str] = NAMES) -> tuple[torch.Tensor, torch.Tensor]:
+def name_residuals(
+    bridge: torch.nn.Module, tokenizer, names: Sequence[str] = NAMES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """([n, d_model] residual after block 0 of each single-token " Name" run alone, [n] token ids).
 
     A one-token input lets block 0's attention see only the name itself, so the result is the
@@ -94,8 +105,9 @@ def name_residuals(bridge: torch.nn.Module, tokenizer, names: Sequence[str] = NA
 
 
 @torch.no_grad()
-def model_copy_scores(bridge: torch.nn.Module, tokenizer, *, k: int = 5,
-                      names: Sequence[str] = NAMES) -> dict[str, torch.Tensor]:
+def model_copy_scores(
+    bridge: torch.nn.Module, tokenizer, *, k: int = 5, names: Sequence[str] = NAMES
+) -> dict[str, torch.Tensor]:
     """{"copy_score", "negative_copy_score"}: [layer, head] each, on the model's own weights."""
     resid, tokens = name_residuals(bridge, tokenizer, names)
     args = (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens)
@@ -106,8 +118,9 @@ def model_copy_scores(bridge: torch.nn.Module, tokenizer, *, k: int = 5,
 
 
 @register_analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores")
-def attention_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None,
-                       k: int = 5) -> AnalysisResult:
+def attention_analysis(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, k: int = 5
+) -> AnalysisResult:
     scores = attention_scores(model.bridge, clean)
     copies = model_copy_scores(model.bridge, model.tokenizer, k=k)
     heads = heads_frame(scores["end_to_io"], **scores, **copies)

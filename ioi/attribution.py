@@ -30,8 +30,14 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the wanted activation is captured."""
 
 
-def capture(bridge: torch.nn.Module, tokens: torch.Tensor, names: Sequence[str], *,
-            hooks: Sequence[Hook] = (), stop_at: str | None = None) -> dict[str, torch.Tensor]:
+def capture(
+    bridge: torch.nn.Module,
+    tokens: torch.Tensor,
+    names: Sequence[str],
+    *,
+    hooks: Sequence[Hook] = (),
+    stop_at: str | None = None,
+) -> dict[str, torch.Tensor]:
     """Activations `names` of one forward pass on `tokens` (extra `hooks` first, e.g. patches).
 
     With `stop_at`, the pass ends right after that hook fires (skipping the unembedding, the
@@ -55,13 +61,16 @@ def capture(bridge: torch.nn.Module, tokens: torch.Tensor, names: Sequence[str],
     return got
 
 
-def final_resid_at_end(bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[Hook] = (),
-                       tokens: torch.Tensor | None = None) -> torch.Tensor:
+def final_resid_at_end(
+    bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[Hook] = (), tokens: torch.Tensor | None = None
+) -> torch.Tensor:
     """[rows, d_model] residual entering the final LayerNorm at END (rows = len(tokens) may be a
     multiple of len(batch) when copies of the batch are stacked)."""
     tokens = batch.tokens if tokens is None else tokens
     device = bridge.W_U.device
-    resid = capture(bridge, tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")["ln_final.hook_in"]
+    resid = capture(bridge, tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")[
+        "ln_final.hook_in"
+    ]
     ends = batch.end.to(device).repeat(len(tokens) // len(batch))
     return resid[torch.arange(len(tokens), device=device), ends]
 
@@ -103,16 +112,27 @@ class DirectLogitAttribution:
 
     def total(self) -> torch.Tensor:
         """[batch] sum of every part (equals logit_diff up to float rounding)."""
-        return (self.heads.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.embed
-                + self.pos_embed + self.centering + self.unembed_bias)
+        return (
+            self.heads.sum((1, 2))
+            + self.attn_bias.sum(1)
+            + self.mlp.sum(1)
+            + self.embed
+            + self.pos_embed
+            + self.centering
+            + self.unembed_bias
+        )
 
     def shares(self) -> dict[str, float]:
         """Mean direct effect of all heads and all MLPs, and each one's share of |heads| + |MLPs|
         (signed sums of means, so a layer that cancels another lowers its class's share)."""
         heads, mlps = self.heads.mean(0).sum().item(), self.mlp.mean(0).sum().item()
         norm = abs(heads) + abs(mlps) or 1.0
-        return {"heads_total": heads, "mlps_total": mlps,
-                "head_share": abs(heads) / norm, "mlp_share": abs(mlps) / norm}
+        return {
+            "heads_total": heads,
+            "mlps_total": mlps,
+            "head_share": abs(heads) / norm,
+            "mlp_share": abs(mlps) / norm,
+        }
 
 
 @torch.no_grad()
@@ -120,8 +140,8 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
     """DLA of every head, attention bias, MLP, embedding and bias on the IO − S direction at END."""
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
     names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_in"]
-    names += [f"blocks.{l}.attn.hook_result" for l in range(n_layers)]
-    names += [f"blocks.{l}.hook_mlp_out" for l in range(n_layers)]
+    names += [f"blocks.{layer}.attn.hook_result" for layer in range(n_layers)]
+    names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
     acts = capture(bridge, batch.tokens.to(device), names)
     rows, ends = torch.arange(len(batch), device=device), batch.end.to(device)
     at_end = {k: v[rows, ends] for k, v in acts.items()}
@@ -130,14 +150,14 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
     dla = lambda x: (x / scale * d).sum(-1)  # [batch, d_model] -> [batch]  # noqa: E731
     resid = at_end["ln_final.hook_in"]
     heads = torch.stack([
-        (at_end[f"blocks.{l}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
-        for l in range(n_layers)
+        (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
+        for layer in range(n_layers)
     ], 1)  # fmt: skip
     b_u = bridge.b_U
     return DirectLogitAttribution(
         heads=heads,
-        attn_bias=torch.stack([dla(bridge.b_O[l].expand_as(resid)) for l in range(n_layers)], 1),
-        mlp=torch.stack([dla(at_end[f"blocks.{l}.hook_mlp_out"]) for l in range(n_layers)], 1),
+        attn_bias=torch.stack([dla(bridge.b_O[layer].expand_as(resid)) for layer in range(n_layers)], 1),
+        mlp=torch.stack([dla(at_end[f"blocks.{layer}.hook_mlp_out"]) for layer in range(n_layers)], 1),
         embed=dla(at_end["hook_embed"]),
         pos_embed=dla(at_end["hook_pos_embed"]),
         centering=dla(-resid.mean(-1, keepdim=True).expand_as(resid)),
@@ -150,7 +170,9 @@ def layer_table(dla: DirectLogitAttribution) -> list[dict[str, float | int]]:
     """Rows layer, attn (heads + bias), mlp: mean per-layer direct effects."""
     attn = (dla.heads.sum(2) + dla.attn_bias).mean(0)
     mlp = dla.mlp.mean(0)
-    return [{"layer": l, "attn": attn[l].item(), "mlp": mlp[l].item()} for l in range(len(mlp))]
+    return [
+        {"layer": layer, "attn": attn[layer].item(), "mlp": mlp[layer].item()} for layer in range(len(mlp))
+    ]
 
 
 # ---------------------------------------------------------------- attribution patching
@@ -168,7 +190,9 @@ class AttributionPatching:
     path: torch.Tensor
 
 
-def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def z_grads(
+    bridge: torch.nn.Module, batch: IOIBatch
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Clean hook_z per layer [batch, pos, head, d_head], ∂F/∂z of each, and ∂F/∂resid_final
     [batch, pos, d_model], from one forward and one backward pass (F = mean logit diff)."""
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
@@ -182,7 +206,7 @@ def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[torch.Tensor
         deltas.append(torch.zeros_like(x, requires_grad=True))
         return x + deltas[-1]
 
-    hooks = [(f"blocks.{l}.attn.hook_z", add_zero_leaf) for l in range(n_layers)]
+    hooks = [(f"blocks.{layer}.attn.hook_z", add_zero_leaf) for layer in range(n_layers)]
     with torch.enable_grad():
         got = capture(bridge, batch.tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")
         resid = got["ln_final.hook_in"]  # downstream of the leaves: grad w.r.t. it needs no leaf
@@ -192,8 +216,9 @@ def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[torch.Tensor
     return z_clean, g_z, g_resid
 
 
-def attribution_patching(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor],
-                         positions: str = "all") -> AttributionPatching:
+def attribution_patching(
+    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor], positions: str = "all"
+) -> AttributionPatching:
     """Estimates from the corrupted per-layer hook_z `abc_z` ([batch, pos, head, d_head] each).
 
     positions: "all" (patch every position) or "end" (only END; the path estimate is END-only
@@ -205,7 +230,7 @@ def attribution_patching(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequen
     device = bridge.W_U.device
     rows, ends = torch.arange(len(clean), device=device), clean.end.to(device)
     act, path = [], []
-    for l, (zc, za, g) in enumerate(zip(z_clean, abc_z, g_z)):
+    for layer, (zc, za, g) in enumerate(zip(z_clean, abc_z, g_z, strict=True)):
         delta = za.to(device) - zc  # [batch, pos, head, d_head]
         if positions == "end":
             mask = torch.zeros(delta.shape[:2], device=device)
@@ -213,7 +238,7 @@ def attribution_patching(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequen
             delta = delta * mask[:, :, None, None]
         act.append((delta * g).sum((0, 1, 3)))
         # Direct path: Δresult at END = Δz · W_O, seen by the residual gradient only.
-        d_result = torch.einsum("bhk,hkm->bhm", delta[rows, ends], bridge.W_O[l])
+        d_result = torch.einsum("bhk,hkm->bhm", delta[rows, ends], bridge.W_O[layer])
         path.append((d_result * g_resid[rows, ends][:, None]).sum((0, 2)))
     return AttributionPatching(torch.stack(act), torch.stack(path))
 
@@ -221,7 +246,7 @@ def attribution_patching(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequen
 @torch.no_grad()
 def head_z(bridge: torch.nn.Module, batch: IOIBatch) -> list[torch.Tensor]:
     """hook_z of every layer on `batch`, [batch, pos, head, d_head] each."""
-    names = [f"blocks.{l}.attn.hook_z" for l in range(bridge.cfg.n_layers)]
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(bridge.cfg.n_layers)]
     got = capture(bridge, batch.tokens.to(bridge.W_U.device), names, stop_at="ln_final.hook_in")
     return [got[n] for n in names]
 
@@ -236,7 +261,9 @@ def correlations(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor]) -> torch.Tensor:
+def direct_path_effects(
+    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """[layer, head] exact effect on F of patching only each head's direct path to the final
     residual at END (clean ← `abc_z`), re-applying the final LayerNorm: the reference for
     `AttributionPatching.path`."""
@@ -246,8 +273,8 @@ def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequenc
     resid = final_resid_at_end(bridge, clean)
     f_clean = logit_diff_from_resid(bridge, resid, clean).mean()
     effects = []
-    for l, (zc, za) in enumerate(zip(z_clean, abc_z)):
-        d_result = torch.einsum("bhk,hkm->hbm", za.to(device)[rows, ends] - zc[rows, ends], bridge.W_O[l])
+    for layer, (zc, za) in enumerate(zip(z_clean, abc_z, strict=True)):
+        d_result = torch.einsum("bhk,hkm->hbm", za.to(device)[rows, ends] - zc[rows, ends], bridge.W_O[layer])
         patched = (resid[None] + d_result).flatten(0, 1)  # [head * batch, d_model]
         f = logit_diff_from_resid(bridge, patched, clean).view(len(d_result), len(clean)).mean(1)
         effects.append(f - f_clean)
@@ -258,20 +285,36 @@ def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequenc
 
 
 @register_analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END")
-def dla_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options) -> AnalysisResult:
+def dla_analysis(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options
+) -> AnalysisResult:
     dla = direct_logit_attribution(model.bridge, clean)
-    summary = {"logit_diff": dla.logit_diff.mean().item(), **dla.shares(),
-               "embed": dla.embed.mean().item(), "pos_embed": dla.pos_embed.mean().item(),
-               "attn_bias": dla.attn_bias.mean(0).sum().item(), "centering": dla.centering.mean().item(),
-               "unembed_bias": dla.unembed_bias.mean().item()}
-    return AnalysisResult("dla", heads_frame(dla.heads.mean(0)), summary,
-                          {"layers": pd.DataFrame(layer_table(dla))})
+    summary = {
+        "logit_diff": dla.logit_diff.mean().item(),
+        **dla.shares(),
+        "embed": dla.embed.mean().item(),
+        "pos_embed": dla.pos_embed.mean().item(),
+        "attn_bias": dla.attn_bias.mean(0).sum().item(),
+        "centering": dla.centering.mean().item(),
+        "unembed_bias": dla.unembed_bias.mean().item(),
+    }
+    return AnalysisResult(
+        "dla", heads_frame(dla.heads.mean(0)), summary, {"layers": pd.DataFrame(layer_table(dla))}
+    )
 
 
 @register_analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC")
-def eap_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None,
-                 positions: str = "all", compare: bool = False, max_rows: int = 512) -> AnalysisResult:
-    from ioi.cmap import Patch, patched_logit_diffs, source_activations
+def eap_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    positions: str = "all",
+    compare: bool = False,
+    max_rows: int = 512,
+) -> AnalysisResult:
+    from ioi.cmap import Patch, patched_logit_diffs
 
     bridge = model.bridge
     abc_z = head_z(bridge, abc)
@@ -280,9 +323,9 @@ def eap_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=No
     summary: dict[str, float | str] = {"positions": positions}
     if compare:
         n_layers, n_heads = approx.activation.shape
-        names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
-        source = dict(zip(names, abc_z))
-        copies = [[Patch(names[l], h)] for l in range(n_layers) for h in range(n_heads)]
+        names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+        source = dict(zip(names, abc_z, strict=True))
+        copies = [[Patch(names[layer], h)] for layer in range(n_layers) for h in range(n_heads)]
         f_clean = logit_diff_from_resid(bridge, final_resid_at_end(bridge, clean), clean).mean()
         exact = patched_logit_diffs(bridge, clean, source, copies, positions=positions, max_rows=max_rows)
         columns["exact"] = (exact.mean(1) - f_clean).view(n_layers, n_heads)

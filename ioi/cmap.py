@@ -39,7 +39,9 @@ def _head_dim(hook: str) -> int:
     return 1 if hook.endswith("hook_pattern") else 2  # pattern [b, head, q, k]; z [b, pos, head, d]
 
 
-def _patch_rows(x: torch.Tensor, src: torch.Tensor, patch: Patch, rows: slice, ends: torch.Tensor | None) -> None:
+def _patch_rows(
+    x: torch.Tensor, src: torch.Tensor, patch: Patch, rows: slice, ends: torch.Tensor | None
+) -> None:
     """Write src into the copy x[rows] in place, at END (query END for patterns) or everywhere."""
     target = x[rows]
     if patch.head is not None:
@@ -54,15 +56,23 @@ def _patch_rows(x: torch.Tensor, src: torch.Tensor, patch: Patch, rows: slice, e
 
 
 @torch.no_grad()
-def source_activations(bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+def source_activations(
+    bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """The activations `hooks` of one run on `batch`, to be patched into another run."""
     return capture(bridge, batch.tokens.to(bridge.W_U.device), list(hooks), stop_at="ln_final.hook_in")
 
 
 @torch.no_grad()
-def patched_logit_diffs(bridge: torch.nn.Module, batch: IOIBatch, source: dict[str, torch.Tensor],
-                        copies: Sequence[Sequence[Patch]], *, positions: str = "end",
-                        max_rows: int = 512) -> torch.Tensor:
+def patched_logit_diffs(
+    bridge: torch.nn.Module,
+    batch: IOIBatch,
+    source: dict[str, torch.Tensor],
+    copies: Sequence[Sequence[Patch]],
+    *,
+    positions: str = "end",
+    max_rows: int = 512,
+) -> torch.Tensor:
     """[n_copies, batch] logit differences of `bridge` on `batch`, copy i run with patches copies[i]
     taken from `source` (hook name -> activation on the same tokens).
 
@@ -102,7 +112,7 @@ def head_patches(n_layers: int, n_heads: int, mode: str) -> list[list[Patch]]:
     """One single-head patch per head, layer-major (the order of a [layer, head] grid)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return [[Patch(f"blocks.{l}.{MODES[mode]}", h)] for l in range(n_layers) for h in range(n_heads)]
+    return [[Patch(f"blocks.{layer}.{MODES[mode]}", h)] for layer in range(n_layers) for h in range(n_heads)]
 
 
 @dataclass(frozen=True)
@@ -122,8 +132,15 @@ class CMAPResult:
         return (self.f_source - self.f_receiver).mean().item()
 
 
-def cmap(receiver: torch.nn.Module, source: torch.nn.Module, batch: IOIBatch, *, mode: str = "output",
-         positions: str | None = None, max_rows: int = 512) -> CMAPResult:
+def cmap(
+    receiver: torch.nn.Module,
+    source: torch.nn.Module,
+    batch: IOIBatch,
+    *,
+    mode: str = "output",
+    positions: str | None = None,
+    max_rows: int = 512,
+) -> CMAPResult:
     """CMAP of every head: run `receiver` with one head's hook_z (mode "output") or hook_pattern
     (mode "pattern") from `source`'s run on the same prompts.
 
@@ -132,7 +149,11 @@ def cmap(receiver: torch.nn.Module, source: torch.nn.Module, batch: IOIBatch, *,
     """
     positions = positions or ("end" if mode == "output" else "all")
     cfg = receiver.cfg
-    if (cfg.n_layers, cfg.n_heads, cfg.d_head) != (source.cfg.n_layers, source.cfg.n_heads, source.cfg.d_head):
+    if (cfg.n_layers, cfg.n_heads, cfg.d_head) != (
+        source.cfg.n_layers,
+        source.cfg.n_heads,
+        source.cfg.d_head,
+    ):
         raise ValueError("CMAP needs two models of one architecture (same layers, heads, head size)")
     copies = head_patches(cfg.n_layers, cfg.n_heads, mode)
     acts = source_activations(source, batch, [c[0].hook for c in copies])
@@ -170,7 +191,9 @@ class CMAPSummary:
     share_ci_high: torch.Tensor
 
 
-def summarize(per_prompt: torch.Tensor, gap: torch.Tensor, *, n_boot: int = 1000, seed: int = 0) -> CMAPSummary:
+def summarize(
+    per_prompt: torch.Tensor, gap: torch.Tensor, *, n_boot: int = 1000, seed: int = 0
+) -> CMAPSummary:
     """Summary of per-prompt effects [..., batch] against the per-prompt gap [batch]."""
     boot = bootstrap_means(per_prompt, n_boot=n_boot, seed=seed)
     boot_gap = bootstrap_means(gap, n_boot=n_boot, seed=seed)  # same seed -> same resamples
@@ -206,14 +229,24 @@ def _circuit_for(model: LoadedModel, circuit: Circuit | dict | None) -> Circuit 
     return circuit
 
 
-def _tables(result: CMAPResult, circuit: Circuit | None, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _tables(
+    result: CMAPResult, circuit: Circuit | None, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     gap = result.f_source - result.f_receiver
     s = summarize(result.delta, gap, n_boot=n_boot, seed=seed)
-    heads = heads_frame(s.value, share_of_gap=s.share, ci_low=s.ci_low, ci_high=s.ci_high,
-                        share_ci_low=s.share_ci_low, share_ci_high=s.share_ci_high)
+    heads = heads_frame(
+        s.value,
+        share_of_gap=s.share,
+        ci_low=s.ci_low,
+        ci_high=s.ci_high,
+        share_ci_low=s.share_ci_low,
+        share_ci_high=s.share_ci_high,
+    )
     if circuit is None:
         return heads, None
-    heads["class"] = [circuit.class_of(Head(l, h)) for l, h in zip(heads["layer"], heads["head"])]
+    heads["class"] = [
+        circuit.class_of(Head(layer, h)) for layer, h in zip(heads["layer"], heads["head"], strict=True)
+    ]
     names, per_class = class_effects(result, circuit)
     c = summarize(per_class, gap, n_boot=n_boot, seed=seed)
     classes = pd.DataFrame({
@@ -223,11 +256,23 @@ def _tables(result: CMAPResult, circuit: Circuit | None, n_boot: int, seed: int)
     return heads, classes.rename(columns={"share": "share_of_gap"})
 
 
-@register_analysis("cmap", "Cross-model activation patching: each head of one model from the other", needs_other=True)
-def cmap_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other: LoadedModel | None = None,
-                  mode: str = "output", direction: str = "a<-b", positions: str | None = None,
-                  n_boot: int = 1000, seed: int = 0, circuit: Circuit | dict | None = None,
-                  max_rows: int = 512) -> AnalysisResult:
+@register_analysis(
+    "cmap", "Cross-model activation patching: each head of one model from the other", needs_other=True
+)
+def cmap_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other: LoadedModel | None = None,
+    mode: str = "output",
+    direction: str = "a<-b",
+    positions: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    circuit: Circuit | dict | None = None,
+    max_rows: int = 512,
+) -> AnalysisResult:
     """A = `model`, B = `other`; direction "a<-b" patches B into A, "b<-a" the reverse, "both"
     gives a<-b as `heads` and b<-a as the table `reverse`."""
     if direction not in DIRECTIONS:
@@ -238,15 +283,23 @@ def cmap_analysis(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other: 
     pairs = {"a<-b": (model, other), "b<-a": (other, model)}
     wanted = ["a<-b", "b<-a"] if direction == "both" else [direction]
     tables: dict[str, pd.DataFrame] = {}
-    summary: dict[str, object] = {"mode": mode, "direction": direction, "n_boot": n_boot,
-                                  "positions": positions or ("end" if mode == "output" else "all"),
-                                  "circuit": circuit.name if circuit else None}
+    summary: dict[str, object] = {
+        "mode": mode,
+        "direction": direction,
+        "n_boot": n_boot,
+        "positions": positions or ("end" if mode == "output" else "all"),
+        "circuit": circuit.name if circuit else None,
+    }
     heads = None
     for d in wanted:
         receiver, source = pairs[d]
-        result = cmap(receiver.bridge, source.bridge, clean, mode=mode, positions=positions, max_rows=max_rows)
+        result = cmap(
+            receiver.bridge, source.bridge, clean, mode=mode, positions=positions, max_rows=max_rows
+        )
         frame, classes = _tables(result, circuit, n_boot, seed)
-        f_a, f_b = (result.f_receiver, result.f_source) if d == "a<-b" else (result.f_source, result.f_receiver)
+        f_a, f_b = (
+            (result.f_receiver, result.f_source) if d == "a<-b" else (result.f_source, result.f_receiver)
+        )
         summary |= {"f_a": f_a.mean().item(), "f_b": f_b.mean().item()}
         key = "" if heads is None else "reverse_"
         if heads is None:

@@ -145,7 +145,9 @@ def test_eap_analysis_compare(tiny, batches):
     assert {"value", "path", "exact", "exact_path"} <= set(res.heads.columns)
     assert -1.0 <= res.summary["pearson"] <= 1.0 and -1.0 <= res.summary["spearman"] <= 1.0
     ref = _exact_activation_patching(tiny.bridge, clean, head_z(tiny.bridge, abc))
-    torch.testing.assert_close(torch.tensor(res.heads["exact"].values).view_as(ref), ref.double(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(res.heads["exact"].values).view_as(ref), ref.double(), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_correlations():

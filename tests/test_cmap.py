@@ -64,9 +64,13 @@ def test_patching_everything_reproduces_b(model_a, model_b, batches):
     f_a = logit_diff_per_prompt(a(clean.tokens), clean)
     f_b = logit_diff_per_prompt(b(clean.tokens), clean)
     assert (f_a - f_b).abs().max() > 1e-3  # B really differs from A
-    names = [f"blocks.{l}.{s}" for l in range(a.cfg.n_layers) for s in ("attn.hook_z", "hook_mlp_out")]
+    names = [
+        f"blocks.{layer}.{s}" for layer in range(a.cfg.n_layers) for s in ("attn.hook_z", "hook_mlp_out")
+    ]
     everything = [Patch(n) for n in names]
-    patched = patched_logit_diffs(a, clean, source_activations(b, clean, names), [everything], positions="all")
+    patched = patched_logit_diffs(
+        a, clean, source_activations(b, clean, names), [everything], positions="all"
+    )
     torch.testing.assert_close(patched[0], f_b, atol=1e-4, rtol=1e-4)
 
 
@@ -100,7 +104,9 @@ def _one_forward_per_head(receiver, source, clean, mode, positions):
 def test_batched_equals_one_forward_per_head(model_a, model_b, batches, mode, positions):
     clean = batches[0]
     # max_rows 3 copies: chunks of 3, 3 and 2 heads, exercising chunking and a short last chunk
-    fast = cmap(model_a.bridge, model_b.bridge, clean, mode=mode, positions=positions, max_rows=3 * len(clean))
+    fast = cmap(
+        model_a.bridge, model_b.bridge, clean, mode=mode, positions=positions, max_rows=3 * len(clean)
+    )
     ref = _one_forward_per_head(model_a.bridge, model_b.bridge, clean, mode, positions)
     assert ref.abs().max() > 1e-4
     torch.testing.assert_close(fast.delta, ref, atol=1e-4, rtol=1e-4)
@@ -126,7 +132,9 @@ def test_class_sums_and_registry(model_a, model_b, batches):
     assert names == ["name mover", "induction"]
     torch.testing.assert_close(sums[0], res.delta[1, 0] + res.delta[1, 3])
 
-    out = run_analysis("cmap", model_a, clean, abc, other=model_b, circuit=circuit, n_boot=100, direction="both")
+    out = run_analysis(
+        "cmap", model_a, clean, abc, other=model_b, circuit=circuit, n_boot=100, direction="both"
+    )
     heads, classes = out.heads, out.tables["classes"]
     assert {"value", "share_of_gap", "ci_low", "ci_high"} <= set(heads.columns)
     assert heads["value"].values == pytest.approx(res.delta.mean(-1).flatten().double().numpy(), abs=1e-6)
