@@ -37,17 +37,20 @@ def capture(
     *,
     hooks: Sequence[Hook] = (),
     stop_at: str | None = None,
+    at: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Activations `names` of one forward pass on `tokens` (extra `hooks` first, e.g. patches).
 
     With `stop_at`, the pass ends right after that hook fires (skipping the unembedding, the
-    largest matmul of a small model); the activation at `stop_at` is captured too.
+    largest matmul of a small model); the activation at `stop_at` is captured too. With `at`
+    ([batch] positions), only x[b, at[b]] of each [batch, pos, ...] activation is kept.
     """
     got: dict[str, torch.Tensor] = {}
+    rows = None if at is None else torch.arange(len(at), device=at.device)
 
     def keep(name: str) -> Callable:
         def fn(x: torch.Tensor, hook) -> None:
-            got[name] = x
+            got[name] = x if at is None else x[rows, at]
             if name == stop_at:
                 raise _Stop
 
@@ -142,9 +145,8 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
     names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_in"]
     names += [f"blocks.{layer}.attn.hook_result" for layer in range(n_layers)]
     names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-    acts = capture(bridge, batch.tokens.to(device), names)
-    rows, ends = torch.arange(len(batch), device=device), batch.end.to(device)
-    at_end = {k: v[rows, ends] for k, v in acts.items()}
+    # keeping END only bounds memory: hook_result is [batch, pos, head, d_model] per layer
+    at_end = capture(bridge, batch.tokens.to(device), names, at=batch.end.to(device))
     scale = at_end["ln_final.hook_scale"]  # [batch, 1]
     d = ld_direction(bridge, batch)  # [batch, d_model]
     dla = lambda x: (x / scale * d).sum(-1)  # [batch, d_model] -> [batch]  # noqa: E731
@@ -183,11 +185,13 @@ class AttributionPatching:
     """First-order estimates of patching clean ← ABC, [layer, head] each, in units of F.
 
     activation: patching the head's hook_z (at `positions`) everywhere downstream;
-    path: patching only the head's direct path into the final residual at END.
+    path: patching only the head's direct path into the final residual at END;
+    agreement: Pearson and Spearman correlation of `activation` with an exact result, if given.
     """
 
     activation: torch.Tensor
     path: torch.Tensor
+    agreement: dict[str, float] | None = None
 
 
 def z_grads(
@@ -217,30 +221,44 @@ def z_grads(
 
 
 def attribution_patching(
-    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor], positions: str = "all"
+    bridge: torch.nn.Module,
+    clean: IOIBatch,
+    abc_z: Sequence[torch.Tensor],
+    positions: str = "all",
+    *,
+    exact: torch.Tensor | None = None,
+    chunk: int = 64,
 ) -> AttributionPatching:
     """Estimates from the corrupted per-layer hook_z `abc_z` ([batch, pos, head, d_head] each).
 
+    Costs one forward and one backward pass per `chunk` prompts, whatever the number of heads.
     positions: "all" (patch every position) or "end" (only END; the path estimate is END-only
-    anyway since only END's residual reaches the logit difference).
+    anyway since only END's residual reaches the logit difference). With `exact` ([layer, head]
+    exact activation-patching effects), `agreement` holds their Pearson and Spearman correlation.
     """
     if positions not in ("all", "end"):
         raise ValueError(f"positions must be 'all' or 'end', got {positions!r}")
-    z_clean, g_z, g_resid = z_grads(bridge, clean)
     device = bridge.W_U.device
-    rows, ends = torch.arange(len(clean), device=device), clean.end.to(device)
-    act, path = [], []
-    for layer, (zc, za, g) in enumerate(zip(z_clean, abc_z, g_z, strict=True)):
-        delta = za.to(device) - zc  # [batch, pos, head, d_head]
-        if positions == "end":
-            mask = torch.zeros(delta.shape[:2], device=device)
-            mask[rows, ends] = 1.0
-            delta = delta * mask[:, :, None, None]
-        act.append((delta * g).sum((0, 1, 3)))
-        # Direct path: Δresult at END = Δz · W_O, seen by the residual gradient only.
-        d_result = torch.einsum("bhk,hkm->bhm", delta[rows, ends], bridge.W_O[layer])
-        path.append((d_result * g_resid[rows, ends][:, None]).sum((0, 2)))
-    return AttributionPatching(torch.stack(act), torch.stack(path))
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    act = torch.zeros(n_layers, n_heads, device=device)
+    path = torch.zeros(n_layers, n_heads, device=device)
+    for start in range(0, len(clean), chunk):
+        idx = torch.arange(start, min(start + chunk, len(clean)))
+        sub, weight = clean.subset(idx), len(idx) / len(clean)  # F is a mean: chunk means weighted
+        z_clean, g_z, g_resid = z_grads(bridge, sub)
+        rows, ends = torch.arange(len(sub), device=device), sub.end.to(device)
+        for layer, (zc, za, g) in enumerate(zip(z_clean, abc_z, g_z, strict=True)):
+            delta = za[idx].to(device) - zc  # [chunk, pos, head, d_head]
+            if positions == "end":
+                mask = torch.zeros(delta.shape[:2], device=device)
+                mask[rows, ends] = 1.0
+                delta = delta * mask[:, :, None, None]
+            act[layer] += weight * (delta * g).sum((0, 1, 3))
+            # Direct path: Δresult at END = Δz · W_O, seen by the residual gradient only.
+            d_result = torch.einsum("bhk,hkm->bhm", delta[rows, ends], bridge.W_O[layer])
+            path[layer] += weight * (d_result * g_resid[rows, ends][:, None]).sum((0, 2))
+    agreement = None if exact is None else correlations(act, exact)
+    return AttributionPatching(act, path, agreement)
 
 
 @torch.no_grad()
