@@ -38,12 +38,14 @@ def capture(
     hooks: Sequence[Hook] = (),
     stop_at: str | None = None,
     at: torch.Tensor | None = None,
+    **run_kwargs,
 ) -> dict[str, torch.Tensor]:
     """Activations `names` of one forward pass on `tokens` (extra `hooks` first, e.g. patches).
 
     With `stop_at`, the pass ends right after that hook fires (skipping the unembedding, the
     largest matmul of a small model); the activation at `stop_at` is captured too. With `at`
     ([batch] positions), only x[b, at[b]] of each [batch, pos, ...] activation is kept.
+    `run_kwargs` go to `run_with_hooks` (e.g. start_at_layer, with residual `tokens`).
     """
     got: dict[str, torch.Tensor] = {}
     rows = None if at is None else torch.arange(len(at), device=at.device)
@@ -58,24 +60,30 @@ def capture(
 
     wanted = list(dict.fromkeys([*names, *([stop_at] if stop_at else [])]))
     try:
-        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, *[(n, keep(n)) for n in wanted]])
+        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, *[(n, keep(n)) for n in wanted]], **run_kwargs)
     except _Stop:
         pass
     return got
 
 
 def final_resid_at_end(
-    bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[Hook] = (), tokens: torch.Tensor | None = None
+    bridge: torch.nn.Module,
+    batch: IOIBatch,
+    hooks: Sequence[Hook] = (),
+    inputs: torch.Tensor | None = None,
+    start_at_layer: int | None = None,
 ) -> torch.Tensor:
-    """[rows, d_model] residual entering the final LayerNorm at END (rows = len(tokens) may be a
-    multiple of len(batch) when copies of the batch are stacked)."""
-    tokens = batch.tokens if tokens is None else tokens
+    """[rows, d_model] residual entering the final LayerNorm at END.
+
+    `inputs` (default the batch's tokens) may stack copies of the batch (rows = a multiple of
+    len(batch)); with `start_at_layer` they are the residual [rows, pos, d_model] entering that block.
+    """
+    inputs = batch.tokens if inputs is None else inputs
     device = bridge.W_U.device
-    resid = capture(bridge, tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")[
-        "ln_final.hook_in"
-    ]
-    ends = batch.end.to(device).repeat(len(tokens) // len(batch))
-    return resid[torch.arange(len(tokens), device=device), ends]
+    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
+    got = capture(bridge, inputs.to(device), [], hooks=hooks, stop_at="ln_final.hook_in", **kwargs)
+    ends = batch.end.to(device).repeat(len(inputs) // len(batch))
+    return got["ln_final.hook_in"][torch.arange(len(inputs), device=device), ends]
 
 
 def ld_direction(bridge: torch.nn.Module, batch: IOIBatch) -> torch.Tensor:

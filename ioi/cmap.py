@@ -72,12 +72,15 @@ def patched_logit_diffs(
     *,
     positions: str = "end",
     max_rows: int = 512,
+    start: tuple[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """[n_copies, batch] logit differences of `bridge` on `batch`, copy i run with patches copies[i]
     taken from `source` (hook name -> activation on the same tokens).
 
     Copies are stacked along the batch, max(1, max_rows // len(batch)) per forward pass.
-    positions: "end" (only END, for patterns END's query row) or "all".
+    positions: "end" (only END, for patterns END's query row) or "all". `start` = (layer, the
+    unpatched run's residual entering that layer [batch, pos, d_model]) skips the blocks before
+    `layer`, valid when no patch touches them.
     """
     if positions not in ("end", "all"):
         raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
@@ -85,8 +88,8 @@ def patched_logit_diffs(
     ends = batch.end.to(device) if positions == "end" else None
     per_pass = max(1, max_rows // n)
     out = []
-    for start in range(0, len(copies), per_pass):
-        chunk = copies[start : start + per_pass]
+    for first in range(0, len(copies), per_pass):
+        chunk = copies[first : first + per_pass]
         by_hook: dict[str, list[tuple[int, Patch]]] = {}
         for j, patches in enumerate(chunk):
             for p in patches:
@@ -101,9 +104,12 @@ def patched_logit_diffs(
 
             return fn
 
-        tokens = batch.tokens.to(device).repeat(len(chunk), 1)
         hooks = [(name, hook_fn(todo)) for name, todo in by_hook.items()]
-        resid = final_resid_at_end(bridge, batch, hooks, tokens=tokens)
+        if start is None:
+            resid = final_resid_at_end(bridge, batch, hooks, batch.tokens.repeat(len(chunk), 1))
+        else:
+            inputs = start[1].repeat(len(chunk), 1, 1)
+            resid = final_resid_at_end(bridge, batch, hooks, inputs, start_at_layer=start[0])
         out.append(logit_diff_from_resid(bridge, resid, batch).view(len(chunk), n))
     return torch.cat(out)
 
@@ -157,7 +163,18 @@ def cmap(
         raise ValueError("CMAP needs two models of one architecture (same layers, heads, head size)")
     copies = head_patches(cfg.n_layers, cfg.n_heads, mode)
     acts = source_activations(source, batch, [c[0].hook for c in copies])
-    patched = patched_logit_diffs(receiver, batch, acts, copies, positions=positions, max_rows=max_rows)
+    # A head at layer L changes nothing before block L: run each layer's copies from the
+    # receiver's own residual entering block L instead of from the tokens.
+    pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)]
+    resid_pre = source_activations(receiver, batch, pre)
+    patched = torch.cat([
+        patched_logit_diffs(
+            receiver, batch, acts, copies[layer * cfg.n_heads : (layer + 1) * cfg.n_heads],
+            positions=positions, max_rows=max_rows,
+            start=(layer, resid_pre[pre[layer]]) if layer else None,
+        )
+        for layer in range(cfg.n_layers)
+    ])  # fmt: skip
     f_receiver = logit_diff_from_resid(receiver, final_resid_at_end(receiver, batch), batch)
     f_source = logit_diff_from_resid(source, final_resid_at_end(source, batch), batch)
     delta = (patched - f_receiver).view(cfg.n_layers, cfg.n_heads, len(batch))
