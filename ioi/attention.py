@@ -77,12 +77,11 @@ def copy_scores(
     n_layers, n_heads = w_v.shape[:2]
     x = _layer_norm(resid, eps)
     scores = torch.empty(n_layers, n_heads)
-    for layer in range(n_layers):
-        for h in range(n_heads):
-            out = sign * (x @ w_v[layer, h] @ w_o[layer, h])  # [names, d_model]
-            logits = _layer_norm(out, eps) @ w_u  # [names, vocab]
-            top = logits.topk(k, dim=-1).indices
-            scores[layer, h] = (top == tokens[:, None].to(top.device)).any(-1).float().mean()
+    for layer in range(n_layers):  # all heads of a layer in one unembedding matmul
+        ov = torch.einsum("nd,hdk,hkm->hnm", x, w_v[layer], w_o[layer])  # [head, names, d_model]
+        logits = _layer_norm(sign * ov, eps) @ w_u  # [head, names, vocab]
+        top = logits.topk(k, dim=-1).indices
+        scores[layer] = (top == tokens[None, :, None].to(top.device)).any(-1).float().mean(-1).cpu()
     return scores
 
 
@@ -119,9 +118,11 @@ def model_copy_scores(
 
 @register_analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores")
 def attention_analysis(
-    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, k: int = 5
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, k: int = 5, copy: bool = True
 ) -> AnalysisResult:
+    """Options: k (top-k of the copy score); copy=False skips the copy scores (they unembed every
+    name through every head's OV circuit, the slow part on GPT-2-sized models)."""
     scores = attention_scores(model.bridge, clean)
-    copies = model_copy_scores(model.bridge, model.tokenizer, k=k)
+    copies = model_copy_scores(model.bridge, model.tokenizer, k=k) if copy else {}
     heads = heads_frame(scores["end_to_io"], **scores, **copies)
-    return AnalysisResult("attention", heads, {"copy_top_k": k})
+    return AnalysisResult("attention", heads, {"copy_top_k": k} if copy else {})
