@@ -7,6 +7,7 @@ at a checkpoint goes through `run_analysis`, so a new method registered here app
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,15 +64,23 @@ class Analysis:
 
 
 ANALYSES: dict[str, Analysis] = {}
-
-BUILTIN_MODULES: tuple[str, ...] = ("ioi.attribution", "ioi.attention", "ioi.cmap")
-"""Modules whose import registers the built-in analyses; `run_analysis` imports them lazily."""
+# Modules that register analyses when imported; imported lazily to keep `import ioi` light.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "ioi.attribution",
+    "ioi.attention",
+    "ioi.patching",
+    "ioi.path_patching",
+    "ioi.ablation",
+    "ioi.circuit",
+    "ioi.cmap",
+)
 
 
 def load_builtin_analyses() -> dict[str, Analysis]:
-    """Import every module of BUILTIN_MODULES (registering its analyses) and return the registry."""
+    """Import every built-in analysis module (those present) and return the registry."""
     for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
     return ANALYSES
 
 

@@ -26,7 +26,12 @@ from ioi.data import (
 from ioi.models import DEFAULT_MODEL, ModelUnavailableError
 from ioi.train import SCENARIOS, Cancelled, TrainingError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, ModelUnavailableError, TrainingError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DatasetError,
+    ModelUnavailableError,
+    TrainingError,
+    FileNotFoundError,
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,12 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})")
-    p.add_argument("--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 

@@ -107,7 +107,9 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_hf(name: str = DEFAULT_MODEL, *, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, str]:
+def load_hf(
+    name: str = DEFAULT_MODEL, *, seed: int = 0
+) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, str]:
     """The raw HF model, its tokenizer and a sentence saying where the weights came from."""
     if name in _RANDOM_CONFIGS:
         return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"

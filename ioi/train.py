@@ -107,9 +107,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def _save_optimizer(opt: torch.optim.AdamW, path: Path) -> None:
     tensors = {
-        f"{i}.{k}": v.contiguous()
-        for i, state in opt.state_dict()["state"].items()
-        for k, v in state.items()
+        f"{i}.{k}": v.contiguous() for i, state in opt.state_dict()["state"].items() for k, v in state.items()
     }
     save_file(tensors, str(path))
 
@@ -200,7 +198,9 @@ def finetune(
     eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval"), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
-        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        order = torch.randperm(
+            len(batch), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
         model.train()
         total = 0.0
         for step in range(steps):

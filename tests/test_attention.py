@@ -6,14 +6,11 @@ import torch
 from ioi.analyses import run_analysis
 from ioi.attention import PATTERNS, attention_scores, copy_scores, model_copy_scores
 from ioi.data import abc_counterfactual, make_dataset, tokenize
-from ioi.models import load_model
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_model("random:tiny", device="cpu")
+def tiny(tiny_random):
+    return tiny_random
 
 
 @pytest.fixture(scope="module")

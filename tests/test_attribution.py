@@ -16,15 +16,13 @@ from ioi.attribution import (
 )
 from ioi.data import abc_counterfactual, make_dataset, tokenize
 from ioi.metrics import logit_diff_per_prompt
-from ioi.models import load_model, wrap
-
-torch.set_num_threads(1)
+from ioi.models import wrap
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_random):
     """random:tiny with random biases and LayerNorm weights, so every DLA term is non-zero."""
-    m = load_model("random:tiny", device="cpu")
+    m = copy.copy(tiny_random)
     hf = copy.deepcopy(m.hf_model)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -86,11 +84,15 @@ def test_dla_analysis_tables_add_up(tiny, batches):
 
 
 @pytest.mark.slow
-def test_dla_sums_on_gpt2_shape():
-    m = load_model("random:gpt2", device="cpu")
+def test_dla_sums_on_gpt2_shape(gpt2_random):
     samples = make_dataset(3, seed=0, split="eval")
-    dla = _check_dla_sums(m.bridge, tokenize(samples, m.tokenizer))
+    dla = _check_dla_sums(gpt2_random.bridge, tokenize(samples, gpt2_random.tokenizer))
     assert dla.heads.shape == (3, 12, 12)
+
+
+def test_dla_sums_on_ioi_tiny(ioi_tiny):
+    samples = make_dataset(6, seed=0, split="eval")
+    _check_dla_sums(ioi_tiny.bridge, tokenize(samples, ioi_tiny.tokenizer))
 
 
 def _exact_activation_patching(bridge, clean, source_z):

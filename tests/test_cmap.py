@@ -19,14 +19,12 @@ from ioi.cmap import (
 )
 from ioi.data import abc_counterfactual, make_dataset, tokenize
 from ioi.metrics import logit_diff_per_prompt
-from ioi.models import load_model, wrap
-
-torch.set_num_threads(1)
+from ioi.models import wrap
 
 
 @pytest.fixture(scope="module")
-def model_a():
-    return load_model("random:tiny", device="cpu")
+def model_a(tiny_random):
+    return tiny_random
 
 
 @pytest.fixture(scope="module")
