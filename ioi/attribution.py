@@ -1,0 +1,361 @@
+"""Direct logit attribution and attribution patching (METHODS §4, §7).
+
+Direct logit attribution (DLA) splits the logit difference F = logit(IO) − logit(S) at END into the
+contributions written straight into the final residual stream: every component's output at END,
+divided by the clean run's final LayerNorm scale, dotted with W_U[:, IO] − W_U[:, S]. Because the
+final LayerNorm is linear once its scale is frozen, heads + attention biases + MLPs + embeddings +
+the LayerNorm centring term + the unembedding bias add up exactly to F.
+
+Attribution patching (EAP-style) replaces one forward pass per patched head by a first-order Taylor
+step: the effect of patching clean ← ABC on head h is ≈ (z_abc − z_clean) · ∂F/∂z at the clean run,
+for every head at once from one clean forward/backward and one ABC forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.data import IOIBatch
+from ioi.models import LoadedModel
+
+Hook = tuple[str, Callable]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted activation is captured."""
+
+
+def capture(
+    bridge: torch.nn.Module,
+    tokens: torch.Tensor,
+    names: Sequence[str],
+    *,
+    hooks: Sequence[Hook] = (),
+    stop_at: str | None = None,
+    at: torch.Tensor | None = None,
+    **run_kwargs,
+) -> dict[str, torch.Tensor]:
+    """Activations `names` of one forward pass on `tokens` (extra `hooks` first, e.g. patches).
+
+    With `stop_at`, the pass ends right after that hook fires (skipping the unembedding, the
+    largest matmul of a small model); the activation at `stop_at` is captured too. With `at`
+    ([batch] positions), only x[b, at[b]] of each [batch, pos, ...] activation is kept.
+    `run_kwargs` go to `run_with_hooks` (e.g. start_at_layer, with residual `tokens`).
+    """
+    got: dict[str, torch.Tensor] = {}
+    rows = None if at is None else torch.arange(len(at), device=at.device)
+
+    def keep(name: str) -> Callable:
+        def fn(x: torch.Tensor, hook) -> None:
+            got[name] = x if at is None else x[rows, at]
+            if name == stop_at:
+                raise _Stop
+
+        return fn
+
+    wanted = list(dict.fromkeys([*names, *([stop_at] if stop_at else [])]))
+    try:
+        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, *[(n, keep(n)) for n in wanted]], **run_kwargs)
+    except _Stop:
+        pass
+    return got
+
+
+def final_resid_at_end(
+    bridge: torch.nn.Module,
+    batch: IOIBatch,
+    hooks: Sequence[Hook] = (),
+    inputs: torch.Tensor | None = None,
+    start_at_layer: int | None = None,
+) -> torch.Tensor:
+    """[rows, d_model] residual entering the final LayerNorm at END.
+
+    `inputs` (default the batch's tokens) may stack copies of the batch (rows = a multiple of
+    len(batch)); with `start_at_layer` they are the residual [rows, pos, d_model] entering that block.
+    """
+    inputs = batch.tokens if inputs is None else inputs
+    device = bridge.W_U.device
+    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
+    got = capture(bridge, inputs.to(device), [], hooks=hooks, stop_at="ln_final.hook_in", **kwargs)
+    ends = batch.end.to(device).repeat(len(inputs) // len(batch))
+    return got["ln_final.hook_in"][torch.arange(len(inputs), device=device), ends]
+
+
+def ld_direction(bridge: torch.nn.Module, batch: IOIBatch) -> torch.Tensor:
+    """[batch, d_model] W_U[:, IO] − W_U[:, S] per prompt."""
+    w_u = bridge.W_U
+    return (w_u[:, batch.io_tok.to(w_u.device)] - w_u[:, batch.s_tok.to(w_u.device)]).T
+
+
+def logit_diff_from_resid(bridge: torch.nn.Module, resid: torch.Tensor, batch: IOIBatch) -> torch.Tensor:
+    """[rows] logit difference from the final residual at END [rows, d_model] (rows a multiple of
+    the batch), applying the final LayerNorm (folded in compatibility mode) and the unembedding."""
+    reps = len(resid) // len(batch)
+    x = resid - resid.mean(-1, keepdim=True)
+    x = x / (x.pow(2).mean(-1, keepdim=True) + bridge.cfg.eps).sqrt()
+    b_u = bridge.b_U
+    bias = b_u[batch.io_tok.to(b_u.device)] - b_u[batch.s_tok.to(b_u.device)]
+    return (x * ld_direction(bridge, batch).repeat(reps, 1)).sum(-1) + bias.repeat(reps)
+
+
+@dataclass(frozen=True)
+class DirectLogitAttribution:
+    """Per-prompt direct contributions to the logit difference at END.
+
+    heads [batch, layer, head]; attn_bias, mlp [batch, layer]; embed, pos_embed, centering (the
+    final LayerNorm's mean subtraction), unembed_bias, logit_diff [batch]. All parts sum to
+    logit_diff exactly (see `total`).
+    """
+
+    heads: torch.Tensor
+    attn_bias: torch.Tensor
+    mlp: torch.Tensor
+    embed: torch.Tensor
+    pos_embed: torch.Tensor
+    centering: torch.Tensor
+    unembed_bias: torch.Tensor
+    logit_diff: torch.Tensor
+
+    def total(self) -> torch.Tensor:
+        """[batch] sum of every part (equals logit_diff up to float rounding)."""
+        return (
+            self.heads.sum((1, 2))
+            + self.attn_bias.sum(1)
+            + self.mlp.sum(1)
+            + self.embed
+            + self.pos_embed
+            + self.centering
+            + self.unembed_bias
+        )
+
+    def shares(self) -> dict[str, float]:
+        """Mean direct effect of all heads and all MLPs, and each one's share of |heads| + |MLPs|
+        (signed sums of means, so a layer that cancels another lowers its class's share)."""
+        heads, mlps = self.heads.mean(0).sum().item(), self.mlp.mean(0).sum().item()
+        norm = abs(heads) + abs(mlps) or 1.0
+        return {
+            "heads_total": heads,
+            "mlps_total": mlps,
+            "head_share": abs(heads) / norm,
+            "mlp_share": abs(mlps) / norm,
+        }
+
+
+@torch.no_grad()
+def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> DirectLogitAttribution:
+    """DLA of every head, attention bias, MLP, embedding and bias on the IO − S direction at END."""
+    n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
+    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_in"]
+    names += [f"blocks.{layer}.attn.hook_result" for layer in range(n_layers)]
+    names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
+    # keeping END only bounds memory: hook_result is [batch, pos, head, d_model] per layer
+    at_end = capture(bridge, batch.tokens.to(device), names, at=batch.end.to(device))
+    scale = at_end["ln_final.hook_scale"]  # [batch, 1]
+    d = ld_direction(bridge, batch)  # [batch, d_model]
+    dla = lambda x: (x / scale * d).sum(-1)  # [batch, d_model] -> [batch]  # noqa: E731
+    resid = at_end["ln_final.hook_in"]
+    heads = torch.stack([
+        (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
+        for layer in range(n_layers)
+    ], 1)  # fmt: skip
+    b_u = bridge.b_U
+    return DirectLogitAttribution(
+        heads=heads,
+        attn_bias=torch.stack([dla(bridge.b_O[layer].expand_as(resid)) for layer in range(n_layers)], 1),
+        mlp=torch.stack([dla(at_end[f"blocks.{layer}.hook_mlp_out"]) for layer in range(n_layers)], 1),
+        embed=dla(at_end["hook_embed"]),
+        pos_embed=dla(at_end["hook_pos_embed"]),
+        centering=dla(-resid.mean(-1, keepdim=True).expand_as(resid)),
+        unembed_bias=b_u[batch.io_tok.to(device)] - b_u[batch.s_tok.to(device)],
+        logit_diff=logit_diff_from_resid(bridge, resid, batch),
+    )
+
+
+def layer_table(dla: DirectLogitAttribution) -> list[dict[str, float | int]]:
+    """Rows layer, attn (heads + bias), mlp: mean per-layer direct effects."""
+    attn = (dla.heads.sum(2) + dla.attn_bias).mean(0)
+    mlp = dla.mlp.mean(0)
+    return [
+        {"layer": layer, "attn": attn[layer].item(), "mlp": mlp[layer].item()} for layer in range(len(mlp))
+    ]
+
+
+# ---------------------------------------------------------------- attribution patching
+
+
+@dataclass(frozen=True)
+class AttributionPatching:
+    """First-order estimates of patching clean ← ABC, [layer, head] each, in units of F.
+
+    activation: patching the head's hook_z (at `positions`) everywhere downstream;
+    path: patching only the head's direct path into the final residual at END;
+    agreement: Pearson and Spearman correlation of `activation` with an exact result, if given.
+    """
+
+    activation: torch.Tensor
+    path: torch.Tensor
+    agreement: dict[str, float] | None = None
+
+
+def z_grads(
+    bridge: torch.nn.Module, batch: IOIBatch
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Clean hook_z per layer [batch, pos, head, d_head], ∂F/∂z of each, and ∂F/∂resid_final
+    [batch, pos, d_model], from one forward and one backward pass (F = mean logit diff)."""
+    n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
+    z_clean: list[torch.Tensor] = []
+    deltas: list[torch.Tensor] = []
+
+    def add_zero_leaf(x: torch.Tensor, hook) -> torch.Tensor:
+        # Parameters carry no grad. z + δ with a zero leaf δ gives ∂F/∂δ = ∂F/∂z; making z itself
+        # a detached leaf would instead cut the paths from earlier heads through this one.
+        z_clean.append(x.detach())
+        deltas.append(torch.zeros_like(x, requires_grad=True))
+        return x + deltas[-1]
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", add_zero_leaf) for layer in range(n_layers)]
+    with torch.enable_grad():
+        got = capture(bridge, batch.tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")
+        resid = got["ln_final.hook_in"]  # downstream of the leaves: grad w.r.t. it needs no leaf
+        rows = torch.arange(len(batch), device=device)
+        f = logit_diff_from_resid(bridge, resid[rows, batch.end.to(device)], batch).mean()
+        *g_z, g_resid = torch.autograd.grad(f, [*deltas, resid])
+    return z_clean, g_z, g_resid
+
+
+def attribution_patching(
+    bridge: torch.nn.Module,
+    clean: IOIBatch,
+    abc_z: Sequence[torch.Tensor],
+    positions: str = "all",
+    *,
+    exact: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> AttributionPatching:
+    """Estimates from the corrupted per-layer hook_z `abc_z` ([batch, pos, head, d_head] each).
+
+    Costs one forward and one backward pass per `chunk` prompts, whatever the number of heads.
+    positions: "all" (patch every position) or "end" (only END; the path estimate is END-only
+    anyway since only END's residual reaches the logit difference). With `exact` ([layer, head]
+    exact activation-patching effects), `agreement` holds their Pearson and Spearman correlation.
+    """
+    if positions not in ("all", "end"):
+        raise ValueError(f"positions must be 'all' or 'end', got {positions!r}")
+    device = bridge.W_U.device
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    act = torch.zeros(n_layers, n_heads, device=device)
+    path = torch.zeros(n_layers, n_heads, device=device)
+    for start in range(0, len(clean), chunk):
+        idx = torch.arange(start, min(start + chunk, len(clean)))
+        sub, weight = clean.subset(idx), len(idx) / len(clean)  # F is a mean: chunk means weighted
+        z_clean, g_z, g_resid = z_grads(bridge, sub)
+        rows, ends = torch.arange(len(sub), device=device), sub.end.to(device)
+        for layer, (zc, za, g) in enumerate(zip(z_clean, abc_z, g_z, strict=True)):
+            delta = za[idx].to(device) - zc  # [chunk, pos, head, d_head]
+            if positions == "end":
+                mask = torch.zeros(delta.shape[:2], device=device)
+                mask[rows, ends] = 1.0
+                delta = delta * mask[:, :, None, None]
+            act[layer] += weight * (delta * g).sum((0, 1, 3))
+            # Direct path: Δresult at END = Δz · W_O, seen by the residual gradient only.
+            d_result = torch.einsum("bhk,hkm->bhm", delta[rows, ends], bridge.W_O[layer])
+            path[layer] += weight * (d_result * g_resid[rows, ends][:, None]).sum((0, 2))
+    agreement = None if exact is None else correlations(act, exact)
+    return AttributionPatching(act, path, agreement)
+
+
+@torch.no_grad()
+def head_z(bridge: torch.nn.Module, batch: IOIBatch) -> list[torch.Tensor]:
+    """hook_z of every layer on `batch`, [batch, pos, head, d_head] each."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(bridge.cfg.n_layers)]
+    got = capture(bridge, batch.tokens.to(bridge.W_U.device), names, stop_at="ln_final.hook_in")
+    return [got[n] for n in names]
+
+
+def correlations(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+    """Pearson and Spearman correlation of two same-shape tensors (flattened)."""
+    a, e = approx.flatten().double(), exact.flatten().double()
+    rank = lambda x: x.argsort().argsort().double()  # noqa: E731  (ties are rare for float effects)
+    pearson = torch.corrcoef(torch.stack([a, e]))[0, 1].item()
+    spearman = torch.corrcoef(torch.stack([rank(a), rank(e)]))[0, 1].item()
+    return {"pearson": pearson, "spearman": spearman}
+
+
+@torch.no_grad()
+def direct_path_effects(
+    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """[layer, head] exact effect on F of patching only each head's direct path to the final
+    residual at END (clean ← `abc_z`), re-applying the final LayerNorm: the reference for
+    `AttributionPatching.path`."""
+    device = bridge.W_U.device
+    rows, ends = torch.arange(len(clean), device=device), clean.end.to(device)
+    z_clean = head_z(bridge, clean)
+    resid = final_resid_at_end(bridge, clean)
+    f_clean = logit_diff_from_resid(bridge, resid, clean).mean()
+    effects = []
+    for layer, (zc, za) in enumerate(zip(z_clean, abc_z, strict=True)):
+        d_result = torch.einsum("bhk,hkm->hbm", za.to(device)[rows, ends] - zc[rows, ends], bridge.W_O[layer])
+        patched = (resid[None] + d_result).flatten(0, 1)  # [head * batch, d_model]
+        f = logit_diff_from_resid(bridge, patched, clean).view(len(d_result), len(clean)).mean(1)
+        effects.append(f - f_clean)
+    return torch.stack(effects)
+
+
+# ---------------------------------------------------------------- registry entries
+
+
+@register_analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END")
+def dla_analysis(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options
+) -> AnalysisResult:
+    dla = direct_logit_attribution(model.bridge, clean)
+    summary = {
+        "logit_diff": dla.logit_diff.mean().item(),
+        **dla.shares(),
+        "embed": dla.embed.mean().item(),
+        "pos_embed": dla.pos_embed.mean().item(),
+        "attn_bias": dla.attn_bias.mean(0).sum().item(),
+        "centering": dla.centering.mean().item(),
+        "unembed_bias": dla.unembed_bias.mean().item(),
+    }
+    return AnalysisResult(
+        "dla", heads_frame(dla.heads.mean(0)), summary, {"layers": pd.DataFrame(layer_table(dla))}
+    )
+
+
+@register_analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC")
+def eap_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    positions: str = "all",
+    compare: bool = False,
+    max_rows: int = 512,
+) -> AnalysisResult:
+    from ioi.cmap import Patch, patched_logit_diffs
+
+    bridge = model.bridge
+    abc_z = head_z(bridge, abc)
+    approx = attribution_patching(bridge, clean, abc_z, positions)
+    columns = {"path": approx.path}
+    summary: dict[str, float | str] = {"positions": positions}
+    if compare:
+        n_layers, n_heads = approx.activation.shape
+        names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+        source = dict(zip(names, abc_z, strict=True))
+        copies = [[Patch(names[layer], h)] for layer in range(n_layers) for h in range(n_heads)]
+        f_clean = logit_diff_from_resid(bridge, final_resid_at_end(bridge, clean), clean).mean()
+        exact = patched_logit_diffs(bridge, clean, source, copies, positions=positions, max_rows=max_rows)
+        columns["exact"] = (exact.mean(1) - f_clean).view(n_layers, n_heads)
+        columns["exact_path"] = direct_path_effects(bridge, clean, abc_z)
+        summary |= correlations(approx.activation, columns["exact"])
+        summary |= {f"path_{k}": v for k, v in correlations(approx.path, columns["exact_path"]).items()}
+    return AnalysisResult("eap", heads_frame(approx.activation, **columns), summary)

@@ -1,0 +1,329 @@
+"""Cross-model activation patching (CMAP, METHODS §8; Prakash et al. 2024).
+
+Two models of one architecture, A and B, read the same prompts. For each head h, run A with h's
+output (hook_z) — or its attention pattern — taken from B's run, and measure how the logit difference
+moves, in logits and as a share of the gap F(B) − F(A). A head whose patch closes much of the gap
+carries the change between the two models. Bootstrap over prompts gives confidence intervals.
+
+Speed: B's activations are cached once, and several heads are patched in one forward pass by
+stacking copies of the prompt batch, one copy per patched head (chunked to bound memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+
+from ioi.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.attribution import capture, final_resid_at_end, logit_diff_from_resid
+from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
+from ioi.data import IOIBatch
+from ioi.models import LoadedModel
+
+MODES = {"output": "attn.hook_z", "pattern": "attn.hook_pattern"}
+"""CMAP mode -> the per-layer hook it patches."""
+
+
+class Patch(NamedTuple):
+    """Replace activation `hook` (a full hook name) — only head `head` if given — by the source's."""
+
+    hook: str
+    head: int | None = None
+
+
+def _head_dim(hook: str) -> int:
+    return 1 if hook.endswith("hook_pattern") else 2  # pattern [b, head, q, k]; z [b, pos, head, d]
+
+
+def _patch_rows(
+    x: torch.Tensor, src: torch.Tensor, patch: Patch, rows: slice, ends: torch.Tensor | None
+) -> None:
+    """Write src into the copy x[rows] in place, at END (query END for patterns) or everywhere."""
+    target = x[rows]
+    if patch.head is not None:
+        dim = _head_dim(patch.hook)
+        target, src = target.select(dim, patch.head), src.select(dim, patch.head)
+    if ends is None:
+        target.copy_(src)
+    else:
+        # END is dim 1 after dropping the head dim of a pattern (q) and of z/result (pos).
+        idx = torch.arange(len(ends), device=x.device)
+        target[idx, ends] = src[idx, ends]
+
+
+@torch.no_grad()
+def source_activations(
+    bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The activations `hooks` of one run on `batch`, to be patched into another run."""
+    return capture(bridge, batch.tokens.to(bridge.W_U.device), list(hooks), stop_at="ln_final.hook_in")
+
+
+@torch.no_grad()
+def patched_logit_diffs(
+    bridge: torch.nn.Module,
+    batch: IOIBatch,
+    source: dict[str, torch.Tensor],
+    copies: Sequence[Sequence[Patch]],
+    *,
+    positions: str = "end",
+    max_rows: int = 512,
+    start: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """[n_copies, batch] logit differences of `bridge` on `batch`, copy i run with patches copies[i]
+    taken from `source` (hook name -> activation on the same tokens).
+
+    Copies are stacked along the batch, max(1, max_rows // len(batch)) per forward pass.
+    positions: "end" (only END, for patterns END's query row) or "all". `start` = (layer, the
+    unpatched run's residual entering that layer [batch, pos, d_model]) skips the blocks before
+    `layer`, valid when no patch touches them.
+    """
+    if positions not in ("end", "all"):
+        raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
+    n, device = len(batch), bridge.W_U.device
+    ends = batch.end.to(device) if positions == "end" else None
+    per_pass = max(1, max_rows // n)
+    out = []
+    for first in range(0, len(copies), per_pass):
+        chunk = copies[first : first + per_pass]
+        by_hook: dict[str, list[tuple[int, Patch]]] = {}
+        for j, patches in enumerate(chunk):
+            for p in patches:
+                by_hook.setdefault(p.hook, []).append((j, p))
+
+        def hook_fn(todo: list[tuple[int, Patch]]):
+            def fn(x: torch.Tensor, hook) -> torch.Tensor:
+                x = x.clone()
+                for j, p in todo:
+                    _patch_rows(x, source[p.hook].to(x.dtype), p, slice(j * n, (j + 1) * n), ends)
+                return x
+
+            return fn
+
+        hooks = [(name, hook_fn(todo)) for name, todo in by_hook.items()]
+        if start is None:
+            resid = final_resid_at_end(bridge, batch, hooks, batch.tokens.repeat(len(chunk), 1))
+        else:
+            inputs = start[1].repeat(len(chunk), 1, 1)
+            resid = final_resid_at_end(bridge, batch, hooks, inputs, start_at_layer=start[0])
+        out.append(logit_diff_from_resid(bridge, resid, batch).view(len(chunk), n))
+    return torch.cat(out)
+
+
+def head_patches(n_layers: int, n_heads: int, mode: str) -> list[list[Patch]]:
+    """One single-head patch per head, layer-major (the order of a [layer, head] grid)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return [[Patch(f"blocks.{layer}.{MODES[mode]}", h)] for layer in range(n_layers) for h in range(n_heads)]
+
+
+@dataclass(frozen=True)
+class CMAPResult:
+    """Per-prompt CMAP effects of patching receiver ← source.
+
+    delta [layer, head, batch]: F_patched − F_receiver per prompt; f_receiver, f_source [batch].
+    """
+
+    delta: torch.Tensor
+    f_receiver: torch.Tensor
+    f_source: torch.Tensor
+
+    @property
+    def gap(self) -> float:
+        """F(source) − F(receiver): what a patch would need to move to make receiver act as source."""
+        return (self.f_source - self.f_receiver).mean().item()
+
+
+def cmap(
+    receiver: torch.nn.Module,
+    source: torch.nn.Module,
+    batch: IOIBatch,
+    *,
+    mode: str = "output",
+    positions: str | None = None,
+    max_rows: int = 512,
+) -> CMAPResult:
+    """CMAP of every head: run `receiver` with one head's hook_z (mode "output") or hook_pattern
+    (mode "pattern") from `source`'s run on the same prompts.
+
+    positions: "end" or "all"; default "end" for output patching and "all" (the whole pattern)
+    for pattern patching.
+    """
+    positions = positions or ("end" if mode == "output" else "all")
+    cfg = receiver.cfg
+    if (cfg.n_layers, cfg.n_heads, cfg.d_head) != (
+        source.cfg.n_layers,
+        source.cfg.n_heads,
+        source.cfg.d_head,
+    ):
+        raise ValueError("CMAP needs two models of one architecture (same layers, heads, head size)")
+    copies = head_patches(cfg.n_layers, cfg.n_heads, mode)
+    acts = source_activations(source, batch, [c[0].hook for c in copies])
+    # A head at layer L changes nothing before block L: run each layer's copies from the
+    # receiver's own residual entering block L instead of from the tokens.
+    pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)]
+    resid_pre = source_activations(receiver, batch, pre)
+    patched = torch.cat([
+        patched_logit_diffs(
+            receiver, batch, acts, copies[layer * cfg.n_heads : (layer + 1) * cfg.n_heads],
+            positions=positions, max_rows=max_rows,
+            start=(layer, resid_pre[pre[layer]]) if layer else None,
+        )
+        for layer in range(cfg.n_layers)
+    ])  # fmt: skip
+    f_receiver = logit_diff_from_resid(receiver, final_resid_at_end(receiver, batch), batch)
+    f_source = logit_diff_from_resid(source, final_resid_at_end(source, batch), batch)
+    delta = (patched - f_receiver).view(cfg.n_layers, cfg.n_heads, len(batch))
+    return CMAPResult(delta, f_receiver, f_source)
+
+
+def bootstrap_means(values: torch.Tensor, *, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
+    """[n_boot, ...] means over the last (prompt) axis of `values` [..., batch], prompts resampled
+    with replacement (the same resample for every leading entry)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(values.shape[-1], (n_boot, values.shape[-1]), generator=gen)
+    return values.cpu().double()[..., idx].mean(-1).movedim(-1, 0)
+
+
+def interval(samples: torch.Tensor, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile interval over axis 0 of bootstrap samples."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype)
+    low, high = torch.quantile(samples, q, dim=0)
+    return low, high
+
+
+@dataclass(frozen=True)
+class CMAPSummary:
+    """Means over prompts with bootstrap intervals; `share` = value / gap, bootstrapped as a ratio."""
+
+    value: torch.Tensor
+    share: torch.Tensor
+    ci_low: torch.Tensor
+    ci_high: torch.Tensor
+    share_ci_low: torch.Tensor
+    share_ci_high: torch.Tensor
+
+
+def summarize(
+    per_prompt: torch.Tensor, gap: torch.Tensor, *, n_boot: int = 1000, seed: int = 0
+) -> CMAPSummary:
+    """Summary of per-prompt effects [..., batch] against the per-prompt gap [batch]."""
+    boot = bootstrap_means(per_prompt, n_boot=n_boot, seed=seed)
+    boot_gap = bootstrap_means(gap, n_boot=n_boot, seed=seed)  # same seed -> same resamples
+    boot_gap = boot_gap.view(-1, *[1] * (boot.dim() - 1))
+    value = per_prompt.cpu().double().mean(-1)
+    low, high = interval(boot)
+    share_low, share_high = interval(boot / boot_gap)
+    return CMAPSummary(value, value / gap.double().mean().item(), low, high, share_low, share_high)
+
+
+def class_effects(result: CMAPResult, circuit: Circuit) -> tuple[list[str], torch.Tensor]:
+    """Class names and [class, batch] sums of the class's single-head effects (not a joint patch)."""
+    n_layers, n_heads = result.delta.shape[:2]
+    names, rows = [], []
+    for name, heads in circuit.classes.items():
+        inside = [h for h in heads if h.layer < n_layers and h.head < n_heads]
+        if len(inside) != len(heads):
+            raise ValueError(f"circuit {circuit.name!r} has heads outside this {n_layers}×{n_heads} model")
+        names.append(name)
+        rows.append(sum((result.delta[h.layer, h.head] for h in inside), torch.zeros_like(result.f_receiver)))
+    return names, torch.stack(rows) if rows else torch.zeros(0, result.delta.shape[-1])
+
+
+DIRECTIONS = ("a<-b", "b<-a", "both")
+
+
+def _circuit_for(model: LoadedModel, circuit: Circuit | dict | None) -> Circuit | None:
+    """The circuit whose classes get sums: the given one, else the GPT-2 small one on 12×12 models."""
+    if isinstance(circuit, dict):
+        return Circuit.from_json(circuit)
+    if circuit is None and (model.n_layers, model.n_heads) == (12, 12):
+        return GPT2_SMALL_CIRCUIT
+    return circuit
+
+
+def _tables(
+    result: CMAPResult, circuit: Circuit | None, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    gap = result.f_source - result.f_receiver
+    s = summarize(result.delta, gap, n_boot=n_boot, seed=seed)
+    heads = heads_frame(
+        s.value,
+        share_of_gap=s.share,
+        ci_low=s.ci_low,
+        ci_high=s.ci_high,
+        share_ci_low=s.share_ci_low,
+        share_ci_high=s.share_ci_high,
+    )
+    if circuit is None:
+        return heads, None
+    heads["class"] = [
+        circuit.class_of(Head(layer, h)) for layer, h in zip(heads["layer"], heads["head"], strict=True)
+    ]
+    names, per_class = class_effects(result, circuit)
+    c = summarize(per_class, gap, n_boot=n_boot, seed=seed)
+    classes = pd.DataFrame({
+        "class": names, "n_heads": [len(circuit.classes[n]) for n in names],
+        **{k: getattr(c, k).tolist() for k in ("value", "share", "ci_low", "ci_high")},
+    })  # fmt: skip
+    return heads, classes.rename(columns={"share": "share_of_gap"})
+
+
+@register_analysis(
+    "cmap", "Cross-model activation patching: each head of one model from the other", needs_other=True
+)
+def cmap_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other: LoadedModel | None = None,
+    mode: str = "output",
+    direction: str = "a<-b",
+    positions: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    circuit: Circuit | dict | None = None,
+    max_rows: int = 512,
+) -> AnalysisResult:
+    """A = `model`, B = `other`; direction "a<-b" patches B into A, "b<-a" the reverse, "both"
+    gives a<-b as `heads` and b<-a as the table `reverse`."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if other is None:
+        raise ValueError("CMAP compares two models: give the second one (--other)")
+    circuit = _circuit_for(model, circuit)
+    pairs = {"a<-b": (model, other), "b<-a": (other, model)}
+    wanted = ["a<-b", "b<-a"] if direction == "both" else [direction]
+    tables: dict[str, pd.DataFrame] = {}
+    summary: dict[str, object] = {
+        "mode": mode,
+        "direction": direction,
+        "n_boot": n_boot,
+        "positions": positions or ("end" if mode == "output" else "all"),
+        "circuit": circuit.name if circuit else None,
+    }
+    heads = None
+    for d in wanted:
+        receiver, source = pairs[d]
+        result = cmap(
+            receiver.bridge, source.bridge, clean, mode=mode, positions=positions, max_rows=max_rows
+        )
+        frame, classes = _tables(result, circuit, n_boot, seed)
+        f_a, f_b = (
+            (result.f_receiver, result.f_source) if d == "a<-b" else (result.f_source, result.f_receiver)
+        )
+        summary |= {"f_a": f_a.mean().item(), "f_b": f_b.mean().item()}
+        key = "" if heads is None else "reverse_"
+        if heads is None:
+            heads = frame
+        else:
+            tables["reverse"] = frame
+        summary[f"{key}gap"] = result.gap
+        if classes is not None:
+            tables[f"{key}classes"] = classes
+    return AnalysisResult("cmap", heads, summary, tables)

@@ -1,0 +1,144 @@
+"""CMAP: zero for a model with itself, reproduces B when everything is patched, and the batched
+engine equals one forward pass per head."""
+
+import copy
+
+import pytest
+import torch
+
+from ioi.analyses import run_analysis
+from ioi.circuit import Circuit, Head
+from ioi.cmap import (
+    Patch,
+    bootstrap_means,
+    class_effects,
+    cmap,
+    patched_logit_diffs,
+    source_activations,
+    summarize,
+)
+from ioi.data import abc_counterfactual, make_dataset, tokenize
+from ioi.metrics import logit_diff_per_prompt
+from ioi.models import wrap
+
+
+@pytest.fixture(scope="module")
+def model_a(tiny_random):
+    return tiny_random
+
+
+@pytest.fixture(scope="module")
+def model_b(model_a):
+    """A with perturbed attention (q, k, v) and MLP weights; embeddings, W_O and unembedding shared,
+    so patching every head's z and every MLP output from B into A must give B's logits."""
+    hf = copy.deepcopy(model_a.hf_model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            for p in (block.attn.c_attn.weight, block.mlp.c_fc.weight, block.mlp.c_proj.weight):
+                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=gen))
+    b = copy.copy(model_a)
+    b.bridge, b.hf_model = wrap(hf, model_a.tokenizer, "cpu"), hf
+    return b
+
+
+@pytest.fixture(scope="module")
+def batches(model_a):
+    samples = make_dataset(10, seed=2, split="eval")
+    clean = tokenize(samples, model_a.tokenizer)
+    return clean, tokenize(abc_counterfactual(samples, seed=2), model_a.tokenizer, like=clean)
+
+
+@pytest.mark.parametrize("mode", ["output", "pattern"])
+def test_cmap_with_itself_is_zero(model_a, batches, mode):
+    res = cmap(model_a.bridge, model_a.bridge, batches[0], mode=mode)
+    assert res.delta.abs().max() < 1e-5
+    assert res.delta.shape == (model_a.n_layers, model_a.n_heads, len(batches[0]))
+
+
+def test_patching_everything_reproduces_b(model_a, model_b, batches):
+    clean = batches[0]
+    a, b = model_a.bridge, model_b.bridge
+    f_a = logit_diff_per_prompt(a(clean.tokens), clean)
+    f_b = logit_diff_per_prompt(b(clean.tokens), clean)
+    assert (f_a - f_b).abs().max() > 1e-3  # B really differs from A
+    names = [
+        f"blocks.{layer}.{s}" for layer in range(a.cfg.n_layers) for s in ("attn.hook_z", "hook_mlp_out")
+    ]
+    everything = [Patch(n) for n in names]
+    patched = patched_logit_diffs(
+        a, clean, source_activations(b, clean, names), [everything], positions="all"
+    )
+    torch.testing.assert_close(patched[0], f_b, atol=1e-4, rtol=1e-4)
+
+
+def _one_forward_per_head(receiver, source, clean, mode, positions):
+    """Slow reference: B's full cache, then one patched forward of A per head."""
+    hook = {"output": "attn.hook_z", "pattern": "attn.hook_pattern"}[mode]
+    _, cache = source.run_with_cache(clean.tokens)
+    base = logit_diff_per_prompt(receiver(clean.tokens), clean)
+    rows = torch.arange(len(clean))
+    out = torch.zeros(receiver.cfg.n_layers, receiver.cfg.n_heads, len(clean))
+    for layer in range(receiver.cfg.n_layers):
+        name = f"blocks.{layer}.{hook}"
+        for head in range(receiver.cfg.n_heads):
+
+            def patch(x, hook, name=name, head=head):
+                x, src = x.clone(), cache[name]
+                if mode == "pattern":
+                    x[:, head] = src[:, head]
+                elif positions == "all":
+                    x[:, :, head] = src[:, :, head]
+                else:
+                    x[rows, clean.end, head] = src[rows, clean.end, head]
+                return x
+
+            logits = receiver.run_with_hooks(clean.tokens, fwd_hooks=[(name, patch)])
+            out[layer, head] = logit_diff_per_prompt(logits, clean) - base
+    return out
+
+
+@pytest.mark.parametrize(("mode", "positions"), [("output", "end"), ("output", "all"), ("pattern", "all")])
+def test_batched_equals_one_forward_per_head(model_a, model_b, batches, mode, positions):
+    clean = batches[0]
+    # max_rows 3 copies: chunks of 3, 3 and 2 heads, exercising chunking and a short last chunk
+    fast = cmap(
+        model_a.bridge, model_b.bridge, clean, mode=mode, positions=positions, max_rows=3 * len(clean)
+    )
+    ref = _one_forward_per_head(model_a.bridge, model_b.bridge, clean, mode, positions)
+    assert ref.abs().max() > 1e-4
+    torch.testing.assert_close(fast.delta, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    values = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    s = summarize(values, torch.ones(50) * 2.0, n_boot=300, seed=4)
+    again = summarize(values, torch.ones(50) * 2.0, n_boot=300, seed=4)
+    torch.testing.assert_close(s.ci_low, again.ci_low)
+    assert (s.ci_low <= s.value).all() and (s.value <= s.ci_high).all()
+    torch.testing.assert_close(s.share, s.value / 2.0)
+    constant = summarize(torch.full((1, 20), 0.7), torch.ones(20), n_boot=50)
+    torch.testing.assert_close(constant.ci_low, constant.ci_high)
+    assert bootstrap_means(values, n_boot=7).shape == (7, 3)
+
+
+def test_class_sums_and_registry(model_a, model_b, batches):
+    clean, abc = batches
+    circuit = Circuit("toy", {"name mover": (Head(1, 0), Head(1, 3)), "induction": (Head(0, 2),)})
+    res = cmap(model_a.bridge, model_b.bridge, clean)
+    names, sums = class_effects(res, circuit)
+    assert names == ["name mover", "induction"]
+    torch.testing.assert_close(sums[0], res.delta[1, 0] + res.delta[1, 3])
+
+    out = run_analysis(
+        "cmap", model_a, clean, abc, other=model_b, circuit=circuit, n_boot=100, direction="both"
+    )
+    heads, classes = out.heads, out.tables["classes"]
+    assert {"value", "share_of_gap", "ci_low", "ci_high"} <= set(heads.columns)
+    assert heads["value"].values == pytest.approx(res.delta.mean(-1).flatten().double().numpy(), abs=1e-6)
+    assert heads["share_of_gap"].values == pytest.approx(heads["value"].values / out.summary["gap"])
+    assert classes["value"].tolist() == pytest.approx(sums.mean(-1).double().tolist(), abs=1e-6)
+    assert out.summary["reverse_gap"] == pytest.approx(-out.summary["gap"])
+    assert "reverse" in out.tables and "reverse_classes" in out.tables
+    with pytest.raises(ValueError, match="--other"):
+        run_analysis("cmap", model_a, clean, abc)
