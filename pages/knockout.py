@@ -1,0 +1,121 @@
+"""Knockout: the logit difference after ablating each circuit class or chosen heads, across checkpoints."""
+
+import pandas as pd
+import streamlit as st
+
+from ioi import charts
+from pages._common import (
+    empty_state,
+    heads_with_labels,
+    live_analysis,
+    live_available,
+    no_cache_layer,
+    options_json,
+    pick_experiment,
+    pick_model,
+    recompute_button,
+    result,
+    show_chart,
+    show_user_errors,
+)
+
+st.title("Knockout")
+st.write(
+    "Ablate a class of circuit heads (or heads you choose) and see how far the logit difference "
+    "falls. Which ablation is used matters for the numbers (Miller et al. 2024), so every chart says."
+)
+
+
+def cached_section() -> None:
+    exp = pick_experiment("Experiment", "ko_exp", analysis="knockout")
+    if exp is None:
+        empty_state(
+            "knockout results", "Run `python -m ioi precompute`, or launch an experiment with 'knockout'."
+        )
+        return
+    epochs = exp.epochs_with("knockout")
+    chosen = st.sidebar.multiselect(
+        "Checkpoints (epochs)", epochs, default=epochs[:1] + epochs[-1:], key="ko_ep"
+    )
+    frames, ablations = [], set()
+    for epoch in sorted(set(chosen)):
+        found = result(exp, epoch, "knockout")
+        if found is None or "classes" not in found.tables:
+            st.warning(f"No class knockouts cached at epoch {epoch}.")
+            recompute_button(exp, "knockout", f"recompute-ko-{epoch}")
+            continue
+        t = found.tables["classes"].copy()
+        t["checkpoint"] = f"epoch {epoch}"
+        t["f_model"] = found.summary.get("f_model")
+        ablations.add(str(found.summary.get("ablation", "mean")))
+        frames.append(t)
+    if not frames:
+        empty_state("checkpoints selected", "Pick at least one epoch in the sidebar.")
+        return
+    data = pd.concat(frames, ignore_index=True).rename(columns={"class": "target", "f_knockout": "value"})
+    how = ", ".join(sorted(ablations))
+    chart = charts.knockout_bars(data, title=f"Logit difference with a class knocked out ({how} ablation)")
+    show_chart(
+        chart, data,
+        f"Logit difference F after {how}-ablating every head of one circuit class (all positions), per "
+        "checkpoint; compare with the intact model's F (column f_model in the CSV).",
+        f"knockout-classes-{exp.id[:8]}",
+    )  # fmt: skip
+    last = found.heads if found is not None else None
+    if last is not None and not last.empty:
+        with st.expander(f"Per-head knockout at epoch {max(chosen)}"):
+            chart = charts.head_heatmap(last, title="change in F when one head is ablated", value_title="ΔF")
+            show_chart(
+                chart, heads_with_labels(last),
+                f"Change in logit difference when each head alone is {how}-ablated at all positions.",
+                f"knockout-heads-{exp.id[:8]}",
+            )  # fmt: skip
+
+
+def live_section() -> None:
+    st.subheader("Knock out heads you choose")
+    if not live_available("knockout"):
+        st.info("The knockout analysis is not in this build yet (ioi/ablation.py).", icon="ℹ️")
+        return
+    from ioi.ablation import AblationType  # noqa: PLC0415  (only with the ablation module)
+
+    c = st.columns(3)
+    model = pick_model("Model or checkpoint", "ko_live_model", where=c[0])
+    ablation = c[1].selectbox("Ablation", [a.value for a in AblationType], key="ko_ablation")
+    heads = c[2].text_input("Heads (L.H, space-separated)", "", key="ko_heads", help="e.g. 9.9 9.6 10.0")
+    error = c[2].empty()
+    if not st.button("Run knockout", key="ko_run"):
+        return
+    from ioi.circuit import Head
+
+    try:
+        chosen = [str(Head.parse(h)) for h in heads.replace(",", " ").split()]
+    except ValueError as err:
+        error.error(str(err), icon="⚠️")
+        return
+    found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
+    f_m = found.summary.get("f_model")
+    if chosen:
+        st.metric(f"F with {' '.join(chosen)} knocked out", f"{found.summary['f_knockout']:.3f}",
+                  delta=f"{found.summary['f_knockout'] - f_m:.3f} vs intact")  # fmt: skip
+    data = (
+        found.tables["classes"]
+        .rename(columns={"class": "target", "f_knockout": "value"})
+        .assign(checkpoint=model)
+    )
+    show_chart(
+        charts.knockout_bars(data, baseline=f_m, title=f"{ablation} ablation"), data,
+        f"Logit difference after {ablation}-ablating each circuit class on 100 evaluation prompts; "
+        "dashed line: the intact model.",
+        "knockout-live",
+    )  # fmt: skip
+
+
+def body() -> None:
+    if no_cache_layer():
+        return
+    cached_section()
+    live_section()
+
+
+show_user_errors(body)
