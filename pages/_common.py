@@ -231,9 +231,11 @@ def no_cache_layer() -> bool:
 
 def show_user_errors(fn: Callable[[], None]) -> None:
     """Run a page body; a user's error (ValueError and kin) is shown as a message, not a trace."""
+    from ioi.models import ModelUnavailableError
+
     try:
         fn()
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError, ModelUnavailableError) as err:
         st.error(str(err), icon="⚠️")
 
 
@@ -293,8 +295,21 @@ def model_sources() -> dict[str, str]:
 
 
 def pick_model(label: str, key: str, where=st.sidebar) -> str:
+    """A selectbox of `model_sources()`, defaulting to the model of the cached experiments."""
     sources = model_sources()
-    return where.selectbox(label, list(sources), key=key, format_func=sources.get)
+    names = list(sources)
+    cached = [str(e.config.get("model")) for e in experiments()]
+    index = names.index(cached[0]) if cached and cached[0] in names else 0
+    return where.selectbox(label, names, index=index, key=key, format_func=sources.get)
+
+
+def run_button(label: str, key: str, inputs: Any, where=st) -> bool:
+    """A button whose click is remembered while `inputs` stay the same, so a live result stays on
+    screen when other widgets rerun the page (and is dropped once the inputs change)."""
+    state = f"ran::{key}"
+    if where.button(label, key=key):
+        st.session_state[state] = repr(inputs)
+    return st.session_state.get(state) == repr(inputs)
 
 
 def live_available(name: str) -> bool:

@@ -10,9 +10,11 @@ from pages._common import (
     heads_with_labels,
     live_analysis,
     live_available,
+    model_or_message,
     options_json,
     pick_model,
     result,
+    run_button,
     show_chart,
     show_user_errors,
 )
@@ -84,9 +86,11 @@ def path_patching_section() -> None:
                 if not heads.strip():
                     st.info(f"Give the {cls} heads (L.H, space-separated) to run this step.", icon="ℹ️")
                     continue
-            if i > 1 and not st.button(f"Run step {i}", key=f"pp_run_{i}"):
-                continue
             opts = options_json(receiver=receiver, heads=heads or None, position=position)
+            if not run_button(f"Run step {i}", f"pp_run_{i}", (model, size, opts)):
+                continue
+            if model_or_message(model) is None:
+                return
             found = live_analysis(model, "path-patch", opts, size=int(size))
             chart = charts.head_heatmap(found.heads, title=f"Step {i}: senders → {receiver}",
                                         value_title="normalised effect", circuit=circuit)  # fmt: skip
@@ -104,7 +108,7 @@ def attention_section() -> None:
         st.info("The attention analysis is not in this build yet (ioi/attention.py).", icon="ℹ️")
         return
     model = st.session_state.get("pp_model", "ioi-tiny")
-    if not st.button("Compute attention scores", key="attn_run"):
+    if not run_button("Compute attention scores", "attn_run", model) or model_or_message(model) is None:
         return
     found = live_analysis(model, "attention", options_json())
     data = charts.with_classes(found.heads, discovered_circuit()[0])

@@ -8,6 +8,7 @@ from pages._common import (
     heads_with_labels,
     live_analysis,
     live_available,
+    model_or_message,
     no_cache_layer,
     options_json,
     pick_epoch,
@@ -15,6 +16,7 @@ from pages._common import (
     pick_model,
     recompute_button,
     result,
+    run_button,
     show_chart,
     show_user_errors,
 )
@@ -77,10 +79,12 @@ def live_section() -> None:
     a = pick_model("Model A (receives)", "cmap_a", where=c[0])
     b = pick_model("Model B (gives)", "cmap_b", where=c[1])
     mode = c[2].selectbox("Patch", ["output", "pattern"], key="cmap_mode")
-    if not st.button("Run CMAP", key="cmap_run"):
+    if not run_button("Run CMAP", "cmap_run", (a, b, mode)):
         return
     if a == b:
         st.error("Pick two different models: patching a model with itself changes nothing.", icon="⚠️")
+        return
+    if model_or_message(a) is None or model_or_message(b) is None:
         return
     found = live_analysis(a, "cmap", options_json(mode=mode, n_boot=200), other_name=b)
     show_result(found, f"CMAP {mode}: A ← B", "cmap-live")

@@ -9,12 +9,14 @@ from pages._common import (
     heads_with_labels,
     live_analysis,
     live_available,
+    model_or_message,
     no_cache_layer,
     options_json,
     pick_experiment,
     pick_model,
     recompute_button,
     result,
+    run_button,
     show_chart,
     show_user_errors,
 )
@@ -84,7 +86,7 @@ def live_section() -> None:
     ablation = c[1].selectbox("Ablation", [a.value for a in AblationType], key="ko_ablation")
     heads = c[2].text_input("Heads (L.H, space-separated)", "", key="ko_heads", help="e.g. 9.9 9.6 10.0")
     error = c[2].empty()
-    if not st.button("Run knockout", key="ko_run"):
+    if not run_button("Run knockout", "ko_run", (model, ablation, heads)) or model_or_message(model) is None:
         return
     from ioi.circuit import Head
 
