@@ -23,7 +23,6 @@ from ioi import charts
 from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_ROOT = REPO / "cache" / "demo"
 MODELS = ("ioi-tiny", "random:tiny", "random:gpt2", "gpt2")
 SHORT = {"name_moving": "name moving", "subject_duplication": "subject duplication"}
 
@@ -51,9 +50,14 @@ def user_root() -> Path:
     return Path(os.environ.get("IOI_CACHE_DIR", REPO / "cache")).resolve()
 
 
+def demo_root() -> Path:
+    """The shipped demo results, cache/demo; $IOI_DEMO_DIR points elsewhere (tests use a small one)."""
+    return Path(os.environ.get("IOI_DEMO_DIR", REPO / "cache" / "demo")).resolve()
+
+
 def roots() -> list[Path]:
     """The shipped demo cache (when present) and the user's cache."""
-    out = [DEMO_ROOT.resolve()] if (DEMO_ROOT / "experiments").is_dir() else []
+    out = [demo_root()] if (demo_root() / "experiments").is_dir() else []
     return out + ([user_root()] if user_root() not in out else [])
 
 
@@ -74,7 +78,7 @@ class Experiment:
 
     @property
     def demo(self) -> bool:
-        return Path(self.root) == DEMO_ROOT.resolve()
+        return Path(self.root) == demo_root()
 
     @property
     def scenario(self) -> str:
@@ -175,6 +179,21 @@ def recompute_button(exp: Experiment, name: str, key: str) -> None:
         analyses = tuple(dict.fromkeys((*cfg.analyses, name)))
         job = submit(ExperimentConfig.from_json(exp.config | {"analyses": list(analyses)}), exp.root)
         st.success(f"Job {job} started; follow it on the Experiments page.")
+
+
+def result_or_offer(exp: Experiment, epoch: int, name: str):
+    """The cached result, or None after saying it is missing or damaged, with a recompute button."""
+    try:
+        found = result(exp, epoch, name)
+    except UserError as err:
+        st.error(f"{err} It can be recomputed.", icon="⚠️")
+        found = None
+    else:
+        if found is None:
+            st.warning(f"No {name} result is cached at epoch {epoch} of experiment {exp.id[:8]}.", icon="⚠️")
+    if found is None:
+        recompute_button(exp, name, f"recompute-{name}-{exp.id}-{epoch}")
+    return found
 
 
 # ---------------------------------------------------------------- pickers

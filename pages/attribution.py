@@ -9,9 +9,8 @@ from pages._common import (
     no_cache_layer,
     pick_epoch,
     pick_experiment,
-    recompute_button,
-    result,
     result_circuit,
+    result_or_offer,
     show_chart,
     show_user_errors,
 )
@@ -37,12 +36,7 @@ def checkpoint(where, suffix: str):
 
 
 def dla(exp, epoch):
-    found = result(exp, epoch, "dla")
-    if found is None or found.heads.empty:
-        st.warning(f"No DLA result at epoch {epoch} of {exp.id[:8]}.")
-        recompute_button(exp, "dla", f"recompute-dla-{exp.id}-{epoch}")
-        return None
-    return found
+    return result_or_offer(exp, epoch, "dla")
 
 
 def body() -> None:

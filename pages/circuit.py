@@ -94,12 +94,12 @@ def path_patching_section() -> None:
             found = live_analysis(model, "path-patch", opts, size=int(size))
             chart = charts.head_heatmap(found.heads, title=f"Step {i}: senders → {receiver}",
                                         value_title="normalised effect", circuit=circuit)  # fmt: skip
-            show_chart(
-                chart, heads_with_labels(found.heads),
-                f"Path patching from each sender head (ABC activations) to {found.summary.get('receivers', receiver)}; "
-                "normalised effect (F_patched − F_clean)/(F_clean − F_ABC): −1 as bad as ABC. MLPs recomputed.",
-                f"path-patch-step{i}",
-            )  # fmt: skip
+            to = found.summary.get("receivers", receiver)
+            caption = (
+                f"Path patching from each sender head (ABC activations) to {to}; normalised effect "
+                "(F_patched − F_clean)/(F_clean − F_ABC): −1 is as bad as ABC. MLPs recomputed."
+            )
+            show_chart(chart, heads_with_labels(found.heads), caption, f"path-patch-step{i}")
 
 
 def attention_section() -> None:

@@ -14,8 +14,7 @@ from pages._common import (
     pick_epoch,
     pick_experiment,
     pick_model,
-    recompute_button,
-    result,
+    result_or_offer,
     run_button,
     show_chart,
     show_user_errors,
@@ -34,8 +33,8 @@ def show_result(found, title: str, key: str) -> None:
     c[0].metric("F(A)", f"{s.get('f_a', float('nan')):.3f}")
     c[1].metric("F(B)", f"{s.get('f_b', float('nan')):.3f}")
     c[2].metric("mode", f"{s.get('mode', 'output')} · {s.get('positions', 'end')}")
-    field = st.radio("Value", ["value", "share_of_gap"], horizontal=True, key=f"{key}-field",
-                     format_func={"value": "change in F", "share_of_gap": "share of the gap"}.get)  # fmt: skip
+    names = {"value": "change in F", "share_of_gap": "share of the gap"}
+    field = st.radio("Value", list(names), horizontal=True, key=f"{key}-field", format_func=names.get)
     chart = charts.head_heatmap(found.heads, field=field, title=title, value_title=field)
     show_chart(
         chart, heads_with_labels(found.heads),
@@ -60,10 +59,8 @@ def cached_section() -> None:
         empty_state("CMAP results", "Run `python -m ioi precompute`, or launch an experiment with 'cmap'.")
         return
     epoch = pick_epoch(exp, "cmap", "Epoch (A = this checkpoint, B = the starting model)", "cmap_epoch")
-    found = result(exp, epoch, "cmap")
-    if found is None or found.heads.empty:
-        st.warning("No CMAP result at this epoch.")
-        recompute_button(exp, "cmap", f"recompute-cmap-{epoch}")
+    found = result_or_offer(exp, epoch, "cmap")
+    if found is None:
         return
     show_result(
         found, f"CMAP: {exp.scenario} epoch {epoch} (A) ← starting model (B)", f"cmap-{exp.id[:8]}-e{epoch}"

@@ -14,8 +14,7 @@ from pages._common import (
     options_json,
     pick_experiment,
     pick_model,
-    recompute_button,
-    result,
+    result_or_offer,
     run_button,
     show_chart,
     show_user_errors,
@@ -41,10 +40,8 @@ def cached_section() -> None:
     )
     frames, ablations = [], set()
     for epoch in sorted(set(chosen)):
-        found = result(exp, epoch, "knockout")
+        found = result_or_offer(exp, epoch, "knockout")
         if found is None or "classes" not in found.tables:
-            st.warning(f"No class knockouts cached at epoch {epoch}.")
-            recompute_button(exp, "knockout", f"recompute-ko-{epoch}")
             continue
         t = found.tables["classes"].copy()
         t["checkpoint"] = f"epoch {epoch}"
@@ -64,7 +61,7 @@ def cached_section() -> None:
         f"knockout-classes-{exp.id[:8]}",
     )  # fmt: skip
     last = found.heads if found is not None else None
-    if last is not None and not last.empty:
+    if last is not None and not last.empty:  # the per-head knockouts of the latest chosen epoch
         with st.expander(f"Per-head knockout at epoch {max(chosen)}"):
             chart = charts.head_heatmap(last, title="change in F when one head is ablated", value_title="ΔF")
             show_chart(
