@@ -100,7 +100,7 @@ def head_heatmap(
         .encode(strokeDash=alt.value([1, 0]))
     )
     return (cells + outline).properties(
-        title=title, width=max(160, cell * n_heads), height=max(80, cell * n_layers)
+        title=title, width=max(160, cell * n_heads), height=max(120, cell * n_layers)
     )
 
 
@@ -192,7 +192,8 @@ def knockout_bars(
     if baseline is not None:
         rule = pd.DataFrame({"baseline": [baseline]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
-    return alt.layer(*layers).properties(title=title, width="container")
+    rows = frame[target].nunique() * frame[series].nunique()
+    return alt.layer(*layers).properties(title=title, width="container", height=max(120, 16 * rows))
 
 
 def class_bars(
@@ -227,7 +228,8 @@ def class_bars(
     layers: list[alt.Chart] = [bars]
     if low in frame and high in frame:
         layers.append(base.mark_errorbar(ticks=True).encode(x=f"{low}:Q", x2=f"{high}:Q"))
-    return alt.layer(*layers).properties(title=title, width="container")
+    rows = frame["class"].nunique() * (frame[series].nunique() if series else 1)
+    return alt.layer(*layers).properties(title=title, width="container", height=max(100, 22 * rows))
 
 
 def attention_scatter(frame: pd.DataFrame, *, title: str = "") -> alt.Chart:

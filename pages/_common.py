@@ -347,7 +347,9 @@ def options_json(**options: Any) -> str:
 
 def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str) -> None:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart."""
-    st.altair_chart(chart, width="stretch")
+    # Streamlit does not take a layered chart's own height; pass it (ordinal axes collapse otherwise).
+    height = chart.to_dict(validate=False).get("height")
+    st.altair_chart(chart, width="stretch", height=height if isinstance(height, int) else "content")
     st.caption(caption)
     cols = st.columns([1, 1, 1, 5])
     cols[0].download_button(
@@ -408,7 +410,7 @@ def highlighted(prompt: str, roles: dict[int, str]) -> str:
             out.append(w.replace("[", "\\[").replace("*", "\\*"))
         else:
             colour = ROLE_COLORS[role.split("/")[0]]
-            out.append(f":{colour}-background[{w} ₍{role}₎]")
+            out.append(f":{colour}-background[{w} ({role})]")
     return "".join(out)
 
 

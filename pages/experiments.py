@@ -98,14 +98,21 @@ def launch_form() -> None:
     st.success(f"Job {job} submitted; it appears in the list below.")
 
 
+STATUS_ICONS = {
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+    "interrupted": ":material/pause_circle:",
+    "running": ":material/play_circle:",
+}
+
+
 def job_row(job, root: str) -> None:
     from ioi.jobs import cancel, resume
 
     cfg = job.config
     status = job.status
-    icon = {"done": "✅", "failed": "❌", "cancelled": "⏹️", "interrupted": "⏸️", "running": "▶️"}.get(
-        status, "⏳"
-    )
+    icon = STATUS_ICONS.get(status, ":material/schedule:")
     with st.container(border=True):
         top = st.columns([4, 1, 1, 1])
         top[0].markdown(

@@ -70,7 +70,7 @@ st.subheader("Toxic datasets — the project's reading")
 st.warning(
     "The paper names three toxic datasets but does not publish how it built them. These are this "
     "project's readings (METHODS §2), not the paper's exact recipe.",
-    icon="📝",
+    icon=":material/edit_note:",
 )
 for name, corruption in CORRUPTIONS.items():
     toxic = dataset(name, 3, 0, "eval")
@@ -110,7 +110,7 @@ if step > 0 and not experiments_found:
     st.caption(
         "No experiment results are cached yet: run `python -m ioi precompute` or use the Experiments page."
     )
-st.page_link(page, label=f"Open: {title}", icon="➡️")
+st.page_link(page, label=f"Open: {title}", icon=":material/arrow_forward:")
 back, forward, _ = st.columns([1, 1, 6])
 if back.button("Back", disabled=step == 0, key="tour_back"):
     st.session_state.tour_step = step - 1

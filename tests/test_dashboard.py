@@ -194,7 +194,7 @@ def test_role_words_mark_io_s1_s2_end():
         assert words.index(x.io) == [i for i, r in _common.role_words(x).items() if r == "IO"][0]
         assert "END" in roles  # the last word, where the model predicts
     markdown = _common.highlighted(clean[0].prompt, _common.role_words(clean[0]))
-    assert f":blue-background[{clean[0].io} ₍IO₎]" in markdown
+    assert f":blue-background[{clean[0].io} (IO)]" in markdown
 
 
 def test_env_selects_the_demo_root(tmp_path, monkeypatch):
