@@ -347,9 +347,10 @@ def options_json(**options: Any) -> str:
 
 def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str) -> None:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart."""
-    # Streamlit does not take a layered chart's own height; pass it (ordinal axes collapse otherwise).
+    # Streamlit fits the whole chart (title, axes, legend) into `height`, and collapses ordinal
+    # axes without one: pass the plot's own height plus room for the rest.
     height = chart.to_dict(validate=False).get("height")
-    st.altair_chart(chart, width="stretch", height=height if isinstance(height, int) else "content")
+    st.altair_chart(chart, width="stretch", height=height + 130 if isinstance(height, int) else "content")
     st.caption(caption)
     cols = st.columns([1, 1, 1, 5])
     cols[0].download_button(
