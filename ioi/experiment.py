@@ -1,0 +1,356 @@
+"""Experiments: a model fine-tuned in one scenario, analysed at each checkpoint, cached by content.
+
+An experiment is a model + a scenario (clean, a toxic dataset, or reversal from a toxic experiment;
+METHODS §3) + epochs, checkpoint epochs, seed, optimiser and dataset sizes + the analyses to run at
+every checkpoint (epoch 0 is the starting model). Its id is a hash of the configuration, a
+fingerprint of the datasets it trains and evaluates on, the model's weights (for a local model) and
+the package version, so asking twice reuses the result. A reversal names its toxic parent by id,
+so the parent's identity is part of the child's.
+
+The list of analyses is deliberately *not* part of the id: results are cached per (epoch,
+analysis), so asking for an extra analysis reuses the training and computes only what is missing.
+Analyses that are not registered (yet) are skipped with a recorded note and computed by a later
+run once they are.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ioi import __version__
+from ioi.cache import (
+    canonical_json,
+    experiment_dir,
+    load_entry,
+    read_experiment,
+    register_experiment,
+    write_analysis,
+    write_entry,
+)
+from ioi.corruptions import CORRUPTIONS
+from ioi.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
+from ioi.models import ASSETS, DEFAULT_MODEL
+
+DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
+"""Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
+METRICS = "metrics"
+Log = Callable[[str], None]
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot run as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that determines an experiment's results (see the module docstring)."""
+
+    model: str = DEFAULT_MODEL
+    scenario: str = "clean"
+    epochs: int = 3
+    checkpoint_epochs: tuple[int, ...] = ()
+    seed: int = 0
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    batch_size: int = 32
+    train_size: int = DEFAULT_TRAIN_SIZE
+    eval_size: int = DEFAULT_EVAL_SIZE
+    analysis_size: int = 100
+    parent: str | None = None
+    analyses: tuple[str, ...] = field(default=DEFAULT_ANALYSES, compare=False)
+
+    def validate(self) -> None:
+        from ioi.train import SCENARIOS
+
+        if self.scenario not in SCENARIOS:
+            raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
+        if (self.scenario == "reversal") != (self.parent is not None):
+            raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
+        if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
+            raise ExperimentError("sizes, batch size and lr must be positive")
+        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
+        if self.epochs < 1 or bad:
+            raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
+
+    @property
+    def save_epochs(self) -> list[int]:
+        """Checkpointed epochs (the requested ones and always the last); with 0, the analysed ones."""
+        return sorted({*self.checkpoint_epochs, self.epochs})
+
+    def train_config(self, init_from: str | None):
+        from ioi.train import TrainConfig
+
+        return TrainConfig(
+            model=self.model, scenario=self.scenario, epochs=self.epochs,
+            checkpoint_epochs=tuple(self.checkpoint_epochs), lr=self.lr, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, seed=self.seed, train_size=self.train_size,
+            eval_size=self.eval_size, init_from=init_from,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "checkpoint_epochs": list(self.checkpoint_epochs),
+            "analyses": list(self.analyses),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExperimentConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known | {"checkpoint_epochs": tuple(d.get("checkpoint_epochs", ())),
+                              "analyses": tuple(d.get("analyses", DEFAULT_ANALYSES))})  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: int, analysis_size: int) -> str:
+    """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
+    templates, names or a corruption changes the experiment id."""
+    from ioi.corruptions import corrupt
+    from ioi.data import abc_counterfactual, make_dataset
+
+    train = make_dataset(train_size, seed, "train")
+    if scenario in CORRUPTIONS:
+        train = corrupt(train, scenario, seed)
+    evals = make_dataset(max(eval_size, analysis_size), seed, "eval")
+    h = hashlib.sha256()
+    for x in [*train, *evals, *abc_counterfactual(evals[:analysis_size], seed)]:
+        h.update(f"{x.prompt}\x00{x.label}\x01".encode())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=16)
+def model_fingerprint(model: str) -> str:
+    """The model name, plus a hash of its weight files when it is a local directory."""
+    path = ASSETS / "ioi-tiny" if model == DEFAULT_MODEL else Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return f"{model}@{h.hexdigest()[:16]}"
+
+
+def identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What the experiment id hashes: config (without the analysis list), datasets, model, version."""
+    config = {k: v for k, v in cfg.to_json().items() if k != "analyses"}
+    data = dataset_fingerprint(cfg.scenario, cfg.seed, cfg.train_size, cfg.eval_size, cfg.analysis_size)
+    return {
+        "config": config,
+        "dataset": data,
+        "model": model_fingerprint(cfg.model),
+        "ioi_version": __version__,
+    }
+
+
+def experiment_id(cfg: ExperimentConfig) -> str:
+    """16 hex digits of the sha256 of `identity(cfg)`."""
+    return hashlib.sha256(canonical_json(identity(cfg))).hexdigest()[:16]
+
+
+def registered_analyses() -> dict[str, Any]:
+    """The analysis registry with the built-in analysis modules loaded, plus the modules named in
+    $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered there run in
+    background jobs and sweeps too, whose worker processes import them."""
+    import importlib
+
+    from ioi.analyses import load_builtin_analyses
+
+    for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
+        if module.strip():
+            importlib.import_module(module.strip())
+    return load_builtin_analyses()
+
+
+def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
+    """Epoch -> entries still to compute (missing or damaged), skipping, with a note in `log`,
+    analyses that are not registered and model comparisons at epoch 0 (the model with itself)."""
+    known = registered_analyses()
+    missing = [name for name in cfg.analyses if name not in known]
+    if missing:
+        log(f"skipped {', '.join(missing)}: no analysis of that name is registered")
+    todo: dict[int, list[str]] = {}
+    for epoch in [0, *cfg.save_epochs]:
+        for name in (METRICS, *(a for a in cfg.analyses if a in known)):
+            if name != METRICS and known[name].needs_other and epoch == 0:
+                continue  # comparing the starting model with itself says nothing
+            if load_entry(root, exp_id, epoch, name, report=log) is None:
+                todo.setdefault(epoch, []).append(name)
+    return todo
+
+
+def is_complete(cfg: ExperimentConfig, root: str | Path | None = None) -> bool:
+    """Whether every entry `cfg` asks for is validly cached (so running it would do nothing).
+    A damaged entry found on the way is reported as a warning and set aside for recomputation."""
+    import warnings
+
+    def report(message: str) -> None:
+        if "recomputed" in message:
+            warnings.warn(message, stacklevel=3)
+
+    return not plan(cfg, root, experiment_id(cfg), report)
+
+
+@contextmanager
+def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
+    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
+    folder = experiment_dir(root, exp_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
+    return experiment_dir(root, exp_id) / "checkpoints"
+
+
+def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
+    """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
+    its own checkpoints) if its weights were pruned."""
+    from ioi.train import checkpoint_dir, finetune
+
+    record = read_experiment(root, cfg.parent)
+    if record is None:
+        raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
+    parent = ExperimentConfig.from_json(record["config"])
+    if parent.scenario not in CORRUPTIONS:
+        raise ExperimentError(f"a reversal starts from a toxic experiment; {cfg.parent} is {parent.scenario}")
+    if parent.model != cfg.model:
+        raise ExperimentError(
+            f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
+        )
+    final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
+    if not (final / "manifest.json").exists():
+        log(f"re-creating the weights of parent {cfg.parent}")
+        with experiment_lock(root, cfg.parent):
+            source = parent_checkpoint(parent, root, device, log) if parent.parent else None
+            finetune(parent.train_config(source), checkpoints_dir(root, cfg.parent), device=device)
+    return str(final)
+
+
+@dataclass
+class ExperimentSummary:
+    """What a run returns (small and picklable, for sweeps on Dask): the id, the eval metrics by
+    epoch, whether it trained, and notes (skipped analyses, recomputed entries)."""
+
+    id: str
+    metrics: dict[int, dict[str, float]]
+    trained: bool
+    notes: list[str]
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    root: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    progress: Callable[[int, int, int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log: Log | None = None,
+) -> ExperimentSummary:
+    """Train (resuming from existing checkpoints) and analyse what is not cached yet.
+
+    progress(epoch, epochs, step, steps, loss) follows training; `log(message)` receives notes and
+    the analysis phase; `should_stop()` cancels at the next training step (ioi.train.Cancelled).
+    """
+    from ioi.train import Cancelled, finetune
+
+    cfg.validate()
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        if log is not None:
+            log(message)
+
+    exp_id = experiment_id(cfg)
+    register_experiment(root, exp_id, identity(cfg) | {"id": exp_id, "config": cfg.to_json()})
+    trained = False
+    with experiment_lock(root, exp_id):
+        todo = plan(cfg, root, exp_id, note)
+        # a cached reversal needs no weights: its parent is only re-created when something runs
+        init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
+            finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
+                     progress=progress, should_stop=should_stop)  # fmt: skip
+            trained = True
+        failed = []
+        for epoch, names in sorted(todo.items()):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled before the analyses of epoch {epoch}")
+            failed += _analyse_epoch(cfg, root, exp_id, epoch, names, init, device, note)
+    if failed:
+        raise ExperimentError("; ".join(failed))
+    metrics = {}
+    for epoch in [0, *cfg.save_epochs]:
+        entry = load_entry(root, exp_id, epoch, METRICS, report=note)
+        if entry is not None:
+            metrics[epoch] = entry.summary
+    return ExperimentSummary(exp_id, metrics, trained, notes)
+
+
+def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
+    """Whether training must run to produce the checkpoints of `epochs`. Fine-tuning resumes from
+    the latest complete checkpoint, so when an earlier one is missing (pruned) the later ones are
+    removed to make it retrain from before the gap."""
+    import shutil
+
+    from ioi.train import checkpoint_dir
+
+    missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
+    if not missing:
+        return False
+    for later in folder.glob("epoch-[0-9][0-9][0-9]"):
+        if int(later.name.split("-")[1]) > missing[0]:
+            shutil.rmtree(later)
+    return True
+
+
+def _analyse_epoch(
+    cfg: ExperimentConfig, root, exp_id: str, epoch: int, names: list[str], init: str | None, device: str,
+    note: Log,
+) -> list[str]:  # fmt: skip
+    """Compute and store `names` at `epoch`; returns messages for analyses that raised (the others
+    are still stored)."""
+    from ioi.analyses import run_analysis
+    from ioi.data import abc_counterfactual, make_dataset, tokenize
+    from ioi.metrics import evaluate
+    from ioi.models import load_model
+    from ioi.train import checkpoint_dir
+
+    start = init or cfg.model
+    source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))
+    note(f"analysing epoch {epoch}: {', '.join(names)}")
+    model = load_model(source, device=device, seed=cfg.seed)
+    samples = make_dataset(max(cfg.eval_size, cfg.analysis_size), cfg.seed, "eval")
+    eval_batch = tokenize(samples[: cfg.eval_size], model.tokenizer)
+    clean = tokenize(samples[: cfg.analysis_size], model.tokenizer)
+    abc = tokenize(abc_counterfactual(samples[: cfg.analysis_size], cfg.seed), model.tokenizer, like=clean)
+    other = None
+    failed = []
+    for name in names:
+        if name == METRICS:
+            write_entry(root, exp_id, epoch, METRICS, evaluate(model.bridge, eval_batch).to_json())
+            continue
+        if registered_analyses()[name].needs_other and other is None:
+            other = load_model(start, device=device, seed=cfg.seed)
+        try:
+            result = run_analysis(name, model, clean, abc, other=other)
+        except Exception as err:  # one analysis failing must not lose the others; the note says why
+            failed.append(f"analysis {name} failed at epoch {epoch}: {type(err).__name__}: {err}")
+            note(failed[-1])
+            continue
+        write_analysis(root, exp_id, epoch, name, result)
+    return failed

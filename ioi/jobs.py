@@ -1,0 +1,364 @@
+"""Background jobs: launch, follow, cancel and resume experiments without blocking the caller.
+
+Design. `submit(cfg)` writes a 'queued' row to the cache's SQLite index (WAL mode, so the
+dashboard, the CLI and every worker read and write it at once) and starts a *detached supervisor
+process* (``python -m ioi.jobs ROOT JOB``, its own session), then returns the job id at once — a
+Streamlit page never waits and never runs training in one of its threads. The supervisor waits for
+a free slot (at most ``$IOI_MAX_JOBS`` jobs run at once, default 2), then runs the job in a joblib
+**loky** worker process and waits for it. Two processes, because each watches for the other's
+death: if the worker dies (SIGKILL, out of memory) loky reports it and the supervisor records the
+job as 'interrupted' with the reason; if the supervisor dies too (machine rebooted), the row still
+says 'running' but its pid is gone / its heartbeat is stale, and every reader shows the job as
+'interrupted'. Either way `resume(job)` starts a new supervisor; fine-tuning resumes from the last
+complete checkpoint and cached analyses are not recomputed, so the results equal an uninterrupted
+run's (training is deterministic on CPU). The detached supervisor also means jobs outlive a
+restart of the dashboard, and `python -m ioi jobs list` sees exactly what the dashboard sees.
+
+The worker heartbeats every couple of seconds, writes progress (epoch and step of total) at most
+twice a second, keeps a log tail, and polls the row's cancel flag at most twice a second from
+fine-tuning's `should_stop`; `cancel(job)` sets the flag, and the job stops at its next training
+step (or before its next analysis), keeping finished checkpoints. Any exception ends the job as
+'failed' with its message; nothing hangs silently.
+
+Sweeps of many experiments use joblib directly (`ioi.sweep`), which is what scales out to Dask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ioi.cache import cache_root, connect, read_experiment, register_experiment
+
+TERMINAL = ("done", "failed", "cancelled", "interrupted")
+STALE_AFTER = 60.0
+"""Seconds without a heartbeat after which a queued or running job counts as interrupted."""
+HEARTBEAT_EVERY = 2.0
+POLL_EVERY = 0.5
+LOG_LINES = 40
+
+
+class JobError(ValueError):
+    """A job request that cannot be honoured (unknown id, resuming a running job); says why."""
+
+
+def max_jobs() -> int:
+    """How many jobs may run at once: $IOI_MAX_JOBS, default 2."""
+    return max(1, int(os.environ.get("IOI_MAX_JOBS", "2")))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` exists on this machine and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class JobInfo:
+    """One row of the job table. `status` is `state`, except that a queued or running job whose
+    supervisor is gone or whose heartbeat is stale is 'interrupted' (resumable)."""
+
+    id: str
+    experiment: str
+    config: dict[str, Any]
+    state: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    phase: str
+    created: float
+    started: float | None
+    finished: float | None
+    heartbeat: float | None
+    pid: int | None
+    worker_pid: int | None
+    host: str | None
+    attempts: int
+    cancel: int
+    cached: int
+    device: str
+    log: str
+    error: str
+
+    @property
+    def status(self) -> str:
+        if self.state not in ("queued", "running"):
+            return self.state
+        stale = self.heartbeat is None or time.time() - self.heartbeat > STALE_AFTER
+        # the worker may outlive a killed supervisor (it finishes its task), so either one counts
+        dead = self.host == socket.gethostname() and not (pid_alive(self.pid) or pid_alive(self.worker_pid))
+        return "interrupted" if stale or dead else self.state
+
+    @property
+    def fraction(self) -> float:
+        """Share of training steps done (1.0 once done)."""
+        if self.state == "done":
+            return 1.0
+        total = self.epochs * self.steps
+        return ((self.epoch - 1) * self.steps + self.step) / total if total and self.epoch else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"status": self.status, "fraction": self.fraction}
+
+
+def _row(row) -> JobInfo:
+    d = dict(row)
+    return JobInfo(**d | {"config": json.loads(d["config"])})
+
+
+def get_job(job_id: str, root: str | Path | None = None) -> JobInfo:
+    with connect(root) as db:
+        row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None:
+        raise JobError(f"no job {job_id!r} in {cache_root(root)}; `python -m ioi jobs list` shows them")
+    return _row(row)
+
+
+def list_jobs(root: str | Path | None = None) -> list[JobInfo]:
+    """Every job, newest first."""
+    with connect(root) as db:
+        return [_row(r) for r in db.execute("SELECT * FROM jobs ORDER BY created DESC")]
+
+
+def latest_jobs(root: str | Path | None = None) -> dict[str, JobInfo]:
+    """Experiment id -> its most recent job."""
+    out: dict[str, JobInfo] = {}
+    for job in list_jobs(root):
+        out.setdefault(job.experiment, job)
+    return out
+
+
+def _update(root, job_id: str, **fields: Any) -> None:
+    cols = ", ".join(f"{k}=?" for k in fields)
+    with connect(root) as db:
+        db.execute(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+
+
+def _append_log(root, job_id: str, message: str) -> None:
+    line = time.strftime("%H:%M:%S ") + message
+    with connect(root) as db:
+        db.execute("BEGIN IMMEDIATE")
+        (log,) = db.execute("SELECT log FROM jobs WHERE id=?", (job_id,)).fetchone()
+        lines = [*log.splitlines(), line][-LOG_LINES:]
+        db.execute("UPDATE jobs SET log=? WHERE id=?", ("\n".join(lines), job_id))
+        db.execute("COMMIT")
+
+
+def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: bool = True) -> str:
+    """Queue experiment `cfg` (an ioi.experiment.ExperimentConfig) and return its job id at once.
+
+    An experiment already fully cached gets a job that is 'done' immediately (nothing runs); one
+    already queued or running returns that job's id. `launch=False` only records the job (tests,
+    or a caller that runs `supervise` itself).
+    """
+    from ioi.experiment import experiment_id, identity, is_complete
+
+    cfg.validate()
+    base = cache_root(root)
+    if cfg.parent and read_experiment(base, cfg.parent) is None:
+        raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
+    exp_id = experiment_id(cfg)
+    register_experiment(base, exp_id, identity(cfg) | {"id": exp_id, "config": cfg.to_json()})
+    for job in list_jobs(base):
+        if job.experiment == exp_id and job.status in ("queued", "running"):
+            return job.id
+    job_id = uuid.uuid4().hex[:12]
+    now = time.time()
+    done = is_complete(cfg, base)
+    with connect(base) as db:
+        db.execute(
+            "INSERT INTO jobs (id, experiment, config, state, created, heartbeat, host, cached, device, "
+            "finished, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, exp_id, json.dumps(cfg.to_json()), "done" if done else "queued", now, now,
+             socket.gethostname(), int(done), device, now if done else None,
+             time.strftime("%H:%M:%S ") + ("already cached; nothing to run" if done else "queued")),
+        )  # fmt: skip
+    if launch and not done:
+        _launch(base, job_id)
+    return job_id
+
+
+def _launch(root: Path, job_id: str) -> None:
+    """Start the detached supervisor of `job_id` (own session: it outlives the caller)."""
+    logs = root / "jobs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{job_id}.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ioi.jobs", str(root), job_id],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    _update(root, job_id, pid=proc.pid, heartbeat=time.time(), host=socket.gethostname())
+
+
+def cancel(job_id: str, root: str | Path | None = None) -> JobInfo:
+    """Ask a job to stop. A running job stops at its next training step (checkpoints kept); a
+    queued or interrupted one is cancelled at once; a finished one is left as it is."""
+    job = get_job(job_id, root)
+    if job.status in ("queued", "running"):
+        _update(root, job_id, cancel=1)
+    elif job.status == "interrupted":
+        _update(root, job_id, state="cancelled", finished=time.time())
+    return get_job(job_id, root)
+
+
+def resume(job_id: str, root: str | Path | None = None) -> JobInfo:
+    """Run an interrupted, failed or cancelled job again from its last checkpoint."""
+    job = get_job(job_id, root)
+    if job.status in ("queued", "running"):
+        raise JobError(f"job {job_id} is {job.status}; only a stopped job can be resumed")
+    if job.status == "done":
+        return job
+    _update(root, job_id, state="queued", cancel=0, error="", finished=None, pid=None, worker_pid=None,
+            heartbeat=time.time())  # fmt: skip
+    _append_log(root, job_id, "resumed")
+    _launch(cache_root(root), job_id)
+    return get_job(job_id, root)
+
+
+def wait(
+    job_id: str,
+    root: str | Path | None = None,
+    *,
+    timeout: float | None = None,
+    on_update: Callable[[JobInfo], None] | None = None,
+) -> JobInfo:
+    """Block until the job is done, failed, cancelled or interrupted (or `timeout` s pass)."""
+    deadline = None if timeout is None else time.time() + timeout
+    while True:
+        job = get_job(job_id, root)
+        if on_update is not None:
+            on_update(job)
+        if job.status in TERMINAL or (deadline is not None and time.time() > deadline):
+            return job
+        time.sleep(POLL_EVERY)
+
+
+def _claim_slot(root: Path, job_id: str) -> bool:
+    """Wait until fewer than `max_jobs()` jobs run, then mark this one running. False if it was
+    cancelled while queued."""
+    while True:
+        with connect(root) as db:
+            db.execute("BEGIN IMMEDIATE")
+            job = _row(db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+            if job.cancel:
+                db.execute("UPDATE jobs SET state='cancelled', finished=? WHERE id=?", (time.time(), job_id))
+                db.execute("COMMIT")
+                return False
+            running = [
+                j for j in map(_row, db.execute("SELECT * FROM jobs WHERE state='running'"))
+                if j.status == "running"
+            ]  # fmt: skip
+            now = time.time()
+            if len(running) < max_jobs():
+                db.execute(
+                    "UPDATE jobs SET state='running', started=?, heartbeat=?, pid=?, host=?, "
+                    "attempts=attempts+1 WHERE id=?",
+                    (now, now, os.getpid(), socket.gethostname(), job_id),
+                )
+                db.execute("COMMIT")
+                return True
+            db.execute("UPDATE jobs SET heartbeat=?, pid=? WHERE id=?", (now, os.getpid(), job_id))
+            db.execute("COMMIT")
+        time.sleep(1.0)
+
+
+def supervise(root: str | Path, job_id: str) -> None:
+    """The detached supervisor: claim a slot, run the job in a loky worker, record its death."""
+    from joblib.externals.loky import get_reusable_executor
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    root = cache_root(root)
+    if not _claim_slot(root, job_id):
+        return
+    _append_log(root, job_id, f"started (attempt {get_job(job_id, root).attempts})")
+    executor = get_reusable_executor(max_workers=1, timeout=10)
+    try:
+        executor.submit(run_job, str(root), job_id).result()
+    except TerminatedWorkerError as err:
+        reason = f"the worker process died ({err}); resume the job to continue from its last checkpoint"
+        _update(root, job_id, state="interrupted", finished=time.time(), error=reason)
+    except BaseException as err:  # the worker's own bookkeeping failed: still say so
+        _update(root, job_id, state="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
+        raise
+
+
+def run_job(root: str, job_id: str) -> None:
+    """Run one job to its end inside a worker process, recording progress, heartbeat and outcome."""
+    import torch
+
+    from ioi.experiment import ExperimentConfig, run_experiment
+    from ioi.train import Cancelled
+
+    torch.set_num_threads(int(os.environ.get("IOI_JOB_THREADS", "1")))
+    job = get_job(job_id, root)
+    _update(root, job_id, worker_pid=os.getpid())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY):
+            _update(root, job_id, heartbeat=time.time())
+
+    threading.Thread(target=beat, daemon=True).start()
+    last = {"progress": 0.0, "poll": 0.0, "cancel": False}
+
+    def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        now = time.time()
+        if now - last["progress"] > POLL_EVERY or step == steps:
+            last["progress"] = now
+            _update(root, job_id, epoch=epoch, epochs=epochs, step=step, steps=steps, heartbeat=now,
+                    phase=f"training, loss {loss:.4f}")  # fmt: skip
+
+    def should_stop() -> bool:
+        now = time.time()
+        if now - last["poll"] > POLL_EVERY:
+            last["poll"] = now
+            last["cancel"] = bool(get_job(job_id, root).cancel)
+        return last["cancel"]
+
+    def log(message: str) -> None:
+        _append_log(root, job_id, message)
+        if message.startswith("analysing"):
+            _update(root, job_id, phase=message)
+
+    try:
+        run_experiment(ExperimentConfig.from_json(job.config), root, device=job.device,
+                       progress=progress, should_stop=should_stop, log=log)  # fmt: skip
+    except Cancelled as err:
+        _update(root, job_id, state="cancelled", finished=time.time(), error=str(err))
+        _append_log(root, job_id, f"cancelled: {err}")
+    except Exception as err:
+        _update(root, job_id, state="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
+        _append_log(root, job_id, traceback.format_exc(limit=-3).strip().splitlines()[-1])
+    else:
+        _update(root, job_id, state="done", finished=time.time(), phase="done")
+        _append_log(root, job_id, "done")
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    supervise(sys.argv[1], sys.argv[2])
