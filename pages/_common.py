@@ -486,8 +486,6 @@ def experiment_config(form: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     parent = form.get("parent") if scenario == "reversal" else None
     if scenario == "reversal" and not parent:
         errors["parent"] = "a reversal starts from a toxic experiment: run one first, then pick it here"
-    if not form.get("analyses"):
-        errors["analyses"] = "pick at least one analysis to run at every checkpoint"
     if errors:
         return None, errors
     cfg = ExperimentConfig(
@@ -495,7 +493,7 @@ def experiment_config(form: dict[str, Any]) -> tuple[Any, dict[str, str]]:
         seed=int(form.get("seed", 0)), lr=lr, batch_size=int(form.get("batch_size", 32)),
         train_size=int(form.get("train_size", 6360)), eval_size=int(form.get("eval_size", 500)),
         analysis_size=int(form.get("analysis_size", 100)), parent=parent,
-        analyses=tuple(form["analyses"]),
+        analyses=tuple(form.get("analyses", ())),
     )  # fmt: skip
     try:
         cfg.validate()
