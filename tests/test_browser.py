@@ -24,10 +24,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 CHART = {"vega": "[data-testid='stVegaLiteChart']", "graphviz": "[data-testid='stGraphVizChart']",
          "table": "[data-testid='stDataFrame']"}  # fmt: skip
-# url path -> (screenshot name, main element when results are cached)
+# url path -> (screenshot name, main element when results are cached). A deep link comes first:
+# the first request of a fresh server must still go through the router (st.navigation).
 PAGES = {
-    "": ("1-overview", "graphviz"),
     "datasets": ("2-datasets", "table"),
+    "": ("1-overview", "graphviz"),
     "experiments": ("3-experiments", "table"),
     "attribution": ("4-attribution", "vega"),
     "circuit": ("5-circuit", "graphviz"),
@@ -113,5 +114,54 @@ def test_every_page_in_a_real_browser(server):
                 page.wait_for_timeout(800)  # let Vega finish drawing before the screenshot
                 page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
                 assert page.locator("[data-testid='stException']").count() == 0, f"{name} shows a traceback"
+                nav = page.locator("[data-testid='stSidebarNav']")
+                assert "Logit attribution" in nav.inner_text(), f"{name}: the router's navigation is missing"
+        finally:
+            browser.close()
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose `option` in the Streamlit selectbox labelled `label`."""
+    page.locator("[data-testid='stSelectbox']").filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def fill(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+
+
+@pytest.mark.slow
+def test_launch_a_clean_job_and_watch_it_finish(server):
+    """The acceptance path: a small clean fine-tuning job launched from the browser runs in the
+    background, its progress refreshes by itself, and its results open in the result pages."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        try:
+            page.goto(f"{url}/experiments", timeout=120_000)
+            page.wait_for_selector("[data-test-script-state='notRunning']", timeout=180_000)
+            pick(page, "Model", "random:tiny")
+            fill(page, "Epochs", "2")
+            fill(page, "Checkpoint epochs", "1")
+            fill(page, "Learning rate", "1e-3")
+            page.get_by_text("Sizes and analyses").click()
+            fill(page, "Training prompts", "32")
+            fill(page, "Evaluation prompts", "16")
+            fill(page, "Analysis prompts", "8")
+            page.get_by_role("button", name="Launch").click()
+            page.get_by_text("submitted").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Open results").wait_for(timeout=540_000)
+            page.screenshot(path=str(ARTIFACTS / "job-done.png"), full_page=True)
+            page.get_by_role("button", name="Open results").first.click()
+            page.wait_for_selector(CHART["vega"], state="visible", timeout=120_000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(ARTIFACTS / "job-results.png"), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0
         finally:
             browser.close()

@@ -13,20 +13,20 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app_pages import _common  # noqa: E402
 from ioi.data import make_dataset  # noqa: E402
-from pages import _common  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 # page -> (element kinds that must be present on the demo cache)
 PAGES = {
-    "pages/overview.py": ("graphviz_chart",),
-    "pages/datasets.py": ("dataframe",),
-    "pages/experiments.py": ("dataframe",),
-    "pages/attribution.py": ("vega_lite_chart",),
-    "pages/circuit.py": ("graphviz_chart",),
-    "pages/faithfulness.py": ("vega_lite_chart",),
-    "pages/knockout.py": ("vega_lite_chart",),
-    "pages/cmap.py": ("vega_lite_chart",),
+    "app_pages/overview.py": ("graphviz_chart",),
+    "app_pages/datasets.py": ("dataframe",),
+    "app_pages/experiments.py": ("dataframe",),
+    "app_pages/attribution.py": ("vega_lite_chart",),
+    "app_pages/circuit.py": ("graphviz_chart",),
+    "app_pages/faithfulness.py": ("vega_lite_chart",),
+    "app_pages/knockout.py": ("vega_lite_chart",),
+    "app_pages/cmap.py": ("vega_lite_chart",),
 }
 HAS_CACHE = _common.cache_layer() is not None
 needs_cache = pytest.mark.skipif(not HAS_CACHE, reason="the result cache (ioi/cache.py) is not in this build")
@@ -46,7 +46,7 @@ def dash_env(tmp_path, monkeypatch):
 
 def app(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
-    if page != "pages/overview.py":
+    if page != "app_pages/overview.py":
         at.switch_page(page)
     return at.run()
 
@@ -75,13 +75,18 @@ def test_pages_without_results_show_empty_states(tmp_path, monkeypatch, page):
     monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
     at = app(page)
     assert not at.exception, [e.value for e in at.exception]
-    if page in ("pages/attribution.py", "pages/faithfulness.py", "pages/knockout.py", "pages/cmap.py"):
+    if page in (
+        "app_pages/attribution.py",
+        "app_pages/faithfulness.py",
+        "app_pages/knockout.py",
+        "app_pages/cmap.py",
+    ):
         assert any("No " in i.value and "run" in i.value.lower() for i in at.info), [i.value for i in at.info]
 
 
 @needs_cache
 def test_attribution_compares_two_checkpoints(dash_env):
-    at = app("pages/attribution.py")
+    at = app("app_pages/attribution.py")
     at.sidebar.radio(key="dla_mode").set_value("side by side").run()
     assert_clean(at)
     assert len(at.get("vega_lite_chart")) == 2
@@ -98,7 +103,7 @@ def test_damaged_entry_is_reported_with_a_recompute_button(dash_env):
     entry.write_text(json.dumps(body))
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["opened_experiment"] = f"{(dash_env / 'demo').resolve()}|aaaa000000000001"
-    at.switch_page("pages/attribution.py")
+    at.switch_page("app_pages/attribution.py")
     at.run()
     assert not at.exception
     assert any("damaged" in e.value for e in at.error), [e.value for e in at.error]
@@ -109,7 +114,7 @@ def test_damaged_entry_is_reported_with_a_recompute_button(dash_env):
 def test_experiment_form_refuses_bad_values(dash_env):
     from ioi.jobs import list_jobs
 
-    at = app("pages/experiments.py")
+    at = app("app_pages/experiments.py")
     at.text_input(key="form_lr").set_value("fast")
     at.text_input(key="form_checkpoints").set_value("1, 9")
     at.button(key="form_launch").click().run()
@@ -123,7 +128,7 @@ def test_experiment_form_refuses_bad_values(dash_env):
 def test_launching_a_tiny_job_creates_it(dash_env):
     from ioi.jobs import cancel, list_jobs
 
-    at = app("pages/experiments.py")
+    at = app("app_pages/experiments.py")
     at.selectbox(key="form_model").set_value("random:tiny")
     at.number_input(key="form_epochs").set_value(1)
     at.text_input(key="form_checkpoints").set_value("")

@@ -3,8 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ioi import charts
-from pages._common import (
+from app_pages._common import (
     empty_state,
     heads_with_labels,
     live_analysis,
@@ -19,6 +18,7 @@ from pages._common import (
     show_chart,
     show_user_errors,
 )
+from ioi import charts
 
 st.title("Knockout")
 st.write(

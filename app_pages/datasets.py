@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import streamlit as st
 
+from app_pages._common import ROLE_COLORS, dataset, highlighted, role_words, show_user_errors
 from ioi.corruptions import CORRUPTIONS
-from pages._common import ROLE_COLORS, dataset, highlighted, role_words, show_user_errors
 
 st.title("Datasets")
 st.write(

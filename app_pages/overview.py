@@ -2,11 +2,11 @@
 
 import streamlit as st
 
+from app_pages._common import dataset, experiments, highlighted, model_or_message, role_words
 from ioi.charts import circuit_dot
 from ioi.circuit import GPT2_SMALL_CIRCUIT
 from ioi.corruptions import CORRUPTIONS
 from ioi.models import DEFAULT_MODEL
-from pages._common import dataset, experiments, highlighted, model_or_message, role_words
 
 st.title("IOI Circuit Lab")
 st.write(
@@ -81,25 +81,25 @@ for name, corruption in CORRUPTIONS.items():
 st.subheader("Guided tour")
 experiments_found = experiments()
 STEPS = [
-    ("Look at the data", "pages/datasets.py",
+    ("Look at the data", "app_pages/datasets.py",
      "Browse clean, ABC and toxic prompts. Note which word is IO, S1, S2 and END: every analysis "
      "measures something at these positions."),
-    ("Which heads write the answer?", "pages/attribution.py",
+    ("Which heads write the answer?", "app_pages/attribution.py",
      "Direct logit attribution shows each head's direct push towards IO over S at END. Pick epoch 0 "
      "of the clean demo run: the blue cells are the name movers, red ones negative name movers."),
-    ("How is the circuit wired?", "pages/circuit.py",
+    ("How is the circuit wired?", "app_pages/circuit.py",
      "Path patching follows the signal backwards, step by step: name movers, then the S-inhibition "
      "heads that drive their queries, then induction and duplicate-token heads, then previous-token heads."),
-    ("Does the circuit explain the model?", "pages/faithfulness.py",
+    ("Does the circuit explain the model?", "app_pages/faithfulness.py",
      "Faithfulness compares the circuit alone (everything else mean-ablated) with the whole model. "
      "Follow it across clean epochs (amplification), toxic epochs and reversal (neuroplasticity)."),
-    ("Break it on purpose", "pages/knockout.py",
+    ("Break it on purpose", "app_pages/knockout.py",
      "Knock out one class at a time and compare checkpoints: which classes does a toxic dataset "
      "make matter more or less?"),
-    ("What changed between two models?", "pages/cmap.py",
+    ("What changed between two models?", "app_pages/cmap.py",
      "Cross-model patching puts one head at a time from the fine-tuned (or corrupted) model into the "
      "pretrained one: the heads that carry the change light up."),
-    ("Run your own", "pages/experiments.py",
+    ("Run your own", "app_pages/experiments.py",
      "Launch a fine-tuning run of a few epochs, watch it, and open its results in these pages."),
 ]  # fmt: skip
 step = st.session_state.setdefault("tour_step", 0)

@@ -3,9 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ioi import charts
-from ioi.reference import reference_points
-from pages._common import (
+from app_pages._common import (
     SHORT,
     empty_state,
     experiments,
@@ -15,6 +13,8 @@ from pages._common import (
     show_chart,
     show_user_errors,
 )
+from ioi import charts
+from ioi.reference import reference_points
 
 st.title("Faithfulness")
 st.write(

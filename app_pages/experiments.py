@@ -5,8 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from ioi.corruptions import CORRUPTIONS
-from pages._common import (
+from app_pages._common import (
     MODELS,
     SHORT,
     experiment_config,
@@ -16,6 +15,7 @@ from pages._common import (
     show_user_errors,
     user_root,
 )
+from ioi.corruptions import CORRUPTIONS
 
 st.title("Experiments")
 st.write(
@@ -27,14 +27,13 @@ st.write(
 
 def open_results(key: str) -> None:
     st.session_state["opened_experiment"] = key
-    st.switch_page("pages/attribution.py")
+    st.switch_page("app_pages/attribution.py")
 
 
 def launch_form() -> None:
+    from ioi.analyses import ANALYSES
     from ioi.experiment import DEFAULT_ANALYSES, registered_analyses
     from ioi.jobs import submit
-
-    from ioi.analyses import ANALYSES
 
     registered_analyses()
     available = sorted(ANALYSES)

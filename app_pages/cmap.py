@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from ioi import charts
-from pages._common import (
+from app_pages._common import (
     empty_state,
     heads_with_labels,
     live_analysis,
@@ -19,6 +18,7 @@ from pages._common import (
     show_chart,
     show_user_errors,
 )
+from ioi import charts
 
 st.title("Cross-model patching")
 st.write(

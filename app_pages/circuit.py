@@ -2,9 +2,7 @@
 
 import streamlit as st
 
-from ioi import charts
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
-from pages._common import (
+from app_pages._common import (
     empty_state,
     experiments,
     heads_with_labels,
@@ -18,6 +16,8 @@ from pages._common import (
     show_chart,
     show_user_errors,
 )
+from ioi import charts
+from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
 
 st.title("Circuit")
 st.write(
