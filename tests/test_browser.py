@@ -103,7 +103,7 @@ def test_every_page_in_a_real_browser(server):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
         try:
             for path, (name, main) in PAGES.items():
                 page.goto(f"{url}/{path}", timeout=120_000)
