@@ -49,15 +49,20 @@ def body() -> None:
         "Metric", list(METRICS), format_func=lambda m: METRICS[m][2], key="faith_metric"
     )
     overlay = st.sidebar.checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
+    follow = st.sidebar.checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
     column, se, title = METRICS[metric]
-    frames, ablations = [], set()
+    parents = {e.id: e for e in found}
+    frames, ablations, shift = [], set(), {}
     for exp in (found[keys.index(k)] for k in chosen):
         s = series(exp)
         if column not in s:
             continue
+        parent = parents.get(str(exp.config.get("parent")))
+        offset = int(parent.config.get("epochs", 0)) if follow and parent is not None else 0
+        shift.setdefault(exp.scenario, offset)
         label = f"{SHORT.get(exp.scenario, exp.scenario)} ({exp.id[:6]})"
         part = pd.DataFrame(
-            {"epoch": s["epoch"], "value": s[column], "series": label, "scenario": exp.scenario}
+            {"epoch": s["epoch"] + offset, "value": s[column], "series": label, "scenario": exp.scenario}
         )
         if se and se in s:
             part["low"], part["high"] = s[column] - 1.96 * s[se], s[column] + 1.96 * s[se]
@@ -77,12 +82,15 @@ def body() -> None:
     data = pd.concat(frames, ignore_index=True)
     scenarios = sorted(data["scenario"].unique())
     ref = reference_points(metric, scenarios) if overlay else None
+    if ref is not None:  # a reversal's reference epoch counts from the end of its toxic run, as its line
+        ref = ref.assign(epoch=ref["epoch"] + ref["scenario"].map(shift).fillna(0))
     chart = charts.epoch_curves(data, y_title=title, reference=ref, title=f"{title} across epochs")
     band = "95% CI (±1.96 standard errors over prompts)" if se else "no band: one value per checkpoint"
     how = f"; knockout by {', '.join(sorted(ablations))} ablation of non-circuit heads" if ablations else ""
     show_chart(
         chart, data,
-        f"{title} at each cached checkpoint (epoch 0: before fine-tuning), one line per experiment; "
+        f"{title} at each cached checkpoint (epoch 0: before fine-tuning), one line per experiment"
+        f"{'; reversals start where their toxic run ended' if follow else ''}; "
         f"{band}{how}. Black diamonds: the paper's GPT-2 small numbers (METHODS §9) for the same "
         "scenarios — reference points for a different model, not targets.",
         f"{metric}-curves",

@@ -1,10 +1,24 @@
 """Overview: what IOI is, the circuit, the three findings, the toxic datasets and a guided tour."""
 
+import pandas as pd
 import streamlit as st
 
-from app_pages._common import dataset, experiments, highlighted, model_or_message, role_words
+from app_pages._common import (
+    dataset,
+    experiments,
+    heads_with_labels,
+    highlighted,
+    model_or_message,
+    result,
+    result_circuit,
+    role_words,
+    series,
+    show_chart,
+    show_user_errors,
+)
+from ioi import charts
 from ioi.charts import circuit_dot
-from ioi.circuit import GPT2_SMALL_CIRCUIT
+from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
 from ioi.corruptions import CORRUPTIONS
 from ioi.models import DEFAULT_MODEL
 
@@ -102,6 +116,79 @@ STEPS = [
     ("Run your own", "app_pages/experiments.py",
      "Launch a fine-tuning run of a few epochs, watch it, and open its results in these pages."),
 ]  # fmt: skip
+
+
+def demo_run(scenario: str):
+    """The first cached experiment of `scenario` (demo results first), or None."""
+    return next((e for e in experiments_found if e.scenario == scenario), None)
+
+
+def last_epoch(exp, name: str) -> int | None:
+    return max(exp.epochs_with(name), default=None)
+
+
+def tour_preview(step: int) -> None:
+    """A demo result for the tour's step, read from the cache (nothing is computed here)."""
+    clean, toxic = demo_run("clean"), demo_run("subject_duplication") or demo_run("name_moving")
+    if step == 0:
+        x = dataset("clean", 1, 1, "eval")[0]
+        abc, sd = dataset("abc", 1, 1, "eval")[0], dataset("subject_duplication", 1, 1, "eval")[0]
+        for label, sample in (("clean", x), ("ABC", abc), ("subject duplication", sd)):
+            st.markdown(f"*{label}:* {highlighted(sample.prompt, role_words(x))} → **{sample.label}**")
+    elif step == 1 and clean is not None and 0 in clean.epochs_with("dla"):
+        found = result(clean, 0, "dla")
+        if found is None:
+            return
+        n_layers, n_heads = int(found.heads["layer"].max()) + 1, int(found.heads["head"].max()) + 1
+        circuit = result_circuit(clean, 0, n_layers, n_heads)
+        chart = charts.head_heatmap(
+            found.heads, title="DLA before fine-tuning", value_title="DLA", circuit=circuit
+        )
+        caption = "Per-head DLA on logit(IO) − logit(S) at END, epoch 0 of the clean demo run; no ablation."
+        show_chart(chart, heads_with_labels(found.heads), caption, "tour-dla")
+    elif step == 2 and clean is not None and 0 in clean.epochs_with("faithfulness"):
+        found = result(clean, 0, "faithfulness")
+        if found is not None and isinstance(found.summary.get("circuit"), dict):
+            st.graphviz_chart(charts.circuit_dot(Circuit.from_json(found.summary["circuit"])))
+            st.caption(
+                "The circuit found in the demo model before fine-tuning (head classes and their heads)."
+            )
+    elif step == 3 and clean is not None:
+        s = series(clean)
+        if "faithfulness.faithfulness" in s:
+            data = pd.DataFrame(
+                {"epoch": s["epoch"], "value": s["faithfulness.faithfulness"], "series": "clean"}
+            )
+            chart = charts.epoch_curves(
+                data.dropna(), y_title="faithfulness", title="Faithfulness, clean run"
+            )
+            caption = "Faithfulness F(C)/F(M) at each checkpoint of the clean demo run (mean ablation)."
+            show_chart(chart, data, caption, "tour-faithfulness")
+    elif step == 4 and toxic is not None and toxic.epochs_with("knockout"):
+        frames = []
+        for epoch in sorted({0, last_epoch(toxic, "knockout")}):
+            found = result(toxic, epoch, "knockout")
+            if found is not None and "classes" in found.tables:
+                frames.append(found.tables["classes"].assign(checkpoint=f"epoch {epoch}"))
+        if frames:
+            data = pd.concat(frames).rename(columns={"class": "target", "f_knockout": "value"})
+            chart = charts.knockout_bars(data, title=f"Class knockouts, {toxic.scenario} run")
+            caption = (
+                f"Logit difference with each class mean-ablated, before and after the {toxic.scenario} run."
+            )
+            show_chart(chart, data, caption, "tour-knockout")
+    elif step == 5 and toxic is not None and toxic.epochs_with("cmap"):
+        epoch = last_epoch(toxic, "cmap")
+        found = result(toxic, epoch, "cmap")
+        if found is not None and not found.heads.empty:
+            title = f"CMAP: {toxic.scenario} epoch {epoch} ← pretrained"
+            chart = charts.head_heatmap(found.heads, title=title, value_title="change in F")
+            caption = (
+                "Change in logit difference when each head's output at END comes from the pretrained model."
+            )
+            show_chart(chart, heads_with_labels(found.heads), caption, "tour-cmap")
+
+
 step = st.session_state.setdefault("tour_step", 0)
 title, page, text = STEPS[step]
 st.progress((step + 1) / len(STEPS), text=f"Step {step + 1} of {len(STEPS)}: {title}")
@@ -110,6 +197,8 @@ if step > 0 and not experiments_found:
     st.caption(
         "No experiment results are cached yet: run `python -m ioi precompute` or use the Experiments page."
     )
+else:
+    show_user_errors(lambda: tour_preview(step))
 st.page_link(page, label=f"Open: {title}", icon=":material/arrow_forward:")
 back, forward, _ = st.columns([1, 1, 6])
 if back.button("Back", disabled=step == 0, key="tour_back"):

@@ -209,3 +209,37 @@ def test_env_selects_the_demo_root(tmp_path, monkeypatch):
     assert os.environ["IOI_DEMO_DIR"] == str(tmp_path)
     shutil.rmtree(tmp_path)
     assert tmp_path.resolve() not in _common.roots()
+
+
+@needs_cache
+def test_guided_tour_walks_every_step_with_demo_results(dash_env):
+    at = app("app_pages/overview.py")
+    shown = []
+    for step in range(7):
+        assert_clean(at)
+        assert f"Step {step + 1} of 7" in at.get("progress")[0].proto.text
+        shown.append(len(at.get("vega_lite_chart")))
+        if step < 6:
+            at.button(key="tour_next").click().run()
+    assert shown[1] == shown[3] == shown[4] == shown[5] == 1  # DLA, faithfulness, knockout, CMAP previews
+    assert at.button(key="tour_next").disabled
+    at.button(key="tour_back").click().run()
+    assert "Step 6 of 7" in at.get("progress")[0].proto.text
+
+
+@needs_cache
+def test_reversal_curve_continues_after_its_toxic_run(dash_env):
+    import pyarrow as pa
+
+    def reversal_epochs(at: AppTest) -> list[int]:
+        datasets = at.get("vega_lite_chart")[0].proto.datasets
+        frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in datasets]
+        rows = next(f for f in frames if "series" in f)  # the curves, not the reference points
+        return sorted(rows.loc[rows["scenario"] == "reversal", "epoch"])
+
+    at = app("app_pages/faithfulness.py")
+    at.sidebar.radio(key="faith_metric").set_value("logit_diff").run()
+    assert_clean(at)
+    assert reversal_epochs(at) == [2, 3, 4]  # its parent ran 2 epochs
+    at.sidebar.checkbox(key="faith_follow").uncheck().run()
+    assert reversal_epochs(at) == [0, 1, 2]
