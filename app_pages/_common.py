@@ -317,9 +317,15 @@ def pick_model(label: str, key: str, where=st.sidebar) -> str:
     """A selectbox of `model_sources()`, defaulting to the model of the cached experiments."""
     sources = model_sources()
     names = list(sources)
+    return where.selectbox(label, names, index=names.index(default_model()), key=key, format_func=sources.get)
+
+
+def default_model() -> str:
+    """The model of the cached experiments (the demo's), else the bundled default."""
+    from ioi.models import DEFAULT_MODEL
+
     cached = [str(e.config.get("model")) for e in experiments()]
-    index = names.index(cached[0]) if cached and cached[0] in names else 0
-    return where.selectbox(label, names, index=index, key=key, format_func=sources.get)
+    return cached[0] if cached and cached[0] in MODELS else DEFAULT_MODEL
 
 
 def run_button(label: str, key: str, inputs: Any, where=st) -> bool:
@@ -336,6 +342,21 @@ def live_available(name: str) -> bool:
     from ioi.analyses import load_builtin_analyses
 
     return name in load_builtin_analyses()
+
+
+def parse_heads(text: str, n_layers: int, n_heads: int) -> list[str]:
+    """ "9.9 10.0" (or comma-separated) -> ["9.9", "10.0"]; UserError for a malformed head or one
+    outside an n_layers × n_heads model."""
+    from ioi.circuit import Head
+
+    heads = [Head.parse(t) for t in text.replace(",", " ").split()]
+    outside = [str(h) for h in heads if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads)]
+    if outside:
+        raise UserError(
+            f"heads {', '.join(outside)} are outside this model ({n_layers} layers × {n_heads} heads; "
+            f"they are numbered from 0.0 to {n_layers - 1}.{n_heads - 1})"
+        )
+    return [str(h) for h in heads]
 
 
 def options_json(**options: Any) -> str:

@@ -10,6 +10,7 @@ from app_pages._common import (
     live_available,
     model_or_message,
     options_json,
+    parse_heads,
     pick_model,
     result,
     run_button,
@@ -89,8 +90,15 @@ def path_patching_section() -> None:
             opts = options_json(receiver=receiver, heads=heads or None, position=position)
             if not run_button(f"Run step {i}", f"pp_run_{i}", (model, size, opts)):
                 continue
-            if model_or_message(model) is None:
+            loaded = model_or_message(model)
+            if loaded is None:
                 return
+            if heads:
+                try:
+                    parse_heads(heads, loaded.n_layers, loaded.n_heads)
+                except ValueError as err:
+                    st.error(str(err), icon="⚠️")
+                    continue
             found = live_analysis(model, "path-patch", opts, size=int(size))
             chart = charts.head_heatmap(found.heads, title=f"Step {i}: senders → {receiver}",
                                         value_title="normalised effect", circuit=circuit)  # fmt: skip

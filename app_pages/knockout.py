@@ -4,15 +4,17 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._common import (
+    default_model,
     empty_state,
     heads_with_labels,
     live_analysis,
     live_available,
     model_or_message,
+    model_sources,
     no_cache_layer,
     options_json,
+    parse_heads,
     pick_experiment,
-    pick_model,
     result_or_offer,
     run_button,
     show_chart,
@@ -76,36 +78,50 @@ def live_section() -> None:
     if not live_available("knockout"):
         st.info("The knockout analysis is not in this build yet (ioi/ablation.py).", icon="ℹ️")
         return
-    from ioi.ablation import AblationType  # noqa: PLC0415  (only with the ablation module)
+    from ioi.ablation import AblationType
 
+    sources = model_sources()
     c = st.columns(3)
-    model = pick_model("Model or checkpoint", "ko_live_model", where=c[0])
+    models = c[0].multiselect(
+        "Models or checkpoints",
+        list(sources),
+        default=[default_model()],
+        key="ko_models",
+        format_func=sources.get,
+    )
     ablation = c[1].selectbox("Ablation", [a.value for a in AblationType], key="ko_ablation")
     heads = c[2].text_input("Heads (L.H, space-separated)", "", key="ko_heads", help="e.g. 9.9 9.6 10.0")
     error = c[2].empty()
-    if not run_button("Run knockout", "ko_run", (model, ablation, heads)) or model_or_message(model) is None:
+    if not run_button("Run knockout", "ko_run", (models, ablation, heads)):
         return
-    from ioi.circuit import Head
-
-    try:
-        chosen = [str(Head.parse(h)) for h in heads.replace(",", " ").split()]
-    except ValueError as err:
-        error.error(str(err), icon="⚠️")
+    if not models:
+        st.error("Pick at least one model or checkpoint.", icon="⚠️")
         return
-    found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
-    f_m = found.summary.get("f_model")
-    if chosen:
-        st.metric(f"F with {' '.join(chosen)} knocked out", f"{found.summary['f_knockout']:.3f}",
-                  delta=f"{found.summary['f_knockout'] - f_m:.3f} vs intact")  # fmt: skip
-    data = (
-        found.tables["classes"]
-        .rename(columns={"class": "target", "f_knockout": "value"})
-        .assign(checkpoint=model)
-    )
+    frames, baselines = [], []
+    for model in models:
+        loaded = model_or_message(model)
+        if loaded is None:
+            return
+        try:
+            chosen = parse_heads(heads, loaded.n_layers, loaded.n_heads)
+        except ValueError as err:
+            error.error(str(err), icon="⚠️")
+            return
+        found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
+        f_m = found.summary.get("f_model")
+        rows = found.tables["classes"][["class", "f_knockout"]].rename(columns={"class": "target"})
+        if chosen:
+            rows.loc[len(rows)] = [" ".join(chosen), found.summary["f_knockout"]]
+        rows.loc[len(rows)] = ["(nothing: intact model)", f_m]
+        frames.append(rows.rename(columns={"f_knockout": "value"}).assign(checkpoint=sources[model]))
+        baselines.append(f_m)
+    data = pd.concat(frames, ignore_index=True)
     show_chart(
-        charts.knockout_bars(data, baseline=f_m, title=f"{ablation} ablation"), data,
-        f"Logit difference after {ablation}-ablating each circuit class on 100 evaluation prompts; "
-        "dashed line: the intact model.",
+        charts.knockout_bars(data, baseline=baselines[0] if len(baselines) == 1 else None,
+                             title=f"{ablation} ablation"),
+        data,
+        f"Logit difference after {ablation}-ablating each circuit class (and the chosen heads together) at "
+        "all positions, on 100 evaluation prompts, per model or checkpoint; '(nothing)' is the intact model.",
         "knockout-live",
     )  # fmt: skip
 

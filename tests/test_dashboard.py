@@ -243,3 +243,12 @@ def test_reversal_curve_continues_after_its_toxic_run(dash_env):
     assert reversal_epochs(at) == [2, 3, 4]  # its parent ran 2 epochs
     at.sidebar.checkbox(key="faith_follow").uncheck().run()
     assert reversal_epochs(at) == [0, 1, 2]
+
+
+def test_parse_heads_checks_the_model_shape():
+    assert _common.parse_heads("1.0, 0.3", 2, 4) == ["1.0", "0.3"]
+    assert _common.parse_heads("", 2, 4) == []
+    with pytest.raises(_common.UserError, match="9.9 are outside this model"):
+        _common.parse_heads("1.0 9.9", 2, 4)
+    with pytest.raises(ValueError, match="L.H"):
+        _common.parse_heads("x", 2, 4)
