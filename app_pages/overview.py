@@ -20,7 +20,7 @@ from ioi import charts
 from ioi.charts import circuit_dot
 from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
 from ioi.corruptions import CORRUPTIONS
-from ioi.models import DEFAULT_MODEL
+from ioi.models import ASSETS, DEFAULT_MODEL
 
 st.title("IOI Circuit Lab")
 st.write(
@@ -38,6 +38,10 @@ with model_col:
             f"**{model.name}** — {model.n_layers} layers × {model.n_heads} heads, on {model.device}.  \n"
             f"Weights: {model.source}."
         )
+        card = ASSETS / model.name / "MODEL_CARD.md"
+        if card.exists():
+            with st.expander("Model card"):
+                st.markdown(card.read_text())
 with task_col:
     st.subheader("The task")
     example = dataset("clean", 1, 0, "eval")[0]
