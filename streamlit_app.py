@@ -1,6 +1,22 @@
-"""IOI Circuit Lab dashboard: a thin router over the pages in pages/."""
+"""IOI Circuit Lab dashboard: a thin router over the pages in app_pages/.
+
+The folder is deliberately not called pages/: Streamlit 1.67 treats a pages/ folder beside the main
+script as a v1 multipage app until a session first runs this script, so a deep link (e.g. /experiments)
+as the first request after a restart would bypass this router for every session of that server.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="IOI Circuit Lab", page_icon="🔬", layout="wide")
-st.navigation([st.Page("pages/overview.py", title="Overview", default=True)]).run()
+st.set_page_config(page_title="IOI Circuit Lab", page_icon=":material/biotech:", layout="wide")
+st.navigation(
+    [
+        st.Page("app_pages/overview.py", title="Overview", icon=":material/explore:", default=True),
+        st.Page("app_pages/datasets.py", title="Datasets", icon=":material/dataset:"),
+        st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
+        st.Page("app_pages/attribution.py", title="Logit attribution", icon=":material/grid_on:"),
+        st.Page("app_pages/circuit.py", title="Circuit", icon=":material/hub:"),
+        st.Page("app_pages/faithfulness.py", title="Faithfulness", icon=":material/show_chart:"),
+        st.Page("app_pages/knockout.py", title="Knockout", icon=":material/content_cut:"),
+        st.Page("app_pages/cmap.py", title="Cross-model patching", icon=":material/compare_arrows:"),
+    ]
+).run()

@@ -1,0 +1,194 @@
+"""Experiments: launch fine-tuning runs as background jobs, follow them live, open their results."""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from app_pages._common import (
+    MODELS,
+    SHORT,
+    experiment_config,
+    experiments,
+    no_cache_layer,
+    roots,
+    show_user_errors,
+    user_root,
+)
+from ioi.corruptions import CORRUPTIONS
+
+st.title("Experiments")
+st.write(
+    "An experiment fine-tunes a model in one scenario and analyses every checkpoint (epoch 0 is the "
+    "starting model). Results are cached by content: asking for the same experiment twice opens the "
+    "cached one at once. Jobs run in the background and survive a restart of the dashboard."
+)
+
+
+def open_results(key: str) -> None:
+    st.session_state["opened_experiment"] = key
+    st.switch_page("app_pages/attribution.py")
+
+
+def launch_form() -> None:
+    from ioi.analyses import ANALYSES
+    from ioi.experiment import DEFAULT_ANALYSES, registered_analyses
+    from ioi.jobs import submit
+
+    registered_analyses()
+    available = sorted(ANALYSES)
+    toxic = [e for e in experiments() if e.scenario in CORRUPTIONS]
+    st.subheader("Launch an experiment")
+    c = st.columns(3)
+    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model")
+    path_err = c[0].empty()
+    if model == "a local directory…":
+        model = c[0].text_input("Model directory", key="form_model_dir")
+    scenario = c[1].selectbox(
+        "Scenario", ["clean", *CORRUPTIONS, "reversal"], key="form_scenario",
+        format_func=lambda s: {"reversal": "reversal (clean data from a toxic run)"}.get(s, SHORT.get(s, s)),
+    )  # fmt: skip
+    parent = None
+    parent_err = c[1].empty()
+    if scenario == "reversal":
+        keys = [e.key for e in toxic]
+        parent_key = c[1].selectbox(
+            "Toxic run to reverse", keys, index=None, key="form_parent",
+            format_func=lambda k: toxic[keys.index(k)].label, placeholder="pick a toxic experiment",
+        )  # fmt: skip
+        parent = toxic[keys.index(parent_key)] if parent_key else None
+    seed = c[2].number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="form_seed")
+    c = st.columns(3)
+    epochs = c[0].number_input("Epochs", min_value=1, max_value=100, value=3, key="form_epochs")
+    epochs_err = c[0].empty()
+    checkpoints = c[1].text_input("Checkpoint epochs", "1, 2", key="form_checkpoints",
+                                  help="comma-separated; the last epoch is always kept")  # fmt: skip
+    checkpoints_err = c[1].empty()
+    lr = c[2].text_input("Learning rate", "1e-4", key="form_lr", help="GPT-2: 1e-5; ioi-tiny: 1e-4")
+    lr_err = c[2].empty()
+    with st.expander("Sizes and analyses"):
+        c = st.columns(4)
+        batch_size = c[0].number_input("Batch size", 1, 512, 32, key="form_batch")
+        train_size = c[1].number_input("Training prompts", 16, 20000, 6360, key="form_train")
+        eval_size = c[2].number_input("Evaluation prompts", 8, 5000, 500, key="form_eval")
+        analysis_size = c[3].number_input("Analysis prompts", 4, 1000, 100, key="form_analysis")
+        default = [a for a in DEFAULT_ANALYSES if a in available]
+        analyses = st.multiselect(
+            "Analyses at every checkpoint", available, default=default, key="form_analyses"
+        )
+        analyses_err = st.empty()
+    form_err = st.empty()
+    if not st.button("Launch", type="primary", key="form_launch"):
+        return
+    cfg, errors = experiment_config(dict(
+        model=model, scenario=scenario, parent=parent.id if parent else None, seed=seed, epochs=epochs,
+        checkpoints=checkpoints, lr=lr, batch_size=batch_size, train_size=train_size,
+        eval_size=eval_size, analysis_size=analysis_size, analyses=analyses,
+    ))  # fmt: skip
+    slots = {"model": path_err, "parent": parent_err, "epochs": epochs_err, "checkpoints": checkpoints_err,
+             "lr": lr_err, "analyses": analyses_err, "form": form_err}  # fmt: skip
+    for field, message in errors.items():
+        slots[field].error(message, icon="⚠️")
+    if cfg is None:
+        return
+    root = parent.root if parent else str(user_root())
+    job = submit(cfg, root)
+    st.session_state["last_job"] = job
+    st.success(f"Job {job} submitted; it appears in the list below.")
+
+
+STATUS_ICONS = {
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+    "interrupted": ":material/pause_circle:",
+    "running": ":material/play_circle:",
+}
+
+
+def job_row(job, root: str) -> None:
+    from ioi.jobs import cancel, resume
+
+    cfg = job.config
+    status = job.status
+    icon = STATUS_ICONS.get(status, ":material/schedule:")
+    with st.container(border=True):
+        top = st.columns([4, 1, 1, 1])
+        top[0].markdown(
+            f"{icon} **{SHORT.get(cfg['scenario'], cfg['scenario'])}** · {cfg['model']} · "
+            f"{cfg['epochs']} epochs · seed {cfg['seed']} · lr {cfg['lr']:g} — *{status}* "
+            f"(job `{job.id}`, experiment `{job.experiment[:8]}`)"
+        )
+        if status in ("queued", "running") and top[1].button("Cancel", key=f"cancel-{job.id}"):
+            cancel(job.id, root)
+            st.rerun(scope="fragment")
+        if status in ("failed", "cancelled", "interrupted") and top[1].button(
+            "Resume", key=f"resume-{job.id}"
+        ):
+            resume(job.id, root)
+            st.rerun(scope="fragment")
+        if status == "done" and top[2].button("Open results", key=f"open-{job.id}"):
+            open_results(f"{root}|{job.experiment}")
+        phase = job.phase or ("already cached" if job.cached else "")
+        if status in ("queued", "running"):
+            text = (
+                f"epoch {job.epoch}/{job.epochs}, step {job.step}/{job.steps} — {phase}"
+                if job.epochs
+                else phase
+            )
+            st.progress(min(max(job.fraction, 0.0), 1.0), text=text or "waiting for a free slot")
+        elif status == "done":
+            st.progress(1.0, text="done" + (" (results were already cached)" if job.cached else ""))
+        if job.error:
+            st.error(job.error, icon="❌")
+        if job.log:
+            with st.expander("log"):
+                st.code(job.log, language=None)
+
+
+@st.fragment(run_every=2)
+def job_list() -> None:
+    from ioi.jobs import list_jobs
+
+    st.subheader("Jobs")
+    jobs = [
+        (job, str(root)) for root in roots() if (root / "index.sqlite3").exists() for job in list_jobs(root)
+    ]
+    if not jobs:
+        st.info("No jobs yet: launch an experiment above.", icon="ℹ️")
+    for job, root in sorted(jobs, key=lambda jr: -jr[0].created)[:20]:
+        job_row(job, root)
+    st.caption(f"Refreshes every 2 s · {time.strftime('%H:%M:%S')}")
+
+
+def cached_table() -> None:
+    st.subheader("Cached experiments")
+    found = experiments()
+    if not found:
+        st.info(
+            "Nothing cached yet: run `python -m ioi precompute` for the demo set, or launch above.", icon="ℹ️"
+        )
+        return
+    table = pd.DataFrame([{
+        "experiment": e.id, "scenario": e.scenario, "model": e.config.get("model"),
+        "epochs": e.config.get("epochs"), "seed": e.config.get("seed"), "lr": e.config.get("lr"),
+        "status": e.status, "cached epochs": ", ".join(map(str, sorted(e.epochs))),
+        "where": "demo" if e.demo else "yours",
+    } for e in found])  # fmt: skip
+    st.dataframe(table, hide_index=True, width="stretch")
+    keys = [e.key for e in found]
+    chosen = st.selectbox("Open an experiment's results", keys, index=None, key="open_choice",
+                          format_func=lambda k: found[keys.index(k)].label)  # fmt: skip
+    if chosen and st.button("Open", key="open_cached"):
+        open_results(chosen)
+
+
+def body() -> None:
+    if no_cache_layer():
+        return
+    launch_form()
+    job_list()
+    cached_table()
+
+
+show_user_errors(body)

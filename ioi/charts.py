@@ -1,0 +1,304 @@
+"""Altair chart builders over tidy DataFrames, shared by the dashboard and the reproduction report.
+
+Every builder is pure: a DataFrame (and a few options) in, an Altair chart out; nothing here
+reads caches or runs models. Per-head frames have columns ``layer``, ``head``, ``value`` (one row
+per head, as ``AnalysisResult.heads``); heads are labelled ``L.H``. Signed per-head effects use a
+diverging red–blue scale centred at 0 so that sign reads at a glance, and circuit heads are
+outlined. `chart_bytes` renders a chart as PNG or SVG (vl-convert) for downloads.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from ioi.circuit import Circuit, Head
+
+# Class colours of the circuit diagram and the class bars (downstream first, as CLASS_POSITIONS).
+CLASS_COLORS: dict[str, str] = {
+    "name mover": "#1f77b4",
+    "backup name mover": "#6baed6",
+    "negative name mover": "#d62728",
+    "s-inhibition": "#9467bd",
+    "induction": "#2ca02c",
+    "duplicate token": "#8c564b",
+    "previous token": "#ff7f0e",
+}
+# How the IOI classes feed each other (sender -> receiver, with the input they write into).
+CIRCUIT_EDGES: tuple[tuple[str, str, str], ...] = (
+    ("previous token", "induction", "K at S1+1"),
+    ("duplicate token", "s-inhibition", "V at S2"),
+    ("induction", "s-inhibition", "V at S2"),
+    ("s-inhibition", "name mover", "Q at END"),
+    ("s-inhibition", "backup name mover", "Q at END"),
+    ("s-inhibition", "negative name mover", "Q at END"),
+    ("name mover", "logits", "output at END"),
+    ("backup name mover", "logits", "output at END"),
+    ("negative name mover", "logits", "output at END (against IO)"),
+)
+
+
+def head_labels(frame: pd.DataFrame) -> pd.Series:
+    """The ``L.H`` label of every row of a per-head frame."""
+    return frame["layer"].astype(int).astype(str) + "." + frame["head"].astype(int).astype(str)
+
+
+def with_classes(frame: pd.DataFrame, circuit: Circuit | None) -> pd.DataFrame:
+    """A copy of a per-head frame with columns ``label`` (L.H) and ``class`` (the head's circuit
+    class, or "" when it is not in `circuit`)."""
+    out = frame.copy()
+    out["label"] = head_labels(out)
+    if circuit is None:
+        out["class"] = out["class"].fillna("") if "class" in out else ""
+    else:
+        out["class"] = [
+            circuit.class_of(Head(int(la), int(h))) or "" for la, h in zip(out["layer"], out["head"])
+        ]
+    return out
+
+
+def _diverging(field: str, title: str, frame: pd.DataFrame) -> alt.Color:
+    """Red (negative) – white (0) – blue (positive), symmetric so 0 is always the midpoint."""
+    span = float(frame[field].abs().max()) if len(frame) else 1.0
+    span = span if span > 0 else 1.0
+    return alt.Color(
+        f"{field}:Q",
+        title=title,
+        scale=alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0),
+    )
+
+
+def head_heatmap(
+    frame: pd.DataFrame,
+    *,
+    title: str = "",
+    value_title: str = "value",
+    circuit: Circuit | None = None,
+    field: str = "value",
+    cell: int = 22,
+) -> alt.LayerChart:
+    """Layers × heads heatmap of `field`, diverging colour centred at 0, tooltips L.H / value /
+    class, and the heads of `circuit` (or of a ``class`` column) outlined in black."""
+    if frame.empty:
+        raise ValueError("no heads to draw: the per-head table is empty")
+    data = with_classes(frame, circuit)
+    n_layers = int(data["layer"].max()) + 1
+    n_heads = int(data["head"].max()) + 1
+    base = alt.Chart(data).encode(
+        x=alt.X("head:O", title="head", sort=list(range(n_heads))),
+        y=alt.Y("layer:O", title="layer", sort=list(range(n_layers))),
+        tooltip=[
+            alt.Tooltip("label:N", title="head (L.H)"),
+            alt.Tooltip(f"{field}:Q", title=value_title, format=".4f"),
+            alt.Tooltip("class:N", title="circuit class"),
+        ],
+    )
+    cells = base.mark_rect().encode(color=_diverging(field, value_title, data))
+    outline = (
+        base.transform_filter(alt.datum["class"] != "")
+        .mark_rect(fill=None, stroke="black", strokeWidth=2)
+        .encode(strokeDash=alt.value([1, 0]))
+    )
+    return (cells + outline).properties(
+        title=title, width=max(160, cell * n_heads), height=max(120, cell * n_layers)
+    )
+
+
+def difference_frame(a: pd.DataFrame, b: pd.DataFrame, field: str = "value") -> pd.DataFrame:
+    """Per head: `field` of `b` minus `field` of `a` (columns layer, head, a, b, value)."""
+    keep = ["layer", "head", field]
+    merged = a[keep].merge(b[keep], on=["layer", "head"], suffixes=("_a", "_b"), validate="one_to_one")
+    if len(merged) != len(a) or len(merged) != len(b):
+        raise ValueError(
+            "the two checkpoints have different heads (different model shapes); pick a matching pair"
+        )
+    merged = merged.rename(columns={f"{field}_a": "a", f"{field}_b": "b"})
+    merged["value"] = merged["b"] - merged["a"]
+    return merged
+
+
+def difference_heatmap(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    *,
+    title: str = "",
+    value_title: str = "B − A",
+    circuit: Circuit | None = None,
+) -> alt.LayerChart:
+    """Heatmap of the per-head difference B − A (see `difference_frame`)."""
+    return head_heatmap(difference_frame(a, b), title=title, value_title=value_title, circuit=circuit)
+
+
+def epoch_curves(
+    frame: pd.DataFrame,
+    *,
+    y: str = "value",
+    y_title: str = "value",
+    series: str = "series",
+    low: str | None = "low",
+    high: str | None = "high",
+    reference: pd.DataFrame | None = None,
+    title: str = "",
+) -> alt.LayerChart:
+    """Lines of `y` against ``epoch``, one per `series`, with a band from `low` to `high` where
+    those columns exist, and `reference` points (columns epoch, value, label) drawn as black
+    diamonds with their label — e.g. the paper's GPT-2 numbers."""
+    if frame.empty:
+        raise ValueError("no epochs to draw")
+    color = alt.Color(f"{series}:N", title=series)
+    base = alt.Chart(frame).encode(x=alt.X("epoch:Q", title="epoch"), color=color)
+    layers: list[alt.Chart] = []
+    if low and high and low in frame and high in frame and frame[[low, high]].notna().any().any():
+        layers.append(base.mark_area(opacity=0.2).encode(y=f"{low}:Q", y2=f"{high}:Q"))
+    tooltip = [f"{series}:N", "epoch:Q", alt.Tooltip(f"{y}:Q", format=".4f")]
+    layers.append(base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q", title=y_title), tooltip=tooltip))
+    if reference is not None and not reference.empty:
+        ref = alt.Chart(reference).encode(x="epoch:Q", y="value:Q")
+        layers.append(
+            ref.mark_point(shape="diamond", size=120, filled=True, color="black").encode(
+                tooltip=["label:N", "epoch:Q", alt.Tooltip("value:Q", format=".4f")]
+            )
+        )
+        layers.append(ref.mark_text(align="left", dx=8, dy=-8, fontSize=10).encode(text="label:N"))
+    return alt.layer(*layers).properties(title=title, width="container", height=320)
+
+
+def knockout_bars(
+    frame: pd.DataFrame,
+    *,
+    target: str = "target",
+    value: str = "value",
+    series: str = "checkpoint",
+    value_title: str = "logit difference",
+    baseline: float | None = None,
+    title: str = "",
+) -> alt.LayerChart:
+    """Grouped horizontal bars: `value` for each knocked-out `target`, one bar per `series`
+    (checkpoint); an optional dashed rule at `baseline` (the intact model's value)."""
+    if frame.empty:
+        raise ValueError("no knockouts to draw")
+    bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y(f"{target}:N", title="knocked out", sort=None),
+            yOffset=alt.YOffset(f"{series}:N"),
+            x=alt.X(f"{value}:Q", title=value_title),
+            color=alt.Color(f"{series}:N", title=series),
+            tooltip=[f"{target}:N", f"{series}:N", alt.Tooltip(f"{value}:Q", format=".4f")],
+        )
+    )
+    layers: list[alt.Chart] = [bars]
+    if baseline is not None:
+        rule = pd.DataFrame({"baseline": [baseline]})
+        layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
+    rows = frame[target].nunique() * frame[series].nunique()
+    return alt.layer(*layers).properties(title=title, width="container", height=max(120, 16 * rows))
+
+
+def class_bars(
+    frame: pd.DataFrame,
+    *,
+    value: str = "value",
+    low: str = "ci_low",
+    high: str = "ci_high",
+    series: str | None = None,
+    value_title: str = "value",
+    title: str = "",
+) -> alt.LayerChart:
+    """Bars of `value` per circuit ``class`` with error bars from `low` to `high`; grouped by
+    `series` when given."""
+    if frame.empty:
+        raise ValueError("no classes to draw")
+    base = alt.Chart(frame).encode(y=alt.Y("class:N", title="circuit class", sort=None))
+    if series:
+        base = base.encode(yOffset=alt.YOffset(f"{series}:N"))
+    color = (
+        alt.Color(f"{series}:N", title=series)
+        if series
+        else alt.Color(
+            "class:N",
+            scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values())),
+            legend=None,
+        )
+    )
+    tooltip = ["class:N", alt.Tooltip(f"{value}:Q", format=".4f")]
+    tooltip += [alt.Tooltip(f"{c}:Q", format=".4f") for c in (low, high) if c in frame]
+    bars = base.mark_bar().encode(x=alt.X(f"{value}:Q", title=value_title), color=color, tooltip=tooltip)
+    layers: list[alt.Chart] = [bars]
+    if low in frame and high in frame:
+        layers.append(base.mark_errorbar(ticks=True).encode(x=f"{low}:Q", x2=f"{high}:Q"))
+    rows = frame["class"].nunique() * (frame[series].nunique() if series else 1)
+    return alt.layer(*layers).properties(title=title, width="container", height=max(100, 22 * rows))
+
+
+def attention_scatter(frame: pd.DataFrame, *, title: str = "") -> alt.Chart:
+    """Attention from END to IO (x) against END to S (y), one point per head (columns label,
+    end_to_io, end_to_s, class); name movers sit low-right."""
+    if frame.empty:
+        raise ValueError("no heads to draw")
+    diagonal = pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})
+    points = (
+        alt.Chart(frame)
+        .mark_circle(size=90)
+        .encode(
+            x=alt.X("end_to_io:Q", title="attention END → IO", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("end_to_s:Q", title="attention END → S", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("class:N", title="circuit class"),
+            tooltip=[
+                "label:N",
+                "class:N",
+                alt.Tooltip("end_to_io:Q", format=".3f"),
+                alt.Tooltip("end_to_s:Q", format=".3f"),
+            ],  # fmt: skip
+        )
+    )
+    line = alt.Chart(diagonal).mark_line(strokeDash=[3, 3], color="gray").encode(x="x:Q", y="y:Q")
+    return (line + points).properties(title=title, width=360, height=360)
+
+
+def circuit_dot(circuit: Circuit | None = None) -> str:
+    """Graphviz DOT of the IOI circuit: one node per class (listing its heads when `circuit` is
+    given), edges from sender class to receiver class labelled with the input they write into."""
+    lines = [
+        "digraph ioi {",
+        '  rankdir=BT; node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+        '  edge [fontname="Helvetica", fontsize=9, color="#555555"];',
+        '  logits [label="logits: IO − S at END", shape=ellipse, fillcolor="#eeeeee"];',
+    ]
+    for name, colour in CLASS_COLORS.items():
+        heads = circuit.classes.get(name, ()) if circuit is not None else ()
+        listed = "\\n" + " ".join(str(h) for h in heads) if heads else ""
+        lines.append(f'  "{name}" [label="{name}{listed}", fillcolor="{colour}33", color="{colour}"];')
+    for src, dst, label in CIRCUIT_EDGES:
+        lines.append(f'  "{src}" -> "{dst}" [label="{label}"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def circuit_frame(circuit: Circuit) -> pd.DataFrame:
+    """The heads of a circuit as a tidy table (class, head, layer, head index)."""
+    rows = [
+        {"class": c, "head_label": str(h), "layer": h.layer, "head": h.head}
+        for c, hs in circuit.classes.items()
+        for h in hs
+    ]
+    return pd.DataFrame(rows, columns=["class", "head_label", "layer", "head"])
+
+
+def chart_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
+    """The chart rendered as "png" or "svg" (vl-convert; no browser needed). Containers without a
+    fixed width are rendered 600 px wide."""
+    import vl_convert as vlc
+
+    spec = chart.to_dict()
+    if spec.get("width") == "container":
+        spec["width"] = 600
+    for layer in spec.get("layer", []):
+        if layer.get("width") == "container":
+            layer["width"] = 600
+    if fmt == "png":
+        return vlc.vegalite_to_png(spec, scale=2)
+    if fmt == "svg":
+        return vlc.vegalite_to_svg(spec).encode()
+    raise ValueError(f"chart format must be png or svg, got {fmt!r}")
