@@ -418,6 +418,8 @@ def run_precompute(args: argparse.Namespace) -> int:
         prune_weights(args.out)
     for summary in summaries:
         print(summary.id, sorted(summary.metrics), *summary.notes[:1])
+
+
 ANALYZE_SIZE = 100
 TEXT_OPTIONS = {"heads"}
 """Options kept as text: head lists like "10.10" must not become the number 10.1."""
@@ -521,6 +523,28 @@ def run_analyze(args: argparse.Namespace) -> int:
                 print(f"{key:>14}: {value}")
         top = result.heads.reindex(result.heads["value"].abs().sort_values(ascending=False).index).head(15)
         print(top.to_string(index=False))
+    return 0
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few epochs (checks the pipeline)")
+    p.add_argument("--cache", type=Path, help="result cache to use (default $IOI_CACHE_DIR or ./cache)")
+    p.add_argument("--clean-epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr (paper: 1e-5 for GPT-2)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
+    p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
+
+
+@command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ioi.report import report_dir, reproduce, write_report
+
+    study = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr,
+                      clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device)  # fmt: skip
+    path = write_report(study, args.model, args.out or report_dir(args.model))
+    print(path)
     return 0
 
 

@@ -86,12 +86,17 @@ FILLER: tuple[str, ...] = (
     "[X] and [Y] were thinking about the [OBJECT].",
 )
 # Per-sentence probabilities of the four kinds of sentence.
-MIX: dict[str, float] = {"ioi": 0.20, "recall": 0.20, "induction": 0.15, "filler": 0.45}
+MIX: dict[str, float] = {"ioi": 0.35, "recall": 0.20, "induction": 0.15, "filler": 0.30}
 CONTEXT = 64
 # Words of the random spans that induction sentences repeat.
 _POOL: tuple[str, ...] = (*NAMES, *PLACES, *OBJECTS, "the", "a", "to", "and", "gave", "went", "was")
-MODEL_SIZES: dict[str, int] = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 256}
-DEFAULT_STEPS = 4000
+# Small MLPs (d_mlp 64) leave the direct effect to attention heads, as in GPT-2; with d_mlp 256
+# the last MLP carried ~85% of it (measured).
+MODEL_SIZES: dict[str, int] = {"n_layer": 3, "n_head": 8, "n_embd": 128, "n_inner": 64}
+DEFAULT_STEPS = 2000
+# Next-token loss on name tokens counts this many times: IOI then emerges within ~1,250 steps
+# instead of staying on the IO = S plateau for thousands (measured).
+NAME_LOSS_WEIGHT = 3.0
 BATCH = 32
 LR = 1e-3
 
@@ -250,6 +255,17 @@ def evaluate_ioi(
     }
 
 
+def weighted_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, pad: int, name_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, padding masked, name targets weighted by NAME_LOSS_WEIGHT.
+
+    logits: [batch, pos, vocab]; tokens: [batch, pos]; name_ids: [n_names].
+    """
+    target = tokens[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), reduction="none")
+    weight = (target != pad).float() * torch.where(torch.isin(target, name_ids), NAME_LOSS_WEIGHT, 1.0)
+    return (ce.view_as(target) * weight).sum() / weight.sum()
+
+
 def _lr(step: int, steps: int, base: float, warmup: int = 100) -> float:
     # Linear warm-up, then cosine decay to 10% of the base rate.
     if step < warmup:
@@ -282,14 +298,14 @@ def pretrain_tiny(
         lr = LR
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
         pad = tokenizer.pad_token_id
+        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
         start, loss_ema = time.time(), float("nan")
         model.train()
         for step in range(steps):
             tokens = _encode_batch(gen.stories(BATCH), vocab)
-            labels = tokens.masked_fill(tokens == pad, -100)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, steps, lr)
-            loss = model(tokens, labels=labels).loss
+            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -312,6 +328,7 @@ def pretrain_tiny(
         "batch": [BATCH, CONTEXT],
         "optimizer": f"AdamW lr {LR:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
         "corpus_mix": MIX,
+        "name_loss_weight": NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
         "training_seconds": round(seconds, 1),
         "final_loss_ema": round(loss_ema, 4),
