@@ -255,7 +255,9 @@ def evaluate_ioi(
     }
 
 
-def weighted_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, pad: int, name_ids: torch.Tensor) -> torch.Tensor:
+def weighted_lm_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, pad: int, name_ids: torch.Tensor
+) -> torch.Tensor:
     """Next-token cross-entropy, padding masked, name targets weighted by NAME_LOSS_WEIGHT.
 
     logits: [batch, pos, vocab]; tokens: [batch, pos]; name_ids: [n_names].

@@ -19,6 +19,7 @@ from ioi.data import (
     make_dataset,
     tokenize,
 )
+from ioi.tiny import HELD_OUT_TEMPLATES
 
 ASSET = Path(tiny.__file__).parent / "assets" / "ioi-tiny"
 
@@ -76,11 +77,6 @@ def test_short_pretrain_writes_loadable_dir_deterministically(tmp_path: Path) ->
     assert all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped ioi-tiny is a short-run placeholder without IOI (see its MODEL_CARD.md); "
-    "remove this marker when a full pretrain_tiny run is shipped",
-)
 def test_shipped_model_does_ioi(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = AutoModelForCausalLM.from_pretrained(ASSET).eval()
@@ -92,5 +88,9 @@ def test_shipped_model_does_ioi(monkeypatch: pytest.MonkeyPatch) -> None:
         logits = model(batch.tokens).logits[rows, batch.end]
     diff = logits[rows, batch.io_tok] - logits[rows, batch.s_tok]
     accuracy = (logits.argmax(-1) == batch.io_tok).float().mean().item()
-    assert accuracy >= 0.8
+    assert accuracy >= 0.8 and (diff > 0).float().mean().item() >= 0.8
     assert diff.mean().item() >= 2.0
+    # imperfect like GPT-2 small: some template the corpus held out scores below every seen one
+    per_template = {int(g): diff[batch.group == g].mean().item() for g in batch.group.unique()}
+    seen = [v for t, v in per_template.items() if t not in HELD_OUT_TEMPLATES]
+    assert min(per_template[t] for t in HELD_OUT_TEMPLATES) < min(seen)
