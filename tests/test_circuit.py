@@ -15,6 +15,7 @@ from ioi.circuit import (
     ClassifyThresholds,
     Head,
     analysis_circuit,
+    attention_at,
     classify_heads,
     heads_where,
     is_gpt2_small,
@@ -85,3 +86,24 @@ def test_ioi_tiny_name_movers_carry_the_task(ioi_tiny):
     ko = Knockout(ioi_tiny, clean, abc)
     f_without = ko.run([ko.without(movers)]).item()
     assert f_without <= 0.5 * ko.acts.f_clean
+
+
+def test_ioi_tiny_has_name_movers_and_an_upstream_s_inhibition_head(ioi_tiny):
+    """The circuit properties ioi-tiny does meet (its model card lists the one it misses)."""
+    from ioi.attribution import direct_logit_attribution
+    from ioi.path_patching import Receivers, path_patch
+
+    clean, abc = ioi_batches(ioi_tiny, 60)
+    circuit = classify_heads(ioi_tiny, clean, abc)
+    movers = circuit.classes["name mover"]
+    att = attention_at(ioi_tiny, clean)
+    dla = direct_logit_attribution(ioi_tiny.bridge, clean).heads.mean(0)  # [layer, head]
+    for h in movers:
+        assert att["end_to_io"][h] >= 1.5 * att["end_to_s"][h], f"{h} does not prefer IO"
+        assert dla[h] > 0
+    via_movers = path_patch(ioi_tiny, clean, abc, Receivers(heads=tuple(movers)))
+    to_logits = path_patch(ioi_tiny, clean, abc)
+    # some upstream head has at least 20% of its total effect through the name movers' queries
+    upstream = [(layer, h) for layer in range(min(m.layer for m in movers)) for h in range(ioi_tiny.n_heads)]
+    shares = [via_movers[x].abs() / (via_movers[x].abs() + to_logits[x].abs() + 1e-9) for x in upstream]
+    assert max(shares) >= 0.2
