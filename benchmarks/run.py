@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import baselines as textbook  # noqa: E402
 from ioi.attribution import attribution_patching, head_z  # noqa: E402
-from ioi.circuit import GPT2_SMALL_CIRCUIT  # noqa: E402
+from ioi.circuit import GPT2_SMALL_CIRCUIT, Head  # noqa: E402
 from ioi.cmap import cmap  # noqa: E402
 from ioi.data import abc_counterfactual, make_dataset, tokenize  # noqa: E402
 from ioi.models import load_hf, load_model  # noqa: E402
@@ -106,7 +106,7 @@ def bench_patching(model_name: str, n: int, repeats: int, results: dict) -> None
     movers = (
         list(GPT2_SMALL_CIRCUIT.classes["name mover"])
         if m.n_layers == 12
-        else [(m.n_layers - 1, h) for h in range(2)]
+        else [Head(m.n_layers - 1, h) for h in range(2)]
     )
     first = min(layer for layer, _ in movers)
 
