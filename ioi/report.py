@@ -117,7 +117,7 @@ def series_table(study: Study) -> pd.DataFrame:
 
 
 def cmap_class_sums(study: Study, exp: ExperimentInfo, epoch: int, circuit: Circuit) -> pd.DataFrame:
-    """CMAP (this checkpoint ← the starting model, per head) summed over the baseline circuit's
+    """CMAP (this checkpoint ← the starting model's head outputs at END) summed over the baseline circuit's
     classes. The interval adds the per-head 95% half-widths: a conservative bound, since the
     per-prompt effects are not stored for a joint bootstrap."""
     result = load_analysis(study.root, exp.id, epoch, "cmap")
