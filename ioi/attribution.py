@@ -340,7 +340,7 @@ def eap_analysis(
     compare: bool = False,
     max_rows: int = 512,
 ) -> AnalysisResult:
-    from ioi.cmap import Patch, patched_logit_diffs
+    from ioi.patching import patch_head_outputs
 
     bridge = model.bridge
     abc_z = head_z(bridge, abc)
@@ -348,13 +348,9 @@ def eap_analysis(
     columns = {"path": approx.path}
     summary: dict[str, float | str] = {"positions": positions}
     if compare:
-        n_layers, n_heads = approx.activation.shape
-        names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-        source = dict(zip(names, abc_z, strict=True))
-        copies = [[Patch(names[layer], h)] for layer in range(n_layers) for h in range(n_heads)]
-        f_clean = logit_diff_from_resid(bridge, final_resid_at_end(bridge, clean), clean).mean()
-        exact = patched_logit_diffs(bridge, clean, source, copies, positions=positions, max_rows=max_rows)
-        columns["exact"] = (exact.mean(1) - f_clean).view(n_layers, n_heads)
+        position = None if positions == "all" else positions
+        exact = patch_head_outputs(model, clean, abc, position=position, normalize=False, max_rows=max_rows)
+        columns["exact"] = exact
         columns["exact_path"] = direct_path_effects(bridge, clean, abc_z)
         summary |= correlations(approx.activation, columns["exact"])
         summary |= {f"path_{k}": v for k, v in correlations(approx.path, columns["exact_path"]).items()}

@@ -5,120 +5,34 @@ output (hook_z) — or its attention pattern — taken from B's run, and measure
 moves, in logits and as a share of the gap F(B) − F(A). A head whose patch closes much of the gap
 carries the change between the two models. Bootstrap over prompts gives confidence intervals.
 
-Speed: B's activations are cached once, and several heads are patched in one forward pass by
-stacking copies of the prompt batch, one copy per patched head (chunked to bound memory).
+Speed: B's activations and A's residual stream are read once; every head's patch is a variant of
+:func:`ioi.patching.run_patched`, which starts at the head's layer and, for patches at END (the
+default for output patching), recomputes END's row only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import pandas as pd
 import torch
 
 from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.attribution import capture, final_resid_at_end, logit_diff_from_resid
 from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
 from ioi.data import IOIBatch
 from ioi.models import LoadedModel
+from ioi.patching import (
+    DEFAULT_MAX_ROWS,
+    Patch,
+    end_logit_diff,
+    hook_name,
+    position_mask,
+    read_activations,
+    run_patched,
+)
 
-MODES = {"output": "attn.hook_z", "pattern": "attn.hook_pattern"}
-"""CMAP mode -> the per-layer hook it patches."""
-
-
-class Patch(NamedTuple):
-    """Replace activation `hook` (a full hook name) — only head `head` if given — by the source's."""
-
-    hook: str
-    head: int | None = None
-
-
-def _head_dim(hook: str) -> int:
-    return 1 if hook.endswith("hook_pattern") else 2  # pattern [b, head, q, k]; z [b, pos, head, d]
-
-
-def _patch_rows(
-    x: torch.Tensor, src: torch.Tensor, patch: Patch, rows: slice, ends: torch.Tensor | None
-) -> None:
-    """Write src into the copy x[rows] in place, at END (query END for patterns) or everywhere."""
-    target = x[rows]
-    if patch.head is not None:
-        dim = _head_dim(patch.hook)
-        target, src = target.select(dim, patch.head), src.select(dim, patch.head)
-    if ends is None:
-        target.copy_(src)
-    else:
-        # END is dim 1 after dropping the head dim of a pattern (q) and of z/result (pos).
-        idx = torch.arange(len(ends), device=x.device)
-        target[idx, ends] = src[idx, ends]
-
-
-@torch.no_grad()
-def source_activations(
-    bridge: torch.nn.Module, batch: IOIBatch, hooks: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """The activations `hooks` of one run on `batch`, to be patched into another run."""
-    return capture(bridge, batch.tokens.to(bridge.W_U.device), list(hooks), stop_at="ln_final.hook_in")
-
-
-@torch.no_grad()
-def patched_logit_diffs(
-    bridge: torch.nn.Module,
-    batch: IOIBatch,
-    source: dict[str, torch.Tensor],
-    copies: Sequence[Sequence[Patch]],
-    *,
-    positions: str = "end",
-    max_rows: int = 512,
-    start: tuple[int, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """[n_copies, batch] logit differences of `bridge` on `batch`, copy i run with patches copies[i]
-    taken from `source` (hook name -> activation on the same tokens).
-
-    Copies are stacked along the batch, max(1, max_rows // len(batch)) per forward pass.
-    positions: "end" (only END, for patterns END's query row) or "all". `start` = (layer, the
-    unpatched run's residual entering that layer [batch, pos, d_model]) skips the blocks before
-    `layer`, valid when no patch touches them.
-    """
-    if positions not in ("end", "all"):
-        raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
-    n, device = len(batch), bridge.W_U.device
-    ends = batch.end.to(device) if positions == "end" else None
-    per_pass = max(1, max_rows // n)
-    out = []
-    for first in range(0, len(copies), per_pass):
-        chunk = copies[first : first + per_pass]
-        by_hook: dict[str, list[tuple[int, Patch]]] = {}
-        for j, patches in enumerate(chunk):
-            for p in patches:
-                by_hook.setdefault(p.hook, []).append((j, p))
-
-        def hook_fn(todo: list[tuple[int, Patch]]):
-            def fn(x: torch.Tensor, hook) -> torch.Tensor:
-                x = x.clone()
-                for j, p in todo:
-                    _patch_rows(x, source[p.hook].to(x.dtype), p, slice(j * n, (j + 1) * n), ends)
-                return x
-
-            return fn
-
-        hooks = [(name, hook_fn(todo)) for name, todo in by_hook.items()]
-        if start is None:
-            resid = final_resid_at_end(bridge, batch, hooks, batch.tokens.repeat(len(chunk), 1))
-        else:
-            inputs = start[1].repeat(len(chunk), 1, 1)
-            resid = final_resid_at_end(bridge, batch, hooks, inputs, start_at_layer=start[0])
-        out.append(logit_diff_from_resid(bridge, resid, batch).view(len(chunk), n))
-    return torch.cat(out)
-
-
-def head_patches(n_layers: int, n_heads: int, mode: str) -> list[list[Patch]]:
-    """One single-head patch per head, layer-major (the order of a [layer, head] grid)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return [[Patch(f"blocks.{layer}.{MODES[mode]}", h)] for layer in range(n_layers) for h in range(n_heads)]
+MODES = {"output": "z", "pattern": "pattern"}
+"""CMAP mode -> the patch site (ioi.patching.SITES) it overwrites."""
 
 
 @dataclass(frozen=True)
@@ -139,45 +53,46 @@ class CMAPResult:
 
 
 def cmap(
-    receiver: torch.nn.Module,
-    source: torch.nn.Module,
+    receiver: LoadedModel,
+    source: LoadedModel,
     batch: IOIBatch,
     *,
     mode: str = "output",
     positions: str | None = None,
-    max_rows: int = 512,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> CMAPResult:
     """CMAP of every head: run `receiver` with one head's hook_z (mode "output") or hook_pattern
     (mode "pattern") from `source`'s run on the same prompts.
 
-    positions: "end" or "all"; default "end" for output patching and "all" (the whole pattern)
-    for pattern patching.
+    positions: "end" (END only; for patterns END's query row) or "all"; default "end" for output
+    patching and "all" (the whole pattern) for pattern patching.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     positions = positions or ("end" if mode == "output" else "all")
-    cfg = receiver.cfg
-    if (cfg.n_layers, cfg.n_heads, cfg.d_head) != (
-        source.cfg.n_layers,
-        source.cfg.n_heads,
-        source.cfg.d_head,
-    ):
+    if positions not in ("end", "all"):
+        raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
+    shape = lambda m: (m.n_layers, m.n_heads, m.bridge.cfg.d_head)  # noqa: E731
+    if shape(receiver) != shape(source):
         raise ValueError("CMAP needs two models of one architecture (same layers, heads, head size)")
-    copies = head_patches(cfg.n_layers, cfg.n_heads, mode)
-    acts = source_activations(source, batch, [c[0].hook for c in copies])
-    # A head at layer L changes nothing before block L: run each layer's copies from the
-    # receiver's own residual entering block L instead of from the tokens.
-    pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)]
-    resid_pre = source_activations(receiver, batch, pre)
-    patched = torch.cat([
-        patched_logit_diffs(
-            receiver, batch, acts, copies[layer * cfg.n_heads : (layer + 1) * cfg.n_heads],
-            positions=positions, max_rows=max_rows,
-            start=(layer, resid_pre[pre[layer]]) if layer else None,
-        )
-        for layer in range(cfg.n_layers)
-    ])  # fmt: skip
-    f_receiver = logit_diff_from_resid(receiver, final_resid_at_end(receiver, batch), batch)
-    f_source = logit_diff_from_resid(source, final_resid_at_end(source, batch), batch)
-    delta = (patched - f_receiver).view(cfg.n_layers, cfg.n_heads, len(batch))
+    n_layers, site = receiver.n_layers, MODES[mode]
+    final = f"blocks.{n_layers - 1}.hook_resid_post"
+    names = [hook_name(layer, site) for layer in range(n_layers)]
+    src = read_activations(source, batch, [*names, final])
+    pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    own = read_activations(receiver, batch, [*pre, final])
+    resid_pre = torch.stack([own[n] for n in [*pre, final]])
+    where = position_mask(batch, "end") if positions == "end" else None
+    head_axis = 1 if site == "pattern" else 2  # pattern [batch, head, q, k]; z [batch, pos, head, d]
+    variants = [
+        [Patch(layer, h, src[names[layer]].select(head_axis, h), where, site)]
+        for layer in range(n_layers)
+        for h in range(receiver.n_heads)
+    ]
+    patched = run_patched(receiver, batch, variants, resid_pre=resid_pre, max_rows=max_rows)
+    f_receiver = end_logit_diff(receiver, own[final], batch)
+    f_source = end_logit_diff(source, src[final], batch)
+    delta = (patched - f_receiver).view(n_layers, receiver.n_heads, len(batch))
     return CMAPResult(delta, f_receiver, f_source)
 
 
@@ -288,7 +203,7 @@ def cmap_analysis(
     n_boot: int = 1000,
     seed: int = 0,
     circuit: Circuit | dict | None = None,
-    max_rows: int = 512,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> AnalysisResult:
     """A = `model`, B = `other`; direction "a<-b" patches B into A, "b<-a" the reverse, "both"
     gives a<-b as `heads` and b<-a as the table `reverse`."""
@@ -310,9 +225,7 @@ def cmap_analysis(
     heads = None
     for d in wanted:
         receiver, source = pairs[d]
-        result = cmap(
-            receiver.bridge, source.bridge, clean, mode=mode, positions=positions, max_rows=max_rows
-        )
+        result = cmap(receiver, source, clean, mode=mode, positions=positions, max_rows=max_rows)
         frame, classes = _tables(result, circuit, n_boot, seed)
         f_a, f_b = (
             (result.f_receiver, result.f_source) if d == "a<-b" else (result.f_source, result.f_receiver)

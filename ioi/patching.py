@@ -267,21 +267,112 @@ def run_patched(
     Every variant is a list of :class:`Patch` applied together in one forward pass over `batch`.
     resid_pre: [layer + 1, batch, pos, d_model] the residual stream of the unpatched run of `batch`
     (Activations.resid_pre for the clean batch); given, each chunk of variants starts at its first
-    patched layer. freeze_z: [layer, batch, pos, head, d_head] head outputs imposed on every head
-    (before the patches) in every layer run; freeze_mlp: [layer, batch, pos, d_model] the same for
-    MLP outputs. An empty variant gives the unpatched run.
+    patched layer, and when every patch touches END only (where = END's mask) only END's row is
+    recomputed (:func:`end_row_logit_diffs`). freeze_z: [layer, batch, pos, head, d_head] head
+    outputs imposed on every head (before the patches) in every layer run; freeze_mlp:
+    [layer, batch, pos, d_model] the same for MLP outputs. An empty variant gives the unpatched run.
     """
     n_layers = model.n_layers
     first = [min((p.layer for p in v), default=n_layers) for v in variants]
     order = sorted(range(len(variants)), key=lambda i: first[i])
-    per_chunk = max(1, max_rows // len(batch))
+    unfrozen = freeze_z is None and freeze_mlp is None
+    end_only = resid_pre is not None and unfrozen and _only_at_end(batch, variants)
+    # An END-only variant costs one row per prompt instead of a whole sequence.
+    per_chunk = max(1, max_rows * (batch.tokens.shape[1] if end_only else 1) // len(batch))
     out = torch.empty(len(variants), len(batch), device=model.device)
+    kv: dict[int, tuple[Tensor, Tensor]] = {}
     for i in range(0, len(order), per_chunk):
         idx = order[i : i + per_chunk]
         start = min(min(first[j] for j in idx), n_layers - 1) if resid_pre is not None else 0
-        resid = _run_chunk(model, batch, [variants[j] for j in idx], start, resid_pre, freeze_z, freeze_mlp)
+        chunk = [variants[j] for j in idx]
+        if end_only:
+            out[idx] = end_row_logit_diffs(model, batch, chunk, start, resid_pre, kv)
+            continue
+        resid = _run_chunk(model, batch, chunk, start, resid_pre, freeze_z, freeze_mlp)
         out[idx] = end_logit_diff(model, resid, batch)
     return out
+
+
+def _only_at_end(batch: IOIBatch, variants: Sequence[Sequence[Patch]]) -> bool:
+    end = position_mask(batch, "end")
+    return all(p.where is not None and torch.equal(p.where.cpu(), end) for v in variants for p in v)
+
+
+@torch.no_grad()
+def end_row_logit_diffs(
+    model: LoadedModel,
+    batch: IOIBatch,
+    variants: Sequence[Sequence[Patch]],
+    start: int,
+    resid_pre: Tensor,
+    kv: dict[int, tuple[Tensor, Tensor]] | None = None,
+) -> Tensor:
+    """[variants, batch] logit differences when every patch is at END only.
+
+    Attention is causal and END is each prompt's last token, so a patch at END changes no other
+    position's activations: only END's row is recomputed, from block `start` (fed
+    resid_pre[start] at END), attending to the clean keys and values of the earlier positions
+    (computed from resid_pre, cached in `kv` per layer). Same numbers as the hooked forward.
+    """
+    bridge, device = model.bridge, model.device
+    n = len(batch)
+    rows, end = torch.arange(n, device=device), batch.end.to(device)
+    w = {k: getattr(bridge, k) for k in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
+    scale = w["W_Q"].shape[-1] ** 0.5
+    pos = torch.arange(batch.tokens.shape[1], device=device)
+    after_end = pos[None, :] > end[:, None]  # [batch, pos]
+    todo: dict[tuple[int, str], list[tuple[int, Patch]]] = {}
+    for c, variant in enumerate(variants):
+        for p in variant:
+            todo.setdefault((p.layer, p.site), []).append((c, p))
+
+    x = resid_pre[start].to(device)[rows, end].expand(len(variants), n, -1).clone()  # [variants, batch, d]
+    for layer in range(start, model.n_layers):
+        block = bridge.blocks[layer]
+        if kv is None or layer not in kv:
+            h = block.ln1(resid_pre[layer].to(device))  # [batch, pos, d_model]
+            k = torch.einsum("bpd,hde->bphe", h, w["W_K"][layer]) + w["b_K"][layer]
+            v = torch.einsum("bpd,hde->bphe", h, w["W_V"][layer]) + w["b_V"][layer]
+            if kv is not None:
+                kv[layer] = (k, v)
+        else:
+            k, v = kv[layer]
+        h = block.ln1(x)
+        q = torch.einsum("cbd,hde->cbhe", h, w["W_Q"][layer]) + w["b_Q"][layer]
+        k_end = torch.einsum("cbd,hde->cbhe", h, w["W_K"][layer]) + w["b_K"][layer]
+        v_end = torch.einsum("cbd,hde->cbhe", h, w["W_V"][layer]) + w["b_V"][layer]
+        for site, target, weight in (("q_input", q, "Q"), ("k_input", k_end, "K"), ("v_input", v_end, "V")):
+            for c, p in todo.get((layer, site), ()):
+                target[c, :, p.head] = block.ln1(_end_value(p, rows, end)) @ w[f"W_{weight}"][layer, p.head]
+                target[c, :, p.head] += w[f"b_{weight}"][layer, p.head]
+        scores = torch.einsum("cbhe,bphe->cbhp", q, k) / scale
+        own = (q * k_end).sum(-1) / scale  # END's score for its own (possibly patched) key
+        index = end.view(1, n, 1, 1).expand(*scores.shape[:3], 1)
+        scores = scores.scatter(-1, index, own.unsqueeze(-1))
+        scores = scores.masked_fill(after_end[None, :, None], float("-inf"))
+        pattern = scores.softmax(-1)  # [variants, batch, head, pos]
+        for c, p in todo.get((layer, "pattern"), ()):
+            pattern[c, :, p.head] = _end_value(p, rows, end)
+        v_clean_end = v[rows, end]  # [batch, head, d_head]
+        z = torch.einsum("cbhp,bphe->cbhe", pattern, v)
+        z = z + pattern.gather(-1, index).squeeze(-1).unsqueeze(-1) * (v_end - v_clean_end)
+        for c, p in todo.get((layer, "z"), ()):
+            z[c, :, p.head] = _end_value(p, rows, end)
+        attn_out = torch.einsum("cbhe,hed->cbd", z, w["W_O"][layer]) + w["b_O"][layer]
+        for c, p in todo.get((layer, "result"), ()):
+            attn_out[c] += _end_value(p, rows, end) - z[c, :, p.head] @ w["W_O"][layer, p.head]
+        x = x + attn_out
+        mlp = block.mlp(block.ln2(x))
+        for c, p in todo.get((layer, "mlp_out"), ()):
+            mlp[c] = _end_value(p, rows, end)
+        x = x + mlp
+    return final_logit_diff(model, x, batch)
+
+
+def _end_value(p: Patch, rows: Tensor, end: Tensor) -> Tensor:
+    """A patch's value at END, [batch, ...]: given as the selected entries or at every position."""
+    value = p.value.to(end.device)
+    return value[rows, end] if value.dim() == 3 else value  # full values are [batch, pos, ...]
 
 
 def _run_chunk(

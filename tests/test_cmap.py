@@ -8,18 +8,11 @@ import torch
 
 from ioi.analyses import run_analysis
 from ioi.circuit import Circuit, Head
-from ioi.cmap import (
-    Patch,
-    bootstrap_means,
-    class_effects,
-    cmap,
-    patched_logit_diffs,
-    source_activations,
-    summarize,
-)
+from ioi.cmap import bootstrap_means, class_effects, cmap, summarize
 from ioi.data import abc_counterfactual, make_dataset, tokenize
 from ioi.metrics import logit_diff_per_prompt
 from ioi.models import wrap
+from ioi.patching import Patch, hook_name, read_activations, run_patched
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def batches(model_a):
 
 @pytest.mark.parametrize("mode", ["output", "pattern"])
 def test_cmap_with_itself_is_zero(model_a, batches, mode):
-    res = cmap(model_a.bridge, model_a.bridge, batches[0], mode=mode)
+    res = cmap(model_a, model_a, batches[0], mode=mode)
     assert res.delta.abs().max() < 1e-5
     assert res.delta.shape == (model_a.n_layers, model_a.n_heads, len(batches[0]))
 
@@ -62,13 +55,12 @@ def test_patching_everything_reproduces_b(model_a, model_b, batches):
     f_a = logit_diff_per_prompt(a(clean.tokens), clean)
     f_b = logit_diff_per_prompt(b(clean.tokens), clean)
     assert (f_a - f_b).abs().max() > 1e-3  # B really differs from A
-    names = [
-        f"blocks.{layer}.{s}" for layer in range(a.cfg.n_layers) for s in ("attn.hook_z", "hook_mlp_out")
-    ]
-    everything = [Patch(n) for n in names]
-    patched = patched_logit_diffs(
-        a, clean, source_activations(b, clean, names), [everything], positions="all"
-    )
+    sites = [(layer, site) for layer in range(a.cfg.n_layers) for site in ("z", "mlp_out")]
+    src = read_activations(model_b, clean, [hook_name(layer, site) for layer, site in sites])
+    layers, heads = range(a.cfg.n_layers), range(a.cfg.n_heads)
+    everything = [Patch(layer, None, src[hook_name(layer, "mlp_out")], site="mlp_out") for layer in layers]
+    everything += [Patch(layer, h, src[hook_name(layer, "z")][:, :, h]) for layer in layers for h in heads]
+    patched = run_patched(model_a, clean, [everything])
     torch.testing.assert_close(patched[0], f_b, atol=1e-4, rtol=1e-4)
 
 
@@ -102,9 +94,7 @@ def _one_forward_per_head(receiver, source, clean, mode, positions):
 def test_batched_equals_one_forward_per_head(model_a, model_b, batches, mode, positions):
     clean = batches[0]
     # max_rows 3 copies: chunks of 3, 3 and 2 heads, exercising chunking and a short last chunk
-    fast = cmap(
-        model_a.bridge, model_b.bridge, clean, mode=mode, positions=positions, max_rows=3 * len(clean)
-    )
+    fast = cmap(model_a, model_b, clean, mode=mode, positions=positions, max_rows=3 * len(clean))
     ref = _one_forward_per_head(model_a.bridge, model_b.bridge, clean, mode, positions)
     assert ref.abs().max() > 1e-4
     torch.testing.assert_close(fast.delta, ref, atol=1e-4, rtol=1e-4)
@@ -125,7 +115,7 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
 def test_class_sums_and_registry(model_a, model_b, batches):
     clean, abc = batches
     circuit = Circuit("toy", {"name mover": (Head(1, 0), Head(1, 3)), "induction": (Head(0, 2),)})
-    res = cmap(model_a.bridge, model_b.bridge, clean)
+    res = cmap(model_a, model_b, clean)
     names, sums = class_effects(res, circuit)
     assert names == ["name mover", "induction"]
     torch.testing.assert_close(sums[0], res.delta[1, 0] + res.delta[1, 3])

@@ -99,3 +99,29 @@ def test_read_activations_and_patch_hooks_match_the_bridge(tiny_random, data):
     )
     want = logit_diff_per_prompt(logits, clean)
     torch.testing.assert_close(run_patched(tiny_random, clean, [variant])[0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_end_only_patches_recompute_only_end_and_match_the_full_forward(ioi_tiny):
+    """The END-row engine (taken when every patch is at END and resid_pre is given) equals the
+    hooked forward over whole sequences (taken without resid_pre), for every patch site."""
+    clean, abc = ioi_batches(ioi_tiny, 12)
+    acts = prepare(ioi_tiny, clean, abc)
+    end = position_mask(clean, "end")
+    names = [hook_name(layer, "pattern") for layer in range(ioi_tiny.n_layers)]
+    patterns = read_activations(ioi_tiny, abc, names)
+    variants: list[list[Patch]] = [[]]
+    for layer in range(ioi_tiny.n_layers):
+        resid = acts.resid_pre[layer][end]
+        other = resid.roll(1, 0)  # another prompt's END residual (LayerNorm cancels plain rescaling)
+        variants += [
+            [Patch(layer, 1, acts.z_abc[layer, :, :, 1], end)],
+            [Patch(layer, 0, other, end, "q_input")],
+            [Patch(layer, 0, other, end, "k_input"), Patch(layer, 1, other, end, "v_input")],
+            [Patch(layer, 1, patterns[hook_name(layer, "pattern")][:, 1][end], end, "pattern")],
+            [Patch(layer, None, acts.mlp_out[layer][end] * 2, end, "mlp_out")],
+        ]
+    fast = run_patched(ioi_tiny, clean, variants, resid_pre=acts.resid_pre, max_rows=1)  # many chunks
+    full = run_patched(ioi_tiny, clean, variants)
+    assert (full - acts.ld_clean).abs().amax(1)[1:].min() > 1e-3  # every variant changes something
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast[0], acts.ld_clean, atol=1e-4, rtol=1e-4)
