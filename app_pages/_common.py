@@ -345,18 +345,16 @@ def live_available(name: str) -> bool:
 
 
 def parse_heads(text: str, n_layers: int, n_heads: int) -> list[str]:
-    """ "9.9 10.0" (or comma-separated) -> ["9.9", "10.0"]; UserError for a malformed head or one
-    outside an n_layers × n_heads model."""
+    """ "9.9 10.0" (or comma-separated) -> ["9.9", "10.0"]; UserError for a head outside an
+    n_layers × n_heads model, ValueError (saying the L.H form) for a malformed one."""
     from ioi.circuit import Head
+    from ioi.circuit import parse_heads as parse
 
-    heads = [Head.parse(t) for t in text.replace(",", " ").split()]
-    outside = [str(h) for h in heads if not (0 <= h.layer < n_layers and 0 <= h.head < n_heads)]
-    if outside:
-        raise UserError(
-            f"heads {', '.join(outside)} are outside this model ({n_layers} layers × {n_heads} heads; "
-            f"they are numbered from 0.0 to {n_layers - 1}.{n_heads - 1})"
-        )
-    return [str(h) for h in heads]
+    heads = [Head.parse(t) for t in text.replace(",", " ").split()]  # the L.H form first
+    try:
+        return [str(h) for h in parse(heads, n_layers, n_heads)]
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def options_json(**options: Any) -> str:
@@ -455,17 +453,12 @@ def dataset(kind: str, size: int, seed: int, split: str) -> list:
 
 def parse_epochs(text: str, epochs: int) -> tuple[int, ...]:
     """ "1, 3, 5" -> (1, 3, 5); UserError unless every item is an integer in 1..epochs."""
-    items = [t for t in text.replace(",", " ").split() if t]
+    from ioi.train import parse_epochs as parse
+
     try:
-        values = tuple(sorted({int(t) for t in items}))
-    except ValueError:
-        raise UserError(
-            "write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5"
-        ) from None
-    bad = [v for v in values if not 1 <= v <= epochs]
-    if bad:
-        raise UserError(f"checkpoint epochs {bad} are outside 1..{epochs} (the number of epochs)")
-    return values
+        return parse(text, epochs)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def parse_lr(text: str) -> float:

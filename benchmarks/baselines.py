@@ -5,7 +5,8 @@ hooks that overwrite activations from a cache. They share nothing with `ioi/`'s 
 the model loader and the dataset, so agreement between the two is a real check.
 
 All functions return raw logit differences (mean over prompts of logit(IO) − logit(S) at END) as a
-[layer, head] tensor.
+[layer, head] tensor; `heads` limits the loop to some heads (the others are NaN), so a quick run
+can time the loop on a sample of heads and scale the time (every iteration is one full forward).
 """
 
 from __future__ import annotations
@@ -21,27 +22,38 @@ def _logit_diff(logits: torch.Tensor, batch: IOIBatch) -> float:
     return (last[rows, batch.io_tok] - last[rows, batch.s_tok]).mean().item()
 
 
+def _grid(bridge, heads) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """A NaN [layer, head] grid and the heads to loop over (default: all, layer-major)."""
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    return torch.full((n_layers, n_heads), float("nan")), list(heads) if heads is not None else every
+
+
 def _cache(bridge, tokens: torch.Tensor, suffixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith(suffixes))
     return {k: v.clone() for k, v in cache.items()}
 
 
 @torch.no_grad()
-def activation_patching(bridge, clean: IOIBatch, abc: IOIBatch) -> torch.Tensor:
-    """Per head: clean run with the head's hook_z (all positions) taken from the ABC run."""
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+def activation_patching(
+    bridge, clean: IOIBatch, abc: IOIBatch, *, end_only: bool = False, heads=None
+) -> torch.Tensor:
+    """Per head: clean run with the head's hook_z (all positions, or END only) taken from the ABC run."""
     abc_z = _cache(bridge, abc.tokens, ("attn.hook_z",))
-    out = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
+    rows = torch.arange(len(clean))
+    out, todo = _grid(bridge, heads)
+    for layer, head in todo:
         name = f"blocks.{layer}.attn.hook_z"
-        for head in range(n_heads):
 
-            def hook(z, hook, head=head, name=name):
+        def hook(z, hook, head=head, name=name):
+            if end_only:
+                z[rows, clean.end, head] = abc_z[name][rows, clean.end, head]
+            else:
                 z[:, :, head] = abc_z[name][:, :, head]
-                return z
+            return z
 
-            logits = bridge.run_with_hooks(clean.tokens, fwd_hooks=[(name, hook)])
-            out[layer, head] = _logit_diff(logits, clean)
+        logits = bridge.run_with_hooks(clean.tokens, fwd_hooks=[(name, hook)])
+        out[layer, head] = _logit_diff(logits, clean)
     return out
 
 
@@ -66,39 +78,38 @@ def _freeze_hooks(layers: int, clean_z, abc_z, sender, clean_mlp=None):
 
 @torch.no_grad()
 def path_patching_to_logits(
-    bridge, clean: IOIBatch, abc: IOIBatch, *, freeze_mlps: bool = False
+    bridge, clean: IOIBatch, abc: IOIBatch, *, freeze_mlps: bool = False, heads=None
 ) -> torch.Tensor:
     """Per sender: its output from ABC, every other head frozen to clean, MLPs recomputed (or
     frozen), read the logits."""
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    n_layers = bridge.cfg.n_layers
     clean_c = _cache(bridge, clean.tokens, ("attn.hook_z", "hook_mlp_out"))
     abc_z = _cache(bridge, abc.tokens, ("attn.hook_z",))
     clean_z = {k: v for k, v in clean_c.items() if k.endswith("hook_z")}
     clean_mlp = {k: v for k, v in clean_c.items() if k.endswith("hook_mlp_out")} if freeze_mlps else None
-    out = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            hooks = _freeze_hooks(n_layers, clean_z, abc_z, (layer, head), clean_mlp)
-            logits = bridge.run_with_hooks(clean.tokens, fwd_hooks=hooks)
-            out[layer, head] = _logit_diff(logits, clean)
+    out, todo = _grid(bridge, heads)
+    for layer, head in todo:
+        hooks = _freeze_hooks(n_layers, clean_z, abc_z, (layer, head), clean_mlp)
+        logits = bridge.run_with_hooks(clean.tokens, fwd_hooks=hooks)
+        out[layer, head] = _logit_diff(logits, clean)
     return out
 
 
 @torch.no_grad()
 def path_patching_to_heads(
-    bridge, clean: IOIBatch, abc: IOIBatch, receivers: list[tuple[int, int]], site: str = "q"
+    bridge, clean: IOIBatch, abc: IOIBatch, receivers: list[tuple[int, int]], site: str = "q", heads=None
 ) -> torch.Tensor:
     """Per sender (in layers before the first receiver): run 1 patches the sender from ABC with
     every other head frozen clean and records the receivers' `site` input; run 2 is the clean
     run with only those receiver inputs (at END) replaced."""
-    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    n_layers = bridge.cfg.n_layers
     clean_z = _cache(bridge, clean.tokens, ("attn.hook_z",))
     abc_z = _cache(bridge, abc.tokens, ("attn.hook_z",))
     rows = torch.arange(len(clean))
-    out = torch.zeros(n_layers, n_heads)
+    out, todo = _grid(bridge, heads)
     first = min(layer for layer, _ in receivers)
-    for layer in range(first):
-        for head in range(n_heads):
+    for layer, head in todo:
+        if layer < first:
             hooks = _freeze_hooks(n_layers, clean_z, abc_z, (layer, head))
             patched: dict[str, torch.Tensor] = {}
             for rl in {rl for rl, _ in receivers}:
@@ -121,22 +132,20 @@ def path_patching_to_heads(
 
 
 @torch.no_grad()
-def cmap_outputs(bridge_a, bridge_b, batch: IOIBatch) -> torch.Tensor:
+def cmap_outputs(bridge_a, bridge_b, batch: IOIBatch, *, heads=None) -> torch.Tensor:
     """Per head: run A with that head's hook_z at END taken from B's run."""
-    n_layers, n_heads = bridge_a.cfg.n_layers, bridge_a.cfg.n_heads
     b_z = _cache(bridge_b, batch.tokens, ("attn.hook_z",))
     rows = torch.arange(len(batch))
-    out = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
+    out, todo = _grid(bridge_a, heads)
+    for layer, head in todo:
         name = f"blocks.{layer}.attn.hook_z"
-        for head in range(n_heads):
 
-            def hook(z, hook, head=head, name=name):
-                z[rows, batch.end, head] = b_z[name][rows, batch.end, head]
-                return z
+        def hook(z, hook, head=head, name=name):
+            z[rows, batch.end, head] = b_z[name][rows, batch.end, head]
+            return z
 
-            logits = bridge_a.run_with_hooks(batch.tokens, fwd_hooks=[(name, hook)])
-            out[layer, head] = _logit_diff(logits, batch)
+        logits = bridge_a.run_with_hooks(batch.tokens, fwd_hooks=[(name, hook)])
+        out[layer, head] = _logit_diff(logits, batch)
     return out
 
 

@@ -91,7 +91,8 @@ def parse_heads(value, n_layers: int | None = None, n_heads: int | None = None) 
         bad = [str(h) for h in heads if not (0 <= h.layer < n_layers and 0 <= h.head < (n_heads or 0))]
         if bad:
             raise ValueError(
-                f"no such heads {', '.join(bad)} in a model of {n_layers} layers × {n_heads} heads"
+                f"heads {', '.join(bad)} are outside this model ({n_layers} layers × {n_heads} heads; "
+                f"they are numbered from 0.0 to {n_layers - 1}.{(n_heads or 1) - 1})"
             )
     return heads
 

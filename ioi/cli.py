@@ -27,7 +27,7 @@ from ioi.data import (
 from ioi.experiment import ExperimentError
 from ioi.jobs import JobError
 from ioi.models import DEFAULT_MODEL, ModelUnavailableError
-from ioi.train import SCENARIOS, Cancelled, TrainingError
+from ioi.train import SCENARIOS, Cancelled, TrainingError, parse_epochs
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
@@ -151,13 +151,6 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
-
-
-def parse_epochs(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise TrainingError(f"checkpoint epochs must be comma-separated integers, got {text!r}") from None
 
 
 @command("finetune", "fine-tune a model on a clean, toxic or reversal scenario", _finetune_args)

@@ -37,6 +37,21 @@ class Cancelled(Exception):
     """Raised inside `finetune` when `should_stop()` turns true; finished checkpoints are kept."""
 
 
+def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
+    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
+    for an epoch outside 1..epochs."""
+    try:
+        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
+    except ValueError:
+        raise TrainingError(
+            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
+        ) from None
+    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
+    if bad:
+        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
+    return values
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a fine-tuning run. `init_from` is the checkpoint a reversal (or
