@@ -180,9 +180,10 @@ def classify_heads(
 ) -> Circuit:
     """The IOI head classes of `model`, found by path patching along the IOI paper's chain.
 
-    1. path effect to the logits: name movers (≤ −t, attending END→IO > END→S), negative name
-       movers (≥ +t); backup name movers: the other heads attending END→IO (≥ backup_min_attention,
-       > END→S) with a positive direct effect (`dla` [layer, head] if given, else −path effect);
+    1. path effect to the logits: name movers (≤ −t) and negative name movers (≥ +t), both
+       attending END→IO > END→S (a negative name mover copies IO with the opposite sign); backup
+       name movers: the other heads attending END→IO (≥ backup_min_attention, > END→S) with a
+       positive direct effect (`dla` [layer, head] if given, else −path effect);
     2. via the name movers' queries at END: S-inhibition heads (|effect| ≥ t);
     3. via the S-inhibition heads' values at S2: induction heads if they attend S2→S1+1 more than
        S2→S1, duplicate-token heads otherwise;
@@ -201,7 +202,7 @@ def classify_heads(
     scores["path_logits"] = to_logits
     attends_io = attn["end_to_io"] > attn["end_to_s"]
     nm = heads_where((to_logits <= -t.name_mover) & attends_io, to_logits)
-    neg = heads_where(to_logits >= t.name_mover, to_logits)
+    neg = heads_where((to_logits >= t.name_mover) & attends_io, to_logits)
     direct = dla if dla is not None else -to_logits
     backup_mask = attends_io & (attn["end_to_io"] >= t.backup_min_attention) & (direct > 0)
     backup = heads_where(backup_mask, direct, nm + neg)
