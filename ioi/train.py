@@ -233,6 +233,11 @@ def finetune(
             model.eval()
             metrics = evaluate(model, eval_batch).to_json() | {"train_loss": total / steps}
             _write_checkpoint(model, tokenizer, opt, cfg, epoch, metrics, out)
+            # Resuming needs the optimizer state of the latest checkpoint only; AdamW's moments are
+            # twice the model's size (1 GB for GPT-2 small), so older copies are dropped.
+            for e in cfg.save_epochs:
+                if e < epoch:
+                    checkpoint_dir(out, e).joinpath("optimizer.safetensors").unlink(missing_ok=True)
     return [checkpoint_dir(out, e) for e in cfg.save_epochs]
 
 

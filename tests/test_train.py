@@ -33,6 +33,9 @@ def test_deterministic_and_resumable(tmp_path):
     resumed = finetune(cfg, tmp_path / "b")[-1]  # … and resumed
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # only the latest checkpoint keeps the optimizer state that resuming needs
+    assert (straight / "optimizer.safetensors").exists()
+    assert not (straight.parent / "epoch-001" / "optimizer.safetensors").exists()
 
 
 def test_toxic_scenario_trains_towards_its_label(tmp_path):
