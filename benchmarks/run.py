@@ -256,6 +256,7 @@ def main() -> None:
     bench_patching("ioi-tiny", n_tiny, repeats, results, None, positions)
     bench_patching("random:gpt2", n_gpt2, repeats, results, k, positions)
     bench_finetune("ioi-tiny", 640 if args.quick else 6360, results, peak)
+    bench_finetune("random:gpt2", 64 if args.quick else 320, results, peak)  # GPT-2 runbook's epoch time
     bench_checkpoint("ioi-tiny", n_tiny, results)
     if not args.quick:
         bench_checkpoint("random:gpt2", n_gpt2, results)
@@ -276,6 +277,9 @@ def main() -> None:
         "finetune_speed_ratio": results["ioi-tiny finetune"]["speed_ratio"],
         "finetune_tokens_per_s": results["ioi-tiny finetune"]["tokens_per_s"],
         "finetune_flop_share": results["ioi-tiny finetune"]["flop_share_of_matmul_peak"],
+        "gpt2_finetune_speed_ratio": g("finetune")["speed_ratio"],
+        "gpt2_finetune_tokens_per_s": g("finetune")["tokens_per_s"],
+        "gpt2_finetune_flop_share": g("finetune")["flop_share_of_matmul_peak"],
         "max_abs_diff": max(
             v["max_abs_diff"]
             for v in results.values()

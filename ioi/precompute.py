@@ -56,7 +56,7 @@ def demo_stages(
     few dozen prompts and 2–3 epochs, to check the pipeline in seconds (e.g. on random:tiny)."""
     if quick:
         base = ExperimentConfig(model=model, lr=max(lr, 1e-3), batch_size=16, train_size=64, eval_size=32,
-                                analysis_size=16)  # fmt: skip
+                                analysis_size=8)  # fmt: skip
         clean_epochs, toxic_epochs = min(clean_epochs, 3), 2
     else:
         base, toxic_epochs = ExperimentConfig(model=model, lr=lr), TOXIC_EPOCHS

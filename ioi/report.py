@@ -252,8 +252,8 @@ def write_report(study: Study, model: str, out_dir: str | Path) -> Path:
         cm.to_csv(out / "cmap_classes.csv", index=False)
         lines += [
             "",
-            "CMAP class sums (change in the pretrained model's logit difference when a class's heads "
-            "take the toxic model's outputs at END; 95% interval, conservative): see `cmap_classes.csv`.",
+            "CMAP class sums (change in the toxic model's logit difference when a class's heads take "
+            "the pretrained model's outputs at END; 95% interval, conservative): see `cmap_classes.csv`.",
             "",
             markdown_table(cm.round(3)),
         ]
