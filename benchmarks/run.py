@@ -8,7 +8,7 @@ of the results (exact modes must agree within 1e-4). The last line printed is on
     PYTHONPATH=. python benchmarks/run.py                # 100 prompts on random:gpt2, every head
     PYTHONPATH=. python benchmarks/run.py --dashboard    # also the dashboard's time to first chart
 
---quick times the textbook loops on 12 of GPT-2's 144 heads and scales their time to all heads
+--quick times the textbook loops on 8 of GPT-2's 144 heads and scales their time to all heads
 (every head costs them one full forward pass; the product runs every head), and patches at END.
 """
 
@@ -92,7 +92,7 @@ def sample_heads(model, k: int | None) -> list[tuple[int, int]] | None:
     """k heads spread over the layers (None: every head), for the textbook loops of a quick run."""
     if k is None or k >= model.n_layers * model.n_heads:
         return None
-    return [(i % model.n_layers, (5 * i) % model.n_heads) for i in range(k)]
+    return [(i * model.n_layers // k, (5 * i) % model.n_heads) for i in range(k)]
 
 
 def bench_patching(
@@ -243,12 +243,16 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dashboard", action="store_true", help="also time the dashboard's first chart")
+    parser.add_argument("--prompts", type=int, help="GPT-2 prompts (default 20 quick, 100 full)")
+    parser.add_argument("--textbook-heads", type=int, help="heads the textbook GPT-2 loops run")
+    parser.add_argument("--positions", choices=("all", "end"), help="activation patching / EAP positions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.quick:  # textbook loops on 12 of GPT-2's 144 heads, activation patching at END
-        n_gpt2, n_tiny, repeats, k, positions = 20, 50, 1, 12, "end"
+    if args.quick:  # textbook loops on 8 of GPT-2's 144 heads, activation patching at END
+        n_gpt2, n_tiny, repeats, k, positions = 20, 50, 1, 8, "end"
     else:
         n_gpt2, n_tiny, repeats, k, positions = 100, 200, 3, None, "all"
+    n_gpt2, k, positions = args.prompts or n_gpt2, args.textbook_heads or k, args.positions or positions
     started = time.perf_counter()
     peak = matmul_peak()
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
