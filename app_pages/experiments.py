@@ -30,6 +30,13 @@ def open_results(key: str) -> None:
     st.switch_page("app_pages/attribution.py")
 
 
+def open_from_fragment(key: str) -> None:
+    # st.switch_page inside a fragment leaves a blank page (Streamlit 1.67, seen in the browser
+    # test): ask for a full rerun, whose page script then switches.
+    st.session_state["open_requested"] = key
+    st.rerun()
+
+
 def launch_form() -> None:
     from ioi.analyses import ANALYSES
     from ioi.experiment import DEFAULT_ANALYSES, registered_analyses
@@ -128,7 +135,7 @@ def job_row(job, root: str) -> None:
             resume(job.id, root)
             st.rerun(scope="fragment")
         if status == "done" and top[2].button("Open results", key=f"open-{job.id}"):
-            open_results(f"{root}|{job.experiment}")
+            open_from_fragment(f"{root}|{job.experiment}")
         phase = job.phase or ("already cached" if job.cached else "")
         if status in ("queued", "running"):
             text = (
@@ -186,6 +193,8 @@ def cached_table() -> None:
 def body() -> None:
     if no_cache_layer():
         return
+    if "open_requested" in st.session_state:
+        open_results(st.session_state.pop("open_requested"))
     launch_form()
     job_list()
     cached_table()

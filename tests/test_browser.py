@@ -163,5 +163,8 @@ def test_launch_a_clean_job_and_watch_it_finish(server):
             page.wait_for_timeout(800)
             page.screenshot(path=str(ARTIFACTS / "job-results.png"), full_page=True)
             assert page.locator("[data-testid='stException']").count() == 0
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "job-failure.png"), full_page=True)
+            raise
         finally:
             browser.close()
