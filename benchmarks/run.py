@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, help="GPT-2 prompts (default 20 quick, 100 full)")
     parser.add_argument("--textbook-heads", type=int, help="heads the textbook GPT-2 loops run")
     parser.add_argument("--positions", choices=("all", "end"), help="activation patching / EAP positions")
+    parser.add_argument("--repeats", type=int, help="timed repeats per comparison, median reported")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:  # textbook loops on 8 of GPT-2's 144 heads, activation patching at END
@@ -253,6 +254,7 @@ def main() -> None:
     else:
         n_gpt2, n_tiny, repeats, k, positions = 100, 200, 3, None, "all"
     n_gpt2, k, positions = args.prompts or n_gpt2, args.textbook_heads or k, args.positions or positions
+    repeats = args.repeats or repeats
     started = time.perf_counter()
     peak = matmul_peak()
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
@@ -295,6 +297,7 @@ def main() -> None:
         "prompts_gpt2": n_gpt2,
         "textbook_heads_gpt2": k or 144,
         "patch_positions": positions,
+        "repeats": repeats,
         "wall_s": time.perf_counter() - started,
     }
     print(json.dumps(summary))
