@@ -221,6 +221,16 @@ def write_report(study: Study, model: str, out_dir: str | Path) -> Path:
         ),
         "",
     ]
+    clean_cmap = cmap_class_sums(study, study.clean, last, circuit) if circuit is not None else pd.DataFrame()
+    if not clean_cmap.empty:
+        lines += [
+            f"CMAP localisation (change in the epoch-{last} model's logit difference when a class's heads "
+            "take the pretrained model's outputs at END; negative: those heads carry the gain; 95% "
+            "interval, conservative):",
+            "",
+            markdown_table(clean_cmap.round(3)),
+            "",
+        ]
     # 2. corruption
     lines += [
         "## 2. Localized corruption (toxic fine-tuning)",
