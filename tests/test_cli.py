@@ -74,7 +74,7 @@ def test_dataset_eval_finetune_round_trip(tmp_path, capsys):
         (["eval", "--model", "/no/such/model", "--size", "3"], "cannot load"),
         (["eval", "--dataset", "/no/such.jsonl", "--model", "random:tiny"], "does not exist"),
         (["finetune", "--scenario", "reversal", "--model", "random:tiny", "--out", "o"], "needs --from"),
-        (["finetune", "--checkpoint-epochs", "1,x", "--out", "o"], "comma-separated"),
+        (["finetune", "--checkpoint-epochs", "1,x", "--out", "o"], "separated by commas"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, message, monkeypatch):
