@@ -6,18 +6,12 @@ headless Chromium, on the shipped demo cache (what a user of a fresh clone sees)
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+from tests.dashboard_support import CHROMIUM, FLAGS, start_streamlit
+
 CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
 
 
@@ -25,23 +19,15 @@ def first_chart_seconds(page: str = "attribution", timeout: float = 120.0) -> fl
     """Seconds from launching the server to the first chart of `page` being visible."""
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         start = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env=os.environ | {"IOI_CACHE_DIR": tmp}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server, url = start_streamlit({"IOI_CACHE_DIR": tmp})
         try:
             tab = browser.new_page()
             while True:  # the server is not listening yet
                 try:
-                    tab.goto(f"http://127.0.0.1:{port}/{page}", timeout=timeout * 1000)
+                    tab.goto(f"{url}/{page}", timeout=timeout * 1000)
                     break
                 except Exception:
                     if time.perf_counter() - start > timeout:

@@ -281,12 +281,13 @@ def run_patched(
     per_chunk = max(1, max_rows * (batch.tokens.shape[1] if end_only else 1) // len(batch))
     out = torch.empty(len(variants), len(batch), device=model.device)
     kv: dict[int, tuple[Tensor, Tensor]] = {}
+    weights = attention_weights(model.bridge) if end_only else None
     for i in range(0, len(order), per_chunk):
         idx = order[i : i + per_chunk]
         start = min(min(first[j] for j in idx), n_layers - 1) if resid_pre is not None else 0
         chunk = [variants[j] for j in idx]
         if end_only:
-            out[idx] = end_row_logit_diffs(model, batch, chunk, start, resid_pre, kv)
+            out[idx] = end_row_logit_diffs(model, batch, chunk, start, resid_pre, kv, weights)
             continue
         resid = _run_chunk(model, batch, chunk, start, resid_pre, freeze_z, freeze_mlp)
         out[idx] = end_logit_diff(model, resid, batch)
@@ -306,6 +307,7 @@ def end_row_logit_diffs(
     start: int,
     resid_pre: Tensor,
     kv: dict[int, tuple[Tensor, Tensor]] | None = None,
+    weights: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """[variants, batch] logit differences when every patch is at END only.
 
@@ -313,11 +315,12 @@ def end_row_logit_diffs(
     position's activations: only END's row is recomputed, from block `start` (fed
     resid_pre[start] at END), attending to the clean keys and values of the earlier positions
     (computed from resid_pre, cached in `kv` per layer). Same numbers as the hooked forward.
+    weights: :func:`attention_weights` of the model, when the caller already has them.
     """
     bridge, device = model.bridge, model.device
     n = len(batch)
     rows, end = torch.arange(n, device=device), batch.end.to(device)
-    w = {k: getattr(bridge, k) for k in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
+    w = weights if weights is not None else attention_weights(bridge)
     scale = w["W_Q"].shape[-1] ** 0.5
     pos = torch.arange(batch.tokens.shape[1], device=device)
     after_end = pos[None, :] > end[:, None]  # [batch, pos]
@@ -367,6 +370,14 @@ def end_row_logit_diffs(
             mlp[c] = _end_value(p, rows, end)
         x = x + mlp
     return final_logit_diff(model, x, batch)
+
+
+def attention_weights(bridge) -> dict[str, Tensor]:
+    """The bridge's attention weights stacked over layers (W_Q [layer, head, d_model, d_head], …).
+
+    The bridge rebuilds each stack on every access, so callers running many chunks read them once.
+    """
+    return {k: getattr(bridge, k) for k in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")}
 
 
 def _end_value(p: Patch, rows: Tensor, end: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""A small result cache for dashboard tests, written through the real cache API (no training).
+"""Support for dashboard tests (and the dashboard benchmark): starting the app on a free port,
+and a small result cache written through the real cache API (no training).
 
 The numbers are synthetic (seeded noise on a 2-layer × 4-head model): the dashboard tests check
 that every page renders and reads the cache correctly, not what the analyses find.
@@ -6,6 +7,10 @@ that every page renders and reads the cache correctly, not what the analyses fin
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +19,28 @@ import pandas as pd
 from ioi.analyses import AnalysisResult
 from ioi.circuit import Circuit, Head
 
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 N_LAYERS, N_HEADS = 2, 4
 CIRCUIT = Circuit("toy", {"name mover": (Head(1, 0),), "s-inhibition": (Head(0, 2),)}, "synthetic")
 SCENARIOS = {"aaaa000000000001": ("clean", None), "aaaa000000000002": ("subject_duplication", None),
              "aaaa000000000003": ("reversal", "aaaa000000000002")}  # fmt: skip
+
+
+def start_streamlit(env: dict[str, str], log=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """Launch `streamlit run streamlit_app.py` headless on a free localhost port, with `env` added
+    to this process's environment: (the server process, its base url). The caller stops it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def _heads(rng: np.random.Generator, **extra: np.ndarray) -> pd.DataFrame:
