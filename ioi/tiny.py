@@ -93,7 +93,7 @@ _POOL: tuple[str, ...] = (*NAMES, *PLACES, *OBJECTS, "the", "a", "to", "and", "g
 # Small MLPs (d_mlp 64) leave the direct effect to attention heads, as in GPT-2; with d_mlp 256
 # the last MLP carried ~85% of it (measured).
 MODEL_SIZES: dict[str, int] = {"n_layer": 3, "n_head": 8, "n_embd": 128, "n_inner": 64}
-DEFAULT_STEPS = 4000
+DEFAULT_STEPS = 8000
 # Next-token loss on name tokens counts this many times: IOI then emerges within ~1,250 steps
 # instead of staying on the IO = S plateau for thousands (measured).
 NAME_LOSS_WEIGHT = 3.0
