@@ -73,8 +73,9 @@ def test_the_published_circuit_is_used_only_for_gpt2_small(tiny_random, data):
 
 
 def test_ioi_tiny_name_movers_carry_the_task(ioi_tiny):
-    """Mean-ablating the name movers classify_heads finds removes at least half of F."""
-    clean, abc = ioi_batches(ioi_tiny, 60)
+    """Mean-ablating the name movers classify_heads finds removes at least half of F, on 200
+    prompts (the measured share depends on the prompt set: 55% here, 66% on the first 60)."""
+    clean, abc = ioi_batches(ioi_tiny, 200)
     circuit = classify_heads(ioi_tiny, clean, abc)
     movers = circuit.classes["name mover"]
     assert movers, "no name mover found on ioi-tiny"
