@@ -17,7 +17,7 @@ from dashboard_support import CHROMIUM, FLAGS, REPO, build_cache, start_streamli
 ARTIFACTS = REPO / "test-artifacts"
 CHART = {"vega": "[data-testid='stVegaLiteChart']", "graphviz": "[data-testid='stGraphVizChart']",
          "table": "[data-testid='stDataFrame']"}  # fmt: skip
-# url path -> (screenshot name, main element when results are cached). A deep link comes first:
+# url path -> (screenshot name, the element that shows its results). A deep link comes first:
 # the first request of a fresh server must still go through the router (st.navigation).
 PAGES = {
     "datasets": ("2-datasets", "table"),
