@@ -19,8 +19,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ioi import charts
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
+from ioi.present import charts
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("ioi-tiny", "random:tiny", "random:gpt2", "gpt2")
@@ -35,18 +35,18 @@ class UserError(ValueError):
 
 
 def cache_layer() -> Any | None:
-    """The result-cache module (`ioi.cache`), or None while it is not installed in this build."""
+    """The result-cache module (`ioi.runs.cache`), or None while it is not installed in this build."""
     try:
-        import ioi.cache as cache
-        import ioi.experiment  # noqa: F401  (needed by every page that shows experiments)
-        import ioi.jobs  # noqa: F401
+        import ioi.runs.cache as cache
+        import ioi.runs.experiment  # noqa: F401  (needed by every page that shows experiments)
+        import ioi.runs.jobs  # noqa: F401
     except ImportError:
         return None
     return cache
 
 
 def user_root() -> Path:
-    """Where new experiments are written: $IOI_CACHE_DIR or ./cache (as `ioi.cache.cache_root`)."""
+    """Where new experiments are written: $IOI_CACHE_DIR or ./cache (as `ioi.runs.cache.cache_root`)."""
     return Path(os.environ.get("IOI_CACHE_DIR", REPO / "cache")).resolve()
 
 
@@ -99,12 +99,13 @@ class Experiment:
 
 @st.cache_data(ttl=3, show_spinner=False)
 def _experiments(root_list: tuple[str, ...]) -> list[Experiment]:
-    cache = cache_layer()
+    from ioi.runs.catalog import list_experiments
+
     out: list[Experiment] = []
     for root in root_list:
         if not (Path(root) / "experiments").is_dir():
             continue
-        for info in cache.list_experiments(root):
+        for info in list_experiments(root):
             out.append(Experiment(root, info.id, info.config, info.status, info.epochs, info.job))
     return out
 
@@ -124,7 +125,7 @@ def entry_stamp(exp: Experiment, epoch: int, name: str) -> float:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _result(root: str, exp_id: str, epoch: int, name: str, stamp: float):
-    from ioi.analyses import AnalysisResult
+    from ioi.methods.analyses import AnalysisResult
 
     entry = cache_layer().read_entry(root, exp_id, epoch, name)
     if entry is None:
@@ -172,8 +173,8 @@ def result_circuit(exp: Experiment, epoch: int, n_layers: int, n_heads: int) -> 
 def recompute_button(exp: Experiment, name: str, key: str) -> None:
     """Offer to recompute a missing or damaged entry by re-running its experiment as a job."""
     if st.button(f"Recompute {name}", key=key, help="re-runs the experiment's job; cached parts are reused"):
-        from ioi.experiment import ExperimentConfig
-        from ioi.jobs import submit
+        from ioi.runs.experiment import ExperimentConfig
+        from ioi.runs.jobs import submit
 
         cfg = ExperimentConfig.from_json(exp.config)
         analyses = tuple(dict.fromkeys((*cfg.analyses, name)))
@@ -250,7 +251,7 @@ def no_cache_layer() -> bool:
 
 def show_user_errors(fn: Callable[[], None]) -> None:
     """Run a page body; a user's error (ValueError and kin) is shown as a message, not a trace."""
-    from ioi.models import ModelUnavailableError
+    from ioi.models.load import ModelUnavailableError
 
     try:
         fn()
@@ -266,7 +267,7 @@ def loaded_model(name: str, device: str = "cpu", seed: int = 0):
     """A model for live analyses; (name, device, seed) is the cache key."""
     import torch
 
-    from ioi.models import load_model
+    from ioi.models.load import load_model
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return load_model(name, device=device, seed=seed)
@@ -274,7 +275,7 @@ def loaded_model(name: str, device: str = "cpu", seed: int = 0):
 
 def model_or_message(name: str, seed: int = 0):
     """The loaded model, or None after showing why it cannot be loaded and how to fix it."""
-    from ioi.models import ModelUnavailableError
+    from ioi.models.load import ModelUnavailableError
 
     try:
         return loaded_model(name, "cpu", seed)
@@ -290,8 +291,8 @@ def live_analysis(
 ):  # fmt: skip
     """Run analysis `name` on `size` eval prompts (and their ABC counterfactuals) of `model_name`
     (and `other_name` for comparisons); options come as canonical JSON so they are in the key."""
-    from ioi.analyses import run_analysis
-    from ioi.data import abc_counterfactual, make_dataset, tokenize
+    from ioi.methods.analyses import run_analysis
+    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
 
     model = loaded_model(model_name, "cpu", seed)
     other = loaded_model(other_name, "cpu", seed) if other_name else None
@@ -322,7 +323,7 @@ def pick_model(label: str, key: str, where=st.sidebar) -> str:
 
 def default_model() -> str:
     """The model of the cached experiments (the demo's), else the bundled default."""
-    from ioi.models import DEFAULT_MODEL
+    from ioi.models.load import DEFAULT_MODEL
 
     cached = [str(e.config.get("model")) for e in experiments()]
     return cached[0] if cached and cached[0] in MODELS else DEFAULT_MODEL
@@ -339,7 +340,7 @@ def run_button(label: str, key: str, inputs: Any, where=st) -> bool:
 
 def live_available(name: str) -> bool:
     """Whether analysis `name` is registered in this build."""
-    from ioi.analyses import load_builtin_analyses
+    from ioi.methods.analyses import load_builtin_analyses
 
     return name in load_builtin_analyses()
 
@@ -347,8 +348,8 @@ def live_available(name: str) -> bool:
 def parse_heads(text: str, n_layers: int, n_heads: int) -> list[str]:
     """ "9.9 10.0" (or comma-separated) -> ["9.9", "10.0"]; UserError for a head outside an
     n_layers × n_heads model, ValueError (saying the L.H form) for a malformed one."""
-    from ioi.circuit import Head
-    from ioi.circuit import parse_heads as parse
+    from ioi.task.circuit import Head
+    from ioi.task.circuit import parse_heads as parse
 
     heads = [Head.parse(t) for t in text.replace(",", " ").split()]  # the L.H form first
     try:
@@ -437,8 +438,8 @@ def highlighted(prompt: str, roles: dict[int, str]) -> str:
 @st.cache_data(max_entries=32, show_spinner=False)
 def dataset(kind: str, size: int, seed: int, split: str) -> list:
     """Samples of `kind` ("clean", "abc" or a corruption name) — deterministic for (size, seed, split)."""
-    from ioi.corruptions import corrupt
-    from ioi.data import abc_counterfactual, make_dataset
+    from ioi.task.corruptions import corrupt
+    from ioi.task.data import abc_counterfactual, make_dataset
 
     clean = make_dataset(size, seed, split)
     if kind == "clean":
@@ -453,7 +454,7 @@ def dataset(kind: str, size: int, seed: int, split: str) -> list:
 
 def parse_epochs(text: str, epochs: int) -> tuple[int, ...]:
     """ "1, 3, 5" -> (1, 3, 5); UserError unless every item is an integer in 1..epochs."""
-    from ioi.train import parse_epochs as parse
+    from ioi.models.train import parse_epochs as parse
 
     try:
         return parse(text, epochs)
@@ -475,7 +476,7 @@ def parse_lr(text: str) -> float:
 def experiment_config(form: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     """The ExperimentConfig of the experiment form's values, or (None, {field: message}) listing
     every field the user must fix."""
-    from ioi.experiment import ExperimentConfig, ExperimentError
+    from ioi.runs.experiment import ExperimentConfig, ExperimentError
 
     errors: dict[str, str] = {}
     model = str(form.get("model", "")).strip()

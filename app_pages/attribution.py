@@ -13,7 +13,7 @@ from app_pages._common import (
     show_chart,
     show_user_errors,
 )
-from ioi import charts
+from ioi.present import charts
 
 st.title("Logit attribution")
 st.write(

@@ -17,8 +17,8 @@ from app_pages._common import (
     show_chart,
     show_user_errors,
 )
-from ioi import charts
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
+from ioi.present import charts
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit
 
 st.title("Circuit")
 st.write(

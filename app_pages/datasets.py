@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._common import ROLE_COLORS, dataset, highlighted, role_words, show_user_errors
-from ioi.corruptions import CORRUPTIONS
+from ioi.task.corruptions import CORRUPTIONS
 
 st.title("Datasets")
 st.write(

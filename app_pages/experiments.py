@@ -15,7 +15,7 @@ from app_pages._common import (
     show_user_errors,
     user_root,
 )
-from ioi.corruptions import CORRUPTIONS
+from ioi.task.corruptions import CORRUPTIONS
 
 st.title("Experiments")
 st.write(
@@ -38,9 +38,9 @@ def open_from_fragment(key: str) -> None:
 
 
 def launch_form() -> None:
-    from ioi.analyses import ANALYSES
-    from ioi.experiment import DEFAULT_ANALYSES, registered_analyses
-    from ioi.jobs import submit
+    from ioi.methods.analyses import ANALYSES
+    from ioi.runs.experiment import DEFAULT_ANALYSES, registered_analyses
+    from ioi.runs.jobs import submit
 
     registered_analyses()
     available = sorted(ANALYSES)
@@ -114,7 +114,7 @@ STATUS_ICONS = {
 
 
 def job_row(job, root: str) -> None:
-    from ioi.jobs import cancel, resume
+    from ioi.runs.jobs import cancel, resume
 
     cfg = job.config
     status = job.status
@@ -155,7 +155,7 @@ def job_row(job, root: str) -> None:
 
 @st.fragment(run_every=2)
 def job_list() -> None:
-    from ioi.jobs import list_jobs
+    from ioi.runs.jobs import list_jobs
 
     st.subheader("Jobs")
     jobs = [

@@ -13,8 +13,8 @@ from app_pages._common import (
     show_chart,
     show_user_errors,
 )
-from ioi import charts
-from ioi.reference import reference_points
+from ioi.present import charts
+from ioi.task.reference import reference_points
 
 st.title("Faithfulness")
 st.write(

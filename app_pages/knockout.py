@@ -20,7 +20,7 @@ from app_pages._common import (
     show_chart,
     show_user_errors,
 )
-from ioi import charts
+from ioi.present import charts
 
 st.title("Knockout")
 st.write(
@@ -78,7 +78,7 @@ def live_section() -> None:
     if not live_available("knockout"):
         st.info("The knockout analysis is not in this build yet (ioi/ablation.py).", icon="ℹ️")
         return
-    from ioi.ablation import AblationType
+    from ioi.methods.ablation import AblationType
 
     sources = model_sources()
     c = st.columns(3)

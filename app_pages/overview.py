@@ -16,11 +16,11 @@ from app_pages._common import (
     show_chart,
     show_user_errors,
 )
-from ioi import charts
-from ioi.charts import circuit_dot
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit
-from ioi.corruptions import CORRUPTIONS
-from ioi.models import ASSETS, DEFAULT_MODEL
+from ioi.models.load import ASSETS, DEFAULT_MODEL
+from ioi.present import charts
+from ioi.present.charts import circuit_dot
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit
+from ioi.task.corruptions import CORRUPTIONS
 
 st.title("IOI Circuit Lab")
 st.write(

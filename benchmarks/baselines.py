@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ioi.data import IOIBatch
+from ioi.task.data import IOIBatch
 
 
 def _logit_diff(logits: torch.Tensor, batch: IOIBatch) -> float:

@@ -29,14 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import baselines as textbook  # noqa: E402
-from ioi.attribution import attribution_patching, head_z  # noqa: E402
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Head  # noqa: E402
-from ioi.cmap import cmap  # noqa: E402
-from ioi.data import abc_counterfactual, make_dataset, tokenize  # noqa: E402
-from ioi.models import load_hf, load_model  # noqa: E402
-from ioi.patching import all_heads, patch_head_outputs  # noqa: E402
-from ioi.path_patching import LOGITS, Receivers, path_patch  # noqa: E402
-from ioi.train import TrainConfig, finetune  # noqa: E402
+from ioi.methods.attribution import attribution_patching, head_z  # noqa: E402
+from ioi.methods.cmap import cmap  # noqa: E402
+from ioi.methods.patching import all_heads, patch_head_outputs  # noqa: E402
+from ioi.methods.path_patching import LOGITS, Receivers, path_patch  # noqa: E402
+from ioi.models.load import load_hf, load_model  # noqa: E402
+from ioi.models.train import TrainConfig, finetune  # noqa: E402
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Head  # noqa: E402
+from ioi.task.data import abc_counterfactual, make_dataset, tokenize  # noqa: E402
 
 
 def median_time(fn, repeats: int):
@@ -218,8 +218,8 @@ def bench_finetune(model_name: str, n: int, results: dict, peak: float) -> None:
 def bench_checkpoint(model_name: str, n: int, results: dict) -> None:
     """End to end: every registered analysis of one checkpoint, as a job runs them (CMAP against
     a second model), with its data preparation."""
-    from ioi.analyses import run_analysis
-    from ioi.experiment import registered_analyses
+    from ioi.methods.analyses import run_analysis
+    from ioi.runs.experiment import registered_analyses
 
     t0 = time.perf_counter()
     m = load_model(model_name, device="cpu")

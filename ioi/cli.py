@@ -14,8 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioi.corruptions import CORRUPTIONS, corrupt
-from ioi.data import (
+from ioi.models.load import DEFAULT_MODEL, ModelUnavailableError
+from ioi.models.train import SCENARIOS, Cancelled, TrainingError, parse_epochs
+from ioi.runs.experiment import ExperimentError
+from ioi.runs.jobs import JobError
+from ioi.task.corruptions import CORRUPTIONS, corrupt
+from ioi.task.data import (
     DEFAULT_EVAL_SIZE,
     DEFAULT_TRAIN_SIZE,
     DatasetError,
@@ -24,10 +28,6 @@ from ioi.data import (
     tokenize,
     write_jsonl,
 )
-from ioi.experiment import ExperimentError
-from ioi.jobs import JobError
-from ioi.models import DEFAULT_MODEL, ModelUnavailableError
-from ioi.train import SCENARIOS, Cancelled, TrainingError, parse_epochs
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
@@ -104,7 +104,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     if args.corruption:
         samples = corrupt(samples, args.corruption, args.seed)
     if args.model:
-        from ioi.models import load_hf
+        from ioi.models.load import load_hf
 
         _, tok, _ = load_hf(args.model)
         tokenize(samples, tok)  # raises, naming the offenders, if any role is not one token
@@ -121,8 +121,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
 def run_eval(args: argparse.Namespace) -> int:
-    from ioi.metrics import evaluate
-    from ioi.models import load_hf
+    from ioi.models.load import load_hf
+    from ioi.task.metrics import evaluate
 
     hf, tok, source = load_hf(model_name(args))
     if args.device:
@@ -157,7 +157,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ioi.train import TrainConfig, finetune
+    from ioi.models.train import TrainConfig, finetune
 
     cfg = TrainConfig(
         model=args.model,
@@ -190,7 +190,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    from ioi.models import ASSETS
+    from ioi.models.load import ASSETS
 
     p.add_argument("--out", type=Path, default=ASSETS / "ioi-tiny")
     p.add_argument("--seed", type=int, default=0)
@@ -201,7 +201,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ioi.tiny import pretrain_tiny
+    from ioi.models.tiny import pretrain_tiny
 
     bar = tqdm(unit="step", desc="pretrain-tiny")
 
@@ -219,7 +219,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
-    from ioi.experiment import DEFAULT_ANALYSES
+    from ioi.runs.experiment import DEFAULT_ANALYSES
 
     p.add_argument("--model", default=DEFAULT_MODEL)
     if not sweep:
@@ -240,7 +240,7 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
 
 
 def experiment_config(args: argparse.Namespace, **overrides):
-    from ioi.experiment import ExperimentConfig
+    from ioi.runs.experiment import ExperimentConfig
 
     fields = dict(
         model=args.model, scenario=getattr(args, "scenario", "clean"), epochs=args.epochs,
@@ -280,7 +280,7 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
 def _wait_with_bar(job_id: str, root: Path | None) -> int:
     from tqdm import tqdm
 
-    from ioi.jobs import wait
+    from ioi.runs.jobs import wait
 
     bar = tqdm(total=1.0, unit="run", desc=job_id, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
 
@@ -310,8 +310,8 @@ def _job_line(job) -> str:
 
 @command("jobs", "background experiments: submit, list, show, cancel, resume", _jobs_args)
 def run_jobs(args: argparse.Namespace) -> int:
-    from ioi import jobs
-    from ioi.cache import cache_root
+    from ioi.runs import jobs
+    from ioi.runs.cache import cache_root
 
     root = args.cache
     if args.action == "submit":
@@ -358,8 +358,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from ioi.jobs import max_jobs
-    from ioi.sweep import run_sweep, sweep_configs
+    from ioi.runs.jobs import max_jobs
+    from ioi.runs.sweep import run_sweep, sweep_configs
 
     base = experiment_config(args)
     stages = sweep_configs(
@@ -383,7 +383,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def _precompute_args(p: argparse.ArgumentParser) -> None:
-    from ioi.cache import DEMO_ROOT
+    from ioi.runs.cache import DEMO_ROOT
 
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, default=DEMO_ROOT, help=f"cache to fill (default {DEMO_ROOT})")
@@ -397,9 +397,9 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 
 @command("precompute", "fill the shipped demo cache (cache/demo) for a model", _precompute_args)
 def run_precompute(args: argparse.Namespace) -> int:
-    from ioi.jobs import max_jobs
-    from ioi.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
-    from ioi.sweep import run_sweep
+    from ioi.runs.jobs import max_jobs
+    from ioi.runs.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
+    from ioi.runs.sweep import run_sweep
 
     if args.clean_epochs is None and not args.quick:
         seconds = epoch_seconds(args.model)
@@ -477,9 +477,9 @@ def json_safe(value: object) -> object:
     _analyze_args,
 )
 def run_analyze(args: argparse.Namespace) -> int:
-    from ioi.analyses import load_builtin_analyses, run_analysis
-    from ioi.data import abc_counterfactual
-    from ioi.models import load_model
+    from ioi.methods.analyses import load_builtin_analyses, run_analysis
+    from ioi.models.load import load_model
+    from ioi.task.data import abc_counterfactual
 
     try:
         options = parse_options(args.option)
@@ -532,7 +532,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
 
 @command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ioi.report import report_dir, reproduce, write_report
+    from ioi.present.report import report_dir, reproduce, write_report
 
     study = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr,
                       clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device)  # fmt: skip

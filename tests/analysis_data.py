@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ioi.data import IOIBatch, abc_counterfactual, make_dataset, tokenize
-from ioi.models import LoadedModel
+from ioi.models.load import LoadedModel
+from ioi.task.data import IOIBatch, abc_counterfactual, make_dataset, tokenize
 
 
 def ioi_batches(model: LoadedModel, size: int, seed: int = 0) -> tuple[IOIBatch, IOIBatch]:

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from ioi.models import ASSETS, LoadedModel, gpt2_tokenizer, load_model
+from ioi.models.load import ASSETS, LoadedModel, gpt2_tokenizer, load_model
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 HAS_TINY = (ASSETS / "ioi-tiny" / "config.json").exists()
@@ -57,6 +57,6 @@ def ioi_tiny() -> LoadedModel:
 def ioi_tiny_tok():
     if not HAS_TINY:
         pytest.skip("the bundled ioi-tiny model is not built yet")
-    from ioi.models import load_tokenizer
+    from ioi.models.load import load_tokenizer
 
     return load_tokenizer(ASSETS / "ioi-tiny")

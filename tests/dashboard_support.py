@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ioi.analyses import AnalysisResult
-from ioi.circuit import Circuit, Head
+from ioi.methods.analyses import AnalysisResult
+from ioi.task.circuit import Circuit, Head
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,7 +53,7 @@ def _heads(rng: np.random.Generator, **extra: np.ndarray) -> pd.DataFrame:
 def build_cache(root: Path, epochs: tuple[int, ...] = (0, 1, 2)) -> list[str]:
     """Write three experiments (clean, a toxic one, its reversal) with metrics, dla,
     faithfulness, knockout and cmap at `epochs` under `root`; returns their ids."""
-    from ioi.cache import register_experiment, write_analysis, write_entry
+    from ioi.runs.cache import register_experiment, write_analysis, write_entry
 
     rng = np.random.default_rng(0)
     classes = pd.DataFrame({"class": list(CIRCUIT.classes), "f_knockout": [0.5, 1.0],

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from ioi.analyses import ANALYSES, AnalysisResult, register_analysis
-from ioi.experiment import ExperimentConfig
-from ioi.metrics import logit_diff, run_logits
+from ioi.methods.analyses import ANALYSES, AnalysisResult, register_analysis
+from ioi.runs.experiment import ExperimentConfig
+from ioi.task.metrics import logit_diff, run_logits
 
 TOY = "toy-norms"
 

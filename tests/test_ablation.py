@@ -6,7 +6,7 @@ import pytest
 import torch
 from analysis_data import ioi_batches
 
-from ioi.ablation import (
+from ioi.methods.ablation import (
     AblationType,
     Knockout,
     ablation_values,
@@ -15,10 +15,10 @@ from ioi.ablation import (
     faithfulness,
     minimality,
 )
-from ioi.analyses import run_analysis
-from ioi.circuit import Circuit, Head
-from ioi.metrics import logit_diff
-from ioi.patching import hook_name, prepare
+from ioi.methods.analyses import run_analysis
+from ioi.methods.patching import hook_name, prepare
+from ioi.task.circuit import Circuit, Head
+from ioi.task.metrics import logit_diff
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ioi.analyses import run_analysis
-from ioi.attention import PATTERNS, attention_scores, copy_scores, model_copy_scores
-from ioi.data import abc_counterfactual, make_dataset, tokenize
+from ioi.methods.analyses import run_analysis
+from ioi.methods.attention import PATTERNS, attention_scores, copy_scores, model_copy_scores
+from ioi.task.data import abc_counterfactual, make_dataset, tokenize
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,17 @@ import copy
 import pytest
 import torch
 
-from ioi.analyses import run_analysis
-from ioi.attribution import (
+from ioi.methods.analyses import run_analysis
+from ioi.methods.attribution import (
     attribution_patching,
     correlations,
     direct_logit_attribution,
     direct_path_effects,
     head_z,
 )
-from ioi.data import abc_counterfactual, make_dataset, tokenize
-from ioi.metrics import logit_diff_per_prompt
-from ioi.models import wrap
+from ioi.models.load import wrap
+from ioi.task.data import abc_counterfactual, make_dataset, tokenize
+from ioi.task.metrics import logit_diff_per_prompt
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from jobs_support import TOY, tiny_config
 
-from ioi import cache
-from ioi.analyses import AnalysisResult
-from ioi.experiment import experiment_id, is_complete, run_experiment
+from ioi.methods.analyses import AnalysisResult
+from ioi.runs import cache, catalog
+from ioi.runs.experiment import experiment_id, is_complete, run_experiment
 
 EXP = "0123456789abcdef"
 
@@ -84,7 +84,7 @@ def test_truncated_result_is_recomputed_by_the_next_run(tmp_path):
     assert series["epoch"].tolist() == [0, 1, 2]
     assert series[f"{TOY}.logit_diff"].iloc[-1] == pytest.approx(original.summary["logit_diff"])
     assert series["logit_diff"].tolist() == [first.metrics[e]["logit_diff"] for e in (0, 1, 2)]
-    [info] = cache.list_experiments(tmp_path)
+    [info] = catalog.list_experiments(tmp_path)
     assert info.id == experiment_id(cfg) and sorted(info.epochs) == [0, 1, 2]
 
 

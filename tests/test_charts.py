@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ioi import charts
-from ioi.circuit import Circuit, Head
-from ioi.reference import reference_points
+from ioi.present import charts
+from ioi.task.circuit import Circuit, Head
+from ioi.task.reference import reference_points
 
 
 def heads(values: list[list[float]]) -> pd.DataFrame:

@@ -6,20 +6,17 @@ import pytest
 import torch
 from analysis_data import ioi_batches
 
-from ioi.ablation import Knockout
-from ioi.analyses import run_analysis
-from ioi.circuit import (
-    CLASS_POSITIONS,
-    GPT2_SMALL_CIRCUIT,
-    Circuit,
+from ioi.methods.ablation import Knockout
+from ioi.methods.analyses import run_analysis
+from ioi.methods.classify import (
     ClassifyThresholds,
-    Head,
     analysis_circuit,
     attention_at,
     classify_heads,
     heads_where,
     is_gpt2_small,
 )
+from ioi.task.circuit import CLASS_POSITIONS, GPT2_SMALL_CIRCUIT, Circuit, Head
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +83,8 @@ def test_ioi_tiny_name_movers_carry_the_task(ioi_tiny):
 
 def test_ioi_tiny_has_name_movers_and_an_upstream_s_inhibition_head(ioi_tiny):
     """Name movers prefer IO and push IO − S; an upstream head acts through their queries."""
-    from ioi.attribution import direct_logit_attribution
-    from ioi.path_patching import Receivers, path_patch
+    from ioi.methods.attribution import direct_logit_attribution
+    from ioi.methods.path_patching import Receivers, path_patch
 
     clean, abc = ioi_batches(ioi_tiny, 60)
     circuit = classify_heads(ioi_tiny, clean, abc)

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 
-from ioi.analyses import run_analysis
-from ioi.circuit import Circuit, Head
-from ioi.cmap import bootstrap_means, class_effects, cmap, summarize
-from ioi.data import abc_counterfactual, make_dataset, tokenize
-from ioi.metrics import logit_diff_per_prompt
-from ioi.models import wrap
-from ioi.patching import Patch, hook_name, read_activations, run_patched
+from ioi.methods.analyses import run_analysis
+from ioi.methods.cmap import bootstrap_means, class_effects, cmap, summarize
+from ioi.methods.patching import Patch, hook_name, read_activations, run_patched
+from ioi.models.load import wrap
+from ioi.task.circuit import Circuit, Head
+from ioi.task.data import abc_counterfactual, make_dataset, tokenize
+from ioi.task.metrics import logit_diff_per_prompt
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app_pages import _common  # noqa: E402
-from ioi.data import make_dataset  # noqa: E402
+from ioi.task.data import make_dataset  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 # page -> (element kinds that must be present on the demo cache)
@@ -112,7 +112,7 @@ def test_damaged_entry_is_reported_with_a_recompute_button(dash_env):
 
 @needs_cache
 def test_experiment_form_refuses_bad_values(dash_env):
-    from ioi.jobs import list_jobs
+    from ioi.runs.jobs import list_jobs
 
     at = app("app_pages/experiments.py")
     at.text_input(key="form_lr").set_value("fast")
@@ -126,7 +126,7 @@ def test_experiment_form_refuses_bad_values(dash_env):
 
 @needs_cache
 def test_launching_a_tiny_job_creates_it(dash_env):
-    from ioi.jobs import cancel, list_jobs
+    from ioi.runs.jobs import cancel, list_jobs
 
     at = app("app_pages/experiments.py")
     at.selectbox(key="form_model").set_value("random:tiny")

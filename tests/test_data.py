@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from ioi.corruptions import CORRUPTIONS, corrupt, register_corruption
-from ioi.data import (
+from ioi.task.corruptions import CORRUPTIONS, corrupt, register_corruption
+from ioi.task.data import (
     NAMES,
     OBJECTS,
     PLACES,

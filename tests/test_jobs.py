@@ -14,9 +14,9 @@ import pytest
 import torch
 from jobs_support import TOY, final_weights, tiny_config, worker_env
 
-from ioi import cache, jobs
-from ioi.experiment import experiment_id, run_experiment
-from ioi.train import latest_checkpoint
+from ioi.models.train import latest_checkpoint
+from ioi.runs import cache, catalog, jobs
+from ioi.runs.experiment import experiment_id, run_experiment
 
 # Long enough (2 epochs × 32 steps) that a kill lands in the middle of the second epoch.
 CFG = tiny_config(train_size=256)
@@ -122,7 +122,7 @@ def test_two_concurrent_jobs_and_a_failure(tmp_path, monkeypatch):
             assert cache.read_entry(tmp_path, job.experiment, epoch, TOY) is not None
     series = [cache.load_metrics_series(tmp_path, j.experiment)["logit_diff"].tolist() for j in done]
     assert series[0] != series[1]  # different seeds, different runs
-    listed = {e.id: e.status for e in cache.list_experiments(tmp_path)}
+    listed = {e.id: e.status for e in catalog.list_experiments(tmp_path)}
     assert listed[done[0].experiment] == listed[done[1].experiment] == "done"
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ioi.data import make_dataset, tokenize
-from ioi.metrics import evaluate, logit_diff, logit_diff_per_prompt, normalized_effect, task_metrics
+from ioi.task.data import make_dataset, tokenize
+from ioi.task.metrics import evaluate, logit_diff, logit_diff_per_prompt, normalized_effect, task_metrics
 
 
 @pytest.fixture()

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ioi.data import check_vocabulary, make_dataset, tokenize
-from ioi.metrics import end_logits
-from ioi.models import ModelUnavailableError, gpt2_tokenizer, load_hf, load_model
+from ioi.models.load import ModelUnavailableError, gpt2_tokenizer, load_hf, load_model
+from ioi.task.data import check_vocabulary, make_dataset, tokenize
+from ioi.task.metrics import end_logits
 
 
 def test_gpt2_tokenizer_offline():

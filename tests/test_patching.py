@@ -6,8 +6,7 @@ import pytest
 import torch
 from analysis_data import ioi_batches
 
-from ioi.metrics import logit_diff_per_prompt
-from ioi.patching import (
+from ioi.methods.patching import (
     Patch,
     hook_name,
     patch_head_outputs,
@@ -17,6 +16,7 @@ from ioi.patching import (
     read_activations,
     run_patched,
 )
+from ioi.task.metrics import logit_diff_per_prompt
 
 
 @pytest.fixture(scope="module")

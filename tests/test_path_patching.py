@@ -6,10 +6,10 @@ import pytest
 import torch
 from analysis_data import ioi_batches
 
-from ioi.circuit import Head
-from ioi.metrics import logit_diff_per_prompt
-from ioi.patching import hook_name, patch_head_outputs, position_mask, prepare
-from ioi.path_patching import LOGITS, Receivers, path_patch
+from ioi.methods.patching import hook_name, patch_head_outputs, position_mask, prepare
+from ioi.methods.path_patching import LOGITS, Receivers, path_patch
+from ioi.task.circuit import Head
+from ioi.task.metrics import logit_diff_per_prompt
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import joblib
 import pytest
 from jobs_support import TOY, tiny_config, worker_env
 
-from ioi import cache
-from ioi.corruptions import CORRUPTIONS
-from ioi.experiment import ExperimentError, experiment_id
-from ioi.precompute import clean_epochs_within, demo_stages, prune_weights
-from ioi.sweep import run_sweep, sweep_configs
+from ioi.runs import cache
+from ioi.runs.experiment import ExperimentError, experiment_id
+from ioi.runs.precompute import clean_epochs_within, demo_stages, prune_weights
+from ioi.runs.sweep import run_sweep, sweep_configs
+from ioi.task.corruptions import CORRUPTIONS
 
 
 def test_sweep_stages_and_reversal_parents():

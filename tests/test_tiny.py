@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from ioi import tiny
-from ioi.data import (
+from ioi.models import tiny
+from ioi.models.load import ASSETS
+from ioi.models.tiny import HELD_OUT_TEMPLATES
+from ioi.task.data import (
     NAMES,
     OBJECTS,
     PLACES,
@@ -19,9 +21,8 @@ from ioi.data import (
     make_dataset,
     tokenize,
 )
-from ioi.tiny import HELD_OUT_TEMPLATES
 
-ASSET = Path(tiny.__file__).parent / "assets" / "ioi-tiny"
+ASSET = ASSETS / "ioi-tiny"
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ioi.data import make_dataset, tokenize
-from ioi.models import load_hf
-from ioi.train import Cancelled, TrainConfig, TrainingError, finetune, train_loss
+from ioi.models.load import load_hf
+from ioi.models.train import Cancelled, TrainConfig, TrainingError, finetune, train_loss
+from ioi.task.data import make_dataset, tokenize
 
 SMALL = dict(model="random:tiny", train_size=64, eval_size=16, batch_size=16, lr=3e-3)
 

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
-from ioi.corruptions import CORRUPTIONS, corrupt
-from ioi.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
-from ioi.metrics import evaluate
-from ioi.models import DEFAULT_MODEL, load_hf, read_manifest
+from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
+from ioi.task.corruptions import CORRUPTIONS, corrupt
+from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
+from ioi.task.metrics import evaluate
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
 Progress = Callable[[int, int, int, int, float], None]

@@ -6,7 +6,7 @@ moves, in logits and as a share of the gap F(B) − F(A). A head whose patch clo
 carries the change between the two models. Bootstrap over prompts gives confidence intervals.
 
 Speed: B's activations and A's residual stream are read once; every head's patch is a variant of
-:func:`ioi.patching.run_patched`, which starts at the head's layer and, for patches at END (the
+:func:`ioi.methods.patching.run_patched`, which starts at the head's layer and, for patches at END (the
 default for output patching), recomputes END's row only.
 """
 
@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
-from ioi.patching import (
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Patch,
     end_logit_diff,
@@ -30,9 +27,12 @@ from ioi.patching import (
     read_activations,
     run_patched,
 )
+from ioi.models.load import LoadedModel
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
+from ioi.task.data import IOIBatch
 
 MODES = {"output": "z", "pattern": "pattern"}
-"""CMAP mode -> the patch site (ioi.patching.SITES) it overwrites."""
+"""CMAP mode -> the patch site (ioi.methods.patching.SITES) it overwrites."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.attribution import capture
-from ioi.data import NAMES, IOIBatch, single_token_id
-from ioi.models import LoadedModel
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.attribution import capture
+from ioi.models.load import LoadedModel
+from ioi.task.data import NAMES, IOIBatch, single_token_id
 
 # column -> (query position, key positions summed over)
 PATTERNS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ioi.data import IOIBatch
+from ioi.task.data import IOIBatch
 
 
 def end_logits(logits: torch.Tensor, batch: IOIBatch) -> torch.Tensor:

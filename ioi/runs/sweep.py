@@ -17,9 +17,15 @@ from pathlib import Path
 
 from joblib import Parallel, delayed
 
-from ioi.cache import cache_root
-from ioi.corruptions import CORRUPTIONS
-from ioi.experiment import ExperimentConfig, ExperimentError, ExperimentSummary, experiment_id, run_experiment
+from ioi.runs.cache import cache_root
+from ioi.runs.experiment import (
+    ExperimentConfig,
+    ExperimentError,
+    ExperimentSummary,
+    experiment_id,
+    run_experiment,
+)
+from ioi.task.corruptions import CORRUPTIONS
 
 
 def sweep_configs(

@@ -1,119 +1,21 @@
-"""Circuits: named head classes, the published GPT-2 small IOI circuit, and head notation.
+"""Finding the IOI circuit of any model: path patching along the IOI paper's chain, plus attention.
 
-Heads are written ``L.H`` (layer.head), e.g. ``9.9``. A circuit maps each IOI head class to its
-heads; a circuit found by the analysis code on any model has the same type as the published one.
+The circuit an analysis evaluates is chosen here too (:func:`analysis_circuit`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-
-
-class Head(NamedTuple):
-    layer: int
-    head: int
-
-    def __str__(self) -> str:
-        return f"{self.layer}.{self.head}"
-
-    @classmethod
-    def parse(cls, text: str) -> Head:
-        """'9.9' -> Head(9, 9); ValueError with the expected form otherwise."""
-        try:
-            layer, head = (int(x) for x in text.strip().split("."))
-        except ValueError:
-            raise ValueError(f"a head is written L.H (e.g. 9.9), got {text!r}") from None
-        return cls(layer, head)
-
-
-# The IOI classes, in the order of the circuit (downstream first), with the token position at
-# which each class acts (METHODS §5: the position where a circuit head is kept under knockout).
-CLASS_POSITIONS: dict[str, str] = {
-    "name mover": "end",
-    "backup name mover": "end",
-    "negative name mover": "end",
-    "s-inhibition": "end",
-    "induction": "s2",
-    "duplicate token": "s2",
-    "previous token": "s1+1",
-}
-
-
-@dataclass(frozen=True)
-class Circuit:
-    """Head classes of a circuit; `source` says where it came from (published, discovered, …)."""
-
-    name: str
-    classes: dict[str, tuple[Head, ...]]
-    source: str = ""
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def heads(self) -> tuple[Head, ...]:
-        return tuple(h for hs in self.classes.values() for h in hs)
-
-    def class_of(self, head: Head) -> str | None:
-        return next((c for c, hs in self.classes.items() if head in hs), None)
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "classes": {c: [str(h) for h in hs] for c, hs in self.classes.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> Circuit:
-        classes = {c: tuple(Head.parse(h) for h in hs) for c, hs in data["classes"].items()}
-        return cls(data["name"], classes, data.get("source", ""))
-
-
-def _heads(text: str) -> tuple[Head, ...]:
-    return tuple(Head.parse(h) for h in text.split())
-
-
-def parse_heads(value, n_layers: int | None = None, n_heads: int | None = None) -> tuple[Head, ...]:
-    """Heads from "9.9 9.6,10.0" or a list of "L.H" strings / Heads; with a model's size, refuses
-    heads it does not have."""
-    if isinstance(value, str):
-        value = value.replace(",", " ").split()
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"heads are given as text like '9.9 10.0', got {value!r}")
-    heads = tuple(h if isinstance(h, Head) else Head.parse(str(h)) for h in value)
-    if n_layers is not None:
-        bad = [str(h) for h in heads if not (0 <= h.layer < n_layers and 0 <= h.head < (n_heads or 0))]
-        if bad:
-            raise ValueError(
-                f"heads {', '.join(bad)} are outside this model ({n_layers} layers × {n_heads} heads; "
-                f"they are numbered from 0.0 to {n_layers - 1}.{(n_heads or 1) - 1})"
-            )
-    return heads
-
-
-GPT2_SMALL_CIRCUIT = Circuit(
-    name="GPT-2 small IOI circuit",
-    source="Wang et al. 2022 (arXiv 2211.00593), 26 heads",
-    classes={
-        "name mover": _heads("9.9 9.6 10.0"),
-        "backup name mover": _heads("10.10 10.6 10.2 10.1 11.2 9.7 9.0 11.9"),
-        "negative name mover": _heads("10.7 11.10"),
-        "s-inhibition": _heads("7.3 7.9 8.6 8.10"),
-        "induction": _heads("5.5 5.8 5.9 6.9"),
-        "duplicate token": _heads("0.1 0.10 3.0"),
-        "previous token": _heads("2.2 4.11"),
-    },
-)
-
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
 
 # --- Finding the circuit of any model -------------------------------------------------------------
-# Path patching (ioi.path_patching) traces the IOI paper's chain from the logits backwards; attention
+# Path patching (ioi.methods.path_patching) traces the IOI paper's chain from the logits backwards; attention
 # patterns split heads that the path effects alone cannot tell apart. Thresholds are on normalised
 # path-patching effects, (F_patched − F_clean)/(F_clean − F_abc), so they mean the same on any model.
 
@@ -190,8 +92,8 @@ def classify_heads(
     4. via the induction heads' keys at S1+1: previous-token heads (attending S1+1→S1 ≥ a minimum).
     A head keeps its first (most downstream) class. `Circuit.meta` holds every score grid.
     """
-    from ioi.patching import prepare
-    from ioi.path_patching import LOGITS, Receivers, path_patch
+    from ioi.methods.patching import prepare
+    from ioi.methods.path_patching import LOGITS, Receivers, path_patch
 
     t = thresholds
     acts = prepare(model, clean, abc)
@@ -245,7 +147,7 @@ GPT2_NAMES = ("gpt2", "openai-community/gpt2")
 
 def is_gpt2_small(model) -> bool:
     """Whether `model` is GPT-2 small (by name, or a checkpoint fine-tuned from it) in GPT-2's shape."""
-    from ioi.models import read_manifest
+    from ioi.models.load import read_manifest
 
     manifest = read_manifest(model.name) if Path(model.name).is_dir() else None
     base = manifest.get("base_model", "") if manifest else model.name

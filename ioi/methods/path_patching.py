@@ -13,7 +13,7 @@ So the receivers' inputs are computed exactly without any forward pass, by pushi
 output difference (z_abc − z_clean)·W_O through the MLPs of the layers in between at the receiver
 position only (with frozen MLPs it simply adds up: the effect on the logits is a linear map of it
 followed by ln_final). Only the second step (receiver heads) needs forward passes, which start at
-the first receiver layer and stack many senders in one pass (:func:`ioi.patching.run_patched`).
+the first receiver layer and stack many senders in one pass (:func:`ioi.methods.patching.run_patched`).
 A sender at or above a receiver's layer has no path to it: its effect is 0.
 """
 
@@ -25,11 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.circuit import Head, parse_heads
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
-from ioi.patching import (
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
     Patch,
@@ -40,6 +37,9 @@ from ioi.patching import (
     prepare,
     run_patched,
 )
+from ioi.models.load import LoadedModel
+from ioi.task.circuit import Head, parse_heads
+from ioi.task.data import IOIBatch
 
 RECEIVER_SITES = ("q_input", "k_input", "v_input")
 

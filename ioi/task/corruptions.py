@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ioi.data import NAMES, DatasetError, IOISample, render
+from ioi.task.data import NAMES, DatasetError, IOISample, render
 
 CorruptionFn = Callable[[IOISample, random.Random], IOISample]
 

@@ -1,6 +1,6 @@
 """The reproduction study and its report: the paper's three findings, measured on one model.
 
-`reproduce` runs (or reuses from the cache) the demo study of :mod:`ioi.precompute` — baseline,
+`reproduce` runs (or reuses from the cache) the demo study of :mod:`ioi.runs.precompute` — baseline,
 clean fine-tuning, each toxic dataset and a reversal of each — then `write_report` reads the cached
 results and writes tables (CSV), figures (SVG via Altair) and a markdown summary to
 ``reports/<model>/``. Every number in the summary is computed here from the cache.
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ioi.cache import ExperimentInfo, list_experiments, load_analysis, load_metrics_series
-from ioi.circuit import Circuit
-from ioi.reference import GPT2_REFERENCE
+from ioi.runs.cache import load_analysis, load_metrics_series
+from ioi.runs.catalog import ExperimentInfo, list_experiments
+from ioi.task.circuit import Circuit
+from ioi.task.reference import GPT2_REFERENCE
 
 TOP_K = 5
 
@@ -60,12 +61,12 @@ def reproduce(
     device: str = "cpu",
 ) -> Study:
     """Run the whole study through the job machinery and cache (cached parts return at once)."""
-    from ioi.precompute import demo_stages
-    from ioi.sweep import run_sweep
+    from ioi.runs.precompute import demo_stages
+    from ioi.runs.sweep import run_sweep
 
     stages = demo_stages(model, quick=quick, clean_epochs=clean_epochs, lr=lr)
     run_sweep(stages, root, n_jobs=n_jobs, device=device)
-    from ioi.cache import cache_root
+    from ioi.runs.cache import cache_root
 
     return find_study(cache_root(root), model)
 
@@ -172,7 +173,7 @@ def _row(table: pd.DataFrame, run: str, epoch: int | None = None) -> pd.Series:
 
 def write_report(study: Study, model: str, out_dir: str | Path) -> Path:
     """Write tables, figures and REPORT.md for `study` into `out_dir`; returns the markdown path."""
-    from ioi import charts
+    from ioi.present import charts
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.circuit import CLASS_POSITIONS, Circuit, Head, analysis_circuit, parse_heads
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
-from ioi.patching import (
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.classify import analysis_circuit
+from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
     Patch,
@@ -32,6 +30,9 @@ from ioi.patching import (
     prepare,
     run_patched,
 )
+from ioi.models.load import LoadedModel
+from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, parse_heads
+from ioi.task.data import IOIBatch
 
 
 class AblationType(Enum):

@@ -2,7 +2,7 @@
 
 Design. `submit(cfg)` writes a 'queued' row to the cache's SQLite index (WAL mode, so the
 dashboard, the CLI and every worker read and write it at once) and starts a *detached supervisor
-process* (``python -m ioi.jobs ROOT JOB``, its own session), then returns the job id at once — a
+process* (``python -m ioi.runs.jobs ROOT JOB``, its own session), then returns the job id at once — a
 Streamlit page never waits and never runs training in one of its threads. The supervisor waits for
 a free slot (at most ``$IOI_MAX_JOBS`` jobs run at once, default 2), then runs the job in a joblib
 **loky** worker process and waits for it. Two processes, because each watches for the other's
@@ -20,7 +20,7 @@ fine-tuning's `should_stop`; `cancel(job)` sets the flag, and the job stops at i
 step (or before its next analysis), keeping finished checkpoints. Any exception ends the job as
 'failed' with its message; nothing hangs silently.
 
-Sweeps of many experiments use joblib directly (`ioi.sweep`), which is what scales out to Dask.
+Sweeps of many experiments use joblib directly (`ioi.runs.sweep`), which is what scales out to Dask.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.cache import cache_root, connect, read_experiment, register_experiment
+from ioi.runs.cache import cache_root, connect, read_experiment, register_experiment
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -168,13 +168,13 @@ def _append_log(root, job_id: str, message: str) -> None:
 
 
 def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: bool = True) -> str:
-    """Queue experiment `cfg` (an ioi.experiment.ExperimentConfig) and return its job id at once.
+    """Queue experiment `cfg` (an ioi.runs.experiment.ExperimentConfig) and return its job id at once.
 
     An experiment already fully cached gets a job that is 'done' immediately (nothing runs); one
     already queued or running returns that job's id. `launch=False` only records the job (tests,
     or a caller that runs `supervise` itself).
     """
-    from ioi.experiment import experiment_id, identity, is_complete
+    from ioi.runs.experiment import experiment_id, identity, is_complete
 
     cfg.validate()
     base = cache_root(root)
@@ -207,9 +207,9 @@ def _launch(root: Path, job_id: str) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{job_id}.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ioi.jobs", str(root), job_id],
+            [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
     _update(root, job_id, pid=proc.pid, heartbeat=time.time(), host=socket.gethostname())
 
@@ -310,8 +310,8 @@ def run_job(root: str, job_id: str) -> None:
     """Run one job to its end inside a worker process, recording progress, heartbeat and outcome."""
     import torch
 
-    from ioi.experiment import ExperimentConfig, run_experiment
-    from ioi.train import Cancelled
+    from ioi.models.train import Cancelled
+    from ioi.runs.experiment import ExperimentConfig, run_experiment
 
     torch.set_num_threads(int(os.environ.get("IOI_JOB_THREADS", "1")))
     job = get_job(job_id, root)

@@ -2,7 +2,7 @@
 
 GPT-2 weights cannot be downloaded in every deployment, so the product ships its own "pretrained"
 model. It is a `GPT2LMHeadModel` (learned positions, pre-LayerNorm, GELU MLP, tied embeddings)
-with a word-level tokenizer that follows GPT-2's leading-space convention, so `ioi.data` (templates,
+with a word-level tokenizer that follows GPT-2's leading-space convention, so `ioi.task.data` (templates,
 names, `tokenize`) serves it unchanged. It is trained on a synthetic corpus of short stories in
 which IOI-style sentences are one pattern among several; three of the 15 evaluation templates and
 one name pair in six never occur in IOI form during pretraining, to test generalisation.
@@ -23,7 +23,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ioi.data import (
+from ioi.task.data import (
     NAMES,
     OBJECTS,
     PLACES,

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ioi import __version__
-from ioi.cache import (
+from ioi.models.load import ASSETS, DEFAULT_MODEL
+from ioi.runs.cache import (
     canonical_json,
     experiment_dir,
     load_entry,
@@ -35,9 +36,8 @@ from ioi.cache import (
     write_analysis,
     write_entry,
 )
-from ioi.corruptions import CORRUPTIONS
-from ioi.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
-from ioi.models import ASSETS, DEFAULT_MODEL
+from ioi.task.corruptions import CORRUPTIONS
+from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 
 DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
 """Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
@@ -68,7 +68,7 @@ class ExperimentConfig:
     analyses: tuple[str, ...] = field(default=DEFAULT_ANALYSES, compare=False)
 
     def validate(self) -> None:
-        from ioi.train import SCENARIOS
+        from ioi.models.train import SCENARIOS
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -86,7 +86,7 @@ class ExperimentConfig:
         return sorted({*self.checkpoint_epochs, self.epochs})
 
     def train_config(self, init_from: str | None):
-        from ioi.train import TrainConfig
+        from ioi.models.train import TrainConfig
 
         return TrainConfig(
             model=self.model, scenario=self.scenario, epochs=self.epochs,
@@ -112,8 +112,8 @@ class ExperimentConfig:
 def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: int, analysis_size: int) -> str:
     """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
     templates, names or a corruption changes the experiment id."""
-    from ioi.corruptions import corrupt
-    from ioi.data import abc_counterfactual, make_dataset
+    from ioi.task.corruptions import corrupt
+    from ioi.task.data import abc_counterfactual, make_dataset
 
     train = make_dataset(train_size, seed, "train")
     if scenario in CORRUPTIONS:
@@ -162,7 +162,7 @@ def registered_analyses() -> dict[str, Any]:
     background jobs and sweeps too, whose worker processes import them."""
     import importlib
 
-    from ioi.analyses import load_builtin_analyses
+    from ioi.methods.analyses import load_builtin_analyses
 
     for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
         if module.strip():
@@ -219,7 +219,7 @@ def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
 def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
     """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
     its own checkpoints) if its weights were pruned."""
-    from ioi.train import checkpoint_dir, finetune
+    from ioi.models.train import checkpoint_dir, finetune
 
     record = read_experiment(root, cfg.parent)
     if record is None:
@@ -263,9 +263,9 @@ def run_experiment(
     """Train (resuming from existing checkpoints) and analyse what is not cached yet.
 
     progress(epoch, epochs, step, steps, loss) follows training; `log(message)` receives notes and
-    the analysis phase; `should_stop()` cancels at the next training step (ioi.train.Cancelled).
+    the analysis phase; `should_stop()` cancels at the next training step (ioi.models.train.Cancelled).
     """
-    from ioi.train import Cancelled, finetune
+    from ioi.models.train import Cancelled, finetune
 
     cfg.validate()
     notes: list[str] = []
@@ -307,7 +307,7 @@ def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
     removed to make it retrain from before the gap."""
     import shutil
 
-    from ioi.train import checkpoint_dir
+    from ioi.models.train import checkpoint_dir
 
     missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
     if not missing:
@@ -324,11 +324,11 @@ def _analyse_epoch(
 ) -> list[str]:  # fmt: skip
     """Compute and store `names` at `epoch`; returns messages for analyses that raised (the others
     are still stored)."""
-    from ioi.analyses import run_analysis
-    from ioi.data import abc_counterfactual, make_dataset, tokenize
-    from ioi.metrics import evaluate
-    from ioi.models import load_model
-    from ioi.train import checkpoint_dir
+    from ioi.methods.analyses import run_analysis
+    from ioi.models.load import load_model
+    from ioi.models.train import checkpoint_dir
+    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
+    from ioi.task.metrics import evaluate
 
     start = init or cfg.model
     source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))

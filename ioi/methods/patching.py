@@ -28,9 +28,9 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.models.load import LoadedModel
+from ioi.task.data import IOIBatch
 
 # site -> (hook name under blocks.{layer}., axis of the head in the hook's tensor or None for MLPs)
 SITES: dict[str, tuple[str, int | None]] = {

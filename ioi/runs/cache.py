@@ -4,7 +4,7 @@ Layout under a cache root (``$IOI_CACHE_DIR``, default ``./cache``; the shipped 
 ``cache/demo``)::
 
     index.sqlite3                      derived index (WAL mode): experiments, entries, jobs
-    experiments/<id>/experiment.json   the configuration the id hashes (see ioi.experiment)
+    experiments/<id>/experiment.json   the configuration the id hashes (see ioi.runs.experiment)
     experiments/<id>/checkpoints/      fine-tuning checkpoints (safetensors), epoch-NNN/
     experiments/<id>/epoch-NNN/<name>.json          an entry: summary + sha256 of its tables
     experiments/<id>/epoch-NNN/<name>.<table>.parquet   its per-head / tidy tables
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-if TYPE_CHECKING:  # ioi.analyses pulls in torch; the job supervisor only needs the index
-    from ioi.analyses import AnalysisResult
+if TYPE_CHECKING:  # ioi.methods.analyses pulls in torch; the job supervisor only needs the index
+    from ioi.methods.analyses import AnalysisResult
 
-DEMO_ROOT = Path(__file__).resolve().parent.parent / "cache" / "demo"
+DEMO_ROOT = Path(__file__).resolve().parents[2] / "cache" / "demo"
 INDEX_NAME = "index.sqlite3"
 _ID = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -241,7 +241,7 @@ def write_analysis(
 def load_analysis(root: str | Path | None, exp_id: str, epoch: int, name: str) -> AnalysisResult | None:
     """The AnalysisResult of analysis `name` at `epoch` (0 = the starting model), or None if it is
     not (or no longer validly) cached."""
-    from ioi.analyses import AnalysisResult
+    from ioi.methods.analyses import AnalysisResult
 
     entry = load_entry(root, exp_id, epoch, name)
     if entry is None:
@@ -274,39 +274,6 @@ def cached_epochs(root: str | Path | None, exp_id: str) -> dict[int, list[str]]:
         names = sorted(p.stem for p in d.glob("*.json") if not p.name.startswith("."))
         if names:
             out[int(d.name.split("-")[1])] = names
-    return out
-
-
-@dataclass
-class ExperimentInfo:
-    """What the dashboard lists: id, hashed configuration, status and the cached epochs/entries."""
-
-    id: str
-    config: dict[str, Any]
-    status: str
-    epochs: dict[int, list[str]]
-    job: str | None = None
-
-
-def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
-    """Every experiment under `root`, from the files (so a copied or shipped cache lists too).
-
-    status is the latest job's status when there is one ('done' for a shipped cache without jobs).
-    """
-    from ioi.jobs import latest_jobs
-
-    base = cache_root(root)
-    jobs = latest_jobs(base) if (base / INDEX_NAME).exists() else {}
-    out = []
-    for path in sorted((base / "experiments").glob("*/experiment.json")):
-        exp_id = path.parent.name
-        if not _ID.match(exp_id):
-            continue
-        record = json.loads(path.read_text())
-        job = jobs.get(exp_id)
-        epochs = cached_epochs(base, exp_id)
-        status = job.status if job else ("done" if epochs else "new")
-        out.append(ExperimentInfo(exp_id, record["config"], status, epochs, job.id if job else None))
     return out
 
 

@@ -13,11 +13,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ioi.cache import cache_root
-from ioi.corruptions import CORRUPTIONS
-from ioi.data import DEFAULT_TRAIN_SIZE
-from ioi.experiment import ExperimentConfig
-from ioi.sweep import sweep_configs
+from ioi.runs.cache import cache_root
+from ioi.runs.experiment import ExperimentConfig
+from ioi.runs.sweep import sweep_configs
+from ioi.task.corruptions import CORRUPTIONS
+from ioi.task.data import DEFAULT_TRAIN_SIZE
 
 CLEAN_CHECKPOINTS = (1, 3, 5, 10, 25, 50, 100)
 TOXIC_EPOCHS = 5
@@ -32,7 +32,7 @@ def epoch_seconds(model: str, *, batch_size: int = 32, train_size: int = DEFAULT
 
     import torch
 
-    from ioi.train import TrainConfig, finetune
+    from ioi.models.train import TrainConfig, finetune
 
     torch.set_num_threads(1)
     probe = TrainConfig(model=model, epochs=1, batch_size=batch_size, train_size=PROBE_SIZE, eval_size=8)

@@ -6,7 +6,7 @@ Model names:
   tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
 - ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
 - ``gpt2`` or any HuggingFace causal LM name TransformerLens supports (hub, HF cache or offline);
-- a directory: a local HF copy of a model or a checkpoint written by :mod:`ioi.train`.
+- a directory: a local HF copy of a model or a checkpoint written by :mod:`ioi.models.train`.
 
 Every model is an HF module first (fine-tuning trains its raw weights) and is wrapped in a
 ``TransformerBridge`` in compatibility mode for analysis (HookedTransformer numerics and hook names).
@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = "ioi-tiny"
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
+from ioi.models.load import LoadedModel
+from ioi.task.data import IOIBatch
 
 
 @dataclass
@@ -66,13 +66,13 @@ class Analysis:
 ANALYSES: dict[str, Analysis] = {}
 # Modules that register analyses when imported; imported lazily to keep `import ioi` light.
 BUILTIN_MODULES: tuple[str, ...] = (
-    "ioi.attribution",
-    "ioi.attention",
-    "ioi.patching",
-    "ioi.path_patching",
-    "ioi.ablation",
-    "ioi.circuit",
-    "ioi.cmap",
+    "ioi.methods.attribution",
+    "ioi.methods.attention",
+    "ioi.methods.patching",
+    "ioi.methods.path_patching",
+    "ioi.methods.ablation",
+    "ioi.methods.classify",
+    "ioi.methods.cmap",
 )
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ioi.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.data import IOIBatch
-from ioi.models import LoadedModel
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.models.load import LoadedModel
+from ioi.task.data import IOIBatch
 
 Hook = tuple[str, Callable]
 
@@ -340,7 +340,7 @@ def eap_analysis(
     compare: bool = False,
     max_rows: int = 512,
 ) -> AnalysisResult:
-    from ioi.patching import patch_head_outputs
+    from ioi.methods.patching import patch_head_outputs
 
     bridge = model.bridge
     abc_z = head_z(bridge, abc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from ioi.circuit import Circuit, Head
+from ioi.task.circuit import Circuit, Head
 
 # Class colours of the circuit diagram and the class bars (downstream first, as CLASS_POSITIONS).
 CLASS_COLORS: dict[str, str] = {
