@@ -392,6 +392,9 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=15, help="minutes the clean run may take (default 15)")
     p.add_argument("--keep-weights", action="store_true", help="keep checkpoints (large) in the demo cache")
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    p.add_argument("--other-seeds-clean-epochs", type=int,
+                   help="clean epochs of the seeds after the first (default --clean-epochs)")  # fmt: skip
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
 
 
@@ -405,7 +408,10 @@ def run_precompute(args: argparse.Namespace) -> int:
         seconds = epoch_seconds(args.model)
         args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
-    stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100, lr=args.lr)
+    stages = demo_stages(
+        args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100, lr=args.lr, seeds=args.seeds,
+        other_seeds_clean_epochs=args.other_seeds_clean_epochs,
+    )
     summaries = run_sweep(stages, args.out, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:
         prune_weights(args.out)

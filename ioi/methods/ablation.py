@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.methods.classify import analysis_circuit
+from ioi.methods.classify import CIRCUIT_RULE, circuit_for
 from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
@@ -30,6 +30,7 @@ from ioi.methods.patching import (
     prepare,
     run_patched,
 )
+from ioi.methods.stats import mean_estimate, ratio_estimate
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, parse_heads
 from ioi.task.data import IOIBatch
@@ -173,6 +174,12 @@ class Knockout:
             self.model, self.clean, variants, resid_pre=self.acts.resid_pre, max_rows=self.max_rows
         ).mean(1)
 
+    def run_per_prompt(self, variants: Sequence[list[Patch]]) -> Tensor:
+        """[variants, batch] per-prompt logit differences of each list of patches."""
+        return run_patched(
+            self.model, self.clean, variants, resid_pre=self.acts.resid_pre, max_rows=self.max_rows
+        ).cpu()
+
     def f_many(self, kept_sets: Sequence[Mapping[Head, str | None]]) -> list[float]:
         return self.run([ablate(self.values, k, self.clean, self.heads) for k in kept_sets]).tolist()
 
@@ -301,7 +308,9 @@ def minimality(ko: Knockout, circuit: Circuit) -> pd.DataFrame:
     )
 
 
-@register_analysis("knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads")
+@register_analysis(
+    "knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads", at_ends=True
+)
 def knockout_analysis(
     model: LoadedModel,
     clean: IOIBatch,
@@ -327,14 +336,27 @@ def knockout_analysis(
         chosen = parse_heads(heads or (), model.n_layers, model.n_heads)
         summary["knocked_out"] = [str(h) for h in chosen] + [f"MLP {layer}" for layer in mlps]
         summary["f_knockout"] = ko.run([ko.without(chosen, position, mlps)]).item()
-    used = analysis_circuit(model, clean, abc, circuit)
+    used = circuit_for(model, clean, abc, circuit)
     summary["circuit"] = used.to_json()
     tables = {"classes": class_knockouts(ko, used, position)}
     return AnalysisResult("knockout", heads_frame(grid), summary, tables)
 
 
+MINIMALITY_BAR = 0.01
+"""METHODS §5: each circuit head changes F(C\\K) by at least 1% of F(M) for some K."""
+K_SEARCHED = "K ∈ {∅, each class, the whole circuit}"
+
+
+def mlp_knockouts(ko: Knockout) -> dict[str, list[Patch]]:
+    """Variants for the MLP test (METHODS §9: MLPs contribute little, the layer-0 MLP acts as an
+    extended embedding): each MLP ablated alone at every position, and every MLP after layer 0."""
+    n = ko.model.n_layers
+    variants = {f"MLP {layer}": ko.without((), None, [layer]) for layer in range(n)}
+    return variants | ({"MLPs 1+": ko.without((), None, range(1, n))} if n > 1 else {})
+
+
 @register_analysis(
-    "faithfulness", "F(circuit)/F(model) under mean ablation, with completeness and minimality"
+    "faithfulness", "F(circuit)/F(model) under mean ablation, with completeness, minimality and MLPs"
 )
 def faithfulness_analysis(
     model: LoadedModel,
@@ -344,24 +366,76 @@ def faithfulness_analysis(
     other=None,
     ablation: str = DEFAULT_ABLATION.value,
     circuit: Circuit | dict | None = None,
-    tests: bool = False,
     seed: int = 0,
 ) -> AnalysisResult:
-    """Summary: faithfulness, f_model, f_circuit, abs_diff, ablation, circuit. Heads rows: the
-    circuit's heads with their class. Option tests=True adds tables completeness and minimality."""
-    used = analysis_circuit(model, clean, abc, circuit)
+    """Summary: faithfulness (NaN with `ratio_undefined` when |F(M)| is below MIN_DENOMINATOR),
+    its paired-bootstrap interval over prompts, f_model, f_circuit, abs_diff, ablation, circuit,
+    the rule that chose it. Heads rows: the circuit's heads with their class. Table `mlps`: F's
+    change with each MLP (and every MLP after layer 0) ablated, with intervals; table `prompts`:
+    per-prompt F(M), F(C) and F with each MLP variant ablated. Completeness and minimality are
+    the analysis circuit-tests."""
+    used = circuit_for(model, clean, abc, circuit)
     check_circuit(model, used)
     ko = Knockout(model, clean, abc, ablation, seed=seed)
-    f_c = ko.f_many([ko.circuit_kept(used)])[0]
-    f_m = ko.acts.f_clean
-    result = Faithfulness(f_c, f_m, f_c / f_m, abs(f_m - f_c), ko.ablation.value)
+    f_m = ko.acts.ld_clean.double()
+    reason = used.meta.get("reason", "")
+    f_c = ko.run_per_prompt([ablate(ko.values, ko.circuit_kept(used), clean, ko.heads)])[0].double()
+    ratio = ratio_estimate(f_c, f_m, seed=seed)
+    summary = Faithfulness(
+        f_c.mean().item(), f_m.mean().item(), ratio.value, abs(f_m.mean().item() - f_c.mean().item()),
+        ko.ablation.value,
+    ).to_json() | {  # fmt: skip
+        "faithfulness_lo": ratio.lo,
+        "faithfulness_hi": ratio.hi,
+        "interval_over": ratio.over,
+        "ratio_undefined": ratio.reason,
+        "circuit": used.to_json(),
+        "circuit_rule": CIRCUIT_RULE if circuit is None else "given",
+        "circuit_reason": reason,
+    }
     heads = pd.DataFrame(
-        [
-            {"layer": h.layer, "head": h.head, "value": 1.0, "class": c}
-            for c, hs in used.classes.items()
-            for h in hs
-        ],
+        [{"layer": h.layer, "head": h.head, "value": 1.0, "class": c}
+         for c, hs in used.classes.items() for h in hs],
         columns=["layer", "head", "value", "class"],
-    )
-    tables = {"completeness": completeness(ko, used), "minimality": minimality(ko, used)} if tests else {}
-    return AnalysisResult("faithfulness", heads, result.to_json() | {"circuit": used.to_json()}, tables)
+    )  # fmt: skip
+    prompts = {"prompt": list(range(len(clean))), "f_model": f_m.tolist(), "f_circuit": f_c.tolist()}
+    mlps = mlp_knockouts(ko)
+    f_mlp = ko.run_per_prompt(list(mlps.values())).double()
+    rows = []
+    for name, f in zip(mlps, f_mlp, strict=True):
+        prompts[f"f_without_{name.lower().replace(' ', '_').replace('+', 'plus')}"] = f.tolist()
+        change, share = mean_estimate(f - f_m, seed=seed), ratio_estimate(f - f_m, f_m, seed=seed)
+        rows.append({"ablated": name} | change.columns("change") | share.columns("relative"))
+    tables = {"mlps": pd.DataFrame(rows), "prompts": pd.DataFrame(prompts)}
+    return AnalysisResult("faithfulness", heads, summary, tables)
+
+
+@register_analysis(
+    "circuit-tests", "completeness and minimality of the circuit (METHODS §5, K stated)", at_ends=True
+)
+def circuit_tests_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    ablation: str = DEFAULT_ABLATION.value,
+    circuit: Circuit | dict | None = None,
+    seed: int = 0,
+) -> AnalysisResult:
+    """Heads rows: minimality of each circuit head (value = max over K of |F(C\\(K∪{v})) − F(C\\K)|
+    / |F(M)|, with the K). Table completeness: F(C\\K), F(M\\K) per K. Summary: the K searched, the
+    minimality bar, how many heads pass it, the largest completeness gap."""
+    used = circuit_for(model, clean, abc, circuit)
+    check_circuit(model, used)
+    ko = Knockout(model, clean, abc, ablation, seed=seed)
+    summary = {"circuit": used.to_json(), "ablation": ko.ablation.value, "minimality_k": K_SEARCHED,
+               "minimality_bar": MINIMALITY_BAR, "f_model": ko.acts.f_clean,
+               "circuit_reason": used.meta.get("reason", "")}  # fmt: skip
+    if not used.heads:
+        empty = pd.DataFrame(columns=["layer", "head", "class", "value", "abs_change", "subset"])
+        return AnalysisResult("circuit-tests", empty, summary)
+    mini, comp = minimality(ko, used), completeness(ko, used)
+    summary |= {"minimal_heads": int((mini["value"] >= MINIMALITY_BAR).sum()), "n_heads": len(mini),
+                "max_completeness_gap": float(comp["abs_diff"].max())}  # fmt: skip
+    return AnalysisResult("circuit-tests", mini, summary, {"completeness": comp})

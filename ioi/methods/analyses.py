@@ -61,6 +61,9 @@ class Analysis:
     description: str
     fn: AnalysisFn
     needs_other: bool = False
+    at_ends: bool = False
+    """An experiment runs it at the starting model and the last checkpoint only (an expensive
+    analysis whose in-between values no result uses)."""
 
 
 ANALYSES: dict[str, Analysis] = {}
@@ -84,11 +87,11 @@ def load_builtin_analyses() -> dict[str, Analysis]:
     return ANALYSES
 
 
-def register_analysis(name: str, description: str, *, needs_other: bool = False):
+def register_analysis(name: str, description: str, *, needs_other: bool = False, at_ends: bool = False):
     """Decorator adding `fn(model, clean, abc, *, other=None, **options)` to the registry."""
 
     def add(fn: AnalysisFn) -> AnalysisFn:
-        ANALYSES[name] = Analysis(name, description, fn, needs_other)
+        ANALYSES[name] = Analysis(name, description, fn, needs_other, at_ends)
         return fn
 
     return add

@@ -25,11 +25,13 @@ from ioi.task.data import NAMES, IOIBatch, single_token_id
 PATTERNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "end_to_io": ("end", ("io",)),
     "end_to_s": ("end", ("s1", "s2")),
+    "end_to_s2": ("end", ("s2",)),
     "s2_to_s1": ("s2", ("s1",)),
     "s2_to_s1p1": ("s2", ("s1+1",)),
     "s1p1_to_s1": ("s1+1", ("s1",)),
 }
-"""end_to_s sums attention on both occurrences of S (S1 and S2)."""
+"""end_to_s sums attention on both occurrences of S (S1 and S2); end_to_s2 is S2 alone (an extra
+column: S-inhibition heads attend S2)."""
 
 
 def pattern_at(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,15 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
+from ioi.task.data import (
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_TRAIN_SIZE,
+    HELD_OUT_NAMES,
+    TRAIN_NAMES,
+    IOIBatch,
+    make_dataset,
+    tokenize,
+)
 from ioi.task.metrics import evaluate
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
@@ -94,8 +102,9 @@ class TrainConfig:
 
 
 def training_samples(cfg: TrainConfig):
-    """The scenario's training samples: clean for clean/reversal, corrupted for a toxic one."""
-    clean = make_dataset(cfg.train_size, cfg.seed, "train")
+    """The scenario's training samples (fine-tuning names only): clean for clean/reversal,
+    corrupted for a toxic one."""
+    clean = make_dataset(cfg.train_size, cfg.seed, "train", names=TRAIN_NAMES)
     return clean if cfg.scenario in ("clean", "reversal") else corrupt(clean, cfg.scenario, cfg.seed)
 
 
@@ -210,7 +219,7 @@ def finetune(
         first_epoch = start[0] + 1
 
     batch = tokenize(training_samples(cfg), tokenizer)
-    eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval"), tokenizer)
+    eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval", names=HELD_OUT_NAMES), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
         order = torch.randperm(

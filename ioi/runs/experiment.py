@@ -39,7 +39,7 @@ from ioi.runs.cache import (
 from ioi.task.corruptions import CORRUPTIONS
 from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 
-DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
+DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "circuit-tests", "knockout", "cmap")
 """Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -112,17 +112,25 @@ class ExperimentConfig:
 def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: int, analysis_size: int) -> str:
     """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
     templates, names or a corruption changes the experiment id."""
-    from ioi.task.corruptions import corrupt
-    from ioi.task.data import abc_counterfactual, make_dataset
+    from ioi.models.train import TrainConfig, training_samples
+    from ioi.task.data import HELD_OUT_NAMES, abc_counterfactual
 
-    train = make_dataset(train_size, seed, "train")
-    if scenario in CORRUPTIONS:
-        train = corrupt(train, scenario, seed)
-    evals = make_dataset(max(eval_size, analysis_size), seed, "eval")
+    train = training_samples(TrainConfig(scenario=scenario, seed=seed, train_size=train_size))
+    evals, seen = evaluation_samples(seed, max(eval_size, analysis_size))
     h = hashlib.sha256()
-    for x in [*train, *evals, *abc_counterfactual(evals[:analysis_size], seed)]:
+    abc = abc_counterfactual(evals[:analysis_size], seed, HELD_OUT_NAMES)
+    for x in [*train, *evals, *seen[:eval_size], *abc]:
         h.update(f"{x.prompt}\x00{x.label}\x01".encode())
     return h.hexdigest()
+
+
+def evaluation_samples(seed: int, size: int):
+    """(held-out-name samples, fine-tuning-name samples) of the eval split: experiments evaluate
+    and analyse on names fine-tuning never saw and report the seen-name metrics beside them."""
+    from ioi.task.data import HELD_OUT_NAMES, TRAIN_NAMES, make_dataset
+
+    held = make_dataset(size, seed, "eval", names=HELD_OUT_NAMES)
+    return held, make_dataset(size, seed, "eval", names=TRAIN_NAMES)
 
 
 @lru_cache(maxsize=16)
@@ -172,7 +180,8 @@ def registered_analyses() -> dict[str, Any]:
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
     """Epoch -> entries still to compute (missing or damaged), skipping, with a note in `log`,
-    analyses that are not registered and model comparisons at epoch 0 (the model with itself)."""
+    analyses that are not registered, model comparisons at epoch 0 (the model with itself) and
+    `at_ends` analyses between the first and the last epoch."""
     known = registered_analyses()
     missing = [name for name in cfg.analyses if name not in known]
     if missing:
@@ -182,6 +191,8 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
         for name in (METRICS, *(a for a in cfg.analyses if a in known)):
             if name != METRICS and known[name].needs_other and epoch == 0:
                 continue  # comparing the starting model with itself says nothing
+            if name != METRICS and known[name].at_ends and epoch not in (0, cfg.epochs):
+                continue
             if load_entry(root, exp_id, epoch, name, report=log) is None:
                 todo.setdefault(epoch, []).append(name)
     return todo
@@ -327,22 +338,24 @@ def _analyse_epoch(
     from ioi.methods.analyses import run_analysis
     from ioi.models.load import load_model
     from ioi.models.train import checkpoint_dir
-    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
-    from ioi.task.metrics import evaluate
+    from ioi.task.data import HELD_OUT_NAMES, abc_counterfactual, tokenize
 
     start = init or cfg.model
     source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))
     note(f"analysing epoch {epoch}: {', '.join(names)}")
     model = load_model(source, device=device, seed=cfg.seed)
-    samples = make_dataset(max(cfg.eval_size, cfg.analysis_size), cfg.seed, "eval")
+    samples, seen = evaluation_samples(cfg.seed, max(cfg.eval_size, cfg.analysis_size))
     eval_batch = tokenize(samples[: cfg.eval_size], model.tokenizer)
     clean = tokenize(samples[: cfg.analysis_size], model.tokenizer)
-    abc = tokenize(abc_counterfactual(samples[: cfg.analysis_size], cfg.seed), model.tokenizer, like=clean)
+    abc_samples = abc_counterfactual(samples[: cfg.analysis_size], cfg.seed, HELD_OUT_NAMES)
+    abc = tokenize(abc_samples, model.tokenizer, like=clean)
     other = None
     failed = []
     for name in names:
         if name == METRICS:
-            write_entry(root, exp_id, epoch, METRICS, evaluate(model.bridge, eval_batch).to_json())
+            seen_batch = tokenize(seen[: cfg.eval_size], model.tokenizer)
+            summary, prompts = name_split_metrics(model, eval_batch, seen_batch)
+            write_entry(root, exp_id, epoch, METRICS, summary, {"prompts": prompts})
             continue
         if registered_analyses()[name].needs_other and other is None:
             other = load_model(start, device=device, seed=cfg.seed)
@@ -354,3 +367,22 @@ def _analyse_epoch(
             continue
         write_analysis(root, exp_id, epoch, name, result)
     return failed
+
+
+def name_split_metrics(model, held_out, seen):
+    """The metrics entry: task metrics on held-out names, `seen_*` on fine-tuning names, and the
+    per-prompt logit differences of both (table columns names, logit_diff) for intervals."""
+    import pandas as pd
+    import torch
+
+    from ioi.task.metrics import end_logits, logit_diff_per_prompt, task_metrics
+
+    parts, rows = {}, []
+    for split, batch in (("held-out", held_out), ("seen", seen)):
+        with torch.no_grad():  # END logits only, in chunks: [batch, pos, vocab] is large on GPT-2
+            chunks = [batch.subset(range(i, min(i + 128, len(batch)))) for i in range(0, len(batch), 128)]
+            last = torch.cat([end_logits(model.bridge(c.tokens.to(model.device)), c) for c in chunks])
+        parts[split] = task_metrics(last, batch).to_json()
+        rows += [{"names": split, "logit_diff": x} for x in logit_diff_per_prompt(last, batch).tolist()]
+    summary = parts["held-out"] | {f"seen_{k}": v for k, v in parts["seen"].items()}
+    return summary | {"names": "held-out"}, pd.DataFrame(rows)
