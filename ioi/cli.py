@@ -395,6 +395,7 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     p.add_argument("--other-seeds-clean-epochs", type=int,
                    help="clean epochs of the seeds after the first (default --clean-epochs)")  # fmt: skip
+    p.add_argument("--toxic-epochs", type=int, default=5, help="epochs of each toxic run and reversal")
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
 
 
@@ -410,7 +411,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
     stages = demo_stages(
         args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100, lr=args.lr, seeds=args.seeds,
-        other_seeds_clean_epochs=args.other_seeds_clean_epochs,
+        other_seeds_clean_epochs=args.other_seeds_clean_epochs, toxic_epochs=args.toxic_epochs,
     )
     summaries = run_sweep(stages, args.out, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:

@@ -2,8 +2,9 @@
 
 `python -m ioi precompute` fills it for the default model: for every training seed, the baseline
 (epoch 0 of every experiment), clean fine-tuning with checkpoints up to `clean_epochs`, every toxic
-dataset for 5 epochs and a 5-epoch reversal from each. Only metrics and per-head tables are kept (weights are
-pruned unless asked), so the set stays small; it is reproducible by running the command again.
+dataset for `toxic_epochs` (default 5; the paper uses 3–5) and a reversal of as many from each.
+Only metrics and per-head tables are kept (weights are pruned unless asked), so the set stays
+small; it is reproducible by running the command again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ioi.task.data import DEFAULT_TRAIN_SIZE
 
 CLEAN_CHECKPOINTS = (1, 3, 5, 10, 25, 50, 100)
 TOXIC_EPOCHS = 5
-TOXIC_CHECKPOINTS = (1, 3, 5)
 PROBE_SIZE = 320
 
 
@@ -59,34 +59,32 @@ def demo_stages(
     lr: float = 1e-5,
     seeds: Sequence[int] = (0,),
     other_seeds_clean_epochs: int | None = None,
+    toxic_epochs: int = TOXIC_EPOCHS,
 ) -> list[list[ExperimentConfig]]:
     """The demo experiments of every seed in two stages: the toxic runs (and the clean runs of
     seeds after the first), then the first seed's clean run beside the reversals, which start
     from the toxic runs — so the longest run overlaps the reversals. The first seed's clean run
-    has `clean_epochs`; the other seeds' `other_seeds_clean_epochs` (default the same), since
-    across-seed intervals need the same checkpoints, not the longest run. Toxic runs and reversals
-    are analysed at epochs 1, 3 and 5. `quick` uses a few dozen prompts and 2–3 epochs and skips
-    the per-head knockout and circuit tests, to check the pipeline in minutes (seconds on
-    random:tiny)."""
+    has `clean_epochs` with checkpoints at CLEAN_CHECKPOINTS; the other seeds'
+    `other_seeds_clean_epochs` (default the same) with its last epoch only, since the across-seed
+    intervals compare final checkpoints. Toxic runs and reversals (`toxic_epochs` each) are
+    analysed at their last epoch. `quick` uses a few dozen prompts and 2–3 epochs and skips the
+    per-head knockout and circuit tests, to check the pipeline in minutes (seconds on random:tiny)."""
     if quick:
         base = ExperimentConfig(model=model, lr=max(lr, 1e-3), batch_size=16, train_size=64, eval_size=32,
                                 analysis_size=8, analyses=("dla", "faithfulness", "cmap"))  # fmt: skip
         clean_epochs, toxic_epochs = min(clean_epochs, 3), 2
         other_seeds_clean_epochs = min(other_seeds_clean_epochs or clean_epochs, clean_epochs)
     else:
-        base, toxic_epochs = ExperimentConfig(model=model, lr=lr), TOXIC_EPOCHS
+        base = ExperimentConfig(model=model, lr=lr)
     first_seed, *others = seeds
-
-    def clean(epochs: int, seed: int) -> ExperimentConfig:
-        saved = tuple(e for e in CLEAN_CHECKPOINTS if e <= epochs)
-        return replace(base, epochs=epochs, checkpoint_epochs=saved, seed=seed)
-
-    toxic_saved = tuple(e for e in TOXIC_CHECKPOINTS if e <= toxic_epochs)
-    toxic_base = replace(base, epochs=toxic_epochs, checkpoint_epochs=toxic_saved)
+    toxic_base = replace(base, epochs=toxic_epochs, checkpoint_epochs=(toxic_epochs,))
     toxic, *reversals = sweep_configs(toxic_base, seeds=seeds, scenarios=tuple(CORRUPTIONS),
                                       reversal_epochs=toxic_epochs)  # fmt: skip
-    short = [clean(other_seeds_clean_epochs or clean_epochs, seed) for seed in others]
-    return [[*toxic, *short], [clean(clean_epochs, first_seed), *(r for stage in reversals for r in stage)]]
+    short = other_seeds_clean_epochs or clean_epochs
+    later = [replace(base, epochs=short, checkpoint_epochs=(short,), seed=seed) for seed in others]
+    first = replace(base, epochs=clean_epochs, seed=first_seed,
+                    checkpoint_epochs=tuple(e for e in CLEAN_CHECKPOINTS if e <= clean_epochs))  # fmt: skip
+    return [[*toxic, *later], [first, *(r for stage in reversals for r in stage)]]
 
 
 def prune_weights(root: str | Path) -> None:
