@@ -534,17 +534,27 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning lr (paper: 1e-5 for GPT-2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    p.add_argument("--other-seeds-clean-epochs", type=int,
+                   help="clean epochs of the seeds after the first (default --clean-epochs)")  # fmt: skip
+    p.add_argument("--toxic-epochs", type=int, default=5, help="epochs of each toxic run and reversal")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
+    p.add_argument("--reproduction", type=Path, help="also write the report here (e.g. REPRODUCTION.md)")
 
 
 @command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ioi.present.report import report_dir, reproduce, write_report
+    from ioi.present.report import report_dir, reproduce, reproduction_copy, write_report
 
-    study = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr,
-                      clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device)  # fmt: skip
-    path = write_report(study, args.model, args.out or report_dir(args.model))
+    studies = reproduce(
+        args.model, quick=args.quick, root=args.cache, lr=args.lr, clean_epochs=args.clean_epochs,
+        seeds=tuple(args.seeds), other_seeds_clean_epochs=args.other_seeds_clean_epochs,
+        toxic_epochs=args.toxic_epochs, n_jobs=args.n_jobs, device=args.device,
+    )
+    path = write_report(studies, args.model, args.out or report_dir(args.model))
     print(path)
+    if args.reproduction:
+        print(reproduction_copy(path, args.reproduction))
     return 0
 
 

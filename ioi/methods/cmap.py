@@ -134,7 +134,7 @@ def summarize(
     boot = bootstrap_means(per_prompt, n_boot=n_boot, seed=seed)
     value = per_prompt.cpu().double().mean(-1)
     low, high = interval(boot)
-    reason = ratio_defined(gap, seed=seed)
+    reason = ratio_defined(gap, seed=seed, meaning="the two models barely differ in F")
     if reason:
         nan = torch.full_like(value, float("nan"))
         return CMAPSummary(value, nan, low, high, nan, nan, reason)

@@ -83,11 +83,18 @@ def mean_estimate(per_prompt: torch.Tensor, *, n_boot: int = N_BOOT, seed: int =
     return Estimate(per_prompt.double().mean().item(), lo.item(), hi.item(), _over(per_prompt.numel()))
 
 
-def ratio_defined(denominator: torch.Tensor, *, min_abs: float = MIN_DENOMINATOR, seed: int = 0) -> str:
-    """'' if mean(`denominator` [batch]) is a usable denominator, else why not."""
+def ratio_defined(
+    denominator: torch.Tensor,
+    *,
+    min_abs: float = MIN_DENOMINATOR,
+    seed: int = 0,
+    meaning: str = "the model does not do the task",
+) -> str:
+    """'' if mean(`denominator` [batch]) is a usable denominator, else why not (`meaning` says
+    what a small one means)."""
     mean = denominator.double().mean().item()
     if abs(mean) < min_abs:
-        return f"|denominator| = {abs(mean):.3f} < {min_abs} logits: the model does not do the task"
+        return f"|denominator| = {abs(mean):.3f} < {min_abs} logits: {meaning}"
     lo, hi = interval(bootstrap_means(denominator, seed=seed))
     if lo.item() <= 0 <= hi.item():
         return f"the denominator's interval [{lo.item():.3f}, {hi.item():.3f}] contains 0"
@@ -141,3 +148,11 @@ def across_seeds(values: Sequence[float]) -> Estimate:
     n = len(values)
     half = _T975.get(n - 1, 1.96) * x.std().item() / math.sqrt(n)
     return Estimate(x.mean().item(), x.mean().item() - half, x.mean().item() + half, over)
+
+
+def difference_estimate(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
+    """mean(a) − mean(b) of two independent prompt sets ([n_a], [n_b]), each resampled on its own."""
+    boot = bootstrap_means(a, n_boot=n_boot, seed=seed) - bootstrap_means(b, n_boot=n_boot, seed=seed + 1)
+    lo, hi = interval(boot)
+    over = f"prompts (bootstrap of two independent sets, n={a.numel()} and {b.numel()})"
+    return Estimate(a.double().mean().item() - b.double().mean().item(), lo.item(), hi.item(), over)
