@@ -62,8 +62,8 @@ class Analysis:
     fn: AnalysisFn
     needs_other: bool = False
     at_ends: bool = False
-    """An experiment runs it at the starting model and the last checkpoint only (an expensive
-    analysis whose in-between values no result uses)."""
+    """An experiment runs it at its last checkpoint (and a clean run at its starting model) only:
+    an expensive analysis whose in-between values no result uses."""
 
 
 ANALYSES: dict[str, Analysis] = {}

@@ -181,7 +181,7 @@ def registered_analyses() -> dict[str, Any]:
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
     """Epoch -> entries still to compute (missing or damaged), skipping, with a note in `log`,
     analyses that are not registered, model comparisons at epoch 0 (the model with itself) and
-    `at_ends` analyses between the first and the last epoch."""
+    `at_ends` analyses except at the last epoch and a clean run's epoch 0."""
     known = registered_analyses()
     missing = [name for name in cfg.analyses if name not in known]
     if missing:
@@ -191,8 +191,10 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
         for name in (METRICS, *(a for a in cfg.analyses if a in known)):
             if name != METRICS and known[name].needs_other and epoch == 0:
                 continue  # comparing the starting model with itself says nothing
-            if name != METRICS and known[name].at_ends and epoch not in (0, cfg.epochs):
-                continue
+            if name != METRICS and known[name].at_ends and epoch != cfg.epochs and not (
+                epoch == 0 and cfg.scenario == "clean"
+            ):
+                continue  # epoch 0 of a toxic run or reversal is another run's first or last epoch
             if load_entry(root, exp_id, epoch, name, report=log) is None:
                 todo.setdefault(epoch, []).append(name)
     return todo

@@ -51,6 +51,11 @@ def clean_epochs_within(budget_s: float, seconds_per_epoch: float) -> int:
     return max(fitting, default=1)
 
 
+LATER_SEED_ANALYSES = ("dla", "faithfulness", "cmap")
+"""The analyses of seeds after the first: what the across-seed intervals use (the per-head knockout
+and the circuit tests, the slowest, run on the first seed only)."""
+
+
 def demo_stages(
     model: str,
     *,
@@ -61,30 +66,38 @@ def demo_stages(
     other_seeds_clean_epochs: int | None = None,
     toxic_epochs: int = TOXIC_EPOCHS,
 ) -> list[list[ExperimentConfig]]:
-    """The demo experiments of every seed in two stages: the toxic runs (and the clean runs of
-    seeds after the first), then the first seed's clean run beside the reversals, which start
-    from the toxic runs — so the longest run overlaps the reversals. The first seed's clean run
-    has `clean_epochs` with checkpoints at CLEAN_CHECKPOINTS; the other seeds'
-    `other_seeds_clean_epochs` (default the same) with its last epoch only, since the across-seed
-    intervals compare final checkpoints. Toxic runs and reversals (`toxic_epochs` each) are
-    analysed at their last epoch. `quick` uses a few dozen prompts and 2–3 epochs and skips the
-    per-head knockout and circuit tests, to check the pipeline in minutes (seconds on random:tiny)."""
+    """The demo experiments in stages, the first seed's first so that it is complete early: its
+    toxic and clean runs; its reversals (which start from the toxic runs) beside the later seeds'
+    toxic and clean runs; the later seeds' reversals. The first seed's clean run has
+    `clean_epochs` with checkpoints at CLEAN_CHECKPOINTS and every analysis; the other seeds'
+    `other_seeds_clean_epochs` (default the same) with its last epoch only and
+    LATER_SEED_ANALYSES, since the across-seed intervals compare final checkpoints. Toxic runs and
+    reversals (`toxic_epochs` each) are analysed at their last epoch. `quick` uses a few dozen
+    prompts and 2–3 epochs and skips the per-head knockout and circuit tests, to check the
+    pipeline in minutes (seconds on random:tiny)."""
     if quick:
         base = ExperimentConfig(model=model, lr=max(lr, 1e-3), batch_size=16, train_size=64, eval_size=32,
-                                analysis_size=8, analyses=("dla", "faithfulness", "cmap"))  # fmt: skip
+                                analysis_size=8, analyses=LATER_SEED_ANALYSES)  # fmt: skip
         clean_epochs, toxic_epochs = min(clean_epochs, 3), 2
         other_seeds_clean_epochs = min(other_seeds_clean_epochs or clean_epochs, clean_epochs)
     else:
         base = ExperimentConfig(model=model, lr=lr)
     first_seed, *others = seeds
     toxic_base = replace(base, epochs=toxic_epochs, checkpoint_epochs=(toxic_epochs,))
-    toxic, *reversals = sweep_configs(toxic_base, seeds=seeds, scenarios=tuple(CORRUPTIONS),
-                                      reversal_epochs=toxic_epochs)  # fmt: skip
-    short = other_seeds_clean_epochs or clean_epochs
-    later = [replace(base, epochs=short, checkpoint_epochs=(short,), seed=seed) for seed in others]
+    first_toxic, first_reversals = sweep_configs(
+        toxic_base, seeds=(first_seed,), scenarios=tuple(CORRUPTIONS), reversal_epochs=toxic_epochs
+    )
     first = replace(base, epochs=clean_epochs, seed=first_seed,
                     checkpoint_epochs=tuple(e for e in CLEAN_CHECKPOINTS if e <= clean_epochs))  # fmt: skip
-    return [[*toxic, *later], [first, *(r for stage in reversals for r in stage)]]
+    if not others:
+        return [[first, *first_toxic], first_reversals]
+    later_base = replace(toxic_base, analyses=LATER_SEED_ANALYSES if not quick else base.analyses)
+    later_toxic, later_reversals = sweep_configs(
+        later_base, seeds=others, scenarios=tuple(CORRUPTIONS), reversal_epochs=toxic_epochs
+    )
+    short = other_seeds_clean_epochs or clean_epochs
+    later = [replace(later_base, epochs=short, checkpoint_epochs=(short,), seed=s) for s in others]
+    return [[first, *first_toxic], [*first_reversals, *later_toxic, *later], later_reversals]
 
 
 def prune_weights(root: str | Path) -> None:
