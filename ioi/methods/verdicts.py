@@ -281,3 +281,10 @@ def ioi_label_share(corruption: str, n: int = 300) -> float:
         counts = {name: len(re.findall(rf"\b{name}\b", x.prompt)) for name in {x.io, x.s, x.s2, x.label}}
         hits += counts[x.label] == 1 and 2 in counts.values()
     return hits / len(samples)
+
+
+def heads_carrying(result: AnalysisResult, share: float = OUTSIDE_MAX_SHARE) -> list[str]:
+    """Heads whose single-head CMAP share of the gap has its interval lower bound ≥ `share`."""
+    heads = result.heads.dropna(subset=["share_ci_low"])
+    picked = heads[heads["share_ci_low"] >= share]
+    return [f"{int(r.layer)}.{int(r.head)}" for r in picked.itertuples()]
