@@ -52,8 +52,8 @@ def clean_epochs_within(budget_s: float, seconds_per_epoch: float) -> int:
 
 
 LATER_SEED_ANALYSES = ("dla", "faithfulness", "cmap")
-"""The analyses of seeds after the first: what the across-seed intervals use (the per-head knockout
-and the circuit tests, the slowest, run on the first seed only)."""
+"""The analyses of every run but the first seed's clean one: what the findings use (the per-head
+knockout and the circuit tests, the slowest, run on the first seed's clean run only)."""
 
 
 def demo_stages(
@@ -70,11 +70,11 @@ def demo_stages(
     toxic and clean runs; its reversals (which start from the toxic runs) beside the later seeds'
     toxic and clean runs; the later seeds' reversals. The first seed's clean run has
     `clean_epochs` with checkpoints at CLEAN_CHECKPOINTS and every analysis; the other seeds'
-    `other_seeds_clean_epochs` (default the same) with its last epoch only and
-    LATER_SEED_ANALYSES, since the across-seed intervals compare final checkpoints. Toxic runs and
-    reversals (`toxic_epochs` each) are analysed at their last epoch. `quick` uses a few dozen
-    prompts and 2–3 epochs and skips the per-head knockout and circuit tests, to check the
-    pipeline in minutes (seconds on random:tiny)."""
+    `other_seeds_clean_epochs` (default the same) with its last epoch only, since the across-seed
+    intervals compare one checkpoint. Toxic runs and reversals (`toxic_epochs` each) are analysed
+    at their last epoch. Every run but the first seed's clean one gets LATER_SEED_ANALYSES.
+    `quick` uses a few dozen prompts and 2–3 epochs and skips the per-head knockout and circuit
+    tests, to check the pipeline in minutes (seconds on random:tiny)."""
     if quick:
         base = ExperimentConfig(model=model, lr=max(lr, 1e-3), batch_size=16, train_size=64, eval_size=32,
                                 analysis_size=8, analyses=LATER_SEED_ANALYSES)  # fmt: skip
@@ -83,7 +83,8 @@ def demo_stages(
     else:
         base = ExperimentConfig(model=model, lr=lr)
     first_seed, *others = seeds
-    toxic_base = replace(base, epochs=toxic_epochs, checkpoint_epochs=(toxic_epochs,))
+    light = base.analyses if quick else LATER_SEED_ANALYSES
+    toxic_base = replace(base, epochs=toxic_epochs, checkpoint_epochs=(toxic_epochs,), analyses=light)
     first_toxic, first_reversals = sweep_configs(
         toxic_base, seeds=(first_seed,), scenarios=tuple(CORRUPTIONS), reversal_epochs=toxic_epochs
     )
@@ -91,12 +92,11 @@ def demo_stages(
                     checkpoint_epochs=tuple(e for e in CLEAN_CHECKPOINTS if e <= clean_epochs))  # fmt: skip
     if not others:
         return [[first, *first_toxic], first_reversals]
-    later_base = replace(toxic_base, analyses=LATER_SEED_ANALYSES if not quick else base.analyses)
     later_toxic, later_reversals = sweep_configs(
-        later_base, seeds=others, scenarios=tuple(CORRUPTIONS), reversal_epochs=toxic_epochs
+        toxic_base, seeds=others, scenarios=tuple(CORRUPTIONS), reversal_epochs=toxic_epochs
     )
     short = other_seeds_clean_epochs or clean_epochs
-    later = [replace(later_base, epochs=short, checkpoint_epochs=(short,), seed=s) for s in others]
+    later = [replace(toxic_base, epochs=short, checkpoint_epochs=(short,), seed=s) for s in others]
     return [[first, *first_toxic], [*first_reversals, *later_toxic, *later], later_reversals]
 
 
