@@ -110,10 +110,10 @@ def classify_heads(
     `meta["reason"]` says the model does not do the task. `meta` holds every score grid (effects
     in logits), the thresholds, their values in logits and F(M).
     """
-    from ioi.methods.ablation import AblationType, ablation_values, knockout_patches
     from ioi.methods.attention import attention_scores, model_copy_scores
     from ioi.methods.patching import prepare
     from ioi.methods.path_patching import LOGITS, Receivers, path_patch
+    from ioi.methods.replacement import AblationType, ablation_values, knockout_patches
 
     t = thresholds
     acts = prepare(model, clean, abc)

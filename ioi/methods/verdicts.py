@@ -273,7 +273,8 @@ def ioi_label_share(corruption: str, n: int = 300) -> float:
     import re
 
     from ioi.task.corruptions import corrupt
-    from ioi.task.data import TRAIN_NAMES, make_dataset
+    from ioi.task.data import make_dataset
+    from ioi.task.names import TRAIN_NAMES
 
     samples = corrupt(make_dataset(n, 0, "train", names=TRAIN_NAMES), corruption)
     hits = 0

@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import HELD_OUT_NAMES, TRAIN_NAMES, IOIBatch, make_dataset, tokenize
+from ioi.task.data import IOIBatch, make_dataset, tokenize
 from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
+from ioi.task.names import HELD_OUT_NAMES, TRAIN_NAMES
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
 Progress = Callable[[int, int, int, int, float], None]

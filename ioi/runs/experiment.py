@@ -111,7 +111,8 @@ def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: in
     """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
     templates, names or a corruption changes the experiment id."""
     from ioi.models.train import TrainConfig, training_samples
-    from ioi.task.data import HELD_OUT_NAMES, abc_counterfactual
+    from ioi.task.data import abc_counterfactual
+    from ioi.task.names import HELD_OUT_NAMES
 
     train = training_samples(TrainConfig(scenario=scenario, seed=seed, train_size=train_size))
     evals, seen = evaluation_samples(seed, max(eval_size, analysis_size))
@@ -125,7 +126,8 @@ def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: in
 def evaluation_samples(seed: int, size: int):
     """(held-out-name samples, fine-tuning-name samples) of the eval split: experiments evaluate
     and analyse on names fine-tuning never saw and report the seen-name metrics beside them."""
-    from ioi.task.data import HELD_OUT_NAMES, TRAIN_NAMES, make_dataset
+    from ioi.task.data import make_dataset
+    from ioi.task.names import HELD_OUT_NAMES, TRAIN_NAMES
 
     held = make_dataset(size, seed, "eval", names=HELD_OUT_NAMES)
     return held, make_dataset(size, seed, "eval", names=TRAIN_NAMES)
@@ -338,7 +340,8 @@ def _analyse_epoch(
     from ioi.methods.analyses import run_analysis
     from ioi.models.load import load_model
     from ioi.models.train import checkpoint_dir
-    from ioi.task.data import HELD_OUT_NAMES, abc_counterfactual, tokenize
+    from ioi.task.data import abc_counterfactual, tokenize
+    from ioi.task.names import HELD_OUT_NAMES
 
     start = init or cfg.model
     source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))

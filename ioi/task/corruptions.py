@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ioi.task.data import TRAIN_NAMES, DatasetError, IOISample, render
+from ioi.task.data import DatasetError, IOISample, render
+from ioi.task.names import TRAIN_NAMES
 
 CorruptionFn = Callable[[IOISample, random.Random], IOISample]
 
