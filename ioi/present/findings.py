@@ -93,6 +93,13 @@ def _view(page: str, exp: ExperimentInfo, epoch: int) -> dict[str, str]:
     return {"page": page, "exp": exp.id, "epoch": str(epoch)}
 
 
+def tally(verdicts: list[Verdict]) -> str:
+    """'holds on 2, is undetermined on 1': how a finding fared over several checkpoints."""
+    words = (("holds", True), ("fails", False), ("is undetermined", None))
+    counts = {w: sum(v.holds is h for v in verdicts) for w, h in words}
+    return ", ".join(f"{w} on {n}" for w, n in counts.items() if n)
+
+
 def _across(per_seed: list[Verdict], studies: list[SeedStudy], keys: list[str], what: str) -> Verdict:
     """The first seed's verdict with the seeds' means of `keys` added and the holds of every seed."""
     first = per_seed[0]
@@ -100,32 +107,44 @@ def _across(per_seed: list[Verdict], studies: list[SeedStudy], keys: list[str], 
     for key in keys:
         values = [v.numbers[key].value for v in per_seed if key in v.numbers]
         numbers[f"{key} (seeds)"] = seeds_estimate(values)
-    holds = combine_seeds([v.holds for v in per_seed])
-    tally = {
-        w: sum(v.holds is h for v in per_seed)
-        for w, h in (("holds", True), ("fails", False), ("is undetermined", None))
-    }
-    count = ", ".join(f"{w} on {n}" for w, n in tally.items() if n)
     seeds = ", ".join(str(s.seed) for s in studies)
     spread = "; ".join(f"{k} across seeds {fmt(numbers[f'{k} (seeds)'])}" for k in keys)
     summary = (
-        f"{first.summary} Seed {studies[0].seed} above ({what}); over seeds {seeds} it {count}"
+        f"{first.summary} Seed {studies[0].seed} above ({what}); over seeds {seeds} it {tally(per_seed)}"
         f"{'; ' + spread if spread else ''}."
     )
-    return replace(first, holds=holds, numbers=numbers, summary=summary)
+    return replace(first, holds=combine_seeds([v.holds for v in per_seed]), numbers=numbers, summary=summary)
+
+
+def _amplification_at(s: SeedStudy, epoch: int) -> Verdict | None:
+    result = analysis(s, s.clean, epoch, "cmap")
+    if result is None:
+        return None
+    head, outside = largest_outside_head(result)
+    v = amplification(cmap_gap(result), cmap_group_share(result, "circuit (all classes)"), outside, head)
+    return replace(v, view=_view("cmap", s.clean, epoch))
 
 
 def amplification_verdict(studies: list[SeedStudy]) -> Verdict | None:
-    per_seed = []
-    for s in studies:
-        result = analysis(s, s.clean, s.last, "cmap")
-        if result is None:
-            return None
-        head, outside = largest_outside_head(result)
-        v = amplification(cmap_gap(result), cmap_group_share(result, "circuit (all classes)"), outside, head)
-        per_seed.append(replace(v, view=_view("cmap", s.clean, s.last)))
-    epochs = ", ".join(f"seed {s.seed}: epoch {s.last}" for s in studies)
-    return _across(per_seed, studies, ["gain", "circuit share"], f"last clean checkpoints — {epochs}")
+    """The first seed at its last clean checkpoint, every seed at the last clean epoch they all
+    have (the across-seed numbers); holds when it holds on all of them."""
+    common = min(s.last for s in studies)
+    headline = _amplification_at(studies[0], studies[0].last)
+    per_seed = [_amplification_at(s, common) for s in studies]
+    if headline is None or any(v is None for v in per_seed):
+        return None
+    numbers = dict(headline.numbers)
+    for key in ("gain", "circuit share"):
+        numbers[f"{key} at epoch {common} (seeds)"] = seeds_estimate([v.numbers[key].value for v in per_seed])
+    seeds = ", ".join(str(s.seed) for s in studies)
+    share, gain = (numbers[f"{k} at epoch {common} (seeds)"] for k in ("circuit share", "gain"))
+    summary = (
+        f"{headline.summary} Seed {studies[0].seed} at epoch {studies[0].last} above; at epoch {common}, "
+        f"which every seed ({seeds}) has, the circuit share across seeds is {fmt(share)} of a gain of "
+        f"{fmt(gain)} logits; over these {len(per_seed) + 1} checkpoints it {tally([headline, *per_seed])}."
+    )
+    holds = combine_seeds([v.holds for v in [headline, *per_seed]])
+    return replace(headline, holds=holds, numbers=numbers, summary=summary)
 
 
 def corruption_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
