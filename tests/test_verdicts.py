@@ -63,6 +63,10 @@ def test_localized_corruption_criterion_and_duplication_by_construction():
     v = localized_corruption("subject_duplication", est(-20.0, -21.0, -19.0), est(0.8, 0.7, 0.9), shares, 0.0)
     assert v.holds is True and "name mover" in v.summary and v.scope == "subject_duplication"
     assert localized_corruption("x", est(-20, -21, -19), est(0.2, 0.1, 0.3), shares, 0.0).holds is False
+    spread = localized_corruption(
+        "x", est(-9, -10, -8), est(0.8, 0.7, 0.9), shares, 0.0, ("2.0", est(0.34, 0.3, 0.38))
+    )
+    assert spread.holds is False and "2.0" in spread.summary  # a head outside the circuit carries a third
     flat = localized_corruption("x", est(0.1, -0.1, 0.3), UNDEFINED, {}, 0.0)
     assert flat.holds is None and "nothing to localize" in flat.summary
     dup = localized_corruption("duplication", est(5, 4, 6), est(0.8, 0.7, 0.9), shares, 1.0)

@@ -115,40 +115,51 @@ def amplification(
 
 
 LOCALIZED_CRITERION = (
-    f"a corruption is localized when it moves F by ≥ {MIN_DENOMINATOR} logits and the pretrained "
+    f"a corruption is localized when it moves F by ≥ {MIN_DENOMINATOR} logits, the pretrained "
     f"circuit's heads, patched jointly from the toxic model into the pretrained one (CMAP, base ← "
-    f"toxic, at END), carry ≥ {LOCALIZED_SHARE:.0%} of that change (interval lower bound)"
+    f"toxic, at END), carry ≥ {LOCALIZED_SHARE:.0%} of that change (interval lower bound), and no head "
+    f"outside that circuit carries more than {OUTSIDE_MAX_SHARE:.0%} alone (interval upper bound)"
 )
 
 
 def localized_corruption(
-    dataset: str, gap: Estimate, circuit_share: Estimate, class_shares: dict[str, Estimate], ioi_labels: float
+    dataset: str,
+    gap: Estimate,
+    circuit_share: Estimate,
+    class_shares: dict[str, Estimate],
+    ioi_labels: float,
+    outside: tuple[str, Estimate] = ("none", Estimate.undefined("no head outside the circuit")),
 ) -> Verdict:
     """Localized corruption (the paper's toxic fine-tuning finding) for one toxic dataset.
     `ioi_labels` is the share of its training labels that are the IOI answer anyway (the name
     mentioned once): near 1, the 'toxic' set is a relabelled clean set and a rise in F is by
-    construction."""
+    construction. `outside` is the head outside the circuit with the largest single-head share."""
+    head, outside_max = outside
     numbers = {"toxic change in F": gap, "circuit share": circuit_share} | {
         f"{c} share": s for c, s in class_shares.items()
     }
+    numbers[f"largest outside head ({head})"] = outside_max
     by_construction = (
         f" Its labels are the IOI answer on {ioi_labels:.0%} of its samples (a role-swapped clean set), "
         "so a rise in F is by construction, not evidence about the corruption."
-        if ioi_labels >= 0.99 else ""
-    )  # fmt: skip
+        if ioi_labels >= 0.99
+        else ""
+    )
     if not gap.defined or abs(gap.value) < MIN_DENOMINATOR:
         summary = (
             f"{dataset}: the toxic run moved F by {fmt(gap)} logits; nothing to localize.{by_construction}"
         )
         return Verdict("localized corruption", None, LOCALIZED_CRITERION, numbers, summary, scope=dataset)
-    holds = at_least(circuit_share, LOCALIZED_SHARE)
+    outside_ok = at_most(outside_max, OUTSIDE_MAX_SHARE) if outside_max.defined else True
+    holds = all_of([at_least(circuit_share, LOCALIZED_SHARE), outside_ok])
     top = max(
         class_shares, key=lambda c: abs(class_shares[c].value) if class_shares[c].defined else -1, default=""
     )
     top_text = f"; the largest class, {top}, {fmt(class_shares[top])}" if top else ""
     summary = (
         f"{dataset}: localized corruption {_word(holds)}: F moves by {fmt(gap)} logits and the "
-        f"pretrained circuit carries {fmt(circuit_share)} of it{top_text}.{by_construction}"
+        f"pretrained circuit carries {fmt(circuit_share)} of it{top_text}; the largest head outside "
+        f"the circuit, {head}, {fmt(outside_max)}.{by_construction}"
     )
     return Verdict("localized corruption", holds, LOCALIZED_CRITERION, numbers, summary, scope=dataset)
 

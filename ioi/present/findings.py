@@ -159,7 +159,10 @@ def corruption_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
             classes = result.tables["classes"]
             shares = {c: cmap_group_share(result, c) for c in classes[classes["kind"] == "class"]["class"]}
             share = cmap_group_share(result, "circuit (all classes)")
-            v = localized_corruption(dataset, cmap_gap(result), share, shares, ioi_label_share(dataset))
+            labels = ioi_label_share(dataset)
+            v = localized_corruption(
+                dataset, cmap_gap(result), share, shares, labels, largest_outside_head(result)
+            )
             per_seed.append(replace(v, view=_view("cmap", exp, max(exp.epochs))))
         if per_seed:
             epochs = max(studies[0].toxic[dataset].epochs)
