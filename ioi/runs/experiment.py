@@ -29,6 +29,7 @@ from ioi import __version__
 from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
+    demo_roots,
     experiment_dir,
     load_entry,
     read_experiment,
@@ -212,16 +213,45 @@ def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def lock_held(root: str | Path | None, exp_id: str) -> bool:
+    """Whether some process holds `experiment_lock` on `exp_id` now (a live run of it)."""
+    path = experiment_dir(root, exp_id) / ".lock"
+    if not path.exists():
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
     return experiment_dir(root, exp_id) / "checkpoints"
 
 
+def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
+    """The experiment record of `parent` in `root`, copying it there from a demo cache when only
+    the demo has it (a child of a demo run lives in the user's cache, which re-creates the parent's
+    weights); None if neither knows it."""
+    record = read_experiment(root, parent)
+    if record is None:
+        for demo in demo_roots():
+            record = read_experiment(demo, parent) if (demo / "experiments").is_dir() else None
+            if record is not None:
+                register_experiment(root, parent, record)
+                break
+    return record
+
+
 def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
     """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
-    its own checkpoints) if its weights were pruned."""
+    its own checkpoints) if its weights were pruned or are damaged."""
+    from ioi.models.load import verify_checkpoint
     from ioi.models.train import checkpoint_dir, finetune
 
-    record = read_experiment(root, cfg.parent)
+    record = adopt_parent(root, cfg.parent)
     if record is None:
         raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
     parent = ExperimentConfig.from_json(record["config"])
@@ -232,8 +262,9 @@ def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: st
             f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
         )
     final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
-    if not (final / "manifest.json").exists():
-        log(f"re-creating the weights of parent {cfg.parent}")
+    problem = verify_checkpoint(final) if (final / "manifest.json").exists() else "pruned"
+    if problem:
+        log(f"re-creating the weights of parent {cfg.parent} ({problem})")
         with experiment_lock(root, cfg.parent):
             source = parent_checkpoint(parent, root, device, log) if parent.parent else None
             finetune(parent.train_config(source), checkpoints_dir(root, cfg.parent), device=device)
@@ -282,7 +313,7 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0], note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -301,19 +332,27 @@ def run_experiment(
     return ExperimentSummary(exp_id, metrics, trained, notes)
 
 
-def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
+def _prepare_checkpoints(folder: Path, epochs: list[int], note: Log) -> bool:
     """Whether training must run to produce the checkpoints of `epochs`. Fine-tuning resumes from
-    the latest complete checkpoint, so when an earlier one is missing (pruned) the later ones are
-    removed to make it retrain from before the gap."""
+    the latest complete checkpoint, so when one is missing (pruned) or damaged (its files do not
+    match the manifest's checksums) it and the later ones are removed, to retrain from before."""
     import shutil
 
-    from ioi.models.train import checkpoint_dir
+    from ioi.models.load import verify_checkpoint
+    from ioi.models.train import checkpoints
 
-    missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
+    present = checkpoints(folder)
+    missing = []
+    for e in sorted(epochs):
+        problem = verify_checkpoint(present[e]) if e in present else "missing"
+        if problem:
+            if e in present:
+                note(f"checkpoint of epoch {e} is damaged ({problem}); re-creating it")
+            missing.append(e)
     if not missing:
         return False
-    for later in folder.glob("epoch-[0-9][0-9][0-9]"):
-        if int(later.name.split("-")[1]) > missing[0]:
+    for epoch, later in present.items():
+        if epoch >= missing[0]:
             shutil.rmtree(later)
     return True
 
