@@ -110,7 +110,7 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     an empty tokenizer silently when the files are missing)."""
     if not (directory / "tokenizer.json").exists():
         raise ModelUnavailableError(f"{directory} has no tokenizer.json")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True, trust_remote_code=False)
     if len(tok) < 10 or tok.bos_token_id is None:
         raise ModelUnavailableError(f"the tokenizer in {directory} is empty or has no BOS token")
     return tok
@@ -160,11 +160,11 @@ def _load_directory(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFas
             f"{path} asks to run its own Python code (auto_map in config.json); ioi never runs code "
             "from a model directory: use a model whose architecture transformers ships"
         )
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        raise ModelUnavailableError(f"{path} has no weights (model.safetensors)")
     problem = verify_checkpoint(path)
     if problem:
         raise CorruptCheckpoint(problem)
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise ModelUnavailableError(f"{path} has no weights (model.safetensors)")
     tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False)
