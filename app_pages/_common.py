@@ -178,7 +178,8 @@ def recompute_button(exp: Experiment, name: str, key: str) -> None:
 
         cfg = ExperimentConfig.from_json(exp.config)
         analyses = tuple(dict.fromkeys((*cfg.analyses, name)))
-        job = submit(ExperimentConfig.from_json(exp.config | {"analyses": list(analyses)}), exp.root)
+        root = str(user_root()) if exp.demo else exp.root  # the demo cache is read-only: recompute in yours
+        job = submit(ExperimentConfig.from_json(exp.config | {"analyses": list(analyses)}), root)
         st.success(f"Job {job} started; follow it on the Experiments page.")
 
 

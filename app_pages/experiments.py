@@ -98,8 +98,7 @@ def launch_form() -> None:
         slots[field].error(message, icon="⚠️")
     if cfg is None:
         return
-    root = parent.root if parent else str(user_root())
-    job = submit(cfg, root)
+    job = submit(cfg, str(user_root()))  # a child of a demo run too: the demo cache is read-only
     st.session_state["last_job"] = job
     st.success(f"Job {job} submitted; it appears in the list below.")
 

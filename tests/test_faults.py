@@ -204,7 +204,7 @@ def test_a_reversal_child_never_starts_from_a_damaged_parent(tmp_path):
     parent = tiny_config(scenario="subject_duplication", epochs=1, checkpoint_epochs=())
     pid = run_experiment(parent, tmp_path).id
     weights = tmp_path / "experiments" / pid / "checkpoints" / "epoch-001" / "model.safetensors"
-    intact = load_file(str(weights))
+    intact = {k: v.clone() for k, v in load_file(str(weights)).items()}  # not views of the file
     _flip_byte(weights)
     reversal = tiny_config(scenario="reversal", parent=pid, epochs=1, checkpoint_epochs=())
     child = run_experiment(reversal, tmp_path)
@@ -344,6 +344,38 @@ def test_a_reversal_of_a_demo_run_lives_in_the_users_cache(tmp_path, monkeypatch
     assert cache.read_experiment(user, experiment_id(toxic)) is not None  # the parent, adopted
     assert jobs.get_job(child, user).status == "queued"
     assert _snapshot(demo) == before
+
+
+@pytest.mark.slow
+def test_nothing_the_dashboard_does_writes_under_the_demo_cache(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from dashboard_support import build_cache
+    from streamlit.testing.v1 import AppTest
+
+    demo, user = tmp_path / "demo", tmp_path / "user"
+    build_cache(demo)
+    monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(user))
+    monkeypatch.setattr(jobs, "_launch", lambda root, job_id: None)  # record the jobs, run nothing
+    entry = demo / "experiments" / "aaaa000000000001" / "epoch-002" / "dla.json"
+    entry.write_bytes(entry.read_bytes()[:-20])
+    before = _snapshot(demo)
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.session_state["opened_experiment"] = f"{demo.resolve()}|aaaa000000000001"
+    at.switch_page("app_pages/attribution.py")
+    at.run()
+    next(b for b in at.button if b.label == "Recompute dla").click().run()
+    assert not at.exception
+    at.switch_page("app_pages/experiments.py").run()
+    at.selectbox(key="form_scenario").set_value("reversal").run()
+    at.selectbox(key="form_parent").set_value(f"{demo.resolve()}|aaaa000000000002")
+    at.button(key="form_launch").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert _snapshot(demo) == before
+    made = jobs.list_jobs(user)
+    assert sorted(j.config["scenario"] for j in made) == ["clean", "reversal"]
+    assert cache.read_experiment(user, "aaaa000000000002") is not None  # the parent, adopted
 
 
 # --- 6-8. submits, dedup and liveness ------------------------------------------------------------

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
+from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, MAX_PROMPTS, IOIBatch, make_dataset, tokenize
 from ioi.task.metrics import evaluate
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
@@ -59,6 +59,22 @@ def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
     if bad:
         raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
     return values
+
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+
+
+def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
+    """TrainingError unless epochs, batch size and the dataset sizes (by name) are within the caps
+    that keep a mistyped number from grinding the machine (MAX_EPOCHS, MAX_BATCH, MAX_PROMPTS)."""
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise TrainingError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {epochs}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise TrainingError(f"batch size must be from 1 to {MAX_BATCH:,}, got {batch_size}")
+    for name, size in sizes.items():
+        if not 1 <= size <= MAX_PROMPTS:
+            raise TrainingError(f"{name.replace('_', ' ')} must be from 1 to {MAX_PROMPTS:,}, got {size}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class TrainConfig:
             raise TrainingError(f"checkpoint epochs {bad} are outside 1..{self.epochs}")
         if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
             raise TrainingError("lr and batch size must be positive and weight decay non-negative")
+        check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size)
 
     @property
     def save_epochs(self) -> list[int]:

@@ -77,6 +77,10 @@ class ExperimentConfig:
             raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
         if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
             raise ExperimentError("sizes, batch size and lr must be positive")
+        from ioi.models.train import check_bounds
+
+        check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
+                     analysis_size=self.analysis_size)  # fmt: skip
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
