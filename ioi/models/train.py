@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, MAX_PROMPTS, IOIBatch, make_dataset, tokenize
+from ioi.task.data import MAX_PROMPTS, IOIBatch, make_dataset, tokenize
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")

@@ -29,6 +29,8 @@ from typing import Protocol
 
 import torch
 
+from ioi.task.defaults import DEFAULT_TRAIN_SIZE
+
 # The IOI paper's single-token names, plus Alice to make 100.
 NAMES: tuple[str, ...] = (
     "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda",
@@ -72,8 +74,6 @@ TEMPLATES: tuple[str, ...] = (
     "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
 )
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
-DEFAULT_TRAIN_SIZE = 6360
-DEFAULT_EVAL_SIZE = 500
 MAX_PROMPTS = 200_000
 """The most prompts a dataset (generated or read) may hold: 30× the paper's training set, and a
 bound that keeps a mistyped size from filling the memory."""
