@@ -302,7 +302,10 @@ def test_deleting_the_index_while_a_job_runs_neither_kills_it_nor_its_supervisor
     job = jobs.wait(job_id, tmp_path, timeout=WAIT)
     assert job.status == "done", (job.status, job.error, (tmp_path / "jobs" / f"{job_id}.log").read_text())
     assert "Traceback" not in (tmp_path / "jobs" / f"{job_id}.log").read_text()
-    assert not jobs.pid_alive(supervisor)  # it ended by itself, after recording 'done'
+    deadline = time.time() + 60
+    while jobs.pid_alive(supervisor) and time.time() < deadline:  # it ends by itself after 'done'
+        time.sleep(0.5)
+    assert not jobs.pid_alive(supervisor)
 
 
 # --- 5. the demo cache is read-only --------------------------------------------------------------
@@ -481,27 +484,43 @@ def small_disk(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
                       capture_output=True).returncode:  # fmt: skip
         pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        _unmount(mount)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["checkpoint", "analyses"])
-def test_a_full_disk_fails_the_job_with_its_message(small_disk, monkeypatch, where):
+def test_a_full_disk_during_a_checkpoint_fails_the_job_with_its_message(small_disk, monkeypatch):
     worker_env(monkeypatch)
-    cfg = tiny_config(seed=51)
-    if where == "analyses":  # train elsewhere, then analyse into the small disk
-        done = tiny_config(seed=51, analyses=())
-        run_experiment(done, small_disk.parent / "big")
-        shutil.copytree(small_disk.parent / "big" / "experiments", small_disk / "experiments")
-        filler = small_disk / "filler"
-        free = shutil.disk_usage(small_disk).free
-        filler.write_bytes(b"\0" * max(0, free - 64 * 1024))
-    job_id = jobs.submit(cfg, small_disk)
+    job_id = jobs.submit(tiny_config(seed=51), small_disk)
     job = jobs.wait(job_id, small_disk, timeout=WAIT)
     assert job.status == "failed", (job.status, job.error)
     assert "No space left on device" in job.error
-    assert not [p for p in small_disk.rglob("*.tmp")]
+    assert not list(small_disk.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_analyses_fails_the_job_with_its_message(experiment, tmp_path, monkeypatch):
+    ref, cfg, exp_id = experiment
+    shutil.copytree(ref, tmp_path / "cache")
+    root = tmp_path / "cache"
+    for entry in (root / "experiments" / exp_id).glob("epoch-002/*.json"):
+        entry.unlink()  # the analyses of the last epoch are still to do
+    real = os.fsync
+
+    def full(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if "/epoch-002/" in path and path.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    job_id = jobs.submit(cfg, root, launch=False)
+    jobs.run_job(str(root), job_id)  # the worker's code, in this process
+    job = jobs.get_job(job_id, root)
+    assert job.status == "failed" and "No space left on device" in job.error, (job.status, job.error)
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
 
 
 # --- 10-11. hostile model directories and inputs -------------------------------------------------
@@ -577,3 +596,163 @@ def test_the_shipped_demo_cache_carries_no_machine_paths():
     for entry in demo.glob("experiments/*/epoch-*/*.json"):
         p = entry.relative_to(demo / "experiments").parts
         assert cache.read_entry(demo, p[0], int(p[1][6:]), entry.stem) is not None
+
+
+# --- 12-13. the command line: one `error:` line, exit 2, for every user mistake -----------------
+
+LONG = "When Mary and John went to the store, " * 20 + "John gave a drink to"
+
+
+def _jsonl(folder: Path, *rows) -> str:
+    path = folder / "d.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def _no_weights(folder: Path) -> str:
+    (folder / "m").mkdir()
+    (folder / "m" / "config.json").write_text('{"model_type": "gpt2"}')
+    return str(folder / "m")
+
+
+def _bad_weights(folder: Path) -> str:
+    _no_weights(folder)
+    (folder / "m" / "model.safetensors").write_bytes(b"\x00" * 64)
+    return str(folder / "m")
+
+
+def _binary(folder: Path) -> str:
+    (folder / "b.jsonl").write_bytes(bytes(range(256)) * 8)
+    return str(folder / "b.jsonl")
+
+
+def _file(folder: Path) -> str:
+    (folder / "f").write_text("x")
+    return str(folder / "f")
+
+
+EVAL = ["eval", "--model", "random:tiny", "--size", "4"]
+CASES = {
+    "jsonl line is a list": (lambda d: [*EVAL, "--dataset", _jsonl(d, [1, 2])], "not a JSON object"),
+    "binary dataset": (lambda d: [*EVAL, "--dataset", _binary(d)], "b.jsonl"),
+    "dataset is a directory": (lambda d: [*EVAL, "--dataset", str(d)], "is not a file"),
+    "template of wrong type": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "When Mary and John went, John gave it to",
+                                                   "io": "Mary", "s": "John", "template": "x"})],
+        "wrong type",
+    ),  # fmt: skip
+    "label of wrong type": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary",
+                                                   "s": "John", "label": 5})],
+        "wrong type",
+    ),  # fmt: skip
+    "prompt longer than the context": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": LONG, "io": "Mary", "s": "John"})],
+        "longer than the model's context",
+    ),
+    "line longer than the cap": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, "x" * 20_000)], "longer than 10,000 characters"
+    ),
+    "finetune --out an existing file": (
+        lambda d: ["finetune", "--model", "random:tiny", "--out", _file(d)], "is a file"
+    ),
+    "analyze --out a directory": (
+        lambda d: ["analyze", "dla", "--model", "random:tiny", "--size", "2", "--out", str(d)],
+        "is a directory",
+    ),
+    "--device gpu": (lambda d: [*EVAL, "--device", "gpu"], "unknown device 'gpu'"),
+    "--device cuda without CUDA": (lambda d: [*EVAL, "--device", "cuda"], "no usable CUDA"),
+    "a bad --parent id": (
+        lambda d: ["jobs", "submit", "--scenario", "reversal", "--parent", "../x", "--cache", str(d)],
+        "not an experiment id",
+    ),
+    "a directory without weights": (
+        lambda d: ["eval", "--model", _no_weights(d), "--size", "2"], "no weights"
+    ),
+    "weights that are not safetensors": (
+        lambda d: ["eval", "--model", _bad_weights(d), "--size", "2"], "cannot be loaded"
+    ),
+    "a missing --checkpoint": (
+        lambda d: ["eval", "--checkpoint", str(d / "nope"), "--size", "2"], "does not exist"
+    ),
+    "--size 10**9": (lambda d: ["eval", "--model", "random:tiny", "--size", str(10**9)], "at most 200,000"),
+    "--train-size 10**9": (
+        lambda d: ["jobs", "submit", "--train-size", str(10**9), "--cache", str(d)], "at most 200,000"
+    ),
+    "an unknown name on ioi-tiny": (
+        lambda d: ["eval", "--dataset", _jsonl(d, {"prompt": "When Mary and Zork went to the store, Zork "
+                                                           "gave a drink to", "io": "Mary", "s": "Zork"})],
+        "not in this model's vocabulary: Zork",
+    ),  # fmt: skip
+    "a bad job id": (lambda d: ["jobs", "show", "nope", "--cache", str(d)], "no job 'nope'"),
+}
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from ioi.cli import main
+
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.err
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_user_mistake_is_one_error_line_and_exit_2(tmp_path, capsys, case):
+    if case == "--device cuda without CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    make, message = CASES[case]
+    rc, err = _cli(make(tmp_path), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture()
+def read_only_cache(tmp_path):
+    """A cache holding one job, on a file system mounted read-only (root ignores file modes)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                      capture_output=True).returncode:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        job_id = jobs.submit(tiny_config(seed=71), mount, launch=False)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        yield mount, job_id
+    finally:
+        _unmount(mount)
+
+
+def _unmount(mount: Path) -> None:
+    if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("action", ["list", "show", "submit"])
+def test_a_read_only_cache_is_one_error_line(read_only_cache, capsys, action):
+    mount, job_id = read_only_cache
+    argv = {"list": ["jobs", "list"], "show": ["jobs", "show", job_id], "submit": ["jobs", "submit"]}[action]
+    rc, err = _cli([*argv, "--cache", str(mount)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Read-only" in lines[0] or "read-only or full?" in lines[0], lines[0]
+
+
+def test_a_damaged_index_is_a_warning_line_and_the_jobs_are_listed(tmp_path, capsys):
+    ids = _two_experiments(tmp_path)
+    for f in tmp_path.glob("index.sqlite3*"):
+        f.write_bytes(b"garbage" * 100)
+    rc, err = _cli(["jobs", "list", "--cache", str(tmp_path)], capsys)
+    assert rc == 0 and err.startswith("warning: ") and len(err.strip().splitlines()) == 1, err
+    rc, _ = _cli(["jobs", "show", ids[0], "--cache", str(tmp_path)], capsys)
+    assert rc == 0
+
+
+def test_unknown_words_outside_the_name_slots_are_reported(tmp_path, capsys):
+    data = _jsonl(tmp_path, {"prompt": "When Mary and John went to the zorkhouse, John gave a drink to",
+                             "io": "Mary", "s": "John"})  # fmt: skip
+    rc, err = _cli(["eval", "--dataset", data, "--json"], capsys)
+    assert rc == 0 and err.strip() == (
+        "warning: words not in the model's vocabulary, read as its unknown token: zorkhouse"
+    ), err

@@ -75,7 +75,8 @@ def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
         raise TrainingError(f"batch size must be from 1 to {MAX_BATCH:,}, got {batch_size}")
     for name, size in sizes.items():
         if not 1 <= size <= MAX_PROMPTS:
-            raise TrainingError(f"{name.replace('_', ' ')} must be from 1 to {MAX_PROMPTS:,}, got {size}")
+            what = name.replace("_", " ")
+            raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
 
 
 @dataclass(frozen=True)

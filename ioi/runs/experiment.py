@@ -29,6 +29,7 @@ from ioi import __version__
 from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
+    check_id,
     demo_roots,
     experiment_dir,
     load_entry,
@@ -73,6 +74,11 @@ class ExperimentConfig:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
         if (self.scenario == "reversal") != (self.parent is not None):
             raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
+        if self.parent is not None:
+            try:
+                check_id(self.parent)
+            except ValueError as err:
+                raise ExperimentError(f"--parent: {err}") from None
         if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
             raise ExperimentError("sizes, batch size and lr must be positive")
         from ioi.models.train import check_bounds

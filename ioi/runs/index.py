@@ -47,10 +47,21 @@ class IndexUnavailable(OSError):
     """The index cannot be opened or written (read-only cache, full disk); says where and why."""
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that `with` also closes (sqlite3's own only commits), so no file stays open
+    until a garbage collection: a long-lived dashboard would otherwise pile up descriptors."""
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.close()
+
+
 def _open(path: Path) -> sqlite3.Connection:
     """Open and check the index: reading every table finds a truncated file, which SQLite only
     reports when a damaged page is reached (DatabaseError)."""
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, factory=_Connection)
     db.row_factory = sqlite3.Row
     try:
         db.execute("PRAGMA busy_timeout=30000")
@@ -118,7 +129,8 @@ def connect(base: Path) -> sqlite3.Connection:
             rebuild(db, base)
             return db
     except (OSError, sqlite3.OperationalError) as err:
-        raise IndexUnavailable(f"cannot use the cache index {path}: {err}") from None
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise IndexUnavailable(f"cannot use the cache index {path}: {why} (read-only or full?)") from None
 
 
 def rebuild(db: sqlite3.Connection, base: Path) -> None:

@@ -366,6 +366,14 @@ def check_vocabulary(
         )
 
 
+def check_context(batch: IOIBatch, n_ctx: int | None) -> IOIBatch:
+    """`batch` if its prompts fit a model's context of `n_ctx` positions; DatasetError otherwise."""
+    if n_ctx is not None and batch.tokens.shape[1] > n_ctx:
+        raise DatasetError(f"a prompt is {batch.tokens.shape[1]} tokens long (with BOS), longer than the "
+                           f"model's context of {n_ctx}; shorten it")  # fmt: skip
+    return batch
+
+
 @dataclass(frozen=True)
 class IOIBatch:
     """Tokenized samples, BOS-prefixed and right-padded.
