@@ -132,7 +132,7 @@ def load_hf(
     # a path (not a hub name such as "gpt2" or "org/model"): say it is not there
     looks_local = name.startswith(("/", ".", "~")) or (str(path.parent) != "." and path.parent.is_dir())
     if path.exists() or looks_local:
-        raise ModelUnavailableError(f"{name} does not exist or is not a directory")
+        raise ModelUnavailableError(f"cannot load {name}: it does not exist or is not a directory")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False)
         tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True, trust_remote_code=False)

@@ -244,12 +244,9 @@ def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
     the demo has it (a child of a demo run lives in the user's cache, which re-creates the parent's
     weights); None if neither knows it."""
     record = read_experiment(root, parent)
-    if record is None:
-        for demo in demo_roots():
-            record = read_experiment(demo, parent) if (demo / "experiments").is_dir() else None
-            if record is not None:
-                register_experiment(root, parent, record)
-                break
+    demos = (read_experiment(d, parent) for d in demo_roots() if (d / "experiments").is_dir())
+    if record is None and (record := next((r for r in demos if r is not None), None)) is not None:
+        register_experiment(root, parent, record)
     return record
 
 

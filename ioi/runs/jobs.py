@@ -1,5 +1,8 @@
 """Background jobs: launch, follow, cancel and resume experiments without blocking the caller.
 
+Longer than 400 lines because submit, supervise, run and resume are one state machine over one
+table, and its failure handling belongs next to the transitions it guards.
+
 Design. `submit(cfg)` writes a 'queued' row to the cache's SQLite index (WAL mode, so the
 dashboard, the CLI and every worker read and write it at once) and starts a *detached supervisor
 process* (``python -m ioi.runs.jobs ROOT JOB``, its own session), then returns the job id at once — a
@@ -30,9 +33,6 @@ a job's state is also written to ``experiments/<id>/jobs/<job>.json``, so the in
 from the files (ioi.runs.index) — even while the job runs.
 
 Sweeps of many experiments use joblib directly (`ioi.runs.sweep`), which is what scales out to Dask.
-
-Longer than 400 lines because submit, supervise, run and resume are one state machine over one
-table, and its failure handling belongs next to the transitions it guards.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.runs.cache import cache_root, connect, experiment_dir, register_experiment, write_atomic
+from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
 from ioi.runs.index import JOB_COLUMNS
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
@@ -162,15 +162,19 @@ def _file_job(root, job_id: str) -> None:
 
 
 def get_job(job_id: str, root: str | Path | None = None) -> JobInfo:
-    with connect(root) as db:
-        row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    row = None
+    if not is_demo(root):  # a demo cache runs no jobs (and is read-only)
+        with connect(root) as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:
         raise JobError(f"no job {job_id!r} in {cache_root(root)}; `python -m ioi jobs list` shows them")
     return _row(row)
 
 
 def list_jobs(root: str | Path | None = None) -> list[JobInfo]:
-    """Every job, newest first."""
+    """Every job, newest first (none in a demo cache, which is read-only)."""
+    if is_demo(root):
+        return []
     with connect(root) as db:
         return [_row(r) for r in db.execute("SELECT * FROM jobs ORDER BY created DESC")]
 
