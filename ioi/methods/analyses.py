@@ -10,13 +10,15 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
-from ioi.models.load import LoadedModel
-from ioi.task.data import IOIBatch
+if TYPE_CHECKING:  # the dashboard reads stored AnalysisResults without importing torch
+    import torch
+
+    from ioi.models.load import LoadedModel
+    from ioi.task.data import IOIBatch
 
 
 @dataclass
