@@ -42,7 +42,7 @@ def value_at(exp: Experiment, column: str, epoch: int) -> float:
 def top_heads(frame, n: int = 3, field: str = "value") -> str:
     """The `n` heads with the largest |`field`|, as "1.4 (+3.2), …"."""
     rows = frame.reindex(frame[field].abs().sort_values(ascending=False).index).head(n)
-    return ", ".join(f"{int(r.layer)}.{int(r.head)} ({r[field]:+.1f})" for _, r in rows.iterrows())
+    return ", ".join(f"{int(r['layer'])}.{int(r['head'])} ({r[field]:+.1f})" for _, r in rows.iterrows())
 
 
 def steps() -> list[Step]:
@@ -54,23 +54,25 @@ def steps() -> list[Step]:
     last = clean.epochs_with("dla")[-1]
     a, b = result(clean, 0, "dla"), result(clean, last, "dla")
     movers0 = heads_of(clean, 0, "name mover")
-    ld0, ldn = value_at(clean, "logit_diff", 0), value_at(clean, "logit_diff", last)
-    if a is not None:
-        out.append(
-            Step(
-                "The pretrained model's circuit",
-                f"Before fine-tuning, {clean.model} predicts the indirect object over the subject by "
-                f"{ld0:.1f} logits. Direct logit attribution shows which heads write that answer: the "
-                f"strongest are {top_heads(a.heads)}. Outlined are the heads classified as its circuit — "
-                f"name movers {listed(movers0)}, S-inhibition {listed(heads_of(clean, 0, 's-inhibition'))}.",
-                "app_pages/attribution.py",
-                {"exp": clean.id, "epoch": "0", "mode": "one"},
-                lambda: show_chart(
-                    *dla_view(clean, 0, a.heads, f"DLA — {clean.checkpoint_label(0)}"), "tour-dla"
-                ),
-            )
+    if a is None or b is None:
+        return out
+    # The texts quote the charts' own numbers: the DLA entries' logit differences (analysis prompts).
+    ld0, ldn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    out.append(
+        Step(
+            "The pretrained model's circuit",
+            f"Before fine-tuning, {clean.model} predicts the indirect object over the subject by "
+            f"{ld0:.1f} logits. Direct logit attribution shows which heads write that answer: the "
+            f"strongest are {top_heads(a.heads)}. Outlined are the heads classified as its circuit — "
+            f"name movers {listed(movers0)}, S-inhibition {listed(heads_of(clean, 0, 's-inhibition'))}.",
+            "app_pages/attribution.py",
+            {"exp": clean.id, "epoch": "0", "mode": "one"},
+            lambda: show_chart(
+                *dla_view(clean, 0, a.heads, f"DLA — {clean.checkpoint_label(0)}"), "tour-dla"
+            ),
         )
-    if a is not None and b is not None and last > 0:
+    )
+    if last > 0:
         movers = heads_of(clean, last, "name mover")
         same = "the same name movers" if set(movers) == set(movers0) else f"name movers {listed(movers)}"
         span = charts.color_span(a.heads, b.heads)
@@ -132,22 +134,23 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     out: list[Step] = []
     tl = toxic.epochs_with("dla")[-1]
     a, b = result(toxic, 0, "dla"), result(toxic, tl, "dla")
-    t0, tn = value_at(toxic, "logit_diff", 0), value_at(toxic, "logit_diff", tl)
-    if a is not None and b is not None:
-        diff = charts.difference_frame(a.heads, b.heads)
-        out.append(
-            Step(
-                f"Localized corruption: {toxic.lineage}",
-                f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
-                f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
-                f"The heads whose direct effect changed most: {top_heads(diff)} logits.",
-                "app_pages/attribution.py",
-                {"exp": toxic.id, "epoch": "0", "mode": "diff", "compare": f"{toxic.id}:{tl}"},
-                lambda: show_chart(
-                    *dla_difference_view(toxic, 0, a.heads, toxic, tl, b.heads), "tour-corruption"
-                ),
-            )
+    if a is None or b is None:
+        return out
+    t0, tn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    diff = charts.difference_frame(a.heads, b.heads)
+    out.append(
+        Step(
+            f"Localized corruption: {toxic.lineage}",
+            f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
+            f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
+            f"The heads whose direct effect changed most: {top_heads(diff)} logits.",
+            "app_pages/attribution.py",
+            {"exp": toxic.id, "epoch": "0", "mode": "diff", "compare": f"{toxic.id}:{tl}"},
+            lambda: show_chart(
+                *dla_difference_view(toxic, 0, a.heads, toxic, tl, b.heads), "tour-corruption"
+            ),
         )
+    )
     if toxic.epochs_with("knockout"):
         epochs = sorted({0, toxic.epochs_with("knockout")[-1]})
         chart, data, caption, notes = knockout_view(toxic, epochs)
@@ -184,7 +187,8 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     rev = reversal_of(toxic)
     if rev is not None and rev.epochs:
         rl = rev.last_epoch
-        r_ld = value_at(rev, "logit_diff", rl)
+        t0, tn, r_ld = (value_at(toxic, "logit_diff", 0), value_at(toxic, "logit_diff", tl),
+                        value_at(rev, "logit_diff", rl))  # fmt: skip
         movers = heads_of(rev, rl, "name mover")
         back = heads_of(clean, 0, "name mover")
         same = (

@@ -2,7 +2,6 @@
 reference, and the guided tour."""
 
 import streamlit as st
-from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 from app_pages._store import clean_run, result, shape_of
 from app_pages._text import dataset, highlighted, role_words
@@ -11,6 +10,7 @@ from app_pages._ui import show_user_errors
 from ioi.present.charts import circuit_dot
 from ioi.task.circuit import GPT2_SMALL_CIRCUIT
 from ioi.task.corruptions import CORRUPTIONS
+from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 st.title("IOI Circuit Lab")
 st.write(
@@ -75,11 +75,6 @@ f3.markdown(
     "**Neuroplasticity.** Re-training a corrupted model on clean data restores the original circuit "
     "(faithfulness back to 95–96%)."
 )
-st.caption("The numbers above are the paper's, for GPT-2 small. This project's verdicts, with intervals:")
-st.page_link(
-    "app_pages/findings.py", label="The three findings, tested on this model", icon=":material/fact_check:"
-)
-
 st.subheader("Toxic datasets — the project's reading")
 st.warning(
     "The paper names three toxic datasets but does not publish how it built them. These are this "
