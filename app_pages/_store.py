@@ -44,6 +44,7 @@ class Experiment:
     lineage: str
     label: str
     parent: str | None  # a reversal's toxic experiment id
+    start: str  # what epoch 0 is: "pretrained", or a reversal's toxic model ("subject duplication, epoch 5")
 
     @property
     def demo(self) -> bool:
@@ -66,19 +67,16 @@ class Experiment:
 
     def start_label(self) -> str:
         """What epoch 0 is: the pretrained model, or for a reversal the toxic model it starts from."""
-        if self.scenario != "reversal":
-            return "pretrained"
-        toxic = self.lineage.removeprefix("reversal of ")
-        return f"toxic model ({toxic}, end of its run)"
+        return self.start if self.scenario != "reversal" else f"toxic model: {self.start}"
 
     def epoch_label(self, epoch: int) -> str:
         return f"0 — {self.start_label()}" if epoch == 0 else f"epoch {epoch}"
 
     def checkpoint_label(self, epoch: int) -> str:
-        """ "clean, epoch 5" / "clean, pretrained" / "reversal of …, start (toxic model)"."""
-        if epoch == 0:
-            return f"{self.lineage}, {'pretrained' if self.scenario != 'reversal' else 'start (toxic model)'}"
-        return f"{self.lineage}, epoch {epoch}"
+        """ "clean, epoch 5" / "clean, pretrained" / "toxic start: subject duplication, epoch 5"."""
+        if epoch > 0:
+            return f"{self.lineage}, epoch {epoch}"
+        return f"toxic start: {self.start}" if self.scenario == "reversal" else f"{self.lineage}, pretrained"
 
 
 def _plural(n: Any, word: str) -> str:
@@ -117,6 +115,7 @@ def _experiments(root_list: tuple[str, ...]) -> list[Experiment]:
         if info.id not in best or len(info.epochs) > len(best[info.id][1].epochs):
             best[info.id] = (root, info)
     scenario = {i: str(info.config.get("scenario")) for i, (_, info) in best.items()}
+    length = {i: info.config.get("epochs", "?") for i, (_, info) in best.items()}
     models = {str(info.config.get("model")) for _, info in best.values()}
     rows = []
     for root, info in best.values():
@@ -125,11 +124,16 @@ def _experiments(root_list: tuple[str, ...]) -> list[Experiment]:
         label = f"{name} · {_plural(c.get('epochs', '?'), 'epoch')} · seed {c.get('seed', '?')}"
         label += f" · {c.get('model')}" if len(models) > 1 else ""
         label += "" if Path(root) == cache.demo_root() else " · yours"
-        rows.append((root, info, name, label, parent))
+        start = (
+            f"{lineage(scenario.get(str(parent), '?'))}, epoch {length.get(str(parent), '?')}"
+            if parent
+            else ("pretrained")
+        )
+        rows.append((root, info, name, label, parent, start))
     labels = unique_labels([r[3] for r in rows], [r[1].config for r in rows], [r[1].id for r in rows])
     out = [
-        Experiment(root, info.id, info.config, info.status, info.epochs, info.job, name, label, parent)
-        for (root, info, name, _, parent), label in zip(rows, labels)
+        Experiment(root, info.id, info.config, info.status, info.epochs, info.job, name, label, parent, start)
+        for (root, info, name, _, parent, start), label in zip(rows, labels)
     ]
     order = ["clean", "name moving", "subject duplication", "duplication"]
     return sorted(out, key=lambda e: (not e.demo, _rank(e.lineage, order), -e.last_epoch, e.label))

@@ -11,7 +11,14 @@ import streamlit as st
 
 from app_pages._store import Experiment, circuit_at, clean_run, result, reversal_of, series, toxic_run
 from app_pages._ui import set_url, show_chart
-from app_pages._views import cmap_view, curves_view, dla_difference_view, dla_view, knockout_view
+from app_pages._views import (
+    cmap_directions,
+    cmap_view,
+    curves_view,
+    dla_difference_view,
+    dla_view,
+    knockout_view,
+)
 from ioi.present import charts
 
 
@@ -159,10 +166,13 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
             out.append(
                 Step(
                     "Corruption: knock the classes out",
-                    f"Knocking out each class shows what the {toxic.lineage} model still relies on. At epoch "
-                    f"{epochs[-1]} the classifier finds name movers {listed(movers)}"
-                    f"{' — the circuit the pretrained model used is gone' if not movers else ''}. "
-                    + " ".join(notes),
+                    f"Knocking out each class shows what the {toxic.lineage} model still relies on. "
+                    + (
+                        f"At epoch {epochs[-1]} its name movers are {listed(movers)}."
+                        if movers
+                        else f"At epoch {epochs[-1]} the classifier finds no name movers: the pretrained "
+                        "circuit is gone, so only the intact model's logit difference is drawn for it."
+                    ),
                     "app_pages/knockout.py",
                     {"exp": toxic.id, "epoch": ",".join(map(str, epochs))},
                     lambda: show_chart(chart, data, caption, "tour-knockout"),
@@ -173,15 +183,18 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
         found = result(toxic, ce, "cmap")
         if found is not None and not found.heads.empty:
             a_label, b_label = toxic.checkpoint_label(ce), toxic.checkpoint_label(0)
+            first = next(iter(cmap_directions(found)))
+            receiver, source = (a_label, b_label) if first == "a<-b" else (b_label, a_label)
             out.append(
                 Step(
                     "Corruption: which heads carry it (CMAP)",
-                    f"Cross-model patching runs A = {a_label} with one head at a time taken from B = "
-                    f"{b_label}; a positive value means B's head moves A back towards the indirect object. "
+                    f"Cross-model patching runs {receiver} with one head at a time taken from {source}; a "
+                    "positive value means that head raises the receiver's logit difference (towards the "
+                    "indirect object). "
                     f"The largest effects: {top_heads(found.heads)} logits.",
                     "app_pages/cmap.py",
                     {"exp": toxic.id, "epoch": str(ce)},
-                    lambda: show_chart(*cmap_view(found, a_label, b_label), "tour-cmap"),
+                    lambda: show_chart(*cmap_view(found, a_label, b_label)[:3], "tour-cmap"),
                 )
             )
     rev = reversal_of(toxic)

@@ -132,8 +132,9 @@ def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: 
     height, width = spec.get("height"), spec.get("width")
     # Streamlit fits the whole chart (title, axes, legend) into `height`, and collapses ordinal
     # axes without one: pass the plot's own height plus room for the rest.
-    st.altair_chart(
+    st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
         chart,
+        key=f"{key}-chart",
         width="content" if isinstance(width, int) or "facet" in spec else "stretch",
         height=height + 130 if isinstance(height, int) else "content",
     )

@@ -184,18 +184,36 @@ def reference_frame(data: pd.DataFrame, metric: str, shift: dict[str, int]) -> p
     return pd.DataFrame(rows) if rows else None
 
 
-CMAP_FIELDS = {"value": "change in F (logits)", "share_of_gap": "share of the gap F(B) − F(A)"}
+CMAP_FIELDS = {"value": "change in F (logits)", "share_of_gap": "share of the gap between the two models"}
 
 
-def cmap_view(found, a: str, b: str, field: str = "value"):
-    """(chart, table, caption) of a CMAP result where A (`a`) receives B's (`b`) heads."""
+def cmap_directions(found) -> dict[str, str]:
+    """The directions a CMAP entry holds ("a<-b": A receives B's heads; "b<-a": the reverse) ->
+    the table that holds each ("heads" for the first, "reverse" for the other)."""
     s = found.summary
-    title = f"CMAP: {a} (A) ← {b} (B)"
-    chart = charts.head_heatmap(found.heads, field=field, title=title, value_title=CMAP_FIELDS[field])
+    out = {str(s.get("direction", "a<-b")): "heads"}
+    if "reverse" in found.tables and s.get("reverse_direction"):
+        out[str(s["reverse_direction"])] = "reverse"
+    return out
+
+
+def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None = None):
+    """(chart, table, caption, classes) of a CMAP entry where A is `a` (the checkpoint) and B is
+    `b` (the run's starting model), in `direction` (default: the entry's first). `classes` is
+    the per-class table of that direction, or None."""
+    tables = cmap_directions(found)
+    direction = direction if direction in tables else next(iter(tables))
+    heads = found.heads if tables[direction] == "heads" else found.tables["reverse"]
+    classes = found.tables.get("classes" if tables[direction] == "heads" else "reverse_classes")
+    receiver, source = (a, b) if direction == "a<-b" else (b, a)
+    field = field if field in heads else "value"
+    title = f"CMAP: {receiver} run with heads of {source}"
+    chart = charts.head_heatmap(heads, field=field, title=title, value_title=CMAP_FIELDS[field])
+    s = found.summary
     caption = (
-        f"{s.get('mode', 'output')} patching: A ({a}) runs with one head at a time taken from B ({b}), "
-        f"at positions {s.get('positions', 'end')}; per head, the {CMAP_FIELDS[field]} of logit(IO) − "
-        "logit(S). Positive: B's head moves A towards IO. No ablation; the CSV has bootstrap 95% CIs "
-        "over prompts."
+        f"{s.get('mode', 'output')} patching: the receiver ({receiver}) runs with one head at a time taken "
+        f"from the source ({source}), at positions {s.get('positions', 'end')}; per head, the "
+        f"{CMAP_FIELDS[field]} of logit(IO) − logit(S). Positive: the source's head raises the receiver's "
+        "logit difference. No ablation; the CSV has bootstrap 95% CIs over prompts."
     )
-    return chart, heads_with_labels(found.heads), caption
+    return chart, heads_with_labels(heads), caption, classes

@@ -21,7 +21,7 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import CMAP_FIELDS, cmap_view
+from app_pages._views import CMAP_FIELDS, cmap_directions, cmap_view
 from ioi.present import charts
 
 st.title("Cross-model patching")
@@ -32,23 +32,30 @@ st.write(
 
 
 def show_result(found, key: str, a: str, b: str, param: str | None = None) -> None:
+    """Metrics, the per-head heatmap (direction and value picked, in the URL with `param`) and the
+    per-class sums of a CMAP entry; A is `a`, B is `b`."""
     s = found.summary
     c = st.columns(3)
     c[0].metric(f"F(A) — {a}", f"{s.get('f_a', float('nan')):.2f}")
     c[1].metric(f"F(B) — {b}", f"{s.get('f_b', float('nan')):.2f}")
     c[2].metric("patched", f"{s.get('mode', 'output')} at {s.get('positions', 'end')}")
-    field = choice("Value", list(CMAP_FIELDS), f"{key}-field", param=param, where=st, radio=True,
-                   format_func=CMAP_FIELDS.get, horizontal=True)  # fmt: skip
-    show_chart(*cmap_view(found, a, b, field), f"{key}-heads")
-    classes = found.tables.get("classes")
+    names = {"b<-a": f"{b} run with heads of {a}", "a<-b": f"{a} run with heads of {b}"}
+    directions = list(cmap_directions(found))
+    c = st.columns(2)
+    direction = choice("Direction", directions, f"{key}-dir", param=param and "direction", where=c[0],
+                       radio=True, format_func=names.get)  # fmt: skip
+    field = choice("Value", list(CMAP_FIELDS), f"{key}-field", param=param and "field", where=c[1],
+                   radio=True, format_func=CMAP_FIELDS.get)  # fmt: skip
+    chart, table, caption, classes = cmap_view(found, a, b, field, direction)
+    show_chart(chart, table, caption, f"{key}-heads")
     if classes is not None and not classes.empty:
         show_chart(
-            charts.class_bars(classes, value_title="change in F (logits)", title="Sum per circuit class"),
+            charts.class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
             classes,
-            "Summed CMAP effect of each circuit class's heads, with bootstrap 95% confidence intervals "
-            "over prompts.",
+            "CMAP effect of each circuit class's heads (patched together where the entry says so), with "
+            "bootstrap 95% confidence intervals over prompts.",
             f"{key}-classes",
-        )  # fmt: skip
+        )
 
 
 def cached_section() -> None:
@@ -62,9 +69,9 @@ def cached_section() -> None:
         return
     a, b = exp.checkpoint_label(epoch), exp.checkpoint_label(0)
     if exp.scenario == "reversal":
-        st.warning(f"B, the starting model of a reversal, is the toxic model ({b}), not the pretrained one: "
+        st.warning(f"B is the toxic model this reversal starts from ({b}), not the pretrained one: "
                    "the heads that light up are those the reversal changed back.", icon="⚠️")  # fmt: skip
-    show_result(found, f"cmap-{exp.id[:8]}-e{epoch}", a, b, "field")
+    show_result(found, f"cmap-{exp.id[:8]}-e{epoch}", a, b, "cmap")
 
 
 def live_cmap() -> None:

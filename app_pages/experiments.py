@@ -151,7 +151,8 @@ def job_row(job, root: str) -> None:
         top = st.columns([4, 1, 1, 1])
         top[0].markdown(
             f"{icon} **{lineage(cfg['scenario'])}** · {cfg['model']} · "
-            f"{cfg['epochs']} epochs · seed {cfg['seed']} · lr {cfg['lr']:g} — *{status}* "
+            f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''} · seed {cfg['seed']} · "
+            f"lr {cfg['lr']:g} — *{status}* "
             f"(job `{job.id}`, experiment `{job.experiment[:8]}`)"
         )
         if status in ("queued", "running") and top[1].button("Cancel", key=f"cancel-{job.id}"):
@@ -198,6 +199,7 @@ def job_list() -> None:
     st.caption(f"Refreshes every 2 s · {time.strftime('%H:%M:%S')}")
 
 
+@st.fragment(run_every=5)
 def cached_table() -> None:
     st.subheader("Cached experiments")
     found = experiments()
@@ -232,7 +234,7 @@ def cached_table() -> None:
         format_func=lambda i: found[ids.index(i)].label,
     )
     if chosen and st.button("Open", key="open_cached"):
-        open_results(chosen)
+        open_from_fragment(chosen)
 
 
 def body() -> None:

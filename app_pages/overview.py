@@ -75,6 +75,11 @@ f3.markdown(
     "**Neuroplasticity.** Re-training a corrupted model on clean data restores the original circuit "
     "(faithfulness back to 95–96%)."
 )
+st.subheader("Guided tour")
+st.write("The three findings, one step at a time, on the demo results; each step opens its detailed view.")
+show_user_errors(tour)
+st.page_link("app_pages/experiments.py", label="Then run your own experiment", icon=":material/science:")
+
 st.subheader("Toxic datasets — the project's reading")
 st.warning(
     "The paper names three toxic datasets but does not publish how it built them. These are this "
@@ -86,8 +91,3 @@ for name, corruption in CORRUPTIONS.items():
     st.markdown(f"**{name.replace('_', ' ')}** — {corruption.description}")
     for x in toxic[:2]:
         st.markdown(f"&nbsp;&nbsp;{highlighted(x.prompt, role_words(x))} → **{x.label}**")
-
-st.subheader("Guided tour")
-st.write("The three findings, one step at a time, on the demo results; each step opens its detailed view.")
-show_user_errors(tour)
-st.page_link("app_pages/experiments.py", label="Then run your own experiment", icon=":material/science:")

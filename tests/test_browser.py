@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -112,7 +111,9 @@ def test_every_page_in_a_real_browser_and_no_request_leaves_localhost(server, pa
         nav = page.locator("[data-testid='stSidebarNav']")
         assert "Logit attribution" in nav.inner_text(), f"{name}: the router's navigation is missing"
         assert "/work/" not in page.inner_text("body") and "/home/" not in page.inner_text("body"), name
-    hosts = {urlparse(u).hostname for u in page.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")}
+    hosts = {
+        urlparse(u).hostname for u in page.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+    }
     assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
 
 

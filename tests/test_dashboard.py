@@ -140,7 +140,7 @@ def test_a_reversal_at_epoch_0_is_called_the_toxic_model(dash_env):
     assert any("toxic model" in w.value for w in at.warning), [w.value for w in at.warning]
     at = app("app_pages/cmap.py", exp=REVERSAL, epoch="2")
     assert any("not the pretrained" in w.value for w in at.warning)
-    assert "toxic model" in at.metric[1].label
+    assert "toxic start" in at.metric[1].label
 
 
 @pytest.mark.parametrize("page", RESULT_PAGES)

@@ -59,11 +59,17 @@ def lineage(scenario: str, parent_scenario: str | None = None) -> str:
 
 
 def lineage_color(field: str, title: str = "run", domain: list[str] | None = None) -> alt.Color:
-    """A colour encoding of `field` (lineage names) with the fixed `LINEAGE_COLORS`; other values
-    (e.g. "reversal" without a known parent) get grey."""
-    names = list(LINEAGE_COLORS) + [d for d in (domain or []) if d not in LINEAGE_COLORS]
+    """A colour encoding of `field` (lineage names) with the fixed `LINEAGE_COLORS`, listing the
+    lineages of `domain` (default all) in their fixed order; other values get grey."""
+    shown = domain if domain is not None else list(LINEAGE_COLORS)
+    names = [n for n in LINEAGE_COLORS if n in shown] + [d for d in shown if d not in LINEAGE_COLORS]
     colors = [LINEAGE_COLORS.get(n, "#7f7f7f") for n in names]
-    return alt.Color(f"{field}:N", title=title, scale=alt.Scale(domain=names, range=colors))
+    return alt.Color(
+        f"{field}:N",
+        title=title,
+        scale=alt.Scale(domain=names, range=colors),
+        legend=alt.Legend(labelLimit=320),
+    )
 
 
 def head_labels(frame: pd.DataFrame) -> pd.Series:
@@ -108,7 +114,7 @@ def head_heatmap(
     value_title: str = "value",
     circuit: Circuit | None = None,
     field: str = "value",
-    cell: int = 26,
+    cell: int | None = None,
     span: float | None = None,
 ) -> alt.LayerChart:
     """Layers × heads heatmap of `field`, diverging colour centred at 0 (from −`span` to `span`,
@@ -119,6 +125,7 @@ def head_heatmap(
     data = with_classes(frame, circuit)
     n_layers = int(data["layer"].max()) + 1
     n_heads = int(data["head"].max()) + 1
+    cell = cell or max(22, min(40, 400 // n_heads))  # small models get big cells, GPT-2 fits 400 px
     base = alt.Chart(data).encode(
         x=alt.X("head:O", title="head", sort=list(range(n_heads)), axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort=list(range(n_layers))),
@@ -202,7 +209,10 @@ def epoch_curves(
         base = base.encode(detail=f"{series}:N")
     layers: list[alt.Chart] = []
     if low and high and low in frame and high in frame and frame[[low, high]].notna().any().any():
-        layers.append(base.mark_area(opacity=0.2).encode(y=f"{low}:Q", y2=f"{high}:Q"))
+        band = base.mark_area(opacity=0.2).encode(y=f"{low}:Q", y2=f"{high}:Q")
+        quiet = enc_color.copy(deep=True)
+        quiet.legend = None  # the band's faded swatch would stand in the legend for the line
+        layers.append(band.encode(color=quiet))
     tooltip = [
         alt.Tooltip(f"{series}:N", title="run"),
         "epoch:Q",
@@ -245,7 +255,7 @@ def knockout_bars(
     if frame.empty:
         raise ValueError("no knockouts to draw")
     base = alt.Chart(frame).encode(
-        y=alt.Y(f"{target}:N", title="knocked out", sort=None),
+        y=alt.Y(f"{target}:N", title="knocked out", sort=None, axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset(f"{series}:N", sort=None),
         x=alt.X(f"{value}:Q", title=value_title),
     )
