@@ -16,6 +16,7 @@ from app_pages._common import (
     user_root,
 )
 from ioi.task.corruptions import CORRUPTIONS
+from ioi.task.defaults import default_lr, lr_help, lr_text
 
 st.title("Experiments")
 st.write(
@@ -47,7 +48,9 @@ def launch_form() -> None:
     toxic = [e for e in experiments() if e.scenario in CORRUPTIONS]
     st.subheader("Launch an experiment")
     c = st.columns(3)
-    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model")
+    # a new model resets the lr field to that model's default (the CLI's, ioi.task.defaults)
+    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model",
+                           on_change=lambda: st.session_state.pop("form_lr", None))  # fmt: skip
     path_err = c[0].empty()
     if model == "a local directory…":
         model = c[0].text_input("Model directory", key="form_model_dir")
@@ -71,7 +74,7 @@ def launch_form() -> None:
     checkpoints = c[1].text_input("Checkpoint epochs", "1, 2", key="form_checkpoints",
                                   help="comma-separated; the last epoch is always kept")  # fmt: skip
     checkpoints_err = c[1].empty()
-    lr = c[2].text_input("Learning rate", "1e-4", key="form_lr", help="GPT-2: 1e-5; ioi-tiny: 1e-4")
+    lr = c[2].text_input("Learning rate", lr_text(default_lr(model)), key="form_lr", help=lr_help("model"))
     lr_err = c[2].empty()
     with st.expander("Sizes and analyses"):
         c = st.columns(4)
