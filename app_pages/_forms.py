@@ -1,4 +1,4 @@
-"""The experiment form: its defaults (those of `ExperimentConfig`, the lr per model as the CLI's),
+"""The experiment form: its defaults (`ExperimentConfig`'s; the lr per model from `ioi.task.defaults`),
 the checks of what a user typed, and submitting it as a job. Imports torch (via the experiment
 module); only the Experiments page and a recompute button use it."""
 
@@ -16,13 +16,6 @@ def form_defaults() -> dict[str, Any]:
     from ioi.runs.experiment import ExperimentConfig
 
     return ExperimentConfig().to_json()
-
-
-def default_lr(model: str) -> float:
-    """The learning rate a run of `model` gets unless the user types another (as the CLI)."""
-    from ioi.task.defaults import default_lr as lr
-
-    return lr(model)
 
 
 def parse_epochs(text: str, epochs: int) -> tuple[int, ...]:

@@ -5,13 +5,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app_pages._forms import default_lr, experiment_config, form_defaults, submit
+from app_pages._forms import experiment_config, form_defaults, submit
 from app_pages._live import MODELS
 from app_pages._store import experiments, roots
 from app_pages._ui import show_user_errors
 from ioi.present.charts import lineage
 from ioi.runs.cache import cache_root
 from ioi.task.corruptions import CORRUPTIONS
+from ioi.task.defaults import default_lr, lr_help, lr_text
 
 st.title("Experiments")
 st.write(
@@ -43,7 +44,9 @@ def launch_form() -> None:
     toxic = [e for e in experiments() if e.scenario in CORRUPTIONS]
     st.subheader("Launch an experiment")
     c = st.columns(3)
-    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model")
+    # a new model resets the lr field to that model's default (the CLI's, ioi.task.defaults)
+    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model",
+                           on_change=lambda: st.session_state.pop("form_lr", None))  # fmt: skip
     path_err = c[0].empty()
     if model == "a local directory…":
         model = c[0].text_input("Model directory", key="form_model_dir")
@@ -80,10 +83,7 @@ def launch_form() -> None:
     )
     checkpoints_err = c[1].empty()
     lr = c[2].text_input(
-        "Learning rate",
-        f"{default_lr(model):g}",
-        key=f"form_lr-{model}",
-        help="the default depends on the model, as the CLI's (`ioi finetune --help`)",
+        "Learning rate", lr_text(default_lr(model)), key=f"form_lr-{model}", help=lr_help("model")
     )
     lr_err = c[2].empty()
     with st.expander("Sizes and analyses"):

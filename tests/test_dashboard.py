@@ -323,10 +323,13 @@ def test_launching_a_tiny_job_creates_it(dash_env):
 
 def test_form_defaults_are_the_configs_and_the_clis():
     from ioi.runs.experiment import ExperimentConfig
-    from ioi.task.defaults import default_lr
+    from ioi.task.defaults import default_lr, lr_text
 
     assert _forms.form_defaults()["train_size"] == ExperimentConfig().train_size
-    assert _forms.default_lr("ioi-tiny") == default_lr("ioi-tiny")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/experiments.py").run()
+    model = at.selectbox(key="form_model").value
+    assert at.text_input(key=f"form_lr-{model}").value == lr_text(default_lr(model))
 
 
 def test_parse_epochs_and_lr():
