@@ -23,6 +23,7 @@ file). The shipped demo set (and ``$IOI_DEMO_DIR``) is read-only to the store: w
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -32,6 +33,8 @@ import sqlite3
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -366,3 +369,30 @@ def experiment_stamp(root: str | Path | None, exp_id: str) -> float:
         (entry_stamp(root, exp_id, e, n) for e, names in cached_epochs(root, exp_id).items() for n in names),
         default=0.0,
     )
+
+
+@contextmanager
+def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
+    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
+    folder = experiment_dir(root, exp_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_held(root: str | Path | None, exp_id: str) -> bool:
+    """Whether some process holds `experiment_lock` on `exp_id` now (a live run of it)."""
+    path = experiment_dir(root, exp_id) / ".lock"
+    if not path.exists():
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False

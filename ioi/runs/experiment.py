@@ -15,11 +15,9 @@ run once they are.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +30,7 @@ from ioi.runs.cache import (
     check_id,
     demo_roots,
     experiment_dir,
+    experiment_lock,
     load_entry,
     read_experiment,
     register_experiment,
@@ -214,33 +213,6 @@ def is_complete(cfg: ExperimentConfig, root: str | Path | None = None) -> bool:
             warnings.warn(message, stacklevel=3)
 
     return not plan(cfg, root, experiment_id(cfg), report)
-
-
-@contextmanager
-def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
-    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
-    folder = experiment_dir(root, exp_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def lock_held(root: str | Path | None, exp_id: str) -> bool:
-    """Whether some process holds `experiment_lock` on `exp_id` now (a live run of it)."""
-    path = experiment_dir(root, exp_id) / ".lock"
-    if not path.exists():
-        return False
-    with open(path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
 
 
 def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:

@@ -285,7 +285,7 @@ def cancel(job_id: str, root: str | Path | None = None) -> JobInfo:
 def resume(job_id: str, root: str | Path | None = None) -> JobInfo:
     """Run an interrupted, failed or cancelled job again from its last checkpoint; refused while
     a live run of its experiment (a frozen worker, another machine's) still holds its lock."""
-    from ioi.runs.experiment import lock_held
+    from ioi.runs.cache import lock_held
 
     job = get_job(job_id, root)
     if job.status in ("queued", "running"):
