@@ -246,9 +246,7 @@ def minimality(ko: Knockout, circuit: Circuit) -> pd.DataFrame:
     )
 
 
-@register_analysis(
-    "knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads", at_ends=True
-)
+@register_analysis("knockout")
 def knockout_analysis(
     model: LoadedModel,
     clean: IOIBatch,
@@ -293,9 +291,7 @@ def mlp_knockouts(ko: Knockout) -> dict[str, list[Patch]]:
     return variants | ({"MLPs 1+": ko.without((), None, range(1, n))} if n > 1 else {})
 
 
-@register_analysis(
-    "faithfulness", "F(circuit)/F(model) under mean ablation, with completeness, minimality and MLPs"
-)
+@register_analysis("faithfulness")
 def faithfulness_analysis(
     model: LoadedModel,
     clean: IOIBatch,
@@ -348,9 +344,7 @@ def faithfulness_analysis(
     return AnalysisResult("faithfulness", heads, summary, tables)
 
 
-@register_analysis(
-    "circuit-tests", "completeness and minimality of the circuit (METHODS §5, K stated)", at_ends=True
-)
+@register_analysis("circuit-tests")
 def circuit_tests_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -310,7 +310,7 @@ def direct_path_effects(
 # ---------------------------------------------------------------- registry entries
 
 
-@register_analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END")
+@register_analysis("dla")
 def dla_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options
 ) -> AnalysisResult:
@@ -329,7 +329,7 @@ def dla_analysis(
     )
 
 
-@register_analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC")
+@register_analysis("eap")
 def eap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -232,7 +232,7 @@ CIRCUIT_RULE = (
 """:func:`circuit_for` in one sentence, for the report and the pages."""
 
 
-@register_analysis("classify", "IOI head classes of any model from path patching and attention")
+@register_analysis("classify")
 def classify_analysis(model, clean, abc, *, other=None, freeze_mlp: bool = False, **thresholds: float):
     """Heads rows: value = path effect to the logits (logits), `class` (empty when none), every score grid.
     Summary `classes` = Circuit.to_json()["classes"]. Options: freeze_mlp, any ClassifyThresholds field."""

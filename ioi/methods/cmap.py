@@ -217,10 +217,7 @@ def _prompt_rows(direction: str, result: CMAPResult, groups) -> tuple[pd.DataFra
     return effects, f
 
 
-@register_analysis(
-    "cmap", "Cross-model activation patching: each head and each class (jointly) of one model from the other",
-    needs_other=True,
-)
+@register_analysis("cmap")
 def cmap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

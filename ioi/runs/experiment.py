@@ -15,11 +15,9 @@ run once they are.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +27,10 @@ from ioi import __version__
 from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
+    check_id,
+    demo_roots,
     experiment_dir,
+    experiment_lock,
     load_entry,
     read_experiment,
     register_experiment,
@@ -37,7 +38,7 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
+from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, SCENARIOS
 
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -66,17 +67,34 @@ class ExperimentConfig:
     analyses: tuple[str, ...] = field(default=DEFAULT_ANALYSES, compare=False)
 
     def validate(self) -> None:
-        from ioi.models.train import SCENARIOS
+        """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
+        from ioi.methods.analyses import OptionError, check_analyses
+        from ioi.models.names import model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
         if (self.scenario == "reversal") != (self.parent is not None):
             raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
+        if self.parent is not None:
+            try:
+                check_id(self.parent)
+            except ValueError as err:
+                raise ExperimentError(f"--parent: {err}") from None
         if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
             raise ExperimentError("sizes, batch size and lr must be positive")
+        from ioi.models.train import check_bounds
+
+        check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
+                     analysis_size=self.analysis_size)  # fmt: skip
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
+        try:
+            check_analyses([a for a in self.analyses if a != METRICS], registered_analyses())
+        except OptionError as err:
+            raise ExperimentError(str(err)) from None
+        if problem := model_problem(self.model):
+            raise ExperimentError(problem)
 
     @property
     def save_epochs(self) -> list[int]:
@@ -112,7 +130,7 @@ def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: in
     templates, names or a corruption changes the experiment id."""
     from ioi.models.train import TrainConfig, training_samples
     from ioi.task.data import abc_counterfactual
-    from ioi.task.names import HELD_OUT_NAMES
+    from ioi.task.names import HELD_OUT_NAMES, evaluation_samples
 
     train = training_samples(TrainConfig(scenario=scenario, seed=seed, train_size=train_size))
     evals, seen = evaluation_samples(seed, max(eval_size, analysis_size))
@@ -121,16 +139,6 @@ def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: in
     for x in [*train, *evals, *seen[:eval_size], *abc]:
         h.update(f"{x.prompt}\x00{x.label}\x01".encode())
     return h.hexdigest()
-
-
-def evaluation_samples(seed: int, size: int):
-    """(held-out-name samples, fine-tuning-name samples) of the eval split: experiments evaluate
-    and analyse on names fine-tuning never saw and report the seen-name metrics beside them."""
-    from ioi.task.data import make_dataset
-    from ioi.task.names import HELD_OUT_NAMES, TRAIN_NAMES
-
-    held = make_dataset(size, seed, "eval", names=HELD_OUT_NAMES)
-    return held, make_dataset(size, seed, "eval", names=TRAIN_NAMES)
 
 
 @lru_cache(maxsize=16)
@@ -165,17 +173,17 @@ def experiment_id(cfg: ExperimentConfig) -> str:
 
 
 def registered_analyses() -> dict[str, Any]:
-    """The analysis registry with the built-in analysis modules loaded, plus the modules named in
-    $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered there run in
-    background jobs and sweeps too, whose worker processes import them."""
+    """The analysis registry: the built-in declarations (their modules are imported when they run)
+    plus the modules named in $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses
+    registered there run in background jobs and sweeps too, whose worker processes import them."""
     import importlib
 
-    from ioi.methods.analyses import load_builtin_analyses
+    from ioi.methods.analyses import ANALYSES
 
     for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
         if module.strip():
             importlib.import_module(module.strip())
-    return load_builtin_analyses()
+    return ANALYSES
 
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
@@ -212,29 +220,28 @@ def is_complete(cfg: ExperimentConfig, root: str | Path | None = None) -> bool:
     return not plan(cfg, root, experiment_id(cfg), report)
 
 
-@contextmanager
-def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
-    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
-    folder = experiment_dir(root, exp_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
     return experiment_dir(root, exp_id) / "checkpoints"
 
 
+def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
+    """The experiment record of `parent` in `root`, copying it there from a demo cache when only
+    the demo has it (a child of a demo run lives in the user's cache, which re-creates the parent's
+    weights); None if neither knows it."""
+    record = read_experiment(root, parent)
+    demos = (read_experiment(d, parent) for d in demo_roots() if (d / "experiments").is_dir())
+    if record is None and (record := next((r for r in demos if r is not None), None)) is not None:
+        register_experiment(root, parent, record)
+    return record
+
+
 def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
     """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
-    its own checkpoints) if its weights were pruned."""
+    its own checkpoints) if its weights were pruned or are damaged."""
+    from ioi.models.load import verify_checkpoint
     from ioi.models.train import checkpoint_dir, finetune
 
-    record = read_experiment(root, cfg.parent)
+    record = adopt_parent(root, cfg.parent)
     if record is None:
         raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
     parent = ExperimentConfig.from_json(record["config"])
@@ -245,8 +252,9 @@ def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: st
             f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
         )
     final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
-    if not (final / "manifest.json").exists():
-        log(f"re-creating the weights of parent {cfg.parent}")
+    problem = verify_checkpoint(final) if (final / "manifest.json").exists() else "pruned"
+    if problem:
+        log(f"re-creating the weights of parent {cfg.parent} ({problem})")
         with experiment_lock(root, cfg.parent):
             source = parent_checkpoint(parent, root, device, log) if parent.parent else None
             finetune(parent.train_config(source), checkpoints_dir(root, cfg.parent), device=device)
@@ -295,7 +303,7 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0], note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -314,19 +322,27 @@ def run_experiment(
     return ExperimentSummary(exp_id, metrics, trained, notes)
 
 
-def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
+def _prepare_checkpoints(folder: Path, epochs: list[int], note: Log) -> bool:
     """Whether training must run to produce the checkpoints of `epochs`. Fine-tuning resumes from
-    the latest complete checkpoint, so when an earlier one is missing (pruned) the later ones are
-    removed to make it retrain from before the gap."""
+    the latest complete checkpoint, so when one is missing (pruned) or damaged (its files do not
+    match the manifest's checksums) it and the later ones are removed, to retrain from before."""
     import shutil
 
-    from ioi.models.train import checkpoint_dir
+    from ioi.models.load import verify_checkpoint
+    from ioi.models.train import checkpoints
 
-    missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
+    present = checkpoints(folder)
+    missing = []
+    for e in sorted(epochs):
+        problem = verify_checkpoint(present[e]) if e in present else "missing"
+        if problem:
+            if e in present:
+                note(f"checkpoint of epoch {e} is damaged ({problem}); re-creating it")
+            missing.append(e)
     if not missing:
         return False
-    for later in folder.glob("epoch-[0-9][0-9][0-9]"):
-        if int(later.name.split("-")[1]) > missing[0]:
+    for epoch, later in present.items():
+        if epoch >= missing[0]:
             shutil.rmtree(later)
     return True
 
@@ -341,7 +357,7 @@ def _analyse_epoch(
     from ioi.models.load import load_model
     from ioi.models.train import checkpoint_dir
     from ioi.task.data import abc_counterfactual, tokenize
-    from ioi.task.names import HELD_OUT_NAMES
+    from ioi.task.names import HELD_OUT_NAMES, evaluation_samples, name_split_metrics
 
     start = init or cfg.model
     source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))
@@ -371,21 +387,3 @@ def _analyse_epoch(
         write_analysis(root, exp_id, epoch, name, result)
     return failed
 
-
-def name_split_metrics(model, held_out, seen):
-    """The metrics entry: task metrics on held-out names, `seen_*` on fine-tuning names, and the
-    per-prompt logit differences of both (table columns names, logit_diff) for intervals."""
-    import pandas as pd
-    import torch
-
-    from ioi.task.metrics import end_logits, logit_diff_per_prompt, task_metrics
-
-    parts, rows = {}, []
-    for split, batch in (("held-out", held_out), ("seen", seen)):
-        with torch.no_grad():  # END logits only, in chunks: [batch, pos, vocab] is large on GPT-2
-            chunks = [batch.subset(range(i, min(i + 128, len(batch)))) for i in range(0, len(batch), 128)]
-            last = torch.cat([end_logits(model.bridge(c.tokens.to(model.device)), c) for c in chunks])
-        parts[split] = task_metrics(last, batch).to_json()
-        rows += [{"names": split, "logit_diff": x} for x in logit_diff_per_prompt(last, batch).tolist()]
-    summary = parts["held-out"] | {f"seen_{k}": v for k, v in parts["seen"].items()}
-    return summary | {"names": "held-out"}, pd.DataFrame(rows)
