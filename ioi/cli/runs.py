@@ -244,15 +244,26 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
     p.add_argument("--reproduction", type=Path, help="also write the report here (e.g. REPRODUCTION.md)")
+    p.add_argument("--from-cache", action="store_true",
+                   help="run nothing: report what the cache holds (e.g. --cache cache/demo)")  # fmt: skip
 
 
 @command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
 def run_reproduce(args: argparse.Namespace) -> int:
+    from ioi.present.findings import find_studies
     from ioi.present.report import report_dir, reproduce, reproduction_copy, write_report
+    from ioi.runs.cache import cache_root
 
-    studies = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr or default_lr(args.model),
-                        clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device,
-                        **_study_shape(args))  # fmt: skip
+    if args.from_cache:
+        studies = find_studies(cache_root(args.cache), args.model)
+        if not studies:
+            raise ValueError(f"no cached clean experiment of {args.model!r} in {cache_root(args.cache)}")
+    else:
+        lr = args.lr or default_lr(args.model)
+        studies = reproduce(
+            args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
+            n_jobs=args.n_jobs, device=args.device, **_study_shape(args),
+        )  # fmt: skip
     path = write_report(studies, args.model, args.out or report_dir(args.model))
     print(path)
     if args.reproduction:
