@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+from ioi.task.data import NAMES, IOISample, make_dataset
 
-from ioi.task.data import NAMES, IOIBatch, IOISample, make_dataset
-from ioi.task.metrics import end_logits, logit_diff_per_prompt, task_metrics
+if TYPE_CHECKING:  # torch and pandas only where metrics are measured: the dashboard imports this
+    import pandas as pd
+
+    from ioi.task.data import IOIBatch
 
 
 def split_names(
@@ -42,6 +44,11 @@ def name_split_metrics(model, held_out: IOIBatch, seen: IOIBatch) -> tuple[dict,
     """A checkpoint's metrics entry (`model` has `.bridge` and `.device`): task metrics on held-out
     names, `seen_*` on fine-tuning names, and the per-prompt logit differences of both (table
     columns names, logit_diff) for intervals."""
+    import pandas as pd
+    import torch
+
+    from ioi.task.metrics import end_logits, logit_diff_per_prompt, task_metrics
+
     parts, rows = {}, []
     for split, batch in (("held-out", held_out), ("seen", seen)):
         with torch.no_grad():  # END logits only, in chunks: [batch, pos, vocab] is large on GPT-2
