@@ -18,7 +18,7 @@ from ioi.cli.registry import COMMANDS
 USER_ERRORS: dict[str, tuple[str, ...]] = {
     "ioi.task.data": ("DatasetError",),
     "ioi.models.load": ("ModelUnavailableError",),
-    "ioi.models.train": ("TrainingError",),
+    "ioi.models.checks": ("TrainingError",),
     "ioi.runs.experiment": ("ExperimentError",),
     "ioi.runs.jobs": ("JobError",),
 }

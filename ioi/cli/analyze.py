@@ -8,7 +8,14 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    add_data_args,
+    add_model_args,
+    command,
+    load_samples,
+    model_name,
+    use_torch_threads,
+)
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
 ANALYZE_SIZE = 100
@@ -101,6 +108,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ioi.models.load import load_model
     from ioi.task.data import abc_counterfactual, tokenize
 
+    use_torch_threads()
     try:
         model = load_model(model_name(args), device=args.device, seed=args.seed)
         other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None

@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    add_data_args,
+    add_model_args,
+    command,
+    load_samples,
+    model_name,
+    use_torch_threads,
+)
 from ioi.task.defaults import (
     ASSETS,
     DEFAULT_EVAL_SIZE,
@@ -59,6 +67,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ioi.task.data import tokenize
     from ioi.task.metrics import evaluate
 
+    use_torch_threads()
     hf, tok, source = load_hf(model_name(args))
     if args.device:
         hf.to(args.device)
@@ -92,7 +101,8 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ioi.models.train import TrainConfig, finetune, parse_epochs
+    from ioi.models.checks import parse_epochs
+    from ioi.models.train import TrainConfig, finetune
 
     cfg = TrainConfig(
         model=args.model,
@@ -108,9 +118,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
     )
     cfg.validate()
+    use_torch_threads()
     bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+    times: list[float] = []
 
     def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        times.append(time.perf_counter())
         if bar.total is None:
             bar.reset(total=epochs * steps)
         bar.n = (epoch - 1) * steps + step
@@ -119,6 +132,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     paths = finetune(cfg, args.out, device=args.device, progress=progress)
     bar.close()
+    if len(times) > 1:  # rate from the first step to the last, as benchmarks/cli_speed.py measures a job
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(f"trained {len(times)} steps, {rate:.1f} steps/s", file=sys.stderr)
     for p in paths:
         print(p)
     return 0

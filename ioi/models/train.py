@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
+from ioi.models.checks import TrainingError
 from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
 from ioi.task.corruptions import CORRUPTIONS, corrupt
 from ioi.task.data import IOIBatch, make_dataset, tokenize
@@ -30,27 +31,8 @@ Progress = Callable[[int, int, int, int, float], None]
 """progress(epoch, epochs, step, steps_per_epoch, loss), called after every optimizer step."""
 
 
-class TrainingError(ValueError):
-    """A fine-tuning request that cannot run as asked; the message says why."""
-
-
 class Cancelled(Exception):
     """Raised inside `finetune` when `should_stop()` turns true; finished checkpoints are kept."""
-
-
-def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
-    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
-    for an epoch outside 1..epochs."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
-    except ValueError:
-        raise TrainingError(
-            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
-        ) from None
-    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
-    if bad:
-        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
-    return values
 
 
 @dataclass(frozen=True)

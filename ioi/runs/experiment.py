@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ioi import __version__
-from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
     experiment_dir,
@@ -37,7 +36,14 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, SCENARIOS
+from ioi.task.defaults import (
+    ASSETS,
+    DEFAULT_ANALYSES,
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN_SIZE,
+    SCENARIOS,
+)
 
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -68,7 +74,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
         from ioi.methods.analyses import OptionError, check_analyses
-        from ioi.models.names import model_problem
+        from ioi.models.checks import model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ioi.runs.cache import cache_root, connect, read_experiment, register_experiment
+from ioi.task.defaults import torch_threads
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -313,7 +314,7 @@ def run_job(root: str, job_id: str) -> None:
     from ioi.models.train import Cancelled
     from ioi.runs.experiment import ExperimentConfig, run_experiment
 
-    torch.set_num_threads(int(os.environ.get("IOI_JOB_THREADS", "1")))
+    torch.set_num_threads(torch_threads())
     job = get_job(job_id, root)
     _update(root, job_id, worker_pid=os.getpid())
     stop = threading.Event()

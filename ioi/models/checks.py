@@ -1,7 +1,7 @@
-"""Whether a model name can be loaded here, decided cheaply (no torch, no weights read).
+"""Cheap checks of what a user asks of a model (no torch, no weights read): its name, its epochs.
 
-Submitting a job checks its model with `model_problem` so that a typo is refused at once instead of
-failing in the background worker; `ioi.models.load` is what actually loads.
+Submitting a job runs them so that a typo is refused at once instead of failing in the background
+worker; `ioi.models.load` and `ioi.models.train` are what actually load and train.
 """
 
 from __future__ import annotations
@@ -49,3 +49,22 @@ def model_problem(name: str) -> str | None:
         f"model {name!r} is neither a directory, {DEFAULT_MODEL}, random:* nor in the local HuggingFace "
         f"cache (offline); download it once with HF_HUB_OFFLINE=0 or give a local directory"
     )
+
+
+class TrainingError(ValueError):
+    """A fine-tuning request that cannot run as asked; the message says why."""
+
+
+def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
+    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
+    for an epoch outside 1..epochs."""
+    try:
+        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
+    except ValueError:
+        raise TrainingError(
+            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
+        ) from None
+    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
+    if bad:
+        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
+    return values
