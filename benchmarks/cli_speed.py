@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this process reads the jobs' rows through ioi.runs.jobs
 SUBCOMMANDS = ("dataset", "eval", "finetune", "pretrain-tiny", "analyze", "jobs", "jobs submit", "sweep",
                "precompute", "reproduce")  # fmt: skip
 TRAINING = ["--model", "ioi-tiny", "--epochs", "1", "--train-size", "3200", "--eval-size", "50"]
@@ -80,8 +81,8 @@ def job_timeline(root: Path) -> dict[str, float]:
 def direct_rate(out: Path, threads: str | None) -> float:
     """Steps/s of `ioi finetune` (it prints its rate, first step to last), with $IOI_JOB_THREADS."""
     extra = {"IOI_JOB_THREADS": threads} if threads else {}
-    done = subprocess.run([sys.executable, "-m", "ioi", "finetune", *TRAINING, "--out", str(out)],
-                          capture_output=True, text=True, env=env() | extra, timeout=900, check=True)  # fmt: skip
+    argv = [sys.executable, "-m", "ioi", "finetune", *TRAINING, "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env() | extra, timeout=900, check=True)
     return float(re.search(r"([\d.]+) steps/s", done.stderr).group(1))
 
 
@@ -100,7 +101,7 @@ def main() -> None:
         results["submit_returns_s"] = statistics.median(r["submit_returns_s"] for r in runs)
         results["job_steps_per_s"] = statistics.median(r["job_steps_per_s"] for r in runs)
         print(f"jobs submit: returns in {results['submit_returns_s']:.1f} s, first training step "
-              f"{results['submit_to_first_step_s']:.1f} s after it started (median of {len(runs)})")  # fmt: skip
+              f"{results['submit_to_first_step_s']:.1f} s after its start (median of {len(runs)})")  # fmt: skip
         if not args.quick:
             results["direct_steps_per_s"] = direct_rate(Path(tmp) / "direct", None)
             results["direct_steps_per_s_one_thread_per_core"] = direct_rate(
