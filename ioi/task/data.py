@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # torch loads when a batch is built: writing prompts (and `jobs submit`) needs none
+if TYPE_CHECKING:  # samples need no torch (the dashboard shows them); only tokenizing does
     import torch
 
 from ioi.task.defaults import DEFAULT_TRAIN_SIZE
@@ -338,7 +338,6 @@ class IOIBatch:
     def subset(self, index: torch.Tensor | Sequence[int]) -> IOIBatch:
         """The batch restricted to `index` (a [k] tensor or list of row numbers)."""
         import torch
-
         idx = torch.as_tensor(index, dtype=torch.long)
         fields = {
             k: getattr(self, k)[idx]
@@ -361,7 +360,6 @@ def tokenize(
     Raises DatasetError when a role name is not a single token or does not occur in its prompt.
     """
     import torch
-
     if not samples:
         raise DatasetError("no samples to tokenize")
     bos = tokenizer.bos_token_id
