@@ -100,8 +100,8 @@ def main() -> None:
         results["submit_to_first_step_s"] = statistics.median(r["submit_to_first_step_s"] for r in runs)
         results["submit_returns_s"] = statistics.median(r["submit_returns_s"] for r in runs)
         results["job_steps_per_s"] = statistics.median(r["job_steps_per_s"] for r in runs)
-        print(f"jobs submit: returns in {results['submit_returns_s']:.1f} s, first training step "
-              f"{results['submit_to_first_step_s']:.1f} s after its start (median of {len(runs)})")  # fmt: skip
+        print(f"jobs submit (median of {len(runs)}): returns in {results['submit_returns_s']:.1f} s, "
+              f"first training step {results['submit_to_first_step_s']:.1f} s after its start")  # fmt: skip
         if not args.quick:
             results["direct_steps_per_s"] = direct_rate(Path(tmp) / "direct", None)
             results["direct_steps_per_s_one_thread_per_core"] = direct_rate(
