@@ -1,4 +1,4 @@
-"""Cheap checks of what a user asks of a model (no torch, no weights read): its name, its epochs.
+"""Cheap checks of what a user asks of a model (no torch, no weights read): its name, its epochs, sizes.
 
 Submitting a job runs them so that a typo is refused at once instead of failing in the background
 worker; `ioi.models.load` and `ioi.models.train` are what actually load and train.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ioi.task.data import MAX_PROMPTS
 from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 
@@ -68,3 +69,20 @@ def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
     if bad:
         raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
     return values
+
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+
+
+def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
+    """TrainingError unless epochs, batch size and the dataset sizes (by name) are within the caps
+    that keep a mistyped number from grinding the machine (MAX_EPOCHS, MAX_BATCH, MAX_PROMPTS)."""
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise TrainingError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {epochs}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise TrainingError(f"batch size must be from 1 to {MAX_BATCH:,}, got {batch_size}")
+    for name, size in sizes.items():
+        if not 1 <= size <= MAX_PROMPTS:
+            what = name.replace("_", " ")
+            raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
