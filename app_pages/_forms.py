@@ -90,4 +90,7 @@ def resubmit(exp: Experiment, name: str) -> str:
 
     cfg = ExperimentConfig.from_json(exp.config)
     analyses = list(dict.fromkeys((*cfg.analyses, name)))
-    return submit(ExperimentConfig.from_json(exp.config | {"analyses": analyses}), exp.root)
+    from ioi.runs.cache import cache_root
+
+    root = str(cache_root()) if exp.demo else exp.root  # the demo cache is read-only: recompute in yours
+    return submit(ExperimentConfig.from_json(exp.config | {"analyses": analyses}), root)

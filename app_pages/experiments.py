@@ -126,8 +126,7 @@ def launch_form() -> None:
         slots[field].error(message, icon="⚠️")
     if cfg is None:
         return
-    root = parent.root if parent else str(cache_root())
-    job = submit(cfg, root)
+    job = submit(cfg, str(cache_root()))  # a child of a demo run too: the demo cache is read-only
     st.session_state["last_job"] = job
     st.success(f"Job {job} submitted; it appears in the list below.")
 

@@ -8,7 +8,15 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    add_data_args,
+    add_model_args,
+    check_device,
+    command,
+    load_samples,
+    model_name,
+    report_unknown_words,
+)
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
 ANALYZE_SIZE = 100
@@ -83,6 +91,9 @@ def json_safe(value: object) -> object:
 )
 def run_analyze(args: argparse.Namespace) -> int:
     try:  # everything the user typed is checked before a model is loaded
+        check_device(args.device)
+        if args.out and args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; give a file for the JSON result")
         options = parse_options(args.option)
         if args.circuit:
             options["circuit"] = json.loads(args.circuit.read_text())
@@ -99,13 +110,14 @@ def run_analyze(args: argparse.Namespace) -> int:
         return 2
     from ioi.methods.analyses import run_analysis
     from ioi.models.load import load_model
-    from ioi.task.data import abc_counterfactual, tokenize
+    from ioi.task.data import abc_counterfactual, check_context, tokenize
 
     try:
         model = load_model(model_name(args), device=args.device, seed=args.seed)
         other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None
         samples = load_samples(args)
-        clean = tokenize(samples, model.tokenizer)
+        clean = check_context(tokenize(samples, model.tokenizer), model.bridge.cfg.n_ctx)
+        report_unknown_words(samples, model.tokenizer)
         abc = tokenize(abc_counterfactual(samples, args.seed), model.tokenizer, like=clean)
         result = run_analysis(args.method, model, clean, abc, other=other, **options)
     except (ValueError, TypeError, json.JSONDecodeError) as err:

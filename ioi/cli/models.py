@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    UsageError,
+    add_data_args,
+    add_model_args,
+    check_device,
+    command,
+    load_samples,
+    model_name,
+    report_unknown_words,
+)
 from ioi.task.defaults import (
     ASSETS,
     DEFAULT_EVAL_SIZE,
@@ -56,13 +65,17 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
 def run_eval(args: argparse.Namespace) -> int:
     from ioi.models.load import load_hf
-    from ioi.task.data import tokenize
+    from ioi.task.data import check_context, tokenize
     from ioi.task.metrics import evaluate
 
+    check_device(args.device)
     hf, tok, source = load_hf(model_name(args))
     if args.device:
         hf.to(args.device)
-    result = evaluate(hf.eval(), tokenize(load_samples(args), tok)).to_json()
+    samples = load_samples(args)
+    batch = check_context(tokenize(samples, tok), getattr(hf.config, "n_positions", None))
+    report_unknown_words(samples, tok)
+    result = evaluate(hf.eval(), batch).to_json()
     result |= {"model": model_name(args), "source": source}
     if args.json:
         print(json.dumps(result))
@@ -94,6 +107,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     from ioi.models.train import TrainConfig, finetune, parse_epochs
 
+    check_device(args.device)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a directory for the checkpoints")
     cfg = TrainConfig(
         model=args.model,
         scenario=args.scenario,

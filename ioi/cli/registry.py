@@ -7,6 +7,8 @@ Only light modules are imported here (argparse, ioi.task.defaults): a command's 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,34 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
         return run
 
     return add
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used; the message says which and why."""
+
+
+def check_device(device: str | None) -> str | None:
+    """`device` if this machine has it (None: the default); UsageError otherwise."""
+    if device is None or device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UsageError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch has no usable CUDA GPU; use --device cpu")
+    return device
+
+
+def report_unknown_words(samples, tokenizer) -> None:
+    """Print one warning line naming the prompt words the model reads as its unknown token."""
+    from ioi.task.data import unknown_words
+
+    words = unknown_words(tokenizer, samples)
+    if words:
+        shown = ", ".join(words[:10]) + (f" and {len(words) - 10} more" if len(words) > 10 else "")
+        print(f"warning: words not in the model's vocabulary, read as its unknown token: {shown}",
+              file=sys.stderr)  # fmt: skip
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,10 @@ Model names:
 
 Every model is an HF module first (fine-tuning trains its raw weights) and is wrapped in a
 ``TransformerBridge`` in compatibility mode for analysis (HookedTransformer numerics and hook names).
+
+No code from a model directory ever runs (``trust_remote_code=False``; a config with an ``auto_map``
+is refused), and a checkpoint's files are verified against the sha256 sums in its manifest before
+its weights are used.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 # retrying for minutes. Users with the hub can set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +46,10 @@ _RANDOM_CONFIGS = {
 
 class ModelUnavailableError(RuntimeError):
     """A model's weights or tokenizer cannot be had here; the message says how to get them."""
+
+
+class CorruptCheckpoint(ModelUnavailableError):
+    """A checkpoint whose files are missing or do not match the checksums in its manifest."""
 
 
 @dataclass
@@ -101,7 +110,7 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     an empty tokenizer silently when the files are missing)."""
     if not (directory / "tokenizer.json").exists():
         raise ModelUnavailableError(f"{directory} has no tokenizer.json")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True, trust_remote_code=False)
     if len(tok) < 10 or tok.bos_token_id is None:
         raise ModelUnavailableError(f"the tokenizer in {directory} is empty or has no BOS token")
     return tok
@@ -115,24 +124,54 @@ def load_hf(
         return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"
     path = ASSETS / "ioi-tiny" if name == "ioi-tiny" else Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelUnavailableError(f"{path} is not a model directory (no config.json)")
-        tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-        return model, tok, f"local directory {path}"
+        return (*_load_directory(path), f"local directory {path}")
     if name == "ioi-tiny":
         raise ModelUnavailableError(
             "the bundled ioi-tiny model is missing; rebuild it with `python -m ioi pretrain-tiny`"
         )
+    # a path (not a hub name such as "gpt2" or "org/model"): say it is not there
+    looks_local = name.startswith(("/", ".", "~")) or (str(path.parent) != "." and path.parent.is_dir())
+    if path.exists() or looks_local:
+        raise ModelUnavailableError(f"cannot load {name}: it does not exist or is not a directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(name)
-        tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True)
-    except OSError as err:
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False)
+        tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
         raise ModelUnavailableError(
             f"cannot load {name!r} ({type(err).__name__}): download it once with internet access "
             f"(HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model /path/to/a/local/copy"
         ) from err
     return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
+
+
+def _load_directory(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """The model and tokenizer of a local directory, refusing anything that would run its code
+    and verifying a checkpoint's files first."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelUnavailableError(f"{path} is not a model directory (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(f"{path}/config.json is unreadable ({err})") from None
+    if not isinstance(config, dict):
+        raise ModelUnavailableError(f"{path}/config.json is not a model configuration")
+    if "auto_map" in config:
+        raise ModelUnavailableError(
+            f"{path} asks to run its own Python code (auto_map in config.json); ioi never runs code "
+            "from a model directory: use a model whose architecture transformers ships"
+        )
+    problem = verify_checkpoint(path)
+    if problem:
+        raise CorruptCheckpoint(problem)
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise ModelUnavailableError(f"{path} has no weights (model.safetensors)")
+    tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as err:  # transformers and safetensors raise many kinds for a damaged file
+        why = f"{type(err).__name__}: {err}"
+        raise ModelUnavailableError(f"the weights in {path} cannot be loaded ({why})") from None
+    return model, tok
 
 
 def wrap(hf_model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, device: str) -> torch.nn.Module:
@@ -167,6 +206,48 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, seed: in
 
 
 def read_manifest(directory: str | Path) -> dict | None:
-    """The JSON manifest of a checkpoint directory, or None for a plain model directory."""
+    """The JSON manifest of a checkpoint directory, or None for a plain model directory;
+    CorruptCheckpoint if it is unreadable."""
     path = Path(directory) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{path} is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpoint(f"{path} is not a checkpoint manifest")
+    return manifest
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+PRUNABLE = ("optimizer.safetensors",)
+"""Checkpoint files that may be deleted after writing (only the latest checkpoint keeps them)."""
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """None if every file a checkpoint's manifest lists is there and matches its sha256 (or the
+    directory is not a checkpoint, or predates checksums); else what is wrong, in words."""
+    folder = Path(directory)
+    try:
+        manifest = read_manifest(folder)
+    except CorruptCheckpoint as err:
+        return str(err)
+    if manifest is None or "files" not in manifest:
+        return None
+    for name, digest in manifest["files"].items():
+        f = folder / name
+        if not f.is_file():
+            if name in PRUNABLE:
+                continue
+            return f"{f} is missing (the checkpoint's manifest lists it)"
+        if file_sha256(f) != digest:
+            return f"{f} does not match its sha256 in manifest.json (damaged)"
+    return None
