@@ -42,10 +42,8 @@ def test_classification_returns_a_circuit_that_follows_its_thresholds(tiny_rando
         assert s["path_logits"][h] <= -t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
     for h in circuit.classes["negative name mover"]:
         assert s["path_logits"][h] >= t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
-    want_nm = {
-        Head(*h)
-        for h in ((s["path_logits"] <= -0.01) & (s["attn_end_to_io"] > s["attn_end_to_s2"])).nonzero().tolist()
-    }
+    attends_io = s["attn_end_to_io"] > s["attn_end_to_s2"]
+    want_nm = {Head(*h) for h in ((s["path_logits"] <= -0.01) & attends_io).nonzero().tolist()}
     assert set(circuit.classes["name mover"]) == want_nm
     assert len(set(circuit.heads)) == len(circuit.heads)  # one class per head
 

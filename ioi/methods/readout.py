@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ioi.task.data import IOIBatch
 from ioi.task.metrics import logit_diff_direction, unembed_logit_diff
-from ioi.task.types import EndResid, PerPrompt, Resid
+from ioi.task.types import EndResid, PerPromptRows, Resid
 
 
 def end_rows(x: Resid, batch: IOIBatch) -> EndResid:
@@ -31,7 +31,7 @@ def end_rows(x: Resid, batch: IOIBatch) -> EndResid:
     return x[..., torch.arange(len(batch), device=x.device), end, :]
 
 
-def final_logit_diff(bridge: torch.nn.Module, resid_end: EndResid, batch: IOIBatch) -> PerPrompt:
+def final_logit_diff(bridge: torch.nn.Module, resid_end: EndResid, batch: IOIBatch) -> PerPromptRows:
     """Logit differences from final residuals at END: [*rows, batch, d_model] -> [*rows, batch].
 
     Applies the bridge's ln_final (recomputed on these residuals, so exact) and the IO − S
@@ -41,7 +41,7 @@ def final_logit_diff(bridge: torch.nn.Module, resid_end: EndResid, batch: IOIBat
     return unembed_logit_diff(bridge.ln_final(resid_end), direction, bias)
 
 
-def end_logit_diff(bridge: torch.nn.Module, resid_final: Resid, batch: IOIBatch) -> PerPrompt:
+def end_logit_diff(bridge: torch.nn.Module, resid_final: Resid, batch: IOIBatch) -> PerPromptRows:
     """[*rows, batch, pos, d_model] final residual -> [*rows, batch] logit differences at END."""
     return final_logit_diff(bridge, end_rows(resid_final, batch), batch)
 

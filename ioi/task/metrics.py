@@ -14,7 +14,16 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ioi.task.data import IOIBatch
-from ioi.task.types import Direction, EndLogits, EndResid, Logits, PerPrompt, Unembed, UnembedBias
+from ioi.task.types import (
+    Direction,
+    EndLogits,
+    EndResid,
+    Logits,
+    PerPrompt,
+    PerPromptRows,
+    Unembed,
+    UnembedBias,
+)
 
 
 def end_logits(logits: Logits | EndLogits, batch: IOIBatch) -> EndLogits:
@@ -45,7 +54,7 @@ def logit_diff_direction(
     return (w_u[:, io] - w_u[:, s]).T, b_u[io] - b_u[s]
 
 
-def unembed_logit_diff(normed: EndResid, direction: Direction, bias: PerPrompt) -> PerPrompt:
+def unembed_logit_diff(normed: EndResid, direction: Direction, bias: PerPrompt) -> PerPromptRows:
     """[*rows, batch] logit differences from the final LayerNorm's output at END
     [*rows, batch, d_model]: the IO − S row of the unembedding, without the rest of the vocabulary."""
     return (normed * direction).sum(-1) + bias

@@ -19,8 +19,10 @@ Tokens = Int[Tensor, "batch pos"]
 Logits = Float[Tensor, "batch pos vocab"]
 EndLogits = Float[Tensor, "batch vocab"]
 """Logits at each prompt's END."""
-PerPrompt = Float[Tensor, "*rows batch"]
-"""One value per prompt (e.g. its logit difference), optionally under leading axes."""
+PerPrompt = Float[Tensor, " batch"]
+"""One value per prompt (e.g. its logit difference)."""
+PerPromptRows = Float[Tensor, "*rows batch"]
+"""One value per prompt under any leading axes (e.g. variants)."""
 Positions = Int[Tensor, " batch"]
 """One token index per prompt (e.g. END)."""
 PosMask = Bool[Tensor, "batch pos"]
