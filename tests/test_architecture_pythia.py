@@ -34,6 +34,11 @@ def pythia():
 
 
 @pytest.fixture(scope="module")
+def other_pythia():
+    return load_model("random:pythia", device="cpu", seed=1)
+
+
+@pytest.fixture(scope="module")
 def data(pythia):
     return ioi_batches(pythia, 10)
 
@@ -141,11 +146,10 @@ def test_knockout_on_pythia_equals_a_hook_run(pythia, data):
 
 
 @pytest.mark.parametrize(("mode", "positions"), [("output", "end"), ("output", "all"), ("pattern", "all")])
-def test_cmap_on_pythia_equals_one_forward_per_head(pythia, data, mode, positions):
-    other = load_model("random:pythia", device="cpu", seed=1)
+def test_cmap_on_pythia_equals_one_forward_per_head(pythia, other_pythia, data, mode, positions):
     clean = data[0]
-    fast = cmap(pythia, other, clean, mode=mode, positions=positions)
-    ref = _one_forward_per_head(pythia.bridge, other.bridge, clean, mode, positions)
+    fast = cmap(pythia, other_pythia, clean, mode=mode, positions=positions)
+    ref = _one_forward_per_head(pythia.bridge, other_pythia.bridge, clean, mode, positions)
     assert ref.abs().max() > 1e-4
     torch.testing.assert_close(fast.delta, ref, atol=1e-5, rtol=1e-4)
 
