@@ -39,10 +39,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ioi.task.defaults import ASSETS, DEFAULT_MODEL
+
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL = "ioi-tiny"
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
