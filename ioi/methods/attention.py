@@ -21,7 +21,7 @@ from ioi.methods.hooks import read
 from ioi.methods.readout import layer_norm_pre, require_weightless_layer_norm
 from ioi.models.load import LoadedModel
 from ioi.task.data import NAMES, IOIBatch, single_token_id
-from ioi.task.types import HeadGrid, Pattern
+from ioi.task.types import HeadGrid, HeadIn, HeadOut, NameResid, NameTokens, Pattern, Unembed
 
 # column -> (query position, key positions summed over)
 PATTERNS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -57,11 +57,11 @@ def attention_scores(bridge: torch.nn.Module, batch: IOIBatch) -> dict[str, Head
 
 
 def copy_scores(
-    resid: torch.Tensor,
-    w_v: torch.Tensor,
-    w_o: torch.Tensor,
-    w_u: torch.Tensor,
-    tokens: torch.Tensor,
+    resid: NameResid,
+    w_v: HeadIn,
+    w_o: HeadOut,
+    w_u: Unembed,
+    tokens: NameTokens,
     *,
     k: int = 5,
     eps: float = 1e-5,
@@ -87,7 +87,7 @@ def copy_scores(
 @torch.no_grad()
 def name_residuals(
     bridge: torch.nn.Module, tokenizer, names: Sequence[str] = NAMES
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[NameResid, NameTokens]:
     """([n, d_model] residual after block 0 of each single-token " Name" run alone, [n] token ids).
 
     A one-token input lets block 0's attention see only the name itself, so the result is the

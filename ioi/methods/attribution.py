@@ -25,7 +25,7 @@ from ioi.methods.readout import final_logit_diff, require_weightless_layer_norm
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
 from ioi.task.metrics import logit_diff_direction
-from ioi.task.types import EndResid, HeadZ
+from ioi.task.types import EndResid, HeadGrid, HeadZ, PerPrompt, PromptHeads, PromptLayers, Resid
 
 
 def final_resid_at_end(bridge: torch.nn.Module, batch: IOIBatch) -> EndResid:
@@ -43,16 +43,16 @@ class DirectLogitAttribution:
     logit_diff exactly (see `total`).
     """
 
-    heads: torch.Tensor
-    attn_bias: torch.Tensor
-    mlp: torch.Tensor
-    embed: torch.Tensor
-    pos_embed: torch.Tensor
-    centering: torch.Tensor
-    unembed_bias: torch.Tensor
-    logit_diff: torch.Tensor
+    heads: PromptHeads
+    attn_bias: PromptLayers
+    mlp: PromptLayers
+    embed: PerPrompt
+    pos_embed: PerPrompt
+    centering: PerPrompt
+    unembed_bias: PerPrompt
+    logit_diff: PerPrompt
 
-    def total(self) -> torch.Tensor:
+    def total(self) -> PerPrompt:
         """[batch] sum of every part (equals logit_diff up to float rounding)."""
         return (
             self.heads.sum((1, 2))
@@ -133,14 +133,12 @@ class AttributionPatching:
     agreement: Pearson and Spearman correlation of `activation` with an exact result, if given.
     """
 
-    activation: torch.Tensor
-    path: torch.Tensor
+    activation: HeadGrid
+    path: HeadGrid
     agreement: dict[str, float] | None = None
 
 
-def z_grads(
-    bridge: torch.nn.Module, batch: IOIBatch
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[HeadZ], list[HeadZ], Resid]:
     """Clean hook_z per layer [batch, pos, head, d_head], ∂F/∂z of each, and ∂F/∂resid_final
     [batch, pos, d_model], from one forward and one backward pass (F = mean logit diff)."""
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
@@ -168,10 +166,10 @@ def z_grads(
 def attribution_patching(
     bridge: torch.nn.Module,
     clean: IOIBatch,
-    abc_z: Sequence[torch.Tensor],
+    abc_z: Sequence[HeadZ],
     positions: str = "all",
     *,
-    exact: torch.Tensor | None = None,
+    exact: HeadGrid | None = None,
     chunk: int = 64,
 ) -> AttributionPatching:
     """Estimates from the corrupted per-layer hook_z `abc_z` ([batch, pos, head, d_head] each).
@@ -224,9 +222,7 @@ def correlations(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def direct_path_effects(
-    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor]
-) -> torch.Tensor:
+def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[HeadZ]) -> HeadGrid:
     """[layer, head] exact effect on F of patching only each head's direct path to the final
     residual at END (clean ← `abc_z`), re-applying the final LayerNorm: the reference for
     `AttributionPatching.path`."""

@@ -39,8 +39,9 @@ def end_row_logit_diffs(
     Attention is causal and END is each prompt's last token, so a patch at END changes no other
     position's activations: only END's row is recomputed, from block `start` (fed
     resid_pre[start] at END), attending to the clean keys and values of the earlier positions
-    (computed from resid_pre, cached in `kv` per layer). Same numbers as the hooked forward.
-    weights: :func:`attention_weights` of the model, when the caller already has them.
+    (computed from resid_pre, cached in `kv` per layer). Same numbers as the hooked forward on a
+    model where :func:`ioi.methods.readout.fast_path_obstacles` is empty; this function does not
+    check (``run_patched`` does). weights: :func:`attention_weights` of the model, when the caller already has them.
     """
     bridge, device = model.bridge, model.device
     n = len(batch)

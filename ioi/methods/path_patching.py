@@ -32,7 +32,7 @@ from ioi.methods.readout import fast_path_obstacles, final_logit_diff
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import Head, parse_heads
 from ioi.task.data import IOIBatch
-from ioi.task.types import HeadGrid, PosMask
+from ioi.task.types import HeadGrid, PerHead, PosMask, SenderDelta
 
 RECEIVER_SITES = ("q_input", "k_input", "v_input")
 
@@ -68,8 +68,8 @@ LOGITS = Receivers()
 
 
 def sender_deltas(
-    model: LoadedModel, acts: Activations, senders: Sequence[tuple[int, int]], rows: Tensor
-) -> Tensor:
+    model: LoadedModel, acts: Activations, senders: Sequence[tuple[int, int]], rows: PosMask
+) -> SenderDelta:
     """[senders, n_rows, d_model] change of each sender's output, (z_abc − z_clean)·W_O, at `rows`
     ([batch, pos] bool)."""
     w_o = model.bridge.W_O  # [layer, head, d_head, d_model]; the bridge rebuilds it on each access
@@ -85,12 +85,12 @@ def propagate(
     model: LoadedModel,
     acts: Activations,
     senders: Sequence[tuple[int, int]],
-    delta: Tensor,
-    rows: Tensor,
+    delta: SenderDelta,
+    rows: PosMask,
     to_layers: Sequence[int],
     *,
     freeze_mlp: bool = False,
-) -> dict[int, Tensor]:
+) -> dict[int, SenderDelta]:
     """Patched residuals {layer: [senders, n_rows, d_model]} before each block in `to_layers`
     (n_layers = the final residual), with every head frozen to clean except the senders, whose
     output changed by `delta` [senders, n_rows, d_model] at `rows` ([batch, pos] bool).
@@ -170,7 +170,7 @@ def _hooked(
     receivers: Receivers,
     freeze_mlp: bool,
     max_rows: int,
-) -> Tensor:
+) -> PerHead:
     """[senders] mean logit differences by the method as written: forward passes with every head
     frozen to clean but the sender (stacked, `max_rows` sequences a pass), for any architecture."""
     where = position_mask(clean, sender_position)
@@ -202,7 +202,7 @@ def _through_heads(
     rows: PosMask,
     receivers: Receivers,
     max_rows: int,
-) -> Tensor:
+) -> PerHead:
     """[senders] mean logit difference of the clean run with only the receivers' inputs patched.
 
     patched[layer]: the receivers' inputs in the patched run at `rows`, [senders, n_rows, d_model]

@@ -49,9 +49,20 @@ UnembedBias = Float[Tensor, " vocab"]
 """b_U."""
 Direction = Float[Tensor, "batch d_model"]
 """W_U[:, IO] − W_U[:, S] per prompt: the residual direction the logit difference reads."""
+HeadIn = Float[Tensor, "layer head d_model d_head"]
+"""Per-head input weights (W_Q, W_K, W_V)."""
+HeadOut = Float[Tensor, "layer head d_head d_model"]
+"""Per-head output weights (W_O)."""
 HeadGrid = Float[Tensor, "layer head"]
 """One value per head, indexed [layer, head]; heads not computed are NaN."""
 PerVariant = Float[Tensor, "variant batch"]
 """Per-prompt values of each patched run."""
 PerHead = Float[Tensor, " n_heads"]
 """One value per head of a list of heads (e.g. each sender's effect)."""
+SenderDelta = Float[Tensor, "sender n_rows d_model"]
+"""Per sender head, a change of the residual stream at the positions a [batch, pos] mask selects."""
+NameResid = Float[Tensor, "names d_model"]
+"""A residual vector per name token (copy scores)."""
+NameTokens = Int[Tensor, " names"]
+PromptHeads = Float[Tensor, "batch layer head"]
+PromptLayers = Float[Tensor, "batch layer"]
