@@ -117,6 +117,7 @@ def test_one_default_lr_per_model_for_every_entry_point(model, lr, tmp_path, mon
     from ioi.cli.runs import experiment_config
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # gpt2 need not be downloaded to build its config
     args = build_parser().parse_args(["jobs", "submit", "--model", model])
     assert default_lr(model) == lr and experiment_config(args).lr == lr
     with pytest.raises(SystemExit):

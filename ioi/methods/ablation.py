@@ -292,7 +292,7 @@ def minimality(ko: Knockout, circuit: Circuit) -> pd.DataFrame:
     )
 
 
-@register_analysis("knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads")
+@register_analysis("knockout")
 def knockout_analysis(
     model: LoadedModel,
     clean: IOIBatch,
@@ -324,9 +324,7 @@ def knockout_analysis(
     return AnalysisResult("knockout", heads_frame(grid), summary, tables)
 
 
-@register_analysis(
-    "faithfulness", "F(circuit)/F(model) under mean ablation, with completeness and minimality"
-)
+@register_analysis("faithfulness")
 def faithfulness_analysis(
     model: LoadedModel,
     clean: IOIBatch,

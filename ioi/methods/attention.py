@@ -117,7 +117,7 @@ def model_copy_scores(
     }
 
 
-@register_analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores")
+@register_analysis("attention")
 def attention_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, k: int = 5, copy: bool = True
 ) -> AnalysisResult:

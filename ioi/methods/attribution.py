@@ -242,7 +242,7 @@ def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequenc
 # ---------------------------------------------------------------- registry entries
 
 
-@register_analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END")
+@register_analysis("dla")
 def dla_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options
 ) -> AnalysisResult:
@@ -261,7 +261,7 @@ def dla_analysis(
     )
 
 
-@register_analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC")
+@register_analysis("eap")
 def eap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

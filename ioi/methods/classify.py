@@ -165,7 +165,7 @@ def analysis_circuit(model, clean, abc, circuit: Circuit | dict | None = None) -
     return classify_heads(model, clean, abc)
 
 
-@register_analysis("classify", "IOI head classes of any model from path patching and attention")
+@register_analysis("classify")
 def classify_analysis(model, clean, abc, *, other=None, freeze_mlp: bool = False, **thresholds: float):
     """Heads rows: value = path effect to the logits, `class` (empty when none), every score grid.
     Summary `classes` = Circuit.to_json()["classes"]. Options: freeze_mlp, any ClassifyThresholds field."""

@@ -185,9 +185,7 @@ def _tables(
     return heads, classes.rename(columns={"share": "share_of_gap"})
 
 
-@register_analysis(
-    "cmap", "Cross-model activation patching: each head of one model from the other", needs_other=True
-)
+@register_analysis("cmap")
 def cmap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -305,7 +305,7 @@ def patch_head_outputs(
     return head_grid(model, values.cpu(), heads)
 
 
-@register_analysis("patch", "activation patching per head: clean run with one head's output from ABC")
+@register_analysis("patch")
 def patch_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -237,7 +237,7 @@ def parse_receivers(
     return Receivers(parse_heads(heads), site, position or "end")
 
 
-@register_analysis("path-patch", "path patching per sender head, to the logits or to receiver heads' q/k/v")
+@register_analysis("path-patch")
 def path_patch_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -238,12 +238,14 @@ def write_analysis(
     return write_entry(root, exp_id, epoch, name, summary, {"heads": result.heads, **result.tables})
 
 
-def load_analysis(root: str | Path | None, exp_id: str, epoch: int, name: str) -> AnalysisResult | None:
+def load_analysis(
+    root: str | Path | None, exp_id: str, epoch: int, name: str, *, report=None
+) -> AnalysisResult | None:
     """The AnalysisResult of analysis `name` at `epoch` (0 = the starting model), or None if it is
-    not (or no longer validly) cached."""
+    not (or no longer validly) cached; a damaged entry is reported as in `load_entry`."""
     from ioi.methods.analyses import AnalysisResult
 
-    entry = load_entry(root, exp_id, epoch, name)
+    entry = load_entry(root, exp_id, epoch, name, report=report)
     if entry is None:
         return None
     tables = dict(entry.tables)
@@ -296,3 +298,24 @@ def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
         if rows
         else pd.DataFrame(columns=["epoch"])
     )
+
+
+def entry_stamp(root: str | Path | None, exp_id: str, epoch: int, name: str) -> float:
+    """Modification time of an entry's JSON (0.0 if absent): changes whenever the entry is
+    rewritten, so readers that memoise results key them by it."""
+    path = epoch_dir(root, exp_id, epoch) / f"{check_name(name)}.json"
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def experiment_stamp(root: str | Path | None, exp_id: str) -> float:
+    """The latest `entry_stamp` over every entry of an experiment (0.0 if none)."""
+    return max(
+        (entry_stamp(root, exp_id, e, n) for e, names in cached_epochs(root, exp_id).items() for n in names),
+        default=0.0,
+    )
+
+
+def demo_root() -> Path:
+    """The demo results the dashboard opens on: $IOI_DEMO_DIR if set, else the shipped cache/demo."""
+    extra = os.environ.get("IOI_DEMO_DIR")
+    return Path(extra).resolve() if extra else DEMO_ROOT

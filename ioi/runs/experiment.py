@@ -37,7 +37,7 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
+from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, SCENARIOS
 
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -66,7 +66,9 @@ class ExperimentConfig:
     analyses: tuple[str, ...] = field(default=DEFAULT_ANALYSES, compare=False)
 
     def validate(self) -> None:
-        from ioi.models.train import SCENARIOS
+        """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
+        from ioi.methods.analyses import OptionError, check_analyses
+        from ioi.models.names import model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -77,6 +79,12 @@ class ExperimentConfig:
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
+        try:
+            check_analyses([a for a in self.analyses if a != METRICS], registered_analyses())
+        except OptionError as err:
+            raise ExperimentError(str(err)) from None
+        if problem := model_problem(self.model):
+            raise ExperimentError(problem)
 
     @property
     def save_epochs(self) -> list[int]:
@@ -155,17 +163,17 @@ def experiment_id(cfg: ExperimentConfig) -> str:
 
 
 def registered_analyses() -> dict[str, Any]:
-    """The analysis registry with the built-in analysis modules loaded, plus the modules named in
-    $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered there run in
-    background jobs and sweeps too, whose worker processes import them."""
+    """The analysis registry: the built-in declarations (their modules are imported when they run)
+    plus the modules named in $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses
+    registered there run in background jobs and sweeps too, whose worker processes import them."""
     import importlib
 
-    from ioi.methods.analyses import load_builtin_analyses
+    from ioi.methods.analyses import ANALYSES
 
     for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
         if module.strip():
             importlib.import_module(module.strip())
-    return load_builtin_analyses()
+    return ANALYSES
 
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:

@@ -22,9 +22,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # samples need no torch (the dashboard shows them); only tokenizing does
+    import torch
 
 from ioi.task.defaults import DEFAULT_TRAIN_SIZE
 
@@ -336,6 +337,7 @@ class IOIBatch:
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> IOIBatch:
         """The batch restricted to `index` (a [k] tensor or list of row numbers)."""
+        import torch
         idx = torch.as_tensor(index, dtype=torch.long)
         fields = {
             k: getattr(self, k)[idx]
@@ -357,6 +359,7 @@ def tokenize(
     copied from it, since ABC prompts hold fresh names; lengths must then match row by row.
     Raises DatasetError when a role name is not a single token or does not occur in its prompt.
     """
+    import torch
     if not samples:
         raise DatasetError("no samples to tokenize")
     bos = tokenizer.bos_token_id

@@ -29,12 +29,13 @@ def default_lr(model: str) -> float:
     return MODEL_LR.get(model, PAPER_LR)
 
 
+def lr_text(lr: float) -> str:
+    """A learning rate as people write it: 1e-4, not 0.0001."""
+    return f"{lr:.0e}".replace("e-0", "e-") if lr == float(f"{lr:.0e}") else f"{lr:g}"
+
+
 def lr_help(model_flag: str = "--model") -> str:
-    """The sentence `--help` says about the default lr."""
-    per_model = ", ".join(f"{m} {_short(lr)}" for m, lr in MODEL_LR.items())
-    paper = _short(PAPER_LR)
+    """The sentence the CLI's `--help` and the dashboard's form say about the default lr."""
+    per_model = ", ".join(f"{m} {lr_text(lr)}" for m, lr in MODEL_LR.items())
+    paper = lr_text(PAPER_LR)
     return f"learning rate (default per {model_flag}: {per_model}; other models {paper}, the paper's)"
-
-
-def _short(x: float) -> str:
-    return f"{x:.0e}".replace("e-0", "e-")  # 1e-4, not 0.0001
