@@ -41,7 +41,8 @@ def end_row_logit_diffs(
     resid_pre[start] at END), attending to the clean keys and values of the earlier positions
     (computed from resid_pre, cached in `kv` per layer). Same numbers as the hooked forward on a
     model where :func:`ioi.methods.readout.fast_path_obstacles` is empty; this function does not
-    check (``run_patched`` does). weights: :func:`attention_weights` of the model, when the caller already has them.
+    check (``run_patched`` does). weights: :func:`attention_weights` of the model, when the caller
+    already has them.
     """
     bridge, device = model.bridge, model.device
     n = len(batch)
