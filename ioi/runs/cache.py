@@ -238,9 +238,8 @@ def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> E
             f"{payload.get('experiment')} (a misplaced copy)"
         )
     tables = {}
-    if payload["tables"]:
-        import pandas as pd  # only here: reading a job's metrics must stay light
     for table, digest in payload["tables"].items():
+        import pandas as pd  # here only: reading a job's metrics (no tables) stays light
         tpath = folder / f"{name}.{check_name(table)}.parquet"
         data = tpath.read_bytes() if tpath.exists() else b""
         if sha256(data) != digest:
@@ -341,7 +340,6 @@ def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
     """One row per cached epoch (0 = the starting model): eval metrics (logit_diff, accuracy, ...)
     plus every analysis' scalar summary as column '<analysis>.<key>' (e.g. faithfulness curves)."""
     import pandas as pd
-
     rows = []
     for epoch, names in cached_epochs(root, exp_id).items():
         row: dict[str, Any] = {"epoch": epoch}
