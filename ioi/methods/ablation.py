@@ -24,9 +24,11 @@ from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
     Patch,
+    all_heads,
     hook_name,
     position_mask,
     prepare,
+    read_activations,
     run_patched,
 )
 from ioi.methods.replacement import DEFAULT_ABLATION, AblationType, ablation_values, knockout_patches
@@ -40,7 +42,7 @@ from ioi.task.data import IOIBatch
 def abc_mlp_outputs(model: LoadedModel, abc: IOIBatch) -> Tensor:
     """[layer, batch, pos, d_model] MLP outputs of the ABC run (for MLP ablation)."""
     names = [hook_name(layer, "mlp_out") for layer in range(model.n_layers)]
-    _, cache = model.bridge.run_with_cache(abc.tokens.to(model.device), names_filter=lambda n: n in names)
+    cache = read_activations(model, abc, names)
     return torch.stack([cache[n] for n in names])
 
 
@@ -61,8 +63,6 @@ def ablate(
     return patches
 
 
-def model_heads(model: LoadedModel) -> list[Head]:
-    return [Head(layer, head) for layer in range(model.n_layers) for head in range(model.n_heads)]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Knockout:
         self.acts = acts or prepare(model, clean, abc)
         self.values = ablation_values(self.acts.z_abc, abc, self.ablation, seed)
         self._mlp_values: Tensor | None = None
-        self.heads = model_heads(model)
+        self.heads = all_heads(model)
         self.max_rows = max_rows
 
     def run(self, variants: Sequence[list[Patch]]) -> Tensor:
@@ -152,14 +152,7 @@ class Knockout:
 
 
 def check_circuit(model: LoadedModel, circuit: Circuit) -> None:
-    bad = [
-        str(h) for h in circuit.heads if not (0 <= h.layer < model.n_layers and 0 <= h.head < model.n_heads)
-    ]
-    if bad:
-        raise ValueError(
-            f"circuit heads {', '.join(bad)} do not exist in {model.name} "
-            f"({model.n_layers} layers × {model.n_heads} heads)"
-        )
+    parse_heads(circuit.heads, model.n_layers, model.n_heads)  # ValueError naming heads it lacks
 
 
 def faithfulness(

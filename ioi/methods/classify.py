@@ -70,14 +70,16 @@ def head_direct_effects(model, batch, patches=(), scale: Tensor | None = None) -
     """([layer, head] mean DLA of every head at END (METHODS §7) in a run with `patches` applied,
     [batch, 1] the final LayerNorm scale used). Give `scale` (the clean run's) to divide by it
     instead of the patched run's own, so a head's DLA changes only when its own output does."""
-    from ioi.methods.attribution import capture, ld_direction
+    from ioi.methods.hooks import read
     from ioi.methods.patching import patch_hooks
+    from ioi.task.metrics import logit_diff_direction
 
     names = ["ln_final.hook_scale", *(f"blocks.{layer}.attn.hook_result" for layer in range(model.n_layers))]
     hooks = patch_hooks([list(patches)], model.n_layers) if patches else []
     end = batch.end.to(model.device)
-    got = capture(model.bridge, batch.tokens.to(model.device), names, hooks=hooks, at=end)
-    d = ld_direction(model.bridge, batch)[:, None]  # [batch, 1, d_model]
+    with torch.no_grad():
+        got = read(model.bridge, batch.tokens.to(model.device), names, hooks=hooks, at=end)
+    d = logit_diff_direction(model.bridge.W_U, model.bridge.b_U, batch)[0][:, None]  # [batch, 1, d_model]
     scale = got["ln_final.hook_scale"] if scale is None else scale
     results = [got[f"blocks.{n}.attn.hook_result"] for n in range(model.n_layers)]
     grid = torch.stack([(r / scale[:, :, None] * d).sum(-1).mean(0) for r in results])

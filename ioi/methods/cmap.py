@@ -23,15 +23,15 @@ from ioi.methods.classify import CIRCUIT_RULE, circuit_for
 from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Patch,
-    end_logit_diff,
     hook_name,
     position_mask,
     read_activations,
     run_patched,
 )
+from ioi.methods.readout import end_logit_diff
 from ioi.methods.stats import bootstrap_means, interval, ratio_defined, ratio_intervals
 from ioi.models.load import LoadedModel
-from ioi.task.circuit import Circuit, Head
+from ioi.task.circuit import Circuit, Head, parse_heads
 from ioi.task.data import IOIBatch
 
 MODES = {"output": "z", "pattern": "pattern"}
@@ -105,8 +105,8 @@ def cmap(
     every = [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
     variants = [[patch(h)] for h in every] if groups is None else [[patch(h) for h in g] for g in groups]
     patched = run_patched(receiver, batch, variants, resid_pre=resid_pre, max_rows=max_rows)
-    f_receiver = end_logit_diff(receiver, own_final, batch)
-    f_source = end_logit_diff(source, src_final, batch)
+    f_receiver = end_logit_diff(receiver.bridge, own_final, batch)
+    f_source = end_logit_diff(source.bridge, src_final, batch)
     delta = patched - f_receiver
     if groups is not None:
         return CMAPResult(torch.zeros(n_layers, n_heads, 0), f_receiver, f_source, delta)
@@ -151,9 +151,8 @@ def class_groups(result: CMAPResult, circuit: Circuit) -> dict[str, tuple[str, t
     """Group name -> (kind, heads) of the class table: each non-empty class, the whole circuit, the
     heads outside it (together, and the large ones alone) and every head."""
     n_layers, n_heads = result.delta.shape[:2]
+    parse_heads(circuit.heads, n_layers, n_heads)  # ValueError naming heads the model lacks
     every = tuple(Head(layer, h) for layer in range(n_layers) for h in range(n_heads))
-    if any(h not in every for h in circuit.heads):
-        raise ValueError(f"circuit {circuit.name!r} has heads outside this {n_layers}×{n_heads} model")
     groups = {name: ("class", hs) for name, hs in circuit.classes.items() if hs}
     outside = tuple(h for h in every if h not in circuit.heads)
     groups["circuit (all classes)"] = ("circuit", circuit.heads)
