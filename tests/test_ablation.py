@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from analysis_data import ioi_batches
@@ -180,3 +182,12 @@ def test_ioi_tiny_circuit_with_the_heads_that_carry_the_effect_is_faithful(ioi_t
     tests = run_analysis("circuit-tests", ioi_tiny, clean, abc)
     assert tests.summary["minimality_k"] == "K ∈ {∅, each class, the whole circuit}"
     assert set(tests.tables["completeness"]["subset"]) >= {"(none)", "(all)", "name mover"}
+
+
+def test_no_faithfulness_for_a_model_that_does_the_opposite_task(ioi_tiny):
+    """|F(M)| is large when a model prefers S, but it has no IOI circuit: the ratio is undefined."""
+    clean, abc = ioi_batches(ioi_tiny, 30)
+    swapped = dataclasses.replace(clean, io_tok=clean.s_tok, s_tok=clean.io_tok)  # logit(S) − logit(IO)
+    out = run_analysis("faithfulness", ioi_tiny, swapped, abc)
+    assert out.summary["f_model"] < -0.5 and "does not do the task" in out.summary["ratio_undefined"]
+    assert out.summary["faithfulness"] != out.summary["faithfulness"]

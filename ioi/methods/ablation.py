@@ -32,7 +32,7 @@ from ioi.methods.patching import (
     run_patched,
 )
 from ioi.methods.replacement import DEFAULT_ABLATION, AblationType, ablation_values, knockout_patches
-from ioi.methods.stats import mean_estimate, ratio_estimate
+from ioi.methods.stats import Estimate, mean_estimate, ratio_estimate
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, parse_heads
 from ioi.task.data import IOIBatch
@@ -295,7 +295,8 @@ def faithfulness_analysis(
     circuit: Circuit | dict | None = None,
     seed: int = 0,
 ) -> AnalysisResult:
-    """Summary: faithfulness (NaN with `ratio_undefined` when |F(M)| is below MIN_DENOMINATOR),
+    """Summary: faithfulness (NaN with `ratio_undefined` when |F(M)| is below MIN_DENOMINATOR or
+    the circuit rule found no circuit because the model does not do the task),
     its paired-bootstrap interval over prompts, f_model, f_circuit, abs_diff, ablation, circuit,
     the rule that chose it. Heads rows: the circuit's heads with their class. Table `mlps`: F's
     change with each MLP (and every MLP after layer 0) ablated, with intervals; table `prompts`:
@@ -308,6 +309,8 @@ def faithfulness_analysis(
     reason = used.meta.get("reason", "")
     f_c = ko.run_per_prompt([ablate(ko.values, ko.circuit_kept(used), clean, ko.heads)])[0].double()
     ratio = ratio_estimate(f_c, f_m, seed=seed)
+    if reason:  # no circuit on a model that does not do the task: F(C) is everything ablated
+        ratio = Estimate.undefined(reason, ratio.over)
     summary = Faithfulness(
         f_c.mean().item(), f_m.mean().item(), ratio.value, abs(f_m.mean().item() - f_c.mean().item()),
         ko.ablation.value,
