@@ -244,6 +244,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
     p.add_argument("--reproduction", type=Path, help="also write the report here (e.g. REPRODUCTION.md)")
+    p.add_argument("--note", default="", help="a sentence on how the study was run, printed in the report")
     p.add_argument("--from-cache", action="store_true",
                    help="run nothing: report what the cache holds (e.g. --cache cache/demo)")  # fmt: skip
 
@@ -264,7 +265,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
             args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
             n_jobs=args.n_jobs, device=args.device, **_study_shape(args),
         )  # fmt: skip
-    path = write_report(studies, args.model, args.out or report_dir(args.model))
+    path = write_report(studies, args.model, args.out or report_dir(args.model), note=args.note)
     print(path)
     if args.reproduction:
         print(reproduction_copy(path, args.reproduction))

@@ -265,8 +265,9 @@ def figures(studies: list[SeedStudy], table: pd.DataFrame, out: Path) -> list[st
     return ["## Figures", "", *(f"![{name}]({name}.svg)" for name in made), ""]
 
 
-def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path) -> Path:
-    """Write tables, figures and REPORT.md for `studies` into `out_dir`; returns the markdown path."""
+def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note: str = "") -> Path:
+    """Write tables, figures and REPORT.md for `studies` into `out_dir`; returns the markdown path.
+    `note` is the runner's word on how the study was run (e.g. why these epochs), printed as such."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = series_table(studies)
@@ -285,10 +286,11 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path) -> P
         "logit(IO) − logit(S) at END on held-out names; faithfulness uses per-template mean ablation "
         "over ABC.",
         "",
-        "What was run:",
+        "What was run (from the experiments' configurations):",
         "",
         *provenance(studies),
         "",
+        *([f"Note from whoever ran it: {note}", ""] if note else []),
         *circuit_section(studies),
         *verdict_section(verdicts),
         *paper_section(verdicts, studies, table),
