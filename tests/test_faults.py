@@ -685,13 +685,17 @@ CASES = {
         "not in this model's vocabulary: Zork",
     ),  # fmt: skip
     "a bad job id": (lambda d: ["jobs", "show", "nope", "--cache", str(d)], "no job 'nope'"),
+    "a mistyped argument": (lambda d: ["eval", "--size", "abc"], "invalid int value"),
 }
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
     from ioi.cli import main
 
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
     captured = capsys.readouterr()
     return rc, captured.err
 
