@@ -173,6 +173,18 @@ def test_damaged_or_missing_weights_are_never_used_and_are_recomputed(refs, tmp_
         load_hf(str(out / "epoch-001"))
 
 
+def test_a_damaged_manifest_is_never_resumed_from(refs, tmp_path):
+    out = tmp_path / "ckpt"
+    shutil.copytree(refs / "two", out)
+    manifest = out / "epoch-002" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    assert "unreadable" in verify_checkpoint(out / "epoch-002")
+    with pytest.raises(CorruptCheckpoint, match="unreadable"):
+        load_hf(str(out / "epoch-002"))
+    with pytest.warns(UserWarning, match="not resuming"):
+        assert latest_checkpoint(out) is None
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     torch.set_num_threads(1)
