@@ -150,6 +150,11 @@ def experiments() -> list[Experiment]:
     return _experiments(tuple(str(r) for r in roots()))
 
 
+def data_stamp() -> float:
+    """The latest entry stamp over every experiment shown: a cache key for views built from many."""
+    return max((cache.experiment_stamp(e.root, e.id) for e in experiments()), default=0.0)
+
+
 def by_id(exp_id: str | None) -> Experiment | None:
     return next((e for e in experiments() if e.id == exp_id), None)
 

@@ -9,7 +9,17 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from app_pages._store import Experiment, circuit_at, clean_run, result, reversal_of, series, toxic_run
+from app_pages._store import (
+    Experiment,
+    circuit_at,
+    clean_run,
+    data_stamp,
+    result,
+    reversal_of,
+    roots,
+    series,
+    toxic_run,
+)
 from app_pages._ui import set_url, show_chart
 from app_pages._views import (
     cmap_directions,
@@ -224,9 +234,15 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     return out
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def cached_steps(stamp: float, roots: tuple[str, ...]) -> list[Step]:
+    """`steps()`, rebuilt only when the cache changes (a rerun of the Overview stays fast)."""
+    return steps()
+
+
 def tour() -> None:
     """The tour's current step: Back / Next on top (they never move), the text, its chart, its link."""
-    found = steps()
+    found = cached_steps(data_stamp(), tuple(map(str, roots())))
     if not found:
         st.caption(
             "No experiment results are cached yet: run `python -m ioi precompute` or use the "

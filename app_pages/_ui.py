@@ -35,7 +35,7 @@ def set_url(**values: Any) -> None:
 
 def choice(
     label: str, options: Sequence[Any], key: str, *, param: str | None, default: Any = None,
-    where=st.sidebar, format_func: Callable[[Any], str] = str, radio: bool = False, **kwargs: Any,
+    where=st, format_func: Callable[[Any], str] = str, radio: bool = False, **kwargs: Any,
 ) -> Any:  # fmt: skip
     """A selectbox (or radio) of `options` that opens on the URL's `param` when it names one of
     them, else on `default` (else the first), and writes the choice back to the URL (with
@@ -53,7 +53,7 @@ def choice(
 
 
 def pick_experiment(
-    label: str, key: str, *, analysis: str | None = None, where=st.sidebar, param: str | None = "exp",
+    label: str, key: str, *, analysis: str | None = None, where=st, param: str | None = "exp",
     default: Experiment | None = None, exclude: Callable[[Experiment], bool] | None = None,
 ) -> Experiment | None:  # fmt: skip
     """A selectbox of experiments (only those with `analysis` cached), labelled by lineage; opens
@@ -70,7 +70,7 @@ def pick_experiment(
 
 
 def pick_epoch(
-    exp: Experiment, name: str, label: str, key: str, *, where=st.sidebar, param: str | None = "epoch",
+    exp: Experiment, name: str, label: str, key: str, *, where=st, param: str | None = "epoch",
     default: int | None = None,
 ) -> int:  # fmt: skip
     """A selectbox of the epochs at which `name` is cached; epoch 0 is labelled as what it is

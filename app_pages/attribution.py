@@ -26,16 +26,18 @@ st.write(
 MODES = {"one": "one checkpoint", "side": "side by side", "diff": "difference B − A"}
 
 
-def checkpoint_b(exp_a: Experiment, epoch_a: int):
+def checkpoint_b(exp_a: Experiment, epoch_a: int, cols):
     """Picker B: opens on the URL's `compare` (``<id>:<epoch>``), else the clean run's latest
     epoch, else A's other end — never A itself."""
     want_id, want_epoch = parse_checkpoint(st.query_params.get("compare"))
     default = by_id(want_id) or clean_run("dla") or exp_a
-    exp_b = pick_experiment("Experiment B", "dla_exp_B", analysis="dla", param=None, default=default)
+    exp_b = pick_experiment(
+        "Experiment B", "dla_exp_B", analysis="dla", param=None, default=default, where=cols[2]
+    )
     epochs = exp_b.epochs_with("dla")
     fallback = epochs[-1] if (exp_b.id, epochs[-1]) != (exp_a.id, epoch_a) else epochs[0]
     start = want_epoch if exp_b.id == want_id and want_epoch in epochs else fallback
-    epoch_b = pick_epoch(exp_b, "dla", "Epoch B", "dla_epoch_B", param=None, default=start)
+    epoch_b = pick_epoch(exp_b, "dla", "Epoch B", "dla_epoch_B", param=None, default=start, where=cols[3])
     set_url(compare=f"{exp_b.id}:{epoch_b}")
     return exp_b, epoch_b
 
@@ -45,8 +47,12 @@ def panel(exp: Experiment, epoch: int, heads, title: str, key: str, span: float 
 
 
 def body() -> None:
-    mode = choice("Show", list(MODES), "dla_mode", param="mode", format_func=MODES.get, radio=True)
-    exp_a = pick_experiment("Experiment A", "dla_exp_A", analysis="dla", default=clean_run("dla"))
+    mode = choice("Show", list(MODES), "dla_mode", param="mode", format_func=MODES.get, radio=True, where=st,
+                  horizontal=True)  # fmt: skip
+    cols = st.columns([3, 1.4, 3, 1.4]) if mode != "one" else st.columns([3, 1.4, 4.4])
+    exp_a = pick_experiment(
+        "Experiment A", "dla_exp_A", analysis="dla", default=clean_run("dla"), where=cols[0]
+    )
     if exp_a is None:
         empty_state(
             "DLA results",
@@ -54,7 +60,7 @@ def body() -> None:
             "'dla' analysis on the Experiments page.",
         )
         return
-    epoch_a = pick_epoch(exp_a, "dla", "Epoch A", "dla_epoch_A", default=0)
+    epoch_a = pick_epoch(exp_a, "dla", "Epoch A", "dla_epoch_A", default=0, where=cols[1])
     a = result_or_offer(exp_a, epoch_a, "dla")
     if a is None:
         return
@@ -64,7 +70,7 @@ def body() -> None:
         st.metric(f"Logit difference — {title_a}", f"{a.summary.get('logit_diff', float('nan')):.2f}")
         panel(exp_a, epoch_a, a.heads, f"DLA — {title_a}", f"dla-{exp_a.id[:8]}-e{epoch_a}", None)
         return
-    exp_b, epoch_b = checkpoint_b(exp_a, epoch_a)
+    exp_b, epoch_b = checkpoint_b(exp_a, epoch_a, cols)
     b = result_or_offer(exp_b, epoch_b, "dla")
     if b is None:
         return
@@ -73,11 +79,18 @@ def body() -> None:
     c[0].metric(f"Logit difference A — {title_a}", f"{a.summary.get('logit_diff', float('nan')):.2f}")
     c[1].metric(f"Logit difference B — {title_b}", f"{b.summary.get('logit_diff', float('nan')):.2f}")
     if (exp_a.id, epoch_a) == (exp_b.id, epoch_b):
-        st.warning("A and B are the same checkpoint: pick another one for B in the sidebar.", icon="⚠️")
+        st.warning("A and B are the same checkpoint: pick another one for B above.", icon="⚠️")
     if mode == "side":
         scales = {"shared": "one scale for both", "own": "each panel its own"}
         shared = choice(
-            "Colour scale", list(scales), "dla_scale", param="scale", radio=True, format_func=scales.get
+            "Colour scale",
+            list(scales),
+            "dla_scale",
+            param="scale",
+            radio=True,
+            format_func=scales.get,
+            where=st,
+            horizontal=True,
         )
         span = charts.color_span(a.heads, b.heads) if shared == "shared" else None
         left, right = st.columns(2)

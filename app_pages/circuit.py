@@ -47,15 +47,16 @@ def classes_section():
     """The discovered classes at the picked checkpoint (default: the clean run's pretrained
     model); returns that circuit."""
     st.subheader("Head classes discovered in the model")
+    cols = st.columns([3, 2])
     exp = pick_experiment(
-        "Experiment", "circ_exp", analysis="faithfulness", default=clean_run("faithfulness")
+        "Experiment", "circ_exp", analysis="faithfulness", default=clean_run("faithfulness"), where=cols[0]
     )
     if exp is None:
         empty_state(
             "discovered circuit", "Run `python -m ioi precompute` (it runs the faithfulness analysis)."
         )
         return None
-    epoch = pick_epoch(exp, "faithfulness", "Checkpoint", "circ_epoch", default=0)
+    epoch = pick_epoch(exp, "faithfulness", "Checkpoint", "circ_epoch", default=0, where=cols[1])
     circuit = circuit_at(exp, epoch)
     st.markdown(f"**{exp.model} — {exp.checkpoint_label(epoch)}** ({exp.label})")
     if exp.scenario == "reversal" and epoch == 0:

@@ -59,11 +59,14 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
 
 
 def cached_section() -> None:
-    exp = pick_experiment("Experiment", "cmap_exp", analysis="cmap", default=clean_run("cmap"))
+    cols = st.columns([3, 2])
+    exp = pick_experiment("Experiment", "cmap_exp", analysis="cmap", default=clean_run("cmap"), where=cols[0])
     if exp is None:
         empty_state("CMAP results", "Run `python -m ioi precompute`, or launch an experiment with 'cmap'.")
         return
-    epoch = pick_epoch(exp, "cmap", "Checkpoint A (B is the run's starting model)", "cmap_epoch")
+    epoch = pick_epoch(
+        exp, "cmap", "Checkpoint A (B is the run's starting model)", "cmap_epoch", where=cols[1]
+    )
     found = result_or_offer(exp, epoch, "cmap")
     if found is None:
         return

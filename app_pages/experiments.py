@@ -166,9 +166,11 @@ def job_row(job, root: str) -> None:
             open_from_fragment(job.experiment)
         phase = job.phase or ("already cached" if job.cached else "")
         if status in ("queued", "running"):
+            # Training counters only while training: once it analyses checkpoints they are stale.
+            training = job.epochs and phase.startswith("training")
             text = (
                 f"epoch {job.epoch}/{job.epochs}, step {job.step}/{job.steps} — {phase}"
-                if job.epochs
+                if training
                 else phase
             )
             st.progress(min(max(job.fraction, 0.0), 1.0), text=text or "waiting for a free slot")

@@ -3,7 +3,7 @@ reversal share one), with the paper's GPT-2 numbers as reference points."""
 
 import streamlit as st
 
-from app_pages._store import experiments
+from app_pages._store import by_id, experiments
 from app_pages._ui import choice, empty_state, set_url, show_chart, show_user_errors
 from app_pages._views import METRICS, curves_view
 
@@ -23,19 +23,23 @@ def body() -> None:
             "experiments", "Run `python -m ioi precompute`, or launch experiments on the Experiments page."
         )
         return
-    model = choice("Model", sorted({e.model for e in found}), "faith_model", param="model")
+    models = sorted({e.model for e in found})
+    model = choice("Model", models, "faith_model", param="model", where=st) if len(models) > 1 else models[0]
     found = [e for e in found if e.model == model]
     ids = [e.id for e in found]
-    wanted = [i for i in (st.query_params.get("exps") or "").split(",") if i in ids] or ids
+    wanted = [i for i in (st.query_params.get("exps") or "").split(",") if i in ids]
+    one = by_id(st.query_params.get("exp"))  # a link to one run (e.g. from Findings) shows its lineage
+    if not wanted and one is not None and one.id in ids:
+        wanted = [e.id for e in found if e.id == one.id or e.id == one.parent or e.parent == one.id]
+    wanted = wanted or ids
     labels = {e.id: e.label for e in found}
-    chosen = st.sidebar.multiselect(
-        "Experiments", ids, default=wanted, key="faith_exps", format_func=labels.get
-    )
+    chosen = st.multiselect("Experiments", ids, default=wanted, key="faith_exps", format_func=labels.get)
     set_url(exps=",".join(chosen) if set(chosen) != set(ids) else None)
-    metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True,
-                    format_func=lambda m: METRICS[m][2])  # fmt: skip
-    overlay = st.sidebar.checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
-    follow = st.sidebar.checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
+    c = st.columns([3, 2, 2], vertical_alignment="bottom")
+    metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True, where=c[0],
+                    horizontal=True, format_func=lambda m: METRICS[m][2])  # fmt: skip
+    overlay = c[1].checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
+    follow = c[2].checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
     chart, data, caption = curves_view(
         [e for e in found if e.id in chosen], metric, follow=follow, overlay=overlay
     )

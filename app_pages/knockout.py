@@ -34,7 +34,10 @@ st.write(
 
 
 def cached_section() -> None:
-    exp = pick_experiment("Experiment", "ko_exp", analysis="knockout", default=clean_run("knockout"))
+    cols = st.columns([3, 4])
+    exp = pick_experiment(
+        "Experiment", "ko_exp", analysis="knockout", default=clean_run("knockout"), where=cols[0]
+    )
     if exp is None:
         empty_state(
             "knockout results", "Run `python -m ioi precompute`, or launch an experiment with 'knockout'."
@@ -44,7 +47,7 @@ def cached_section() -> None:
     wanted = [
         int(e) for e in (st.query_params.get("epoch") or "").split(",") if e.isdigit() and int(e) in epochs
     ]
-    chosen = st.sidebar.multiselect(
+    chosen = cols[1].multiselect(
         "Checkpoints",
         epochs,
         default=wanted or sorted({epochs[0], epochs[-1]}),
@@ -56,7 +59,7 @@ def cached_section() -> None:
     for note in notes:
         st.info(note, icon="ℹ️")
     if chart is None:
-        empty_state("checkpoints selected", "Pick at least one checkpoint in the sidebar.")
+        empty_state("checkpoints selected", "Pick at least one checkpoint above.")
         return
     show_chart(chart, data, caption, f"knockout-classes-{exp.id[:8]}")
     epoch = max(chosen)

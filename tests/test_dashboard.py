@@ -167,14 +167,14 @@ def test_reversal_label_names_the_toxic_run(dash_env):
 def test_url_state_reproduces_a_view(dash_env):
     """Set a view, read the URL it writes, open a fresh session on that URL: the same view."""
     at = app("app_pages/attribution.py")
-    at.sidebar.radio(key="dla_mode").set_value("side").run()
+    at.radio(key="dla_mode").set_value("side").run()
     at.selectbox(key="dla_exp_A").set_value(TOXIC).run()
     at.selectbox(key=f"dla_epoch_A-{TOXIC}").set_value(1).run()
     url = dict(at.query_params)
     assert url["mode"] == "side" and url["exp"] == TOXIC and url["epoch"] == "1" and url["compare"]
     again = app("app_pages/attribution.py", **url)
     assert_clean(again)
-    assert again.sidebar.radio(key="dla_mode").value == "side"
+    assert again.radio(key="dla_mode").value == "side"
     assert (
         again.selectbox(key="dla_exp_A").value == TOXIC
         and again.selectbox(key=f"dla_epoch_A-{TOXIC}").value == 1
@@ -193,7 +193,7 @@ def test_side_by_side_shares_a_scale_outlines_each_panel_and_shows_both_logit_di
     assert domains[0] == domains[1]
     stored = [cache.load_analysis(dash_env / "demo", CLEAN, e, "dla").summary["logit_diff"] for e in (0, 2)]
     assert [m.value for m in at.metric] == [f"{v:.2f}" for v in stored]
-    at.sidebar.radio(key="dla_scale").set_value("own").run()
+    at.radio(key="dla_scale").set_value("own").run()
     assert at.get("vega_lite_chart")[0].proto.spec != a.proto.spec or domains[0] == domains[1]
 
 
@@ -220,7 +220,7 @@ def test_knockout_draws_every_selected_checkpoint_and_the_intact_model(dash_env)
 def test_faithfulness_defaults_to_the_logit_difference_in_panels_with_fixed_colours(dash_env):
     at = app("app_pages/faithfulness.py")
     assert_clean(at)
-    assert at.sidebar.radio(key="faith_metric").value == "logit_diff"
+    assert at.radio(key="faith_metric").value == "logit_diff"
     spec = chart_spec(at.get("vega_lite_chart")[0])
     assert "facet" in spec and spec["resolve"]["scale"]["x"] == "independent"
     color = spec["spec"]["layer"][-3]["encoding"]["color"]["scale"]
@@ -236,7 +236,7 @@ def test_reversal_curve_continues_after_its_toxic_run(dash_env):
     at = app("app_pages/faithfulness.py")
     assert_clean(at)
     assert reversal_epochs(at) == [2, 3, 4]  # its parent ran 2 epochs
-    at.sidebar.checkbox(key="faith_follow").uncheck().run()
+    at.checkbox(key="faith_follow").uncheck().run()
     assert reversal_epochs(at) == [0, 1, 2]
 
 

@@ -5,6 +5,9 @@ Model names:
 - ``random:gpt2``: GPT-2 small's architecture with seeded random weights and the real GPT-2
   tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
 - ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
+- ``random:pythia``: a 2-layer random GPT-NeoX (Pythia's architecture: rotary embeddings, attention
+  and MLP in parallel) with the same tokenizer, for testing that the methods leave GPT-2's fast
+  paths on other architectures;
 - ``gpt2`` or any HuggingFace causal LM name TransformerLens supports (hub, HF cache or offline);
 - a directory: a local HF copy of a model or a checkpoint written by :mod:`ioi.models.train`.
 
@@ -31,7 +34,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as hf_logging
 
 from ioi.task.defaults import ASSETS, DEFAULT_MODEL
@@ -41,6 +51,11 @@ hf_logging.disable_progress_bar()  # per-file bars drown the product's own progr
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
+    "random:pythia": dict(
+        num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=256,
+        max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True,
+        bos_token_id=50256, eos_token_id=50256,
+    ),  # fmt: skip
 }
 
 
@@ -100,8 +115,10 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def _random_model(name: str, seed: int) -> GPT2LMHeadModel:
+def _random_model(name: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
+    if name == "random:pythia":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50257, **_RANDOM_CONFIGS[name]))
     return GPT2LMHeadModel(GPT2Config(vocab_size=50257, **_RANDOM_CONFIGS[name]))
 
 

@@ -91,6 +91,11 @@ def with_classes(frame: pd.DataFrame, circuit: Circuit | None) -> pd.DataFrame:
     return out
 
 
+def _title(text: str) -> alt.TitleParams:
+    """A chart title that is never cut to the plot's width."""
+    return alt.TitleParams(text=text, limit=2000, anchor="start")
+
+
 def color_span(*frames: pd.DataFrame, field: str = "value") -> float:
     """The largest |`field`| over `frames`: one symmetric colour scale for panels compared side by side."""
     span = max((float(f[field].abs().max()) for f in frames if len(f)), default=1.0)
@@ -142,7 +147,12 @@ def head_heatmap(
         .encode(strokeDash=alt.value([1, 0]))
     )
     return (cells + outline).properties(
-        title=title, width=max(160, cell * n_heads), height=max(120, cell * n_layers)
+        title=_title(title),
+        width=max(160, cell * n_heads),
+        height=max(120, cell * n_layers),
+        # "pad": the cells keep their size and the legend comes on top (Streamlit's default "fit"
+        # squeezes axes, legend and cells together into `width`).
+        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
     )
 
 
@@ -228,13 +238,13 @@ def epoch_curves(
         )
         layers.append(ref.mark_text(align="left", dx=8, dy=-8, fontSize=10).encode(text="label:N"))
     if panel is None:
-        return alt.layer(*layers, data=data).properties(title=title, width="container", height=320)
+        return alt.layer(*layers, data=data).properties(title=_title(title), width="container", height=320)
     return (
         alt.layer(*layers, data=data)
         .properties(width=330, height=220)
         .facet(alt.Facet(f"{panel}:N", title=None, sort=list(dict.fromkeys(data[panel]))), columns=columns)
         .resolve_scale(x="independent")
-        .properties(title=title)
+        .properties(title=_title(title))
     )
 
 
@@ -270,7 +280,7 @@ def knockout_bars(
         rule = pd.DataFrame({"baseline": [baseline]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
     rows = frame[target].nunique() * frame[series].nunique()
-    return alt.layer(*layers).properties(title=title, width="container", height=max(120, 20 * rows))
+    return alt.layer(*layers).properties(title=_title(title), width="container", height=max(120, 20 * rows))
 
 
 def class_bars(
