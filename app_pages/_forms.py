@@ -20,7 +20,7 @@ def form_defaults() -> dict[str, Any]:
 
 def parse_epochs(text: str, epochs: int) -> tuple[int, ...]:
     """ "1, 3, 5" -> (1, 3, 5); UserError unless every item is an integer in 1..epochs."""
-    from ioi.models.train import parse_epochs as parse
+    from ioi.models.checks import parse_epochs as parse
 
     try:
         return parse(text, epochs)

@@ -19,7 +19,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "ioi.cli.registry": ("UsageError",),
     "ioi.task.data": ("DatasetError",),
     "ioi.models.load": ("ModelUnavailableError",),
-    "ioi.models.train": ("TrainingError",),
+    "ioi.models.checks": ("TrainingError",),
     "ioi.runs.cache": ("CorruptEntry",),
     "ioi.runs.experiment": ("ExperimentError",),
     "ioi.runs.jobs": ("JobError",),

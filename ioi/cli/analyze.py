@@ -16,6 +16,7 @@ from ioi.cli.registry import (
     load_samples,
     model_name,
     report_unknown_words,
+    use_torch_threads,
 )
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
@@ -112,6 +113,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ioi.models.load import load_model
     from ioi.task.data import abc_counterfactual, check_context, tokenize
 
+    use_torch_threads()
     try:
         model = load_model(model_name(args), device=args.device, seed=args.seed)
         other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None

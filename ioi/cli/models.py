@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ioi.cli.registry import (
@@ -16,6 +17,7 @@ from ioi.cli.registry import (
     load_samples,
     model_name,
     report_unknown_words,
+    use_torch_threads,
 )
 from ioi.task.defaults import (
     ASSETS,
@@ -69,6 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ioi.task.metrics import evaluate
 
     check_device(args.device)
+    use_torch_threads()
     hf, tok, source = load_hf(model_name(args))
     if args.device:
         hf.to(args.device)
@@ -105,7 +108,8 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ioi.models.train import TrainConfig, finetune, parse_epochs
+    from ioi.models.checks import parse_epochs
+    from ioi.models.train import TrainConfig, finetune
 
     check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
@@ -124,9 +128,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
     )
     cfg.validate()
+    use_torch_threads()
     bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+    times: list[float] = []
 
     def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        times.append(time.perf_counter())
         if bar.total is None:
             bar.reset(total=epochs * steps)
         bar.n = (epoch - 1) * steps + step
@@ -135,6 +142,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     paths = finetune(cfg, args.out, device=args.device, progress=progress)
     bar.close()
+    if len(times) > 1:  # rate from the first step to the last, as benchmarks/cli_speed.py measures a job
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(f"trained {len(times)} steps, {rate:.1f} steps/s", file=sys.stderr)
     for p in paths:
         print(p)
     return 0

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL, torch_threads
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,13 @@ def add_data_args(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> 
     p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
+
+
+def use_torch_threads() -> None:
+    """The same thread count as a job's (see `torch_threads`), so a direct run is not slower."""
+    import torch
+
+    torch.set_num_threads(torch_threads())
 
 
 def model_name(args: argparse.Namespace) -> str:

@@ -39,7 +39,7 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
 
 
 def experiment_config(args: argparse.Namespace, **overrides):
-    from ioi.models.train import parse_epochs
+    from ioi.models.checks import parse_epochs
     from ioi.runs.experiment import ExperimentConfig
 
     fields = dict(

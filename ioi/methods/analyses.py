@@ -157,7 +157,7 @@ def _opt(name: str, type: str, default: Any, help: str, *choices: str) -> Option
 POSITIONS = ("end", "io", "s1", "s1+1", "s2")
 ABLATIONS = ("mean", "mean-by-template", "zero", "resample")
 _ABLATION = _opt(
-    "ablation", "str", "mean-by-template", "what replaces an ablated head (METHODS §6)", *ABLATIONS
+    "ablation", "str", "mean-by-template", "what replaces an ablated head (METHODS §5)", *ABLATIONS
 )
 _CIRCUIT = _opt("circuit", "circuit", None, "the circuit to use (default: the model's, METHODS §5)")
 _SEED = _opt("seed", "int", 0, "seed of resampling / bootstrap")

@@ -28,9 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
+from ioi.models.checks import TrainingError, check_bounds
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import MAX_PROMPTS, IOIBatch, make_dataset, tokenize
+from ioi.task.data import IOIBatch, make_dataset, tokenize
 from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
 
@@ -39,44 +40,8 @@ Progress = Callable[[int, int, int, int, float], None]
 """progress(epoch, epochs, step, steps_per_epoch, loss), called after every optimizer step."""
 
 
-class TrainingError(ValueError):
-    """A fine-tuning request that cannot run as asked; the message says why."""
-
-
 class Cancelled(Exception):
     """Raised inside `finetune` when `should_stop()` turns true; finished checkpoints are kept."""
-
-
-def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
-    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
-    for an epoch outside 1..epochs."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
-    except ValueError:
-        raise TrainingError(
-            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
-        ) from None
-    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
-    if bad:
-        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
-    return values
-
-
-MAX_EPOCHS = 10_000
-MAX_BATCH = 4096
-
-
-def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
-    """TrainingError unless epochs, batch size and the dataset sizes (by name) are within the caps
-    that keep a mistyped number from grinding the machine (MAX_EPOCHS, MAX_BATCH, MAX_PROMPTS)."""
-    if not 1 <= epochs <= MAX_EPOCHS:
-        raise TrainingError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {epochs}")
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise TrainingError(f"batch size must be from 1 to {MAX_BATCH:,}, got {batch_size}")
-    for name, size in sizes.items():
-        if not 1 <= size <= MAX_PROMPTS:
-            what = name.replace("_", " ")
-            raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from ioi.runs import index
 
-if TYPE_CHECKING:  # ioi.methods.analyses pulls in torch; the job supervisor only needs the index
+if TYPE_CHECKING:  # torch and pandas load lazily: `jobs submit` and the job supervisor need only the index
+    import pandas as pd
+
     from ioi.methods.analyses import AnalysisResult
 
 DEMO_ROOT = Path(__file__).resolve().parents[2] / "cache" / "demo"
@@ -239,6 +239,7 @@ def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> E
         )
     tables = {}
     for table, digest in payload["tables"].items():
+        import pandas as pd  # here only: reading a job's metrics (no tables) stays light
         tpath = folder / f"{name}.{check_name(table)}.parquet"
         data = tpath.read_bytes() if tpath.exists() else b""
         if sha256(data) != digest:
@@ -338,6 +339,7 @@ def cached_epochs(root: str | Path | None, exp_id: str) -> dict[int, list[str]]:
 def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
     """One row per cached epoch (0 = the starting model): eval metrics (logit_diff, accuracy, ...)
     plus every analysis' scalar summary as column '<analysis>.<key>' (e.g. faithfulness curves)."""
+    import pandas as pd
     rows = []
     for epoch, names in cached_epochs(root, exp_id).items():
         row: dict[str, Any] = {"epoch": epoch}

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ioi import __version__
-from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
     check_id,
@@ -38,7 +37,14 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, SCENARIOS
+from ioi.task.defaults import (
+    ASSETS,
+    DEFAULT_ANALYSES,
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN_SIZE,
+    SCENARIOS,
+)
 
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -69,7 +75,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
         from ioi.methods.analyses import OptionError, check_analyses
-        from ioi.models.names import model_problem
+        from ioi.models.checks import check_bounds, model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -82,8 +88,6 @@ class ExperimentConfig:
                 raise ExperimentError(f"--parent: {err}") from None
         if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
             raise ExperimentError("sizes, batch size and lr must be positive")
-        from ioi.models.train import check_bounds
-
         check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
                      analysis_size=self.analysis_size)  # fmt: skip
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]

@@ -53,6 +53,7 @@ from typing import Any
 
 from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
 from ioi.runs.index import JOB_COLUMNS
+from ioi.task.defaults import torch_threads
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -380,7 +381,7 @@ def run_job(root: str, job_id: str) -> None:
     from ioi.models.train import Cancelled
     from ioi.runs.experiment import ExperimentConfig, run_experiment
 
-    torch.set_num_threads(int(os.environ.get("IOI_JOB_THREADS", "1")))
+    torch.set_num_threads(torch_threads())
     job = get_job(job_id, root)
     _update(root, job_id, worker_pid=os.getpid())
     stop = threading.Event()
