@@ -59,9 +59,12 @@ class SeedStudy:
 
 
 def find_studies(root: str | Path, model: str) -> list[SeedStudy]:
-    """Every seed's study of `model` in the cache at `root`, by seed; the clean run of a seed is
-    its longest one. A seed without a clean run is left out."""
-    exps = [e for e in list_experiments(root) if e.config.get("model") == model and e.epochs]
+    """Every seed's study of `model` in the cache at `root`, by seed, from the finished runs; the
+    clean run of a seed is its longest one. A seed without a clean run is left out."""
+    # only finished runs: a run still training has early epochs cached but not its last one
+    exps = [
+        e for e in list_experiments(root) if e.config.get("model") == model and e.config["epochs"] in e.epochs
+    ]
     by_id = {e.id: e for e in exps}
     out = []
     for seed in sorted({e.config.get("seed", 0) for e in exps}):
