@@ -359,13 +359,9 @@ def circuit_dot(circuit: Circuit | None = None) -> str:
         lines.append(f'  "{name}" [label="{name}{listed}", fillcolor="{colour}33", color="{colour}"];')
     for src, dst, label in CIRCUIT_EDGES:
         lines.append(f'  "{src}" -> "{dst}" [label="{label}"];')
-    # Classes outside the IOI paper's (e.g. "other heads carrying the effect"): grey, wired to the
-    # logits by a dashed edge, since only their effect on the logit difference is known.
-    extra = {
-        c: hs for c, hs in (circuit.classes.items() if circuit is not None else ()) if c not in CLASS_COLORS
-    }
-    for name, heads in extra.items():
-        if heads:
+    # Classes outside the paper's (e.g. "other heads carrying the effect"): grey, dashed to the logits.
+    for name, heads in circuit.classes.items() if circuit is not None else ():
+        if heads and name not in CLASS_COLORS:
             listed = " ".join(str(h) for h in heads)
             lines.append(f'  "{name}" [label="{name}\\n{listed}", fillcolor="#eeeeee", color="#888888"];')
             lines.append(f'  "{name}" -> "logits" [style=dashed, label="effect on the logits"];')
