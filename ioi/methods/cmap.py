@@ -72,9 +72,12 @@ def cmap(
     positions = positions or ("end" if mode == "output" else "all")
     if positions not in ("end", "all"):
         raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
-    shape = lambda m: (m.n_layers, m.n_heads, m.bridge.cfg.d_head)  # noqa: E731
+    shape = lambda m: (m.hf_model.config.model_type, m.n_layers, m.n_heads, m.bridge.cfg.d_head)  # noqa: E731
     if shape(receiver) != shape(source):
-        raise ValueError("CMAP needs two models of one architecture (same layers, heads, head size)")
+        raise ValueError(
+            "CMAP needs two models of one architecture (same model type, layers, heads, head size); "
+            f"got {shape(receiver)} and {shape(source)}"
+        )
     n_layers, site = receiver.n_layers, MODES[mode]
     final = f"blocks.{n_layers - 1}.hook_resid_post"
     names = [hook_name(layer, site) for layer in range(n_layers)]
