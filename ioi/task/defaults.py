@@ -12,7 +12,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "ioi-tiny"
 DEFAULT_TRAIN_SIZE = 6360
 DEFAULT_EVAL_SIZE = 500
-DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
+DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "circuit-tests", "knockout", "cmap")
 """Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
 TOXIC_DATASETS: tuple[str, ...] = ("name_moving", "subject_duplication", "duplication")
 """The names `ioi.task.corruptions` registers, written here for help texts (a test keeps them equal)."""
