@@ -54,6 +54,13 @@ def numbers_table(v) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline(v) -> str:
+    """The verdict's first two numbers, for the summary cards (the whole verdict is below)."""
+    from ioi.methods.verdicts import fmt
+
+    return " · ".join(f"{k}: {fmt(e, 3)}" for k, e in list(v.numbers.items())[:2])
+
+
 def show_me(v) -> None:
     view = dict(v.view)
     page = PAGES.get(view.pop("page", ""))
@@ -167,7 +174,7 @@ def body() -> None:
                 st.caption("Not judged: the cache holds no runs for it.")
             for v in group:
                 st.markdown(f"{badge(v)} **{v.scope.replace('_', ' ') if v.scope else 'clean fine-tuning'}**")
-                st.caption(v.summary.split(". ")[0].rstrip(".") + ".")  # its first sentence; all of it below
+                st.caption(headline(v))
     for finding, group in by_finding.items():
         if not group:
             continue
