@@ -404,3 +404,27 @@ def test_parse_heads_checks_the_model_shape():
 def test_example_heads_fit_the_model(dash_env):
     assert _live.example_heads(2, 4) == "1.0"  # the synthetic clean run's pretrained name mover
     assert _live.example_heads(1, 2) == "0.0 0.1"
+
+
+def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, monkeypatch):
+    """On the shipped demo cache: the page shows amplification, localized corruption and
+    neuroplasticity, each verdict's numbers as `findings(roots)` gives them and as REPRODUCTION.md
+    writes them."""
+    from ioi.methods.verdicts import fmt
+    from ioi.present.findings import findings
+
+    demo = REPO / "cache" / "demo"
+    monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    three = ("amplification", "localized corruption", "neuroplasticity")
+    verdicts = [v for v in findings([demo]) if v.finding in three]
+    assert {v.finding for v in verdicts} == set(three)
+    at = app("app_pages/findings.py")
+    assert_clean(at)
+    shown = [t.value for t in at.dataframe]
+    report = (REPO / "REPRODUCTION.md").read_text()
+    for v in verdicts:
+        numbers = [fmt(e, 3) for e in v.numbers.values()]
+        assert any(list(t["value [95% interval]"]) == numbers for t in shown), (v.finding, v.scope)
+        assert all(n in report for n in numbers), f"{v.finding} {v.scope}: REPRODUCTION.md has other numbers"
+    assert len({c.value for c in at.markdown if c.value.startswith("#### ")}) == 3
