@@ -142,7 +142,8 @@ def test_no_two_experiment_labels_in_a_picker_are_equal(server, page):
         options = page.get_by_role("option").all_inner_texts()
         page.keyboard.press("Escape")
         assert len(options) >= 2 and len(set(options)) == len(options), (path, options)
-        assert any(o.startswith("reversal of ") for o in options), options
+        if path != "knockout":  # the demo set has per-head knockouts on the first seed's clean run only
+            assert any(o.startswith("reversal of ") for o in options), options
 
 
 def test_a_reversal_is_labelled_by_its_lineage_and_starts_from_the_toxic_model(server, page):
