@@ -23,7 +23,6 @@ CHART = {"vega": "[data-testid='stVegaLiteChart']", "graphviz": "[data-testid='s
 # the first request of a fresh server must still go through the router (st.navigation).
 PAGES = {
     "datasets": ("2-datasets", "table"),
-    "findings": ("0-findings", "vega"),
     "": ("1-overview", "vega"),
     "experiments": ("3-experiments", "table"),
     "attribution": ("4-attribution", "vega"),
@@ -118,16 +117,6 @@ def test_every_page_in_a_real_browser_and_no_request_leaves_localhost(server, pa
     assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
 
 
-def test_findings_page_shows_the_three_findings_with_their_verdicts(server, page):
-    page.goto(f"{server}/findings", timeout=120_000)
-    settle(page)
-    main = page.inner_text("[data-testid='stMain']")
-    for finding in ("Amplification", "Localized corruption", "Neuroplasticity"):
-        assert finding in main
-    assert any(word in main for word in ("holds", "does not hold", "undetermined"))
-    shoot(page, "0-findings-top")
-
-
 def test_circuit_page_lists_the_pretrained_models_name_movers(server, page):
     from ioi.runs.cache import load_analysis
 
@@ -153,7 +142,7 @@ def test_no_two_experiment_labels_in_a_picker_are_equal(server, page):
         options = page.get_by_role("option").all_inner_texts()
         page.keyboard.press("Escape")
         assert len(options) >= 2 and len(set(options)) == len(options), (path, options)
-        if path == "attribution":  # every run has DLA cached: reversals are listed by lineage
+        if path != "knockout":  # the demo set has per-head knockouts on the first seed's clean run only
             assert any(o.startswith("reversal of ") for o in options), options
 
 
