@@ -23,6 +23,7 @@ CHART = {"vega": "[data-testid='stVegaLiteChart']", "graphviz": "[data-testid='s
 # the first request of a fresh server must still go through the router (st.navigation).
 PAGES = {
     "datasets": ("2-datasets", "table"),
+    "findings": ("0-findings", "vega"),
     "": ("1-overview", "vega"),
     "experiments": ("3-experiments", "table"),
     "attribution": ("4-attribution", "vega"),
@@ -115,6 +116,16 @@ def test_every_page_in_a_real_browser_and_no_request_leaves_localhost(server, pa
         urlparse(u).hostname for u in page.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
     }
     assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
+
+
+def test_findings_page_shows_the_three_findings_with_their_verdicts(server, page):
+    page.goto(f"{server}/findings", timeout=120_000)
+    settle(page)
+    main = page.inner_text("[data-testid='stMain']")
+    for finding in ("Amplification", "Localized corruption", "Neuroplasticity"):
+        assert finding in main
+    assert any(word in main for word in ("holds", "does not hold", "undetermined"))
+    shoot(page, "0-findings-top")
 
 
 def test_circuit_page_lists_the_pretrained_models_name_movers(server, page):
