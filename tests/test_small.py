@@ -1,0 +1,64 @@
+"""ioi-small: its corpus (duplicates decide the answer), resumable deterministic pretraining."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ioi.models import small, tiny
+from ioi.task.data import NAMES, tokenize
+
+
+def _count(text: str, name: str) -> int:
+    return len(re.findall(rf"\b{name}\b", text))
+
+
+def test_tiny_vocabulary_is_unchanged_by_small_phrases() -> None:
+    base = tiny.vocabulary()
+    extended = tiny.vocabulary(small.PHRASES)
+    assert set(base) < set(extended)
+    assert tiny.build_tokenizer().get_vocab() == {w: i for i, w in enumerate(base)}
+
+
+def test_duplicate_sentences_mention_the_answer_once() -> None:
+    gen = small.SmallStoryGenerator(0)
+    for k in range(300):
+        io, s, third = gen.rng.sample(NAMES, 3)
+        text = gen.dup_sentence(io, s, third if k % 2 else None)
+        assert _count(text, io) == 1
+        assert _count(text, s) >= 1 and text.endswith(" to")
+        if k % 2:
+            assert _count(text, third) >= 2
+    for prompt, io, s in small.three_name_probes(50):
+        assert _count(prompt, io) == 1 and _count(prompt, s) >= 1
+        others = {n for n in NAMES if _count(prompt, n) and n != io}
+        assert len(others) == 2 and all(_count(prompt, n) >= 2 for n in others - {s})
+
+
+def test_corpus_deterministic_and_in_vocabulary() -> None:
+    tok = small.build_small_tokenizer()
+    a = small.SmallStoryGenerator(3).stories(200)
+    assert a == small.SmallStoryGenerator(3).stories(200)
+    assert a != small.SmallStoryGenerator(4).stories(200)
+    assert any("given to" in t for t in a) and any(", who gave it to" in t for t in a)
+    encoded = tiny._encode_batch(a, tok.get_vocab())
+    assert not (encoded == tok.unk_token_id).any()
+    for text in a[:20]:
+        assert len(tok.encode(text, add_special_tokens=False)) < tiny.CONTEXT
+    probes = tokenize(small.position_probes(40), tok)
+    assert not (probes.tokens == tok.unk_token_id).any()
+
+
+def test_pretraining_is_deterministic_and_resumes_identically(tmp_path: Path) -> None:
+    small.pretrain_small(tmp_path / "full", seed=1, steps=4)
+    ck = tmp_path / "ck"
+    small.pretrain_small(tmp_path / "first", seed=1, steps=4, checkpoint_dir=ck, checkpoint_every=2)
+    # Drop the run after its step-2 checkpoint: resuming from it must end where the full run did.
+    small.pretrain_small(tmp_path / "resumed", seed=1, steps=4, checkpoint_dir=ck, checkpoint_every=2)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    for other in ("first", "resumed"):
+        weights = load_file(str(tmp_path / other / "model.safetensors"))
+        assert all(torch.equal(v, weights[k]) for k, v in full.items())
