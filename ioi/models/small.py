@@ -107,6 +107,7 @@ _MIX = {"ioi": 0.25, "dup": 0.25, "recall": 0.15, "induction": 0.15, "filler": 0
 VARIANTS: dict[str, Recipe] = {
     "4l": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 3000),
     "6l": Recipe({"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 2500),
+    "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
 }
 DEFAULT_VARIANT = "4l"
 
