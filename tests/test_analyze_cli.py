@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ioi.cli import main, parse_options
+from ioi.cli import main
+from ioi.cli.analyze import parse_options
 
 
 def test_parse_options_keeps_head_lists_as_text():

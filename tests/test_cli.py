@@ -1,10 +1,15 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ioi.cli import main
+from ioi.task.defaults import SCENARIOS, TOXIC_DATASETS, default_lr
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -82,3 +87,39 @@ def test_user_errors_are_one_line(tmp_path, capsys, args, message, monkeypatch):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_installed_entry_points_answer_from_any_directory(tmp_path):
+    """`python -m ioi` works outside the repository, and `--help` loads none of the heavy libraries."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "ioi", "jobs", "submit", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and "--analyses" in out.stdout
+    heavy = "{'torch', 'transformers', 'transformer_lens', 'pandas'}"
+    check = f"import ioi.cli, sys; print(sorted({heavy} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_help_mirrors_of_the_registries_match_them():
+    """The light lists the help texts show are the registries' names, in the same order."""
+    from ioi.models.train import SCENARIOS as TRAINED
+    from ioi.task.corruptions import CORRUPTIONS
+
+    assert TOXIC_DATASETS == tuple(CORRUPTIONS) and SCENARIOS == TRAINED
+
+
+@pytest.mark.parametrize("model, lr", [("ioi-tiny", 1e-4), ("gpt2", 1e-5), ("random:gpt2", 1e-5)])
+def test_one_default_lr_per_model_for_every_entry_point(model, lr, tmp_path, monkeypatch, capsys):
+    """A job submitted without --lr records the model's default, the one the help text states."""
+    from ioi.cli import build_parser
+    from ioi.cli.runs import experiment_config
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["jobs", "submit", "--model", model])
+    assert default_lr(model) == lr and experiment_config(args).lr == lr
+    with pytest.raises(SystemExit):
+        main(["jobs", "submit", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "ioi-tiny 1e-4" in helped and "other models 1e-5" in helped

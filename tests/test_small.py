@@ -62,3 +62,12 @@ def test_pretraining_is_deterministic_and_resumes_identically(tmp_path: Path) ->
     for other in ("first", "resumed"):
         weights = load_file(str(tmp_path / other / "model.safetensors"))
         assert all(torch.equal(v, weights[k]) for k, v in full.items())
+
+
+def test_cli_pretrain_small(tmp_path: Path, capsys) -> None:
+    from ioi.cli import main
+
+    assert main(["pretrain-small", "--variant", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown variant 'nope'")
+    assert main(["pretrain-small", "--steps", "2", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.safetensors").exists()

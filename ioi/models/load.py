@@ -30,10 +30,10 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from ioi.task.defaults import ASSETS, DEFAULT_MODEL
+
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL = "ioi-tiny"
 BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
 """Bundled model name -> the subcommand that rebuilds it."""
 _RANDOM_CONFIGS = {

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
 from ioi.task.corruptions import CORRUPTIONS, corrupt
-from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE, IOIBatch, make_dataset, tokenize
+from ioi.task.data import IOIBatch, make_dataset, tokenize
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")

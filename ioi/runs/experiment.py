@@ -37,10 +37,8 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.data import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
+from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 
-DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
-"""Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
 METRICS = "metrics"
 Log = Callable[[str], None]
 

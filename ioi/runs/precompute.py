@@ -17,7 +17,7 @@ from ioi.runs.cache import cache_root
 from ioi.runs.experiment import ExperimentConfig
 from ioi.runs.sweep import sweep_configs
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.data import DEFAULT_TRAIN_SIZE
+from ioi.task.defaults import DEFAULT_TRAIN_SIZE
 
 CLEAN_CHECKPOINTS = (1, 3, 5, 10, 25, 50, 100)
 TOXIC_EPOCHS = 5

@@ -26,6 +26,8 @@ from typing import Protocol
 
 import torch
 
+from ioi.task.defaults import DEFAULT_TRAIN_SIZE
+
 # The IOI paper's single-token names, plus Alice to make 100.
 NAMES: tuple[str, ...] = (
     "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda",
@@ -69,8 +71,6 @@ TEMPLATES: tuple[str, ...] = (
     "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
 )
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
-DEFAULT_TRAIN_SIZE = 6360
-DEFAULT_EVAL_SIZE = 500
 _TEMPLATE_RE = re.compile(r"^(?P<first>.*\[B\].*\[A\].*?)(?P<second>\[B\].*)\s\[A\]$")
 
 

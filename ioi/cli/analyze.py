@@ -1,0 +1,116 @@
+"""`ioi analyze METHOD`: one analysis of the registry on one model, printed as its per-head table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+
+ANALYZE_SIZE = 100
+TEXT_OPTIONS = {"heads"}
+"""Options kept as text: head lists like "10.10" must not become the number 10.1."""
+
+
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "method",
+        help="an analysis of the registry (e.g. patch, path-patch, classify, knockout, "
+        "faithfulness); an unknown name lists them",
+    )
+    add_model_args(p)
+    p.add_argument("--other", help="second model name or directory (cross-model analyses)")
+    add_data_args(p, size=ANALYZE_SIZE)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option (VALUE read as JSON when it parses, else as text), e.g. "
+        "--option receiver=q --option heads='9.9 9.6 10.0'; repeatable",
+    )
+    p.add_argument(
+        "--circuit", type=Path, help="a circuit JSON file (Circuit.to_json) for knockout/faithfulness"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--out", type=Path, help="also write the JSON result to this file")
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """["key=value", …] -> {key: JSON value or text}; ValueError for a pair without '='."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"an option is KEY=VALUE, got {pair!r}")
+        key = key.replace("-", "_")
+        if key in TEXT_OPTIONS:
+            options[key] = value
+            continue
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def json_safe(value: object) -> object:
+    """`value` with NaN/inf floats as null, so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@command(
+    "analyze",
+    "run one analysis (any name in the analysis registry) and print its per-head table",
+    _analyze_args,
+)
+def run_analyze(args: argparse.Namespace) -> int:
+    from ioi.methods.analyses import load_builtin_analyses, run_analysis
+    from ioi.models.load import load_model
+    from ioi.task.data import abc_counterfactual, tokenize
+
+    try:
+        options = parse_options(args.option)
+        if args.circuit:
+            options["circuit"] = json.loads(args.circuit.read_text())
+        known = load_builtin_analyses()
+        if args.method not in known:
+            raise ValueError(f"unknown analysis {args.method!r}; known: {', '.join(sorted(known))}")
+        if known[args.method].needs_other and not args.other:
+            raise ValueError(
+                f"analysis {args.method!r} compares two models: give the second one with --other"
+            )
+        if args.size < 1 and not args.dataset:
+            raise ValueError(f"--size must be at least 1, got {args.size}")
+        model = load_model(model_name(args), device=args.device, seed=args.seed)
+        other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None
+        samples = load_samples(args)
+        clean = tokenize(samples, model.tokenizer)
+        abc = tokenize(abc_counterfactual(samples, args.seed), model.tokenizer, like=clean)
+        result = run_analysis(args.method, model, clean, abc, other=other, **options)
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        if isinstance(err, TypeError) and "unexpected keyword argument" not in str(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = json_safe({"model": model_name(args), "n_prompts": len(clean), **result.to_json()})
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            if not isinstance(value, list | dict):
+                print(f"{key:>14}: {value}")
+        top = result.heads.reindex(result.heads["value"].abs().sort_values(ascending=False).index).head(15)
+        print(top.to_string(index=False))
+    return 0

@@ -1,0 +1,187 @@
+"""Commands on one model: write a dataset, evaluate, fine-tune, rebuild the bundled models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.task.defaults import (
+    ASSETS,
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN_SIZE,
+    SCENARIOS,
+    TOXIC_DATASETS,
+    default_lr,
+    lr_help,
+)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=DEFAULT_TRAIN_SIZE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "eval"), default="train")
+    p.add_argument("--corruption", help=f"write this toxic dataset: {', '.join(TOXIC_DATASETS)}")
+    p.add_argument("--model", help="check that names, places and objects are single tokens for this model")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL file")
+
+
+@command("dataset", "write an IOI dataset (clean or toxic) as JSONL", _dataset_args)
+def run_dataset(args: argparse.Namespace) -> int:
+    from ioi.task.corruptions import corrupt
+    from ioi.task.data import make_dataset, tokenize, write_jsonl
+
+    samples = make_dataset(args.size, args.seed, args.split)
+    if args.corruption:
+        samples = corrupt(samples, args.corruption, args.seed)
+    if args.model:
+        from ioi.models.load import load_hf
+
+        _, tok, _ = load_hf(args.model)
+        tokenize(samples, tok)  # raises, naming the offenders, if any role is not one token
+    write_jsonl(samples, args.out)
+    print(f"wrote {len(samples)} samples to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
+def run_eval(args: argparse.Namespace) -> int:
+    from ioi.models.load import load_hf
+    from ioi.task.data import tokenize
+    from ioi.task.metrics import evaluate
+
+    hf, tok, source = load_hf(model_name(args))
+    if args.device:
+        hf.to(args.device)
+    result = evaluate(hf.eval(), tokenize(load_samples(args), tok)).to_json()
+    result |= {"model": model_name(args), "source": source}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--scenario", choices=SCENARIOS, default="clean")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--from", dest="init_from", help="checkpoint to start from (required for reversal)")
+    p.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs to save, e.g. 1,3,5")
+    p.add_argument("--lr", type=float, help=lr_help())
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE)
+    p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
+
+
+@command("finetune", "fine-tune a model on a clean, toxic or reversal scenario", _finetune_args)
+def run_finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ioi.models.train import TrainConfig, finetune, parse_epochs
+
+    cfg = TrainConfig(
+        model=args.model,
+        scenario=args.scenario,
+        epochs=args.epochs,
+        init_from=args.init_from,
+        checkpoint_epochs=parse_epochs(args.checkpoint_epochs),
+        lr=args.lr or default_lr(args.model),
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        train_size=args.train_size,
+        eval_size=args.eval_size,
+    )
+    cfg.validate()
+    bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+
+    def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        if bar.total is None:
+            bar.reset(total=epochs * steps)
+        bar.n = (epoch - 1) * steps + step
+        bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss:.3f}", refresh=False)
+        bar.update(0)
+
+    paths = finetune(cfg, args.out, device=args.device, progress=progress)
+    bar.close()
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=ASSETS / "ioi-tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the model card's)")
+
+
+def _step_bar(desc: str):
+    """A tqdm bar and the `progress(step, total, loss)` callback pretraining calls."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit="step", desc=desc)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(0)
+
+    return bar, progress
+
+
+@command("pretrain-tiny", "rebuild the bundled ioi-tiny model from its synthetic corpus", _pretrain_args)
+def run_pretrain(args: argparse.Namespace) -> int:
+    from ioi.models.tiny import pretrain_tiny
+
+    bar, progress = _step_bar("pretrain-tiny")
+    kwargs = {"steps": args.steps} if args.steps else {}
+    result = pretrain_tiny(args.out, seed=args.seed, progress=progress, **kwargs)
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _pretrain_small_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=ASSETS / "ioi-small")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the variant's)")
+    p.add_argument("--variant", help="a recipe the model card reports (default: the shipped one)")
+    p.add_argument(
+        "--checkpoint-dir", type=Path, help="save the state here every 500 steps; a rerun resumes from it"
+    )
+
+
+@command(
+    "pretrain-small", "rebuild the bundled ioi-small model from its synthetic corpus", _pretrain_small_args
+)
+def run_pretrain_small(args: argparse.Namespace) -> int:
+    from ioi.models.small import DEFAULT_VARIANT, VARIANTS, pretrain_small
+
+    variant = args.variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        print(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    bar, progress = _step_bar("pretrain-small")
+    result = pretrain_small(
+        args.out, variant=variant, seed=args.seed, steps=args.steps,
+        checkpoint_dir=args.checkpoint_dir, progress=progress,
+    )  # fmt: skip
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,66 @@
+"""The subcommand registry and the arguments several commands share.
+
+Only light modules are imported here (argparse, ioi.task.defaults): a command's heavy imports
+(torch, transformers, TransformerLens, pandas) happen inside its `run`, so `ioi --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `configure` adds its arguments, `run(args)` returns the exit status."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Decorator registering `run(args) -> int` as subcommand `name`."""
+
+    def add(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, configure, run)
+        return run
+
+    return add
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def add_data_args(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> None:
+    p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    return args.checkpoint or args.model
+
+
+def load_samples(args: argparse.Namespace, split: str = "eval"):
+    """The prompts a command runs on: the user's JSONL or a generated split."""
+    from ioi.task.data import make_dataset, read_jsonl
+
+    if getattr(args, "dataset", None):
+        return read_jsonl(args.dataset)
+    return make_dataset(args.size, args.seed, split)

@@ -1,0 +1,237 @@
+"""Commands on experiments: background jobs, sweeps, the demo cache's precompute, the paper's study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ioi.cli.registry import command
+from ioi.task.defaults import (
+    DEFAULT_ANALYSES,
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN_SIZE,
+    SCENARIOS,
+    default_lr,
+    lr_help,
+)
+
+
+def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    if not sweep:
+        p.add_argument("--scenario", choices=SCENARIOS, default="clean")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--parent", help="the toxic experiment id a reversal starts from (`jobs list`)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs to analyse, e.g. 1,3,5")
+    p.add_argument("--lr", type=float, help=lr_help())
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE)
+    p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
+    p.add_argument("--analysis-size", type=int, default=100, help="prompts the analyses run on")
+    p.add_argument("--analyses", default=",".join(DEFAULT_ANALYSES), help="comma-separated analysis names")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
+
+
+def experiment_config(args: argparse.Namespace, **overrides):
+    from ioi.models.train import parse_epochs
+    from ioi.runs.experiment import ExperimentConfig
+
+    fields = dict(
+        model=args.model, scenario=getattr(args, "scenario", "clean"), epochs=args.epochs,
+        checkpoint_epochs=parse_epochs(args.checkpoint_epochs), seed=getattr(args, "seed", 0),
+        lr=args.lr or default_lr(args.model),
+        weight_decay=args.weight_decay, batch_size=args.batch_size, train_size=args.train_size,
+        eval_size=args.eval_size, analysis_size=args.analysis_size, parent=getattr(args, "parent", None),
+        analyses=tuple(a.strip() for a in args.analyses.split(",") if a.strip()),
+    )  # fmt: skip
+    cfg = ExperimentConfig(**fields | overrides)
+    cfg.validate()
+    return cfg
+
+
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    subs = p.add_subparsers(dest="action", required=True)
+    submit = subs.add_parser("submit", help="queue an experiment; prints the job id")
+    _experiment_args(submit)
+    submit.add_argument("--wait", action="store_true", help="block with a progress bar until it ends")
+    listing = subs.add_parser("list", help="every job, newest first")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--cache", type=Path)
+    actions = (
+        ("show", "one job's state, progress and log"),
+        ("cancel", "stop a job at its next step"),
+        ("resume", "continue an interrupted, failed or cancelled job"),
+    )
+    for name, help in actions:
+        sub = subs.add_parser(name, help=help)
+        sub.add_argument("id")
+        sub.add_argument("--cache", type=Path)
+        if name == "show":
+            sub.add_argument("--json", action="store_true")
+        if name == "resume":
+            sub.add_argument("--wait", action="store_true")
+
+
+def _wait_with_bar(job_id: str, root: Path | None) -> int:
+    from tqdm import tqdm
+
+    from ioi.runs.jobs import wait
+
+    bar = tqdm(total=1.0, unit="run", desc=job_id, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+
+    shown: list[str] = []
+
+    def update(job) -> None:
+        text = f"{job.status} epoch {job.epoch}/{job.epochs} {job.phase}"
+        if shown[-1:] != [text]:
+            shown.append(text)
+            bar.n = job.fraction
+            bar.set_postfix_str(text)
+
+    job = wait(job_id, root, on_update=update)
+    bar.close()
+    if job.status != "done":
+        print(f"job {job_id} {job.status}: {job.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _job_line(job) -> str:
+    progress = f"epoch {job.epoch}/{job.epochs} step {job.step}/{job.steps}" if job.epochs else ""
+    cfg = job.config
+    what = f"{cfg['scenario']} {cfg['model']} seed {cfg['seed']} {cfg['epochs']} ep"
+    return f"{job.id}  {job.status:<11} {job.experiment}  {what:<40} {progress}"
+
+
+@command("jobs", "background experiments: submit, list, show, cancel, resume", _jobs_args)
+def run_jobs(args: argparse.Namespace) -> int:
+    from ioi.runs import jobs
+    from ioi.runs.cache import cache_root
+
+    root = args.cache
+    if args.action == "submit":
+        job_id = jobs.submit(experiment_config(args), root, device=args.device)
+        print(job_id)
+        return _wait_with_bar(job_id, root) if args.wait else 0
+    if args.action == "list":
+        listed = jobs.list_jobs(root)
+        if args.json:
+            print(json.dumps([j.to_json() for j in listed], indent=1))
+        for job in [] if args.json else listed:
+            print(_job_line(job))
+        return 0
+    if args.action == "show":
+        job = jobs.get_job(args.id, root)
+        if args.json:
+            print(json.dumps(job.to_json(), indent=1))
+            return 0
+        print(_job_line(job))
+        print(json.dumps(job.config))
+        if job.error:
+            print(f"error: {job.error}")
+        print(job.log)
+        print(f"(process output: {cache_root(root) / 'jobs' / f'{job.id}.log'})")
+        return 0
+    if args.action == "cancel":
+        print(_job_line(jobs.cancel(args.id, root)))
+        return 0
+    job = jobs.resume(args.id, root)
+    print(_job_line(job))
+    return _wait_with_bar(job.id, root) if args.wait else 0
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _experiment_args(p, sweep=True)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--scenarios", default="clean", help="comma-separated: clean and/or toxic datasets")
+    p.add_argument("--reversal-epochs", type=int, help="also run a reversal from each toxic run, this long")
+    p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler, e.g. tcp://host:8786")
+
+
+@command("sweep", "run seeds × scenarios (+ reversals) in parallel, locally or on Dask", _sweep_args)
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from ioi.runs.jobs import max_jobs
+    from ioi.runs.sweep import run_sweep, sweep_configs
+
+    base = experiment_config(args)
+    stages = sweep_configs(
+        base, seeds=[int(s) for s in args.seeds.split(",")], scenarios=args.scenarios.split(","),
+        reversal_epochs=args.reversal_epochs,
+    )  # fmt: skip
+    context = nullcontext()
+    if args.dask:
+        import joblib
+        from dask.distributed import Client
+
+        client = Client(args.dask)
+        context = joblib.parallel_config(backend="dask", wait_for_workers_timeout=60)
+        print(f"running on {client.dashboard_link}", file=sys.stderr)
+    with context:
+        n_jobs = args.n_jobs or (-1 if args.dask else max_jobs())
+        for summary in run_sweep(stages, args.cache, n_jobs=n_jobs, device=args.device, verbose=5):
+            last = max(summary.metrics)
+            print(f"{summary.id}  epoch {last}: logit diff {summary.metrics[last]['logit_diff']:.3f}")
+    return 0
+
+
+def _precompute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--out", type=Path, help="cache to fill (default the shipped cache/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few epochs, to check the pipeline")
+    p.add_argument("--clean-epochs", type=int, help="default: the longest run up to 100 that fits --budget")
+    p.add_argument("--budget", type=float, default=15, help="minutes the clean run may take (default 15)")
+    p.add_argument("--keep-weights", action="store_true", help="keep checkpoints (large) in the demo cache")
+    p.add_argument("--lr", type=float, help=lr_help())
+    p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
+
+
+@command("precompute", "fill the shipped demo cache (cache/demo) for a model", _precompute_args)
+def run_precompute(args: argparse.Namespace) -> int:
+    from ioi.runs.cache import DEMO_ROOT
+    from ioi.runs.jobs import max_jobs
+    from ioi.runs.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
+    from ioi.runs.sweep import run_sweep
+
+    if args.clean_epochs is None and not args.quick:
+        seconds = epoch_seconds(args.model)
+        args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
+        print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
+    stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
+                         lr=args.lr or default_lr(args.model))  # fmt: skip
+    summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
+    if not args.keep_weights:
+        prune_weights(args.out or DEMO_ROOT)
+    for summary in summaries:
+        print(summary.id, sorted(summary.metrics), *summary.notes[:1])
+    return 0
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few epochs (checks the pipeline)")
+    p.add_argument("--cache", type=Path, help="result cache to use (default $IOI_CACHE_DIR or ./cache)")
+    p.add_argument("--clean-epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, help=lr_help())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
+    p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
+
+
+@command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ioi.present.report import report_dir, reproduce, write_report
+
+    study = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr or default_lr(args.model),
+                      clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device)  # fmt: skip
+    path = write_report(study, args.model, args.out or report_dir(args.model))
+    print(path)
+    return 0

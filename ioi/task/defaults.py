@@ -1,0 +1,40 @@
+"""The defaults every entry point shares, importable without torch so that `ioi --help` answers at once.
+
+The modules that use a default import it from here (one definition each); the CLI's help and the
+dashboard's forms read the same values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = "ioi-tiny"
+DEFAULT_TRAIN_SIZE = 6360
+DEFAULT_EVAL_SIZE = 500
+DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
+"""Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
+TOXIC_DATASETS: tuple[str, ...] = ("name_moving", "subject_duplication", "duplication")
+"""The names `ioi.task.corruptions` registers, written here for help texts (a test keeps them equal)."""
+SCENARIOS: tuple[str, ...] = ("clean", *TOXIC_DATASETS, "reversal")
+
+PAPER_LR = 1e-5
+"""The paper's fine-tuning learning rate for GPT-2 (METHODS §3)."""
+MODEL_LR = {"ioi-tiny": 1e-4}
+"""Models that learn the task's shifts too slowly at the paper's rate; ioi-tiny's demo cache used 1e-4."""
+
+
+def default_lr(model: str) -> float:
+    """The fine-tuning learning rate a run of `model` gets unless told otherwise."""
+    return MODEL_LR.get(model, PAPER_LR)
+
+
+def lr_help(model_flag: str = "--model") -> str:
+    """The sentence `--help` says about the default lr."""
+    per_model = ", ".join(f"{m} {_short(lr)}" for m, lr in MODEL_LR.items())
+    paper = _short(PAPER_LR)
+    return f"learning rate (default per {model_flag}: {per_model}; other models {paper}, the paper's)"
+
+
+def _short(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")  # 1e-4, not 0.0001
