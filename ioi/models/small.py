@@ -109,7 +109,7 @@ VARIANTS: dict[str, Recipe] = {
     "6l": Recipe({"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 2500),
     "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
 }
-DEFAULT_VARIANT = "4l"
+DEFAULT_VARIANT = "4l-nodrop"
 
 
 class SmallStoryGenerator(StoryGenerator):
