@@ -27,7 +27,7 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
     gen = small.SmallStoryGenerator(0)
     for k in range(300):
         io, s, third = gen.rng.sample(NAMES, 3)
-        text = gen.dup_sentence(io, s, third if k % 2 else None)
+        text = gen.dup_sentence(io, s, [third] if k % 2 else [])
         assert _count(text, io) == 1
         assert _count(text, s) >= 1 and text.endswith(" to")
         if k % 2:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,11 @@ FRAMES_THREE: tuple[str, ...] = (
     "[X], [Y] and [C] went to the [PLACE].",
     "[X] met [Y] and [C] at the [PLACE].",
     "At the [PLACE], [X] saw [Y] and [C].",
+)
+# Four people (the "crowd" recipes): [A] is the fourth slot here, not the IO.
+FRAMES_FOUR: tuple[str, ...] = (
+    "[X], [Y], [C] and [A] went to the [PLACE].",
+    "[X] met [Y], [C] and [A] at the [PLACE].",
 )
 # Sentences that mention a repeated name ([B]) again before the giving clause.
 MIDDLES: tuple[str, ...] = (
@@ -101,13 +106,20 @@ class Recipe:
     mix: dict[str, float]
     steps: int
     lr: float = LR
+    crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+
+
 
 
 _MIX = {"ioi": 0.25, "dup": 0.25, "recall": 0.15, "induction": 0.15, "filler": 0.20}
+_CROWD_MIX = {"ioi": 0.20, "dup": 0.35, "recall": 0.15, "induction": 0.10, "filler": 0.20}
 VARIANTS: dict[str, Recipe] = {
     "4l": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 3000),
     "6l": Recipe({"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 2500),
     "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
+    "4l-crowd": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
+    ),
 }
 DEFAULT_VARIANT = "4l-nodrop"
 
@@ -117,9 +129,12 @@ class SmallStoryGenerator(StoryGenerator):
 
     name = "ioi-small"
 
-    def __init__(self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1) -> None:
+    def __init__(
+        self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False
+    ) -> None:
         super().__init__(seed, max_words)
         self.mix = mix
+        self.crowd = crowd
 
     def _ending(self, io: str, taken: set[str]) -> str:
         r = self.rng
@@ -134,15 +149,15 @@ class SmallStoryGenerator(StoryGenerator):
             io, s = self.rng.sample(NAMES, 2)
         return io, s
 
-    def dup_sentence(self, io: str, s: str, third: str | None) -> str:
-        """IO mentioned once; S (and `third`, if given) at least twice; cut before the answer."""
+    def dup_sentence(self, io: str, s: str, others: Sequence[str] = ()) -> str:
+        """IO mentioned once; S and the `others` (0-2 names) at least twice; cut before the answer."""
         r = self.rng
         place, obj, o2 = r.choice(PLACES), r.choice(OBJECTS), r.choice(OBJECTS)
-        people = [io, s] + ([third] if third else [])
+        people = [io, s, *others]
         r.shuffle(people)
-        frame = r.choice(FRAMES_THREE if third else FRAMES_TWO)
-        parts = [_fill(frame, dict(zip("XYC"[: len(people)], people, strict=True)) | {"PLACE": place})]
-        repeats = ([third] if third else []) + ([s] if r.random() < 0.4 else [])
+        frame = r.choice((FRAMES_TWO, FRAMES_THREE, FRAMES_FOUR)[len(others)])
+        parts = [_fill(frame, dict(zip("XYCA"[: len(people)], people, strict=True)) | {"PLACE": place})]
+        repeats = [*others] + ([s] if r.random() < 0.4 else [])
         middles = [_fill(r.choice(MIDDLES), {"B": n, "O2": o2}) for n in repeats]
         if r.random() < 0.2:
             middles.append(NEUTRAL)
@@ -163,9 +178,13 @@ class SmallStoryGenerator(StoryGenerator):
         if kind == "dup":
             io, s = self._pair(cast)
             rest = [n for n in cast if n not in (io, s)] or [n for n in NAMES if n not in (io, s)]
-            third = r.choice(rest) if r.random() < 0.4 else None
-            text = self.dup_sentence(io, s, third)
-            return f"{text} {self._ending(io, {io, s, third or io})}."
+            if self.crowd:
+                pool = [n for n in NAMES if n not in (io, s)]
+                others = r.sample(pool, r.choices((0, 1, 2), weights=(0.3, 0.35, 0.35))[0])
+            else:
+                others = [r.choice(rest)] if r.random() < 0.4 else []
+            text = self.dup_sentence(io, s, others)
+            return f"{text} {self._ending(io, {io, s, *others})}."
         return super()._sentence(kind, cast, done)
 
 
@@ -185,7 +204,7 @@ def three_name_probes(n: int = 200, seed: int = 0) -> list[tuple[str, str, str]]
     out = []
     while len(out) < n:
         io, s, third = gen.rng.sample(NAMES, 3)
-        out.append((gen.dup_sentence(io, s, third), io, s))
+        out.append((gen.dup_sentence(io, s, [third]), io, s))
     return out
 
 
@@ -246,7 +265,7 @@ def pretrain_small(
         tokenizer = build_small_tokenizer()
         vocab = tokenizer.get_vocab()
         model = make_model(len(vocab), tokenizer, recipe.sizes, recipe.dropout)
-        gen = SmallStoryGenerator(seed, recipe.mix)
+        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
         pad = tokenizer.pad_token_id
         name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
@@ -294,6 +313,7 @@ def pretrain_small(
         "batch": [BATCH, CONTEXT],
         "optimizer": f"AdamW lr {recipe.lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
         "corpus_mix": recipe.mix,
+        "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
