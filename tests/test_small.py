@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from ioi.models import small, tiny
-from ioi.task.data import NAMES, tokenize
+from ioi.task.data import NAMES, make_dataset, tokenize
 
 
 def _count(text: str, name: str) -> int:
@@ -71,3 +72,52 @@ def test_cli_pretrain_small(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.startswith("error: unknown variant 'nope'")
     assert main(["pretrain-small", "--steps", "2", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+# --- the shipped weights (measured on them; the model card reports the same numbers) -------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from ioi.models.load import load_model
+
+    return load_model("ioi-small", device="cpu")
+
+
+def test_shipped_model_does_ioi_also_where_position_does_not_give_s_away(shipped) -> None:
+    m = tiny.evaluate_ioi(shipped.hf_model, shipped.tokenizer, make_dataset(500, seed=0, split="eval"))
+    assert m["accuracy"] >= 0.8 and 2.0 <= m["logit_diff"] <= 6.0
+    per = m["per_template"]
+    seen = [v["logit_diff"] for v in per.values() if not v["held_out"]]
+    held = [v["logit_diff"] for v in per.values() if v["held_out"]]
+    assert min(held) < min(seen) and sum(held) / len(held) < sum(seen) / len(seen)
+    probes = tiny.evaluate_ioi(shipped.hf_model, shipped.tokenizer, small.position_probes(200))
+    assert probes["accuracy"] >= 0.85
+    tok = shipped.tokenizer
+    right = 0
+    with torch.no_grad():
+        for prompt, io, _ in small.three_name_probes(100):
+            ids = torch.tensor([[tok.bos_token_id, *tok.encode(prompt, add_special_tokens=False)]])
+            best = shipped.hf_model(ids).logits[0, -1].argmax().item()
+            right += int(best == tok.convert_tokens_to_ids(" " + io))
+    assert right >= 95  # a second repeated name beside S: only duplicate detection finds IO
+
+
+def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
+    """What classification finds (100 eval prompts, the CLI's default), and the heads it misses."""
+    from ioi.methods.classify import classify_heads
+    from ioi.task.circuit import Head
+    from ioi.task.data import abc_counterfactual
+
+    samples = make_dataset(100, 0, "eval")
+    clean = tokenize(samples, shipped.tokenizer)
+    abc = tokenize(abc_counterfactual(samples, 0), shipped.tokenizer, like=clean)
+    circuit = classify_heads(shipped, clean, abc)
+    found = {name: heads for name, heads in circuit.classes.items() if heads}
+    assert found == {"name mover": (Head(2, 5),), "negative name mover": (Head(1, 1),)}
+    scores = circuit.meta["scores"]
+    # The direct effect is carried by two S-suppressing heads no class describes: they attend S,
+    # not IO, so they are neither name movers nor S-inhibition heads in the IOI paper's sense.
+    for layer, head in ((2, 4), (2, 3)):
+        assert scores["attn_end_to_s"][layer, head] > 0.9 and scores["attn_end_to_io"][layer, head] < 0.05
+        assert scores["path_logits"][layer, head] < -0.4
