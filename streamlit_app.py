@@ -5,9 +5,13 @@ script as a v1 multipage app until a session first runs this script, so a deep l
 as the first request after a restart would bypass this router for every session of that server.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="IOI Circuit Lab", page_icon=":material/biotech:", layout="wide")
+# A local file: a material icon as page icon is fetched from fonts.gstatic.com, which fails offline.
+ICON = str(Path(__file__).resolve().parent / ".streamlit" / "favicon.png")
+st.set_page_config(page_title="IOI Circuit Lab", page_icon=ICON, layout="wide")
 st.navigation(
     [
         st.Page("app_pages/overview.py", title="Overview", icon=":material/explore:", default=True),

@@ -1,49 +1,58 @@
-"""Logit attribution: per-head direct logit attribution at any checkpoint, or two side by side."""
+"""Logit attribution: per-head direct logit attribution at any checkpoint, or two compared."""
 
 import streamlit as st
 
-from app_pages._common import (
+from app_pages._store import Experiment, by_id, clean_run
+from app_pages._ui import (
+    choice,
     empty_state,
-    heads_with_labels,
-    no_cache_layer,
+    parse_checkpoint,
     pick_epoch,
     pick_experiment,
-    result_circuit,
     result_or_offer,
+    set_url,
     show_chart,
     show_user_errors,
 )
+from app_pages._views import dla_difference_view, dla_view
 from ioi.present import charts
 
 st.title("Logit attribution")
 st.write(
     "Direct logit attribution (DLA): each head's output at END, divided by the final LayerNorm scale, "
-    "projected on W_U[IO] − W_U[S]. Blue heads push towards IO, red heads towards S; circuit heads "
-    "are outlined."
+    "projected on W_U[IO] − W_U[S]. Blue heads push towards IO, red heads towards S; the heads of "
+    "the circuit found at that checkpoint are outlined."
 )
-CAPTION = (
-    "Per-head DLA on logit(IO) − logit(S) at END (mean over the analysis prompts; no ablation), "
-    "layers × heads; diverging colour centred at 0. Outlined: heads of the circuit found at this "
-    "checkpoint (faithfulness analysis), or GPT-2's published circuit on 12×12 models."
-)
+MODES = {"one": "one checkpoint", "side": "side by side", "diff": "difference B − A"}
 
 
-def checkpoint(where, suffix: str):
-    exp = pick_experiment(f"Experiment {suffix}", f"dla_exp_{suffix}", analysis="dla", where=where)
-    if exp is None:
-        return None, None
-    return exp, pick_epoch(exp, "dla", f"Epoch {suffix}", f"dla_epoch_{suffix}", where=where)
+def checkpoint_b(exp_a: Experiment, epoch_a: int, cols):
+    """Picker B: opens on the URL's `compare` (``<id>:<epoch>``), else the clean run's latest
+    epoch, else A's other end — never A itself."""
+    want_id, want_epoch = parse_checkpoint(st.query_params.get("compare"))
+    default = by_id(want_id) or clean_run("dla") or exp_a
+    exp_b = pick_experiment(
+        "Experiment B", "dla_exp_B", analysis="dla", param=None, default=default, where=cols[2]
+    )
+    epochs = exp_b.epochs_with("dla")
+    fallback = epochs[-1] if (exp_b.id, epochs[-1]) != (exp_a.id, epoch_a) else epochs[0]
+    start = want_epoch if exp_b.id == want_id and want_epoch in epochs else fallback
+    epoch_b = pick_epoch(exp_b, "dla", "Epoch B", "dla_epoch_B", param=None, default=start, where=cols[3])
+    set_url(compare=f"{exp_b.id}:{epoch_b}")
+    return exp_b, epoch_b
 
 
-def dla(exp, epoch):
-    return result_or_offer(exp, epoch, "dla")
+def panel(exp: Experiment, epoch: int, heads, title: str, key: str, span: float | None) -> None:
+    show_chart(*dla_view(exp, epoch, heads, title, span), key)
 
 
 def body() -> None:
-    if no_cache_layer():
-        return
-    mode = st.sidebar.radio("Show", ["one checkpoint", "side by side", "difference B − A"], key="dla_mode")
-    exp_a, epoch_a = checkpoint(st.sidebar, "A")
+    mode = choice("Show", list(MODES), "dla_mode", param="mode", format_func=MODES.get, radio=True, where=st,
+                  horizontal=True)  # fmt: skip
+    cols = st.columns([3, 1.4, 3, 1.4]) if mode != "one" else st.columns([3, 1.4, 4.4])
+    exp_a = pick_experiment(
+        "Experiment A", "dla_exp_A", analysis="dla", default=clean_run("dla"), where=cols[0]
+    )
     if exp_a is None:
         empty_state(
             "DLA results",
@@ -51,41 +60,47 @@ def body() -> None:
             "'dla' analysis on the Experiments page.",
         )
         return
-    a = dla(exp_a, epoch_a)
+    epoch_a = pick_epoch(exp_a, "dla", "Epoch A", "dla_epoch_A", default=0, where=cols[1])
+    a = result_or_offer(exp_a, epoch_a, "dla")
     if a is None:
         return
-    n_layers, n_heads = int(a.heads["layer"].max()) + 1, int(a.heads["head"].max()) + 1
-    circuit = result_circuit(exp_a, epoch_a, n_layers, n_heads)
-    title_a = f"{exp_a.scenario}, epoch {epoch_a}"
-    if "logit_diff" in a.summary:
-        st.metric("Logit difference at A", f"{a.summary['logit_diff']:.3f}")
-    if mode == "one checkpoint":
-        chart = charts.head_heatmap(a.heads, title=f"DLA — {title_a}", value_title="DLA", circuit=circuit)
-        show_chart(chart, heads_with_labels(a.heads), CAPTION, f"dla-{exp_a.id[:8]}-e{epoch_a}")
+    title_a = exp_a.checkpoint_label(epoch_a)
+    if mode == "one":
+        set_url(compare=None)
+        st.metric(f"Logit difference — {title_a}", f"{a.summary.get('logit_diff', float('nan')):.2f}")
+        panel(exp_a, epoch_a, a.heads, f"DLA — {title_a}", f"dla-{exp_a.id[:8]}-e{epoch_a}", None)
         return
-    exp_b, epoch_b = checkpoint(st.sidebar, "B")
-    b = dla(exp_b, epoch_b)
+    exp_b, epoch_b = checkpoint_b(exp_a, epoch_a, cols)
+    b = result_or_offer(exp_b, epoch_b, "dla")
     if b is None:
         return
-    title_b = f"{exp_b.scenario}, epoch {epoch_b}"
-    if mode == "side by side":
+    title_b = exp_b.checkpoint_label(epoch_b)
+    c = st.columns(3)
+    c[0].metric(f"Logit difference A — {title_a}", f"{a.summary.get('logit_diff', float('nan')):.2f}")
+    c[1].metric(f"Logit difference B — {title_b}", f"{b.summary.get('logit_diff', float('nan')):.2f}")
+    if (exp_a.id, epoch_a) == (exp_b.id, epoch_b):
+        st.warning("A and B are the same checkpoint: pick another one for B above.", icon="⚠️")
+    if mode == "side":
+        scales = {"shared": "one scale for both", "own": "each panel its own"}
+        shared = choice(
+            "Colour scale",
+            list(scales),
+            "dla_scale",
+            param="scale",
+            radio=True,
+            format_func=scales.get,
+            where=st,
+            horizontal=True,
+        )
+        span = charts.color_span(a.heads, b.heads) if shared == "shared" else None
         left, right = st.columns(2)
         with left:
-            chart = charts.head_heatmap(a.heads, title=f"A: {title_a}", value_title="DLA", circuit=circuit)
-            show_chart(chart, heads_with_labels(a.heads), CAPTION, f"dla-a-{exp_a.id[:8]}-e{epoch_a}")
+            panel(exp_a, epoch_a, a.heads, f"A: {title_a}", f"dla-a-{exp_a.id[:8]}-e{epoch_a}", span)
         with right:
-            chart = charts.head_heatmap(b.heads, title=f"B: {title_b}", value_title="DLA", circuit=circuit)
-            show_chart(chart, heads_with_labels(b.heads), CAPTION, f"dla-b-{exp_b.id[:8]}-e{epoch_b}")
+            panel(exp_b, epoch_b, b.heads, f"B: {title_b}", f"dla-b-{exp_b.id[:8]}-e{epoch_b}", span)
         return
-    diff = charts.difference_frame(a.heads, b.heads)
-    chart = charts.head_heatmap(diff, title=f"DLA B − A ({title_b} minus {title_a})", value_title="ΔDLA",
-                                circuit=circuit)  # fmt: skip
-    show_chart(
-        chart, heads_with_labels(diff),
-        "Per-head change in DLA (B − A) on logit(IO) − logit(S) at END, no ablation; blue: the head "
-        "pushes more towards IO at B than at A. Outlined: circuit heads at A.",
-        f"dla-diff-{exp_a.id[:8]}-e{epoch_a}-{exp_b.id[:8]}-e{epoch_b}",
-    )  # fmt: skip
+    chart, table, caption = dla_difference_view(exp_a, epoch_a, a.heads, exp_b, epoch_b, b.heads)
+    show_chart(chart, table, caption, f"dla-diff-{exp_a.id[:8]}-e{epoch_a}-{exp_b.id[:8]}-e{epoch_b}")
 
 
 show_user_errors(body)

@@ -1,30 +1,38 @@
-"""Circuit: path patching step by step, the discovered head classes, name movers' attention."""
+"""Circuit: the head classes discovered at a checkpoint, path patching step by step, and the
+name movers' attention."""
 
 import streamlit as st
 
-from app_pages._common import (
-    empty_state,
-    experiments,
-    heads_with_labels,
+from app_pages._live import (
+    example_heads,
     live_analysis,
-    live_available,
+    live_section,
     model_or_message,
+    model_sources,
     options_json,
     parse_heads,
     pick_model,
-    result,
     run_button,
+)
+from app_pages._store import circuit_at, clean_run
+from app_pages._ui import (
+    circuit_caption,
+    empty_state,
+    heads_with_labels,
+    pick_epoch,
+    pick_experiment,
     show_chart,
     show_user_errors,
 )
 from ioi.present import charts
-from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT
 
 st.title("Circuit")
 st.write(
     "Path patching (Wang et al. 2022) sends ABC activations from one sender head at a time along one "
-    "path only, and measures the effect on a receiver. Run it backwards from the logits to find each "
-    "class: name movers, S-inhibition, induction and duplicate-token, previous-token heads."
+    "path only, and measures the effect on a receiver. Run backwards from the logits it finds each "
+    "class: name movers, S-inhibition, induction and duplicate-token, previous-token heads. The "
+    "classes below were found this way in the model itself, at the checkpoint you pick."
 )
 # receiver, the class whose heads receive, the receiver position, what the step finds
 STEPS = (
@@ -35,104 +43,121 @@ STEPS = (
 )
 
 
-def discovered_circuit() -> tuple[Circuit | None, str]:
-    """The circuit found by the latest cached faithfulness analysis of an epoch-0 model."""
-    for exp in experiments():
-        if 0 in exp.epochs_with("faithfulness"):
-            found = result(exp, 0, "faithfulness")
-            if found is not None and isinstance(found.summary.get("circuit"), dict):
-                return Circuit.from_json(found.summary["circuit"]), f"{exp.config.get('model')} ({exp.label})"
-    return None, ""
-
-
-def classes_section() -> None:
-    st.subheader("Head classes: discovered vs. published")
-    circuit, where = discovered_circuit()
-    left, right = st.columns(2)
-    with left:
-        st.markdown(f"**Discovered** — {where}" if circuit else "**Discovered**")
-        if circuit is None:
-            empty_state(
-                "discovered circuit", "Run `python -m ioi precompute` (it runs the faithfulness analysis)."
-            )
-        else:
-            st.graphviz_chart(charts.circuit_dot(circuit))
-            st.dataframe(charts.circuit_frame(circuit), hide_index=True, width="stretch")
-    with right:
-        st.markdown(f"**Published** — {GPT2_SMALL_CIRCUIT.source}")
-        st.graphviz_chart(charts.circuit_dot(GPT2_SMALL_CIRCUIT))
-    st.caption(
-        "Head classes of the circuit found in the model before fine-tuning (left) and of the GPT-2 small "
-        "circuit of the IOI paper (right); each box lists its heads as L.H."
+def classes_section():
+    """The discovered classes at the picked checkpoint (default: the clean run's pretrained
+    model); returns that circuit."""
+    st.subheader("Head classes discovered in the model")
+    cols = st.columns([3, 2])
+    exp = pick_experiment(
+        "Experiment", "circ_exp", analysis="faithfulness", default=clean_run("faithfulness"), where=cols[0]
     )
+    if exp is None:
+        empty_state(
+            "discovered circuit", "Run `python -m ioi precompute` (it runs the faithfulness analysis)."
+        )
+        return None
+    epoch = pick_epoch(exp, "faithfulness", "Checkpoint", "circ_epoch", default=0, where=cols[1])
+    circuit = circuit_at(exp, epoch)
+    st.markdown(f"**{exp.model} — {exp.checkpoint_label(epoch)}** ({exp.label})")
+    if exp.scenario == "reversal" and epoch == 0:
+        st.warning(
+            "Epoch 0 of a reversal is the toxic model it starts from, not the pretrained model.", icon="⚠️"
+        )
+    if circuit is None:
+        empty_state("circuit at this checkpoint", "Its faithfulness analysis recorded none.")
+        return None
+    left, right = st.columns([3, 2])
+    with left:
+        st.graphviz_chart(charts.circuit_dot(circuit))
+    with right:
+        st.dataframe(charts.circuit_frame(circuit), hide_index=True, width="stretch")
+    st.caption(
+        f"Head classes of the circuit classified at {exp.checkpoint_label(epoch)} of {exp.model} — "
+        f"{circuit_caption(circuit)}. Each box lists its heads as L.H; arrows point downstream. "
+        "GPT-2 small's published circuit is on the Overview, as a reference."
+    )
+    return circuit
 
 
-def path_patching_section() -> None:
-    st.subheader("Path patching, step by step")
-    if not live_available("path-patch"):
-        st.info("Path patching is not in this build yet (ioi/path_patching.py).", icon="ℹ️")
-        return
+def receiver_default(cls: str, circuit, loaded) -> str:
+    """The receiver heads of class `cls` for this model: GPT-2's published ones on gpt2, else the
+    discovered circuit's when they fit the model."""
+    source = GPT2_SMALL_CIRCUIT if loaded.name == "gpt2" else circuit
+    heads = source.classes.get(cls, ()) if source is not None else ()
+    return " ".join(str(h) for h in heads if h.layer < loaded.n_layers and h.head < loaded.n_heads)
+
+
+def path_patching(circuit) -> None:
     model = pick_model("Model or checkpoint", "pp_model")
-    size = st.sidebar.number_input("Prompts", 10, 500, 50, step=10, key="pp_size")
-    circuit, _ = discovered_circuit()
-    circuit = circuit if model != "gpt2" else GPT2_SMALL_CIRCUIT
+    size = st.number_input("Prompts", 10, 500, 50, step=10, key="pp_size")
+    loaded = model_or_message(model)
+    if loaded is None:
+        return
     for i, (receiver, cls, position, finds) in enumerate(STEPS, start=1):
         with st.expander(
             f"Step {i}: receiver {receiver}{f' of {cls} heads' if cls else ''} → {finds}", i == 1
         ):
             heads = ""
             if cls:
-                default = " ".join(str(h) for h in (circuit.classes.get(cls, ()) if circuit else ()))
-                heads = st.text_input(f"Receiver heads ({cls})", default, key=f"pp_heads_{i}")
+                default = receiver_default(cls, circuit, loaded)
+                heads = st.text_input(
+                    f"Receiver heads ({cls})",
+                    default,
+                    key=f"pp_heads_{i}_{model}",
+                    help=f"L.H, space-separated, e.g. {example_heads(loaded.n_layers, loaded.n_heads)}",
+                )
                 if not heads.strip():
-                    st.info(f"Give the {cls} heads (L.H, space-separated) to run this step.", icon="ℹ️")
+                    st.info(
+                        f"No {cls} heads were found in this model's circuit; give some (L.H) to run "
+                        "this step.",
+                        icon="ℹ️",
+                    )
                     continue
-            opts = options_json(receiver=receiver, heads=heads or None, position=position)
-            if not run_button(f"Run step {i}", f"pp_run_{i}", (model, size, opts)):
-                continue
-            loaded = model_or_message(model)
-            if loaded is None:
-                return
-            if heads:
                 try:
                     parse_heads(heads, loaded.n_layers, loaded.n_heads)
                 except ValueError as err:
                     st.error(str(err), icon="⚠️")
                     continue
+            opts = options_json(receiver=receiver, heads=heads or None, position=position)
+            if not run_button(f"Run step {i}", f"pp_run_{i}", (model, size, opts)):
+                continue
             found = live_analysis(model, "path-patch", opts, size=int(size))
-            chart = charts.head_heatmap(found.heads, title=f"Step {i}: senders → {receiver}",
-                                        value_title="normalised effect", circuit=circuit)  # fmt: skip
+            chart = charts.head_heatmap(
+                found.heads,
+                title=f"Step {i}: senders → {receiver}",
+                value_title="normalised effect",
+                circuit=circuit,
+            )
             to = found.summary.get("receivers", receiver)
             caption = (
-                f"Path patching from each sender head (ABC activations) to {to}; normalised effect "
-                "(F_patched − F_clean)/(F_clean − F_ABC): −1 is as bad as ABC. MLPs recomputed."
+                f"Path patching on {model_sources().get(model, model)} from each sender head (ABC "
+                f"activations) to {to}; normalised effect (F_patched − F_clean)/(F_clean − F_ABC): −1 is "
+                "as bad as ABC. MLPs recomputed."
             )
             show_chart(chart, heads_with_labels(found.heads), caption, f"path-patch-step{i}")
-
-
-def attention_section() -> None:
     st.subheader("Name movers attend to IO, not S")
-    if not live_available("attention"):
-        st.info("The attention analysis is not in this build yet (ioi/attention.py).", icon="ℹ️")
-        return
-    model = st.session_state.get("pp_model", "ioi-tiny")
-    if not run_button("Compute attention scores", "attn_run", model) or model_or_message(model) is None:
+    if not run_button("Compute attention scores", "attn_run", model):
         return
     found = live_analysis(model, "attention", options_json())
-    data = charts.with_classes(found.heads, discovered_circuit()[0])
+    data = charts.with_classes(found.heads, circuit)
     data = data.rename(columns={"value": "end_to_io"}) if "end_to_io" not in data else data
     show_chart(
-        charts.attention_scatter(data, title="Attention from END"), heads_with_labels(found.heads),
+        charts.attention_scatter(data, title="Attention from END"),
+        heads_with_labels(found.heads),
         "Mean attention probability from END to IO (x) and to S (y) for every head; name movers sit "
         "bottom-right. No ablation; colours are the discovered classes.",
         "attention-end",
-    )  # fmt: skip
+    )
 
 
 def body() -> None:
-    classes_section()
-    path_patching_section()
-    attention_section()
+    circuit = classes_section()
+    live_section(
+        "Path patching, step by step",
+        "pp_live",
+        lambda: path_patching(circuit),
+        "loads the model and runs path patching and attention on it (a few seconds per step)",
+    )
 
 
 show_user_errors(body)

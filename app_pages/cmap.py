@@ -2,22 +2,26 @@
 
 import streamlit as st
 
-from app_pages._common import (
-    empty_state,
-    heads_with_labels,
+from app_pages._live import (
     live_analysis,
-    live_available,
+    live_section,
     model_or_message,
-    no_cache_layer,
+    model_sources,
     options_json,
+    pick_model,
+    run_button,
+)
+from app_pages._store import clean_run
+from app_pages._ui import (
+    choice,
+    empty_state,
     pick_epoch,
     pick_experiment,
-    pick_model,
     result_or_offer,
-    run_button,
     show_chart,
     show_user_errors,
 )
+from app_pages._views import CMAP_FIELDS, cmap_directions, cmap_view
 from ioi.present import charts
 
 st.title("Cross-model patching")
@@ -27,51 +31,53 @@ st.write(
 )
 
 
-def show_result(found, title: str, key: str) -> None:
+def show_result(found, key: str, a: str, b: str, param: str | None = None) -> None:
+    """Metrics, the per-head heatmap (direction and value picked, in the URL with `param`) and the
+    per-class sums of a CMAP entry; A is `a`, B is `b`."""
     s = found.summary
     c = st.columns(3)
-    c[0].metric("F(A)", f"{s.get('f_a', float('nan')):.3f}")
-    c[1].metric("F(B)", f"{s.get('f_b', float('nan')):.3f}")
-    c[2].metric("mode", f"{s.get('mode', 'output')} · {s.get('positions', 'end')}")
-    names = {"value": "change in F", "share_of_gap": "share of the gap"}
-    field = st.radio("Value", list(names), horizontal=True, key=f"{key}-field", format_func=names.get)
-    chart = charts.head_heatmap(found.heads, field=field, title=title, value_title=field)
-    show_chart(
-        chart, heads_with_labels(found.heads),
-        f"{s.get('mode', 'output')} patching, direction {s.get('direction', 'a<-b')} (A receives B's head), "
-        f"positions {s.get('positions', 'end')}: per-head {field.replace('_', ' ')} of logit(IO) − logit(S); "
-        "no ablation. CSV includes bootstrap 95% CIs over prompts.",
-        f"{key}-heads",
-    )  # fmt: skip
-    classes = found.tables.get("classes")
+    c[0].metric(f"F(A) — {a}", f"{s.get('f_a', float('nan')):.2f}")
+    c[1].metric(f"F(B) — {b}", f"{s.get('f_b', float('nan')):.2f}")
+    c[2].metric("patched", f"{s.get('mode', 'output')} at {s.get('positions', 'end')}")
+    names = {"b<-a": f"{b} run with heads of {a}", "a<-b": f"{a} run with heads of {b}"}
+    directions = list(cmap_directions(found))
+    c = st.columns(2)
+    direction = choice("Direction", directions, f"{key}-dir", param=param and "direction", where=c[0],
+                       radio=True, format_func=names.get)  # fmt: skip
+    field = choice("Value", list(CMAP_FIELDS), f"{key}-field", param=param and "field", where=c[1],
+                   radio=True, format_func=CMAP_FIELDS.get)  # fmt: skip
+    chart, table, caption, classes = cmap_view(found, a, b, field, direction)
+    show_chart(chart, table, caption, f"{key}-heads")
     if classes is not None and not classes.empty:
         show_chart(
-            charts.class_bars(classes, value_title="change in F", title="Sum per circuit class"), classes,
-            "Summed CMAP effect of each circuit class's heads, with bootstrap 95% confidence intervals "
-            "over prompts.",
+            charts.class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
+            classes,
+            "CMAP effect of each circuit class's heads (patched together where the entry says so), with "
+            "bootstrap 95% confidence intervals over prompts.",
             f"{key}-classes",
-        )  # fmt: skip
+        )
 
 
 def cached_section() -> None:
-    exp = pick_experiment("Experiment", "cmap_exp", analysis="cmap")
+    cols = st.columns([3, 2])
+    exp = pick_experiment("Experiment", "cmap_exp", analysis="cmap", default=clean_run("cmap"), where=cols[0])
     if exp is None:
         empty_state("CMAP results", "Run `python -m ioi precompute`, or launch an experiment with 'cmap'.")
         return
-    epoch = pick_epoch(exp, "cmap", "Epoch (A = this checkpoint, B = the starting model)", "cmap_epoch")
+    epoch = pick_epoch(
+        exp, "cmap", "Checkpoint A (B is the run's starting model)", "cmap_epoch", where=cols[1]
+    )
     found = result_or_offer(exp, epoch, "cmap")
     if found is None:
         return
-    show_result(
-        found, f"CMAP: {exp.scenario} epoch {epoch} (A) ← starting model (B)", f"cmap-{exp.id[:8]}-e{epoch}"
-    )
+    a, b = exp.checkpoint_label(epoch), exp.checkpoint_label(0)
+    if exp.scenario == "reversal":
+        st.warning(f"B is the toxic model this reversal starts from ({b}), not the pretrained one: "
+                   "the heads that light up are those the reversal changed back.", icon="⚠️")  # fmt: skip
+    show_result(found, f"cmap-{exp.id[:8]}-e{epoch}", a, b, "cmap")
 
 
-def live_section() -> None:
-    st.subheader("Any two checkpoints")
-    if not live_available("cmap"):
-        st.info("The CMAP analysis is not in this build yet (ioi/cmap.py).", icon="ℹ️")
-        return
+def live_cmap() -> None:
     c = st.columns(3)
     a = pick_model("Model A (receives)", "cmap_a", where=c[0])
     b = pick_model("Model B (gives)", "cmap_b", where=c[1])
@@ -84,14 +90,15 @@ def live_section() -> None:
     if model_or_message(a) is None or model_or_message(b) is None:
         return
     found = live_analysis(a, "cmap", options_json(mode=mode, n_boot=200), other_name=b)
-    show_result(found, f"CMAP {mode}: A ← B", "cmap-live")
+    names = model_sources()
+    show_result(found, "cmap-live", names.get(a, a), names.get(b, b))
 
 
 def body() -> None:
-    if no_cache_layer():
-        return
     cached_section()
-    live_section()
+    live_section(
+        "Any two checkpoints", "cmap_live", live_cmap, "loads both models and patches one into the other"
+    )
 
 
 show_user_errors(body)

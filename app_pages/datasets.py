@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages._common import ROLE_COLORS, dataset, highlighted, role_words, show_user_errors
+from app_pages._text import ROLE_COLORS, dataset, highlighted, role_words
+from app_pages._ui import set_url, show_user_errors
 from ioi.task.corruptions import CORRUPTIONS
 
 st.title("Datasets")
@@ -17,14 +18,29 @@ st.write(
 kinds = ["clean", "abc", *CORRUPTIONS]
 
 
+def url_int(name: str, default: int, low: int, high: int) -> int:
+    text = st.query_params.get(name, "")
+    return min(max(int(text), low), high) if text.isdigit() else default
+
+
 def body() -> None:
+    q = st.query_params
     with st.form("dataset"):
         c = st.columns(4)
-        kind = c[0].selectbox("Dataset", kinds, format_func=lambda k: k.replace("_", " "))
-        split = c[1].selectbox("Split", ["train", "eval"])
-        size = c[2].number_input("Size", min_value=1, max_value=20000, value=500, step=100)
-        seed = c[3].number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+        kind = c[0].selectbox("Dataset", kinds, index=kinds.index(q["kind"]) if q.get("kind") in kinds else 0,
+                              format_func=lambda k: k.replace("_", " "))  # fmt: skip
+        splits = ["train", "eval"]
+        split = c[1].selectbox(
+            "Split", splits, index=splits.index(q["split"]) if q.get("split") in splits else 0
+        )
+        size = c[2].number_input(
+            "Size", min_value=1, max_value=20000, value=url_int("size", 500, 1, 20000), step=100
+        )
+        seed = c[3].number_input(
+            "Seed", min_value=0, max_value=2**31 - 1, value=url_int("seed", 0, 0, 2**31 - 1)
+        )
         st.form_submit_button("Show")
+    set_url(kind=kind, split=split, size=int(size), seed=int(seed))
     samples = dataset(kind, int(size), int(seed), split)
     # Roles come from the clean sample: the ABC prompt has other names in the same slots.
     clean = samples if kind != "abc" else dataset("clean", int(size), int(seed), split)

@@ -1,100 +1,53 @@
-"""Faithfulness and logit difference across epochs, per scenario, with the paper's GPT-2 numbers."""
+"""Logit difference and faithfulness across epochs, one panel per lineage (a toxic run and its
+reversal share one), with the paper's GPT-2 numbers as reference points."""
 
-import pandas as pd
 import streamlit as st
 
-from app_pages._common import (
-    SHORT,
-    empty_state,
-    experiments,
-    no_cache_layer,
-    result,
-    series,
-    show_chart,
-    show_user_errors,
-)
-from ioi.present import charts
-from ioi.task.reference import reference_points
+from app_pages._store import by_id, experiments
+from app_pages._ui import choice, empty_state, set_url, show_chart, show_user_errors
+from app_pages._views import METRICS, curves_view
 
 st.title("Faithfulness")
 st.write(
-    "Faithfulness F(C)/F(M): the logit difference of the circuit alone (every other head "
-    "mean-ablated) over the whole model's. Rising under clean fine-tuning is circuit amplification; "
-    "falling and recovering under toxic fine-tuning then reversal is neuroplasticity."
+    "The logit difference F(M) = logit(IO) − logit(S) of the whole model, and faithfulness "
+    "F(C)/F(M): the logit difference of the circuit alone (every other head mean-ablated) over the "
+    "whole model's. Rising under clean fine-tuning is circuit amplification; falling under a toxic "
+    "dataset and recovering under reversal is neuroplasticity."
 )
-METRICS = {
-    "faithfulness": ("faithfulness.faithfulness", None, "faithfulness F(C)/F(M)"),
-    "logit_diff": ("logit_diff", "logit_diff_se", "logit difference F(M)"),
-    "accuracy": ("accuracy", None, "accuracy (logit IO > logit S)"),
-}
 
 
 def body() -> None:
-    if no_cache_layer():
-        return
     found = [e for e in experiments() if e.epochs]
     if not found:
         empty_state(
             "experiments", "Run `python -m ioi precompute`, or launch experiments on the Experiments page."
         )
         return
-    models = sorted({str(e.config.get("model")) for e in found})
-    model = st.sidebar.selectbox("Model", models, key="faith_model")
-    found = [e for e in found if str(e.config.get("model")) == model]
-    keys = [e.key for e in found]
-    chosen = st.sidebar.multiselect(
-        "Experiments", keys, default=keys, key="faith_exps", format_func=lambda k: found[keys.index(k)].label
+    models = sorted({e.model for e in found})
+    model = choice("Model", models, "faith_model", param="model", where=st) if len(models) > 1 else models[0]
+    found = [e for e in found if e.model == model]
+    ids = [e.id for e in found]
+    wanted = [i for i in (st.query_params.get("exps") or "").split(",") if i in ids]
+    one = by_id(st.query_params.get("exp"))  # a link to one run (e.g. from Findings) shows its lineage
+    if not wanted and one is not None and one.id in ids:
+        wanted = [e.id for e in found if e.id == one.id or e.id == one.parent or e.parent == one.id]
+    wanted = wanted or ids
+    labels = {e.id: e.label for e in found}
+    chosen = st.multiselect("Experiments", ids, default=wanted, key="faith_exps", format_func=labels.get)
+    set_url(exps=",".join(chosen) if set(chosen) != set(ids) else None)
+    c = st.columns([3, 2, 2], vertical_alignment="bottom")
+    metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True, where=c[0],
+                    horizontal=True, format_func=lambda m: METRICS[m][2])  # fmt: skip
+    overlay = c[1].checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
+    follow = c[2].checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
+    chart, data, caption = curves_view(
+        [e for e in found if e.id in chosen], metric, follow=follow, overlay=overlay
     )
-    metric = st.sidebar.radio(
-        "Metric", list(METRICS), format_func=lambda m: METRICS[m][2], key="faith_metric"
-    )
-    overlay = st.sidebar.checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
-    follow = st.sidebar.checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
-    column, se, title = METRICS[metric]
-    parents = {e.id: e for e in found}
-    frames, ablations, shift = [], set(), {}
-    for exp in (found[keys.index(k)] for k in chosen):
-        s = series(exp)
-        if column not in s:
-            continue
-        parent = parents.get(str(exp.config.get("parent")))
-        offset = int(parent.config.get("epochs", 0)) if follow and parent is not None else 0
-        shift.setdefault(exp.scenario, offset)
-        label = f"{SHORT.get(exp.scenario, exp.scenario)} ({exp.id[:6]})"
-        part = pd.DataFrame(
-            {"epoch": s["epoch"] + offset, "value": s[column], "series": label, "scenario": exp.scenario}
-        )
-        if se and se in s:
-            part["low"], part["high"] = s[column] - 1.96 * s[se], s[column] + 1.96 * s[se]
-        frames.append(part.dropna(subset=["value"]))
-        if metric == "faithfulness":
-            last = max(exp.epochs_with("faithfulness"), default=None)
-            entry = result(exp, last, "faithfulness") if last is not None else None
-            if entry is not None:
-                ablations.add(str(entry.summary.get("ablation", "mean")))
-    if not frames:
-        empty_state(
-            f"{title} series",
-            "The chosen experiments have no such values cached; include the 'faithfulness' analysis "
-            "when launching an experiment.",
-        )
+    if chart is None:
+        empty_state(f"{METRICS[metric][2]} series", "The chosen experiments have no such values cached; "
+                    "include the 'faithfulness' analysis when launching an experiment.")  # fmt: skip
         return
-    data = pd.concat(frames, ignore_index=True)
-    scenarios = sorted(data["scenario"].unique())
-    ref = reference_points(metric, scenarios) if overlay else None
-    if ref is not None:  # a reversal's reference epoch counts from the end of its toxic run, as its line
-        ref = ref.assign(epoch=ref["epoch"] + ref["scenario"].map(shift).fillna(0))
-    chart = charts.epoch_curves(data, y_title=title, reference=ref, title=f"{title} across epochs")
-    band = "95% CI (±1.96 standard errors over prompts)" if se else "no band: one value per checkpoint"
-    how = f"; knockout by {', '.join(sorted(ablations))} ablation of non-circuit heads" if ablations else ""
-    show_chart(
-        chart, data,
-        f"{title} at each cached checkpoint (epoch 0: before fine-tuning), one line per experiment"
-        f"{'; reversals start where their toxic run ended' if follow else ''}; "
-        f"{band}{how}. Black diamonds: the paper's GPT-2 small numbers (METHODS §9) for the same "
-        "scenarios — reference points for a different model, not targets.",
-        f"{metric}-curves",
-    )  # fmt: skip
+    show_chart(chart, data, caption, f"{metric}-curves")
 
 
 show_user_errors(body)

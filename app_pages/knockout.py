@@ -3,23 +3,27 @@
 import pandas as pd
 import streamlit as st
 
-from app_pages._common import (
+from app_pages._live import (
     default_model,
-    empty_state,
-    heads_with_labels,
+    example_heads,
     live_analysis,
-    live_available,
+    live_section,
     model_or_message,
     model_sources,
-    no_cache_layer,
     options_json,
     parse_heads,
-    pick_experiment,
-    result_or_offer,
     run_button,
+)
+from app_pages._store import circuit_at, clean_run, result
+from app_pages._ui import (
+    empty_state,
+    heads_with_labels,
+    pick_experiment,
+    set_url,
     show_chart,
     show_user_errors,
 )
+from app_pages._views import INTACT, knockout_view
 from ioi.present import charts
 
 st.title("Knockout")
@@ -30,54 +34,53 @@ st.write(
 
 
 def cached_section() -> None:
-    exp = pick_experiment("Experiment", "ko_exp", analysis="knockout")
+    cols = st.columns([3, 4])
+    exp = pick_experiment(
+        "Experiment", "ko_exp", analysis="knockout", default=clean_run("knockout"), where=cols[0]
+    )
     if exp is None:
         empty_state(
             "knockout results", "Run `python -m ioi precompute`, or launch an experiment with 'knockout'."
         )
         return
     epochs = exp.epochs_with("knockout")
-    chosen = st.sidebar.multiselect(
-        "Checkpoints (epochs)", epochs, default=epochs[:1] + epochs[-1:], key="ko_ep"
+    wanted = [
+        int(e) for e in (st.query_params.get("epoch") or "").split(",") if e.isdigit() and int(e) in epochs
+    ]
+    chosen = cols[1].multiselect(
+        "Checkpoints",
+        epochs,
+        default=wanted or sorted({epochs[0], epochs[-1]}),
+        key=f"ko_ep-{exp.id}",
+        format_func=exp.epoch_label,
     )
-    frames, ablations = [], set()
-    for epoch in sorted(set(chosen)):
-        found = result_or_offer(exp, epoch, "knockout")
-        if found is None or "classes" not in found.tables:
-            continue
-        t = found.tables["classes"].copy()
-        t["checkpoint"] = f"epoch {epoch}"
-        t["f_model"] = found.summary.get("f_model")
-        ablations.add(str(found.summary.get("ablation", "mean")))
-        frames.append(t)
-    if not frames:
-        empty_state("checkpoints selected", "Pick at least one epoch in the sidebar.")
+    set_url(epoch=",".join(map(str, sorted(chosen))) or None)
+    chart, data, caption, notes = knockout_view(exp, sorted(chosen))
+    for note in notes:
+        st.info(note, icon="ℹ️")
+    if chart is None:
+        empty_state("checkpoints selected", "Pick at least one checkpoint above.")
         return
-    data = pd.concat(frames, ignore_index=True).rename(columns={"class": "target", "f_knockout": "value"})
-    how = ", ".join(sorted(ablations))
-    chart = charts.knockout_bars(data, title=f"Logit difference with a class knocked out ({how} ablation)")
-    show_chart(
-        chart, data,
-        f"Logit difference F after {how}-ablating every head of one circuit class (all positions), per "
-        "checkpoint; compare with the intact model's F (column f_model in the CSV).",
-        f"knockout-classes-{exp.id[:8]}",
-    )  # fmt: skip
-    last = found.heads if found is not None else None
-    if last is not None and not last.empty:  # the per-head knockouts of the latest chosen epoch
-        with st.expander(f"Per-head knockout at epoch {max(chosen)}"):
-            chart = charts.head_heatmap(last, title="change in F when one head is ablated", value_title="ΔF")
+    show_chart(chart, data, caption, f"knockout-classes-{exp.id[:8]}")
+    epoch = max(chosen)
+    found = result(exp, epoch, "knockout")
+    if found is not None and not found.heads.empty:
+        with st.expander(f"Per-head knockout at {exp.epoch_label(epoch)}"):
+            chart = charts.head_heatmap(
+                found.heads,
+                title="change in F when one head is ablated",
+                value_title="ΔF (logits)",
+                circuit=circuit_at(exp, epoch),
+            )
             show_chart(
-                chart, heads_with_labels(last),
-                f"Change in logit difference when each head alone is {how}-ablated at all positions.",
+                chart,
+                heads_with_labels(found.heads),
+                "Change in logit difference when each head alone is ablated at all positions.",
                 f"knockout-heads-{exp.id[:8]}",
-            )  # fmt: skip
+            )
 
 
-def live_section() -> None:
-    st.subheader("Knock out heads you choose")
-    if not live_available("knockout"):
-        st.info("The knockout analysis is not in this build yet (ioi/ablation.py).", icon="ℹ️")
-        return
+def live_knockout() -> None:
     from ioi.methods.ablation import AblationType
 
     sources = model_sources()
@@ -90,47 +93,50 @@ def live_section() -> None:
         format_func=sources.get,
     )
     ablation = c[1].selectbox("Ablation", [a.value for a in AblationType], key="ko_ablation")
-    heads = c[2].text_input("Heads (L.H, space-separated)", "", key="ko_heads", help="e.g. 9.9 9.6 10.0")
+    loaded = [m for m in (model_or_message(m) for m in models) if m is not None]
+    if len(loaded) < len(models):
+        return
+    shape = (loaded[0].n_layers, loaded[0].n_heads) if loaded else (1, 1)
+    heads = c[2].text_input(
+        "Heads (L.H, space-separated)", "", key="ko_heads", help=f"e.g. {example_heads(*shape)}"
+    )
     error = c[2].empty()
     if not run_button("Run knockout", "ko_run", (models, ablation, heads)):
         return
     if not models:
         st.error("Pick at least one model or checkpoint.", icon="⚠️")
         return
-    frames, baselines = [], []
-    for model in models:
-        loaded = model_or_message(model)
-        if loaded is None:
-            return
+    frames = []
+    for model, m in zip(models, loaded):
         try:
-            chosen = parse_heads(heads, loaded.n_layers, loaded.n_heads)
+            chosen = parse_heads(heads, m.n_layers, m.n_heads)
         except ValueError as err:
             error.error(str(err), icon="⚠️")
             return
         found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
-        f_m = found.summary.get("f_model")
         rows = found.tables["classes"][["class", "f_knockout"]].rename(columns={"class": "target"})
         if chosen:
             rows.loc[len(rows)] = [" ".join(chosen), found.summary["f_knockout"]]
-        rows.loc[len(rows)] = ["(nothing: intact model)", f_m]
+        rows.loc[len(rows)] = [INTACT, found.summary.get("f_model")]
         frames.append(rows.rename(columns={"f_knockout": "value"}).assign(checkpoint=sources[model]))
-        baselines.append(f_m)
     data = pd.concat(frames, ignore_index=True)
     show_chart(
-        charts.knockout_bars(data, baseline=baselines[0] if len(baselines) == 1 else None,
-                             title=f"{ablation} ablation"),
+        charts.knockout_bars(data, title=f"{ablation} ablation"),
         data,
         f"Logit difference after {ablation}-ablating each circuit class (and the chosen heads together) at "
-        "all positions, on 100 evaluation prompts, per model or checkpoint; '(nothing)' is the intact model.",
+        f"all positions, on 100 evaluation prompts, per model or checkpoint; '{INTACT}' is F unablated.",
         "knockout-live",
-    )  # fmt: skip
+    )
 
 
 def body() -> None:
-    if no_cache_layer():
-        return
     cached_section()
-    live_section()
+    live_section(
+        "Knock out heads you choose",
+        "ko_live",
+        live_knockout,
+        "loads the models and runs the knockouts on them",
+    )
 
 
 show_user_errors(body)

@@ -1,46 +1,119 @@
-"""The dashboard's time to first chart: from `streamlit run` to the first Altair chart drawn in a
-headless Chromium, on the shipped demo cache (what a user of a fresh clone sees).
+"""The dashboard's speed as a newcomer meets it, against a bare Streamlit app measured in the same run:
 
-    PYTHONPATH=. python benchmarks/dashboard.py [page]      # page: url path, default "attribution"
+- cold start: from `streamlit run` to the first Altair chart drawn in a headless Chromium, for the
+  dashboard on the shipped demo cache and for a bare app that draws one Altair chart; the ratio is
+  the number to watch (target ≤ 1.5);
+- warm page switch: from a click in the sidebar to the next page's chart (target < 1 s).
+
+    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N]
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from tests.dashboard_support import CHROMIUM, FLAGS, start_streamlit
+from tests.dashboard_support import CHROMIUM, FLAGS, REPO, start_streamlit
 
 CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+BARE = """import altair as alt
+import pandas as pd
+import streamlit as st
+
+st.altair_chart(alt.Chart(pd.DataFrame({"x": [1, 2, 3], "y": [1, 3, 2]})).mark_line().encode(x="x", y="y"))
+"""
+SWITCHES = ("Logit attribution", "Faithfulness", "Knockout", "Cross-model patching", "Circuit")
 
 
-def first_chart_seconds(page: str = "attribution", timeout: float = 120.0) -> float:
-    """Seconds from launching the server to the first chart of `page` being visible."""
+def _open(tab, url: str, start: float, timeout: float) -> None:
+    while True:  # the server is not listening yet
+        try:
+            tab.goto(url, timeout=timeout * 1000)
+            return
+        except Exception:
+            if time.perf_counter() - start > timeout:
+                raise
+            time.sleep(0.05)
+
+
+def cold_start(browser, launch, path: str, timeout: float = 120.0) -> tuple[float, object, object]:
+    """Seconds from `launch()` (which starts a server: (process, url)) to the first chart of
+    `path`; returns (seconds, the open tab, the server process)."""
+    start = time.perf_counter()
+    server, url = launch()
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _open(tab, f"{url}/{path}", start, timeout)
+    tab.wait_for_selector(CHART, state="visible", timeout=timeout * 1000)
+    return time.perf_counter() - start, tab, server
+
+
+def page_switches(tab, timeout: float = 60.0) -> list[float]:
+    """Seconds from a click on each sidebar link of `SWITCHES` to that page's chart (or diagram)."""
+    out = []
+    for title in SWITCHES:
+        start = time.perf_counter()
+        tab.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
+        tab.wait_for_selector(f"h1:has-text('{title}')", timeout=timeout * 1000)
+        tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+        tab.wait_for_selector(f"{CHART}, [data-testid='stGraphVizChart'] svg", state="visible",
+                              timeout=timeout * 1000)  # fmt: skip
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def bare_launch(folder: Path):
+    script = folder / "bare_app.py"
+    script.write_text(BARE)
+
+    def launch():
+        proc, url = start_streamlit({}, script=script)
+        return proc, url
+
+    return launch
+
+
+def stop(server: subprocess.Popen, tab) -> None:
+    tab.close()
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--page", default="", help="url path of the dashboard page opened first (default: Overview)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.exists():
+        sys.exit("error: /usr/bin/chromium is not installed; the benchmark drives a real browser")
     from playwright.sync_api import sync_playwright
 
+    bare, dash, switches = [], [], []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        start = time.perf_counter()
-        server, url = start_streamlit({"IOI_CACHE_DIR": tmp})
-        try:
-            tab = browser.new_page()
-            while True:  # the server is not listening yet
-                try:
-                    tab.goto(f"{url}/{page}", timeout=timeout * 1000)
-                    break
-                except Exception:
-                    if time.perf_counter() - start > timeout:
-                        raise
-                    time.sleep(0.1)
-            tab.wait_for_selector(CHART, state="visible", timeout=timeout * 1000)
-            return time.perf_counter() - start
-        finally:
-            server.terminate()
-            server.wait()
-            browser.close()
+        env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            seconds, tab, server = cold_start(browser, bare_launch(Path(tmp)), "")
+            bare.append(seconds)
+            stop(server, tab)
+            seconds, tab, server = cold_start(browser, lambda: start_streamlit(env), args.page)
+            dash.append(seconds)
+            switches += page_switches(tab)
+            stop(server, tab)
+        browser.close()
+    b, d = statistics.median(bare), statistics.median(dash)
+    print(f"bare Streamlit app, one Altair chart: first chart after {b:.2f} s (median of {len(bare)})")
+    print(f"dashboard /{args.page}: first chart after {d:.2f} s (median of {len(dash)})")
+    print(f"cold-start ratio dashboard / bare app: {d / b:.2f} (target ≤ 1.5)")
+    print(f"warm page switch: median {statistics.median(switches):.2f} s, max {max(switches):.2f} s over "
+          f"{len(switches)} switches (target < 1 s)")  # fmt: skip
 
 
 if __name__ == "__main__":
-    page = sys.argv[1] if len(sys.argv) > 1 else "attribution"
-    print(f"dashboard, page /{page}: first chart after {first_chart_seconds(page):.1f} s from launch")
+    main()

@@ -29,14 +29,17 @@ SCENARIOS = {"aaaa000000000001": ("clean", None), "aaaa000000000002": ("subject_
              "aaaa000000000003": ("reversal", "aaaa000000000002")}  # fmt: skip
 
 
-def start_streamlit(env: dict[str, str], log=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
-    """Launch `streamlit run streamlit_app.py` headless on a free localhost port, with `env` added
-    to this process's environment: (the server process, its base url). The caller stops it."""
+def start_streamlit(
+    env: dict[str, str], log=subprocess.DEVNULL, script: Path = REPO / "streamlit_app.py"
+) -> tuple[subprocess.Popen, str]:
+    """Launch `streamlit run <script>` (default the dashboard) headless on a free localhost port,
+    from the repository (its .streamlit/config.toml applies), with `env` added to this process's
+    environment: (the server process, its base url). The caller stops it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=REPO, env=os.environ | env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

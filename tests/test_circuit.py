@@ -39,13 +39,11 @@ def test_classification_returns_a_circuit_that_follows_its_thresholds(tiny_rando
     assert circuit.source == "discovered on random:tiny"
     s = circuit.meta["scores"]
     for h in circuit.classes["name mover"]:
-        assert s["path_logits"][h] <= -t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s"][h]
+        assert s["path_logits"][h] <= -t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
     for h in circuit.classes["negative name mover"]:
-        assert s["path_logits"][h] >= t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s"][h]
-    want_nm = {
-        Head(*h)
-        for h in ((s["path_logits"] <= -0.01) & (s["attn_end_to_io"] > s["attn_end_to_s"])).nonzero().tolist()
-    }
+        assert s["path_logits"][h] >= t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
+    attends_io = s["attn_end_to_io"] > s["attn_end_to_s2"]
+    want_nm = {Head(*h) for h in ((s["path_logits"] <= -0.01) & attends_io).nonzero().tolist()}
     assert set(circuit.classes["name mover"]) == want_nm
     assert len(set(circuit.heads)) == len(circuit.heads)  # one class per head
 
@@ -92,7 +90,7 @@ def test_ioi_tiny_has_name_movers_and_an_upstream_s_inhibition_head(ioi_tiny):
     att = attention_at(ioi_tiny, clean)
     dla = direct_logit_attribution(ioi_tiny.bridge, clean).heads.mean(0)  # [layer, head]
     for h in movers:
-        assert att["end_to_io"][h] >= 1.5 * att["end_to_s"][h], f"{h} does not prefer IO"
+        assert att["end_to_io"][h] >= 1.5 * att["end_to_s2"][h], f"{h} does not prefer IO"
         assert dla[h] > 0
     via_movers = path_patch(ioi_tiny, clean, abc, Receivers(heads=tuple(movers)))
     to_logits = path_patch(ioi_tiny, clean, abc)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,9 +118,36 @@ def test_one_default_lr_per_model_for_every_entry_point(model, lr, tmp_path, mon
     from ioi.cli.runs import experiment_config
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # gpt2 need not be downloaded to build its config
     args = build_parser().parse_args(["jobs", "submit", "--model", model])
     assert default_lr(model) == lr and experiment_config(args).lr == lr
     with pytest.raises(SystemExit):
         main(["jobs", "submit", "--help"])
     helped = " ".join(capsys.readouterr().out.split())
     assert "ioi-tiny 1e-4" in helped and "other models 1e-5" in helped
+
+
+CITATION = re.compile(r"METHODS ((?:§\d+(?:[–-]\d+)?(?:, | and )?)+)")
+
+
+def cited_sections(text: str) -> set[int]:
+    """The section numbers `text` cites as "METHODS §n", "§n–m" or "§n, §m"."""
+    out: set[int] = set()
+    for group in CITATION.findall(text):
+        for first, last in re.findall(r"§(\d+)(?:[–-](\d+))?", group):
+            out |= set(range(int(first), int(last or first) + 1))
+    return out
+
+
+def test_every_methods_citation_resolves():
+    """Each "METHODS §n" in the code, pages, reports and README is a section of docs/METHODS.md."""
+    methods = (REPO / "docs" / "METHODS.md").read_text()
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", methods, re.M)}
+    files = [*(REPO / "ioi").rglob("*.py"), *(REPO / "app_pages").glob("*.py"),
+             *(REPO / "reports").rglob("*.md"), REPO / "README.md", REPO / "streamlit_app.py"]  # fmt: skip
+    cited = {f.relative_to(REPO): cited_sections(f.read_text()) for f in files}
+    assert cited_sections("METHODS §1–2 and METHODS §4, §7") == {1, 2, 4, 7}
+    assert sum(map(len, cited.values())) > 10  # the citations exist to be checked
+    missing = {str(f): sorted(n - sections) for f, n in cited.items() if n - sections}
+    assert not missing, f"sections not in docs/METHODS.md: {missing}"
+    assert sections == set(range(1, max(sections) + 1))  # numbered without gaps

@@ -1,11 +1,15 @@
-"""Dashboard pages under Streamlit's AppTest: every page renders on a cache, forms refuse bad input,
-launching a job creates it, damaged entries offer a recompute. Pure form helpers are tested directly."""
+"""Dashboard pages under Streamlit's AppTest: every page renders on a cache and shows what the cache
+holds (read back through the store), defaults tell the story (the clean run's pretrained model),
+labels are distinct, the URL carries the view, result pages import no torch, forms refuse bad
+input, damaged entries offer a recompute. Pure helpers are tested directly."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +17,15 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app_pages import _common  # noqa: E402
+from app_pages import _forms, _live, _store, _text  # noqa: E402
+from ioi.runs import cache  # noqa: E402
 from ioi.task.data import make_dataset  # noqa: E402
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
 # page -> (element kinds that must be present on the demo cache)
 PAGES = {
-    "app_pages/overview.py": ("graphviz_chart",),
+    "app_pages/overview.py": ("graphviz_chart", "vega_lite_chart"),
     "app_pages/datasets.py": ("dataframe",),
     "app_pages/experiments.py": ("dataframe",),
     "app_pages/attribution.py": ("vega_lite_chart",),
@@ -28,24 +34,25 @@ PAGES = {
     "app_pages/knockout.py": ("vega_lite_chart",),
     "app_pages/cmap.py": ("vega_lite_chart",),
 }
-HAS_CACHE = _common.cache_layer() is not None
-needs_cache = pytest.mark.skipif(not HAS_CACHE, reason="the result cache (ioi/cache.py) is not in this build")
+RESULT_PAGES = [p for p in PAGES if p not in ("app_pages/experiments.py",)]
+CLEAN, TOXIC, REVERSAL = "aaaa000000000001", "aaaa000000000002", "aaaa000000000003"
 
 
 @pytest.fixture()
 def dash_env(tmp_path, monkeypatch):
     """A synthetic demo cache and an empty user cache, selected through the environment."""
-    if HAS_CACHE:
-        from dashboard_support import build_cache
+    from dashboard_support import build_cache
 
-        build_cache(tmp_path / "demo")
+    build_cache(tmp_path / "demo")
     monkeypatch.setenv("IOI_DEMO_DIR", str(tmp_path / "demo"))
     monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
     return tmp_path
 
 
-def app(page: str) -> AppTest:
+def app(page: str, **params: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
     if page != "app_pages/overview.py":
         at.switch_page(page)
     return at.run()
@@ -56,7 +63,16 @@ def assert_clean(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-@needs_cache
+def chart_frames(chart) -> list:
+    import pyarrow as pa
+
+    return [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+
+
+def chart_spec(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
 @pytest.mark.parametrize("page", list(PAGES))
 def test_every_page_renders_on_the_demo_cache(dash_env, page):
     at = app(page)
@@ -75,47 +91,205 @@ def test_pages_without_results_show_empty_states(tmp_path, monkeypatch, page):
     monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
     at = app(page)
     assert not at.exception, [e.value for e in at.exception]
-    if page in (
-        "app_pages/attribution.py",
-        "app_pages/faithfulness.py",
-        "app_pages/knockout.py",
-        "app_pages/cmap.py",
-    ):
+    if page in ("app_pages/attribution.py", "app_pages/faithfulness.py", "app_pages/knockout.py",
+                "app_pages/cmap.py", "app_pages/circuit.py"):  # fmt: skip
         assert any("No " in i.value and "run" in i.value.lower() for i in at.info), [i.value for i in at.info]
 
 
-@needs_cache
-def test_attribution_compares_two_checkpoints(dash_env):
+def test_result_pages_import_neither_torch_nor_transformer_lens(dash_env):
+    """In a fresh interpreter (this one has torch from conftest), render every result page, then look."""
+    code = (
+        "import sys; from streamlit.testing.v1 import AppTest\n"
+        f"for page in {RESULT_PAGES!r}:\n"
+        f"    at = AppTest.from_file({APP!r}, default_timeout=120)\n"
+        "    at.switch_page(page) if page != 'app_pages/overview.py' else None\n"
+        "    at.run(); assert not at.exception, page\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", f"imported: {out.stdout}"
+
+
+def test_pickers_open_on_the_clean_runs_pretrained_checkpoint(dash_env):
     at = app("app_pages/attribution.py")
-    at.sidebar.radio(key="dla_mode").set_value("side by side").run()
     assert_clean(at)
-    assert len(at.get("vega_lite_chart")) == 2
-    at.sidebar.radio(key="dla_mode").set_value("difference B − A").run()
+    assert at.selectbox(key="dla_exp_A").value == CLEAN
+    assert at.selectbox(key=f"dla_epoch_A-{CLEAN}").value == 0
+    assert dict(at.query_params).items() >= {"exp": CLEAN, "epoch": "0", "mode": "one"}.items()
+    at = app("app_pages/cmap.py")
+    assert at.selectbox(key="cmap_exp").value == CLEAN
+
+
+def test_circuit_page_lists_the_pretrained_models_name_movers(dash_env):
+    stored = cache.load_analysis(dash_env / "demo", CLEAN, 0, "faithfulness").summary["circuit"]
+    at = app("app_pages/circuit.py")
+    assert_clean(at)
+    assert at.selectbox(key="circ_exp").value == CLEAN and at.selectbox(key=f"circ_epoch-{CLEAN}").value == 0
+    shown = at.dataframe[0].value
+    movers = sorted(shown.loc[shown["class"] == "name mover", "head_label"])
+    assert movers == sorted(stored["classes"]["name mover"]) and movers
+    assert "pretrained" in at.caption[0].value and all(h in at.caption[0].value for h in movers)
+
+
+def test_a_reversal_at_epoch_0_is_called_the_toxic_model(dash_env):
+    at = app("app_pages/circuit.py", exp=REVERSAL, epoch="0")
+    assert at.selectbox(key="circ_exp").value == REVERSAL
+    assert any("toxic model" in w.value for w in at.warning), [w.value for w in at.warning]
+    at = app("app_pages/cmap.py", exp=REVERSAL, epoch="2")
+    assert any("not the pretrained" in w.value for w in at.warning)
+    assert "toxic start" in at.metric[1].label
+
+
+@pytest.mark.parametrize("page", RESULT_PAGES)
+def test_no_two_experiment_labels_in_a_picker_are_equal(dash_env, page):
+    at = app(page)
+    for box in [*at.selectbox, *at.multiselect]:
+        assert len(set(box.options)) == len(box.options), (box.label, box.options)
+
+
+def test_labels_name_the_lineage_and_stay_distinct():
+    assert _store.unique_labels(["a", "a", "b"], [{"lr": 1e-4}, {"lr": 1e-3}, {}], ["1", "2", "3"]) == [
+        "a · lr 0.0001", "a · lr 0.001", "b",
+    ]  # fmt: skip
+    assert _store.unique_labels(["a", "a"], [{}, {}], ["12345678aa", "87654321bb"]) == [
+        "a · 12345678", "a · 87654321",
+    ]  # fmt: skip
+
+
+def test_reversal_label_names_the_toxic_run(dash_env):
+    labels = {e.id: e.label for e in _store.experiments()}
+    assert labels[REVERSAL].startswith("reversal of subject duplication · 2 epochs · seed 0")
+
+
+def test_url_state_reproduces_a_view(dash_env):
+    """Set a view, read the URL it writes, open a fresh session on that URL: the same view."""
+    at = app("app_pages/attribution.py")
+    at.radio(key="dla_mode").set_value("side").run()
+    at.selectbox(key="dla_exp_A").set_value(TOXIC).run()
+    at.selectbox(key=f"dla_epoch_A-{TOXIC}").set_value(1).run()
+    url = dict(at.query_params)
+    assert url["mode"] == "side" and url["exp"] == TOXIC and url["epoch"] == "1" and url["compare"]
+    again = app("app_pages/attribution.py", **url)
+    assert_clean(again)
+    assert again.radio(key="dla_mode").value == "side"
+    assert (
+        again.selectbox(key="dla_exp_A").value == TOXIC
+        and again.selectbox(key=f"dla_epoch_A-{TOXIC}").value == 1
+    )
+    assert dict(again.query_params) == url
+    titles = [chart_spec(c)["title"] for c in again.get("vega_lite_chart")]
+    assert titles == [chart_spec(c)["title"] for c in at.get("vega_lite_chart")] and len(titles) == 2
+
+
+def test_side_by_side_shares_a_scale_outlines_each_panel_and_shows_both_logit_differences(dash_env):
+    at = app("app_pages/attribution.py", mode="side")
+    assert_clean(at)
+    a, b = at.get("vega_lite_chart")
+    assert dict(at.query_params)["compare"] != f"{CLEAN}:0", "B must differ from A by default"
+    domains = [chart_spec(c)["layer"][0]["encoding"]["color"]["scale"]["domain"] for c in (a, b)]
+    assert domains[0] == domains[1]
+    stored = [cache.load_analysis(dash_env / "demo", CLEAN, e, "dla").summary["logit_diff"] for e in (0, 2)]
+    assert [m.value for m in at.metric] == [f"{v:.2f}" for v in stored]
+    at.radio(key="dla_scale").set_value("own").run()
+    assert at.get("vega_lite_chart")[0].proto.spec != a.proto.spec or domains[0] == domains[1]
+
+
+def test_difference_mode_draws_b_minus_a(dash_env):
+    at = app("app_pages/attribution.py", mode="diff")
     assert_clean(at)
     assert len(at.get("vega_lite_chart")) == 1 and "B − A" in at.caption[0].value
 
 
-@needs_cache
+def test_knockout_draws_every_selected_checkpoint_and_the_intact_model(dash_env):
+    at = app("app_pages/knockout.py", exp=TOXIC, epoch="0,2")
+    assert_clean(at)
+    rows = next(f for f in chart_frames(at.get("vega_lite_chart")[0]) if "checkpoint" in f)
+    assert sorted(set(rows["checkpoint"])) == [
+        "subject duplication, epoch 2",
+        "subject duplication, pretrained",
+    ]
+    intact = rows[rows["target"].str.startswith("(nothing")]
+    stored = cache.load_analysis(dash_env / "demo", TOXIC, 2, "knockout").summary["f_model"]
+    assert len(intact) == 2 and stored in list(intact["value"])
+    assert set(rows.loc[rows["target"] == "name mover", "heads"]) == {"1.0"}
+
+
+def test_faithfulness_defaults_to_the_logit_difference_in_panels_with_fixed_colours(dash_env):
+    at = app("app_pages/faithfulness.py")
+    assert_clean(at)
+    assert at.radio(key="faith_metric").value == "logit_diff"
+    spec = chart_spec(at.get("vega_lite_chart")[0])
+    assert "facet" in spec and spec["resolve"]["scale"]["x"] == "independent"
+    color = spec["spec"]["layer"][-3]["encoding"]["color"]["scale"]
+    assert color["domain"][0] == "clean" and color["range"][0] == "#1f77b4"
+
+
+def test_reversal_curve_continues_after_its_toxic_run(dash_env):
+    def reversal_epochs(at: AppTest) -> list[int]:
+        rows = chart_frames(at.get("vega_lite_chart")[0])[0]
+        rows = rows[rows["_kind"] == "curve"]
+        return sorted(rows.loc[rows["scenario"] == "reversal", "epoch"])
+
+    at = app("app_pages/faithfulness.py")
+    assert_clean(at)
+    assert reversal_epochs(at) == [2, 3, 4]  # its parent ran 2 epochs
+    at.checkbox(key="faith_follow").uncheck().run()
+    assert reversal_epochs(at) == [0, 1, 2]
+
+
+def test_guided_tour_walks_every_step_with_a_chart(dash_env):
+    at = app("app_pages/overview.py")
+    n = int(at.get("progress")[0].proto.text.split(" of ")[1].split(":")[0])
+    assert n >= 6
+    for step in range(1, n + 1):
+        assert_clean(at)
+        assert f"Step {step} of {n}" in at.get("progress")[0].proto.text
+        assert at.get("vega_lite_chart"), f"tour step {step} shows no chart"
+        assert dict(at.query_params)["step"] == str(step)
+        if step < n:
+            at.button(key="tour_next").click().run()
+    assert at.button(key="tour_next").disabled
+    at.button(key="tour_back").click().run()
+    assert f"Step {n - 1} of {n}" in at.get("progress")[0].proto.text
+    reopened = app("app_pages/overview.py", step=str(n - 1))
+    assert f"Step {n - 1} of {n}" in reopened.get("progress")[0].proto.text
+
+
+def test_tour_text_quotes_the_data_it_shows(dash_env):
+    at = app("app_pages/overview.py")
+    stored = cache.load_analysis(dash_env / "demo", CLEAN, 0, "dla").summary["logit_diff"]
+    text = " ".join(m.value for m in at.markdown)
+    assert f"by {stored:.1f} logits" in text and "name movers 1.0" in text
+
+
 def test_damaged_entry_is_reported_with_a_recompute_button(dash_env):
-    entry = dash_env / "demo" / "experiments" / "aaaa000000000001" / "epoch-002" / "dla.json"
+    entry = dash_env / "demo" / "experiments" / CLEAN / "epoch-002" / "dla.json"
     body = json.loads(entry.read_text())
     body["payload"]["summary"]["summary"]["logit_diff"] = 99.0  # edited: checksum no longer matches
     entry.write_text(json.dumps(body))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["opened_experiment"] = f"{(dash_env / 'demo').resolve()}|aaaa000000000001"
-    at.switch_page("app_pages/attribution.py")
-    at.run()
+    at = app("app_pages/attribution.py", epoch="2")
     assert not at.exception
     assert any("damaged" in e.value for e in at.error), [e.value for e in at.error]
     assert any(b.label == "Recompute dla" for b in at.button)
 
 
-@needs_cache
+def test_no_machine_path_on_any_page(dash_env):
+    for page in PAGES:
+        at = app(page)
+        shown = [m.value for m in [*at.markdown, *at.caption, *at.info, *at.warning]]
+        shown += [o for box in at.selectbox for o in box.options]
+        assert not [s for s in shown if str(dash_env) in s or "/work/" in s or "/home/" in s], page
+
+
 def test_experiment_form_refuses_bad_values(dash_env):
     from ioi.runs.jobs import list_jobs
 
     at = app("app_pages/experiments.py")
-    at.text_input(key="form_lr").set_value("fast")
+    model = at.selectbox(key="form_model").value
+    at.text_input(key=f"form_lr-{model}").set_value("fast")
     at.text_input(key="form_checkpoints").set_value("1, 9")
     at.button(key="form_launch").click().run()
     assert not at.exception
@@ -124,20 +298,18 @@ def test_experiment_form_refuses_bad_values(dash_env):
     assert not (dash_env / "user" / "index.sqlite3").exists() or not list_jobs(dash_env / "user")
 
 
-@needs_cache
 def test_launching_a_tiny_job_creates_it(dash_env):
     from ioi.runs.jobs import cancel, list_jobs
 
     at = app("app_pages/experiments.py")
-    at.selectbox(key="form_model").set_value("random:tiny")
+    at.selectbox(key="form_model").set_value("random:tiny").run()
     at.number_input(key="form_epochs").set_value(1)
     at.text_input(key="form_checkpoints").set_value("")
-    at.text_input(key="form_lr").set_value("1e-3")
+    at.text_input(key="form_lr-random:tiny").set_value("1e-3")
     at.number_input(key="form_train").set_value(16)
     at.number_input(key="form_eval").set_value(8)
     at.number_input(key="form_analysis").set_value(4)
-    picker = at.multiselect(key="form_analyses")
-    picker.set_value([a for a in ("dla",) if a in picker.options])  # metrics alone when none is registered
+    at.multiselect(key="form_analyses").set_value(["dla"])
     at.button(key="form_launch").click().run()
     assert_clean(at)
     jobs = list_jobs(dash_env / "user")
@@ -149,40 +321,50 @@ def test_launching_a_tiny_job_creates_it(dash_env):
             cancel(job.id, dash_env / "user")
 
 
+def test_form_defaults_are_the_configs_and_the_clis():
+    from ioi.runs.experiment import ExperimentConfig
+    from ioi.task.defaults import default_lr, lr_text
+
+    assert _forms.form_defaults()["train_size"] == ExperimentConfig().train_size
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/experiments.py").run()
+    model = at.selectbox(key="form_model").value
+    assert at.text_input(key=f"form_lr-{model}").value == lr_text(default_lr(model))
+
+
 def test_parse_epochs_and_lr():
-    assert _common.parse_epochs("5, 1,3 3", 5) == (1, 3, 5)
-    assert _common.parse_epochs("", 5) == ()
-    with pytest.raises(_common.UserError, match="outside 1..5"):
-        _common.parse_epochs("0, 6", 5)
-    with pytest.raises(_common.UserError, match="whole numbers"):
-        _common.parse_epochs("one", 5)
-    assert _common.parse_lr("1e-4") == 1e-4
+    assert _forms.parse_epochs("5, 1,3 3", 5) == (1, 3, 5)
+    assert _forms.parse_epochs("", 5) == ()
+    with pytest.raises(_store.UserError, match="outside 1..5"):
+        _forms.parse_epochs("0, 6", 5)
+    with pytest.raises(_store.UserError, match="whole numbers"):
+        _forms.parse_epochs("one", 5)
+    assert _forms.parse_lr("1e-4") == 1e-4
     for bad in ("x", "0", "-1e-3", "2"):
-        with pytest.raises(_common.UserError):
-            _common.parse_lr(bad)
+        with pytest.raises(_store.UserError):
+            _forms.parse_lr(bad)
 
 
-@needs_cache
 def test_experiment_config_lists_every_bad_field():
-    cfg, errors = _common.experiment_config(
+    cfg, errors = _forms.experiment_config(
         {
             "model": "no-such-model",
             "scenario": "reversal",
             "epochs": 2,
             "checkpoints": "3",
             "lr": "x",
-            "analyses": [],
+            "analyses": (),
         }  # fmt: skip
     )
     assert cfg is None and set(errors) == {"model", "checkpoints", "lr", "parent"}
-    cfg, errors = _common.experiment_config(
+    cfg, errors = _forms.experiment_config(
         {
             "model": "random:tiny",
             "scenario": "clean",
             "epochs": 2,
             "checkpoints": "1",
             "lr": "1e-3",
-            "analyses": ["dla"],
+            "analyses": ("dla",),
             "train_size": 16,
         }  # fmt: skip
     )
@@ -195,60 +377,30 @@ def test_role_words_mark_io_s1_s2_end():
     clean = make_dataset(30, 0, "eval")
     for x in clean:
         words = re.split(r"(\W+)", x.prompt)
-        roles = {r: words[i] for i, r in _common.role_words(x).items()}
+        roles = {r: words[i] for i, r in _text.role_words(x).items()}
         assert roles["IO"] == x.io and roles["S1"] == x.s and roles["S2"] == x.s
-        assert words.index(x.io) == [i for i, r in _common.role_words(x).items() if r == "IO"][0]
+        assert words.index(x.io) == [i for i, r in _text.role_words(x).items() if r == "IO"][0]
         assert "END" in roles  # the last word, where the model predicts
-    markdown = _common.highlighted(clean[0].prompt, _common.role_words(clean[0]))
+    markdown = _text.highlighted(clean[0].prompt, _text.role_words(clean[0]))
     assert f":blue-background[{clean[0].io} (IO)]" in markdown
 
 
 def test_env_selects_the_demo_root(tmp_path, monkeypatch):
     monkeypatch.setenv("IOI_DEMO_DIR", str(tmp_path))
-    assert _common.demo_root() == tmp_path.resolve()
-    assert os.environ["IOI_DEMO_DIR"] == str(tmp_path)
+    assert cache.demo_root() == tmp_path.resolve()
     shutil.rmtree(tmp_path)
-    assert tmp_path.resolve() not in _common.roots()
-
-
-@needs_cache
-def test_guided_tour_walks_every_step_with_demo_results(dash_env):
-    at = app("app_pages/overview.py")
-    shown = []
-    for step in range(7):
-        assert_clean(at)
-        assert f"Step {step + 1} of 7" in at.get("progress")[0].proto.text
-        shown.append(len(at.get("vega_lite_chart")))
-        if step < 6:
-            at.button(key="tour_next").click().run()
-    assert shown[1] == shown[3] == shown[4] == shown[5] == 1  # DLA, faithfulness, knockout, CMAP previews
-    assert at.button(key="tour_next").disabled
-    at.button(key="tour_back").click().run()
-    assert "Step 6 of 7" in at.get("progress")[0].proto.text
-
-
-@needs_cache
-def test_reversal_curve_continues_after_its_toxic_run(dash_env):
-    import pyarrow as pa
-
-    def reversal_epochs(at: AppTest) -> list[int]:
-        datasets = at.get("vega_lite_chart")[0].proto.datasets
-        frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in datasets]
-        rows = next(f for f in frames if "series" in f)  # the curves, not the reference points
-        return sorted(rows.loc[rows["scenario"] == "reversal", "epoch"])
-
-    at = app("app_pages/faithfulness.py")
-    at.sidebar.radio(key="faith_metric").set_value("logit_diff").run()
-    assert_clean(at)
-    assert reversal_epochs(at) == [2, 3, 4]  # its parent ran 2 epochs
-    at.sidebar.checkbox(key="faith_follow").uncheck().run()
-    assert reversal_epochs(at) == [0, 1, 2]
+    assert tmp_path.resolve() not in _store.roots()
 
 
 def test_parse_heads_checks_the_model_shape():
-    assert _common.parse_heads("1.0, 0.3", 2, 4) == ["1.0", "0.3"]
-    assert _common.parse_heads("", 2, 4) == []
-    with pytest.raises(_common.UserError, match="9.9 are outside this model"):
-        _common.parse_heads("1.0 9.9", 2, 4)
+    assert _live.parse_heads("1.0, 0.3", 2, 4) == ["1.0", "0.3"]
+    assert _live.parse_heads("", 2, 4) == []
+    with pytest.raises(_store.UserError, match="9.9 are outside this model"):
+        _live.parse_heads("1.0 9.9", 2, 4)
     with pytest.raises(ValueError, match="L.H"):
-        _common.parse_heads("x", 2, 4)
+        _live.parse_heads("x", 2, 4)
+
+
+def test_example_heads_fit_the_model(dash_env):
+    assert _live.example_heads(2, 4) == "1.0"  # the synthetic clean run's pretrained name mover
+    assert _live.example_heads(1, 2) == "0.0 0.1"

@@ -1,5 +1,5 @@
 """Background jobs: kill-and-resume equals an uninterrupted run, cancel, cached submits, failures,
-two jobs at once, and dead workers shown as interrupted."""
+two jobs at once, and dead workers shown as interrupted (live but silent ones as running)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ def test_running_job_with_a_dead_process_is_interrupted(tmp_path):
     jobs._update(tmp_path, job_id, state="running", pid=gone.pid, host=socket.gethostname(), heartbeat=now)
     assert jobs.get_job(job_id, tmp_path).status == "interrupted"
     jobs._update(tmp_path, job_id, pid=os.getpid(), heartbeat=now - 2 * jobs.STALE_AFTER)
-    assert jobs.get_job(job_id, tmp_path).status == "interrupted"  # alive pid, stale heartbeat
+    assert jobs.get_job(job_id, tmp_path).status == "running"  # alive pid, stale heartbeat: busy, not gone
+    jobs._update(tmp_path, job_id, host="another-machine")
+    assert jobs.get_job(job_id, tmp_path).status == "interrupted"  # elsewhere only the heartbeat tells
     jobs._update(tmp_path, job_id, heartbeat=now)
     assert jobs.get_job(job_id, tmp_path).status == "running"
     with pytest.raises(jobs.JobError, match="only a stopped job"):

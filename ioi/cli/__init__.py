@@ -16,20 +16,34 @@ from ioi.cli import analyze, models, runs  # noqa: F401  (each registers its com
 from ioi.cli.registry import COMMANDS
 
 USER_ERRORS: dict[str, tuple[str, ...]] = {
+    "ioi.cli.registry": ("UsageError",),
     "ioi.task.data": ("DatasetError",),
     "ioi.models.load": ("ModelUnavailableError",),
-    "ioi.models.train": ("TrainingError",),
+    "ioi.models.checks": ("TrainingError",),
+    "ioi.runs.cache": ("CorruptEntry",),
     "ioi.runs.experiment": ("ExperimentError",),
     "ioi.runs.jobs": ("JobError",),
 }
-"""Where the exceptions that mean "the user asked for something that cannot be" are defined."""
+"""Where the exceptions that mean "the user asked for something that cannot be" are defined.
+Every OSError counts too: a path given that is missing, a file where a folder is wanted, a
+read-only or full cache are the environment's facts, said in one line."""
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The user-error classes of the modules imported so far: an exception can only come from a
     module that ran, so the CLI need not import heavy modules just to name their errors."""
     loaded = [sys.modules[m] for m in USER_ERRORS if m in sys.modules]
-    return (FileNotFoundError, *(getattr(m, n) for m in loaded for n in USER_ERRORS[m.__name__]))
+    return (OSError, *(getattr(m, n) for m in loaded for n in USER_ERRORS[m.__name__]))
+
+
+def _message(err: Exception) -> str:
+    if isinstance(err, OSError) and err.strerror:  # "[Errno 21] Is a directory: 'x'" -> "x: Is a directory"
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return " ".join(str(err).split())  # one line
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # whatever the host set: a recovered damage is always said
+        warnings.showwarning = _warning_line  # one line each
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except Exception as err:
@@ -53,5 +76,5 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if not isinstance(err, user_errors()):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2

@@ -8,19 +8,36 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    add_data_args,
+    add_model_args,
+    check_device,
+    command,
+    load_samples,
+    model_name,
+    report_unknown_words,
+    use_torch_threads,
+)
+from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
 ANALYZE_SIZE = 100
 TEXT_OPTIONS = {"heads"}
 """Options kept as text: head lists like "10.10" must not become the number 10.1."""
 
 
+def _analyses_epilog() -> str:
+    """Every declared analysis with its options, for `ioi analyze --help`."""
+    lines = ["analyses and their --option KEY=VALUE (type, default):"]
+    for a in ANALYSES.values():
+        lines.append(f"  {a.name}{' (needs --other)' if a.needs_other else ''}: {a.description}")
+        lines += [f"      {o.describe()}" for o in a.options]
+    return "\n".join(lines)
+
+
 def _analyze_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "method",
-        help="an analysis of the registry (e.g. patch, path-patch, classify, knockout, "
-        "faithfulness); an unknown name lists them",
-    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _analyses_epilog()
+    p.add_argument("method", help=f"one of: {', '.join(ANALYSES)} (options below)")
     add_model_args(p)
     p.add_argument("--other", help="second model name or directory (cross-model analyses)")
     add_data_args(p, size=ANALYZE_SIZE)
@@ -29,8 +46,8 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a method option (VALUE read as JSON when it parses, else as text), e.g. "
-        "--option receiver=q --option heads='9.9 9.6 10.0'; repeatable",
+        help="an option of the analysis (listed below), e.g. --option receiver=q "
+        "--option heads='9.9 9.6 10.0'; repeatable",
     )
     p.add_argument(
         "--circuit", type=Path, help="a circuit JSON file (Circuit.to_json) for knockout/faithfulness"
@@ -74,27 +91,35 @@ def json_safe(value: object) -> object:
     _analyze_args,
 )
 def run_analyze(args: argparse.Namespace) -> int:
-    from ioi.methods.analyses import load_builtin_analyses, run_analysis
-    from ioi.models.load import load_model
-    from ioi.task.data import abc_counterfactual, tokenize
-
-    try:
+    try:  # everything the user typed is checked before a model is loaded
+        check_device(args.device)
+        if args.out and args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; give a file for the JSON result")
         options = parse_options(args.option)
         if args.circuit:
             options["circuit"] = json.loads(args.circuit.read_text())
-        known = load_builtin_analyses()
-        if args.method not in known:
-            raise ValueError(f"unknown analysis {args.method!r}; known: {', '.join(sorted(known))}")
-        if known[args.method].needs_other and not args.other:
-            raise ValueError(
+        entry = analysis(args.method)
+        options = entry.check(options)
+        if entry.needs_other and not args.other:
+            raise OptionError(
                 f"analysis {args.method!r} compares two models: give the second one with --other"
             )
         if args.size < 1 and not args.dataset:
             raise ValueError(f"--size must be at least 1, got {args.size}")
+    except (ValueError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from ioi.methods.analyses import run_analysis
+    from ioi.models.load import load_model
+    from ioi.task.data import abc_counterfactual, check_context, tokenize
+
+    use_torch_threads()
+    try:
         model = load_model(model_name(args), device=args.device, seed=args.seed)
         other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None
         samples = load_samples(args)
-        clean = tokenize(samples, model.tokenizer)
+        clean = check_context(tokenize(samples, model.tokenizer), model.bridge.cfg.n_ctx)
+        report_unknown_words(samples, model.tokenizer)
         abc = tokenize(abc_counterfactual(samples, args.seed), model.tokenizer, like=clean)
         result = run_analysis(args.method, model, clean, abc, other=other, **options)
     except (ValueError, TypeError, json.JSONDecodeError) as err:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from ioi.cli.registry import add_data_args, add_model_args, command, load_samples, model_name
+from ioi.cli.registry import (
+    UsageError,
+    add_data_args,
+    add_model_args,
+    check_device,
+    command,
+    load_samples,
+    model_name,
+    report_unknown_words,
+    use_torch_threads,
+)
 from ioi.task.defaults import (
     ASSETS,
     DEFAULT_EVAL_SIZE,
@@ -56,13 +67,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
 def run_eval(args: argparse.Namespace) -> int:
     from ioi.models.load import load_hf
-    from ioi.task.data import tokenize
+    from ioi.task.data import check_context, tokenize
     from ioi.task.metrics import evaluate
 
+    check_device(args.device)
+    use_torch_threads()
     hf, tok, source = load_hf(model_name(args))
     if args.device:
         hf.to(args.device)
-    result = evaluate(hf.eval(), tokenize(load_samples(args), tok)).to_json()
+    samples = load_samples(args)
+    batch = check_context(tokenize(samples, tok), getattr(hf.config, "n_positions", None))
+    report_unknown_words(samples, tok)
+    result = evaluate(hf.eval(), batch).to_json()
     result |= {"model": model_name(args), "source": source}
     if args.json:
         print(json.dumps(result))
@@ -92,8 +108,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ioi.models.train import TrainConfig, finetune, parse_epochs
+    from ioi.models.checks import parse_epochs
+    from ioi.models.train import TrainConfig, finetune
 
+    check_device(args.device)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a directory for the checkpoints")
     cfg = TrainConfig(
         model=args.model,
         scenario=args.scenario,
@@ -108,9 +128,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
     )
     cfg.validate()
+    use_torch_threads()
     bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+    times: list[float] = []
 
     def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        times.append(time.perf_counter())
         if bar.total is None:
             bar.reset(total=epochs * steps)
         bar.n = (epoch - 1) * steps + step
@@ -119,6 +142,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     paths = finetune(cfg, args.out, device=args.device, progress=progress)
     bar.close()
+    if len(times) > 1:  # rate from the first step to the last, as benchmarks/cli_speed.py measures a job
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(f"trained {len(times)} steps, {rate:.1f} steps/s", file=sys.stderr)
     for p in paths:
         print(p)
     return 0

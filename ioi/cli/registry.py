@@ -7,11 +7,13 @@ Only light modules are imported here (argparse, ioi.task.defaults): a command's 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL, torch_threads
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,34 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return add
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot be used; the message says which and why."""
+
+
+def check_device(device: str | None) -> str | None:
+    """`device` if this machine has it (None: the default); UsageError otherwise."""
+    if device is None or device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UsageError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch has no usable CUDA GPU; use --device cpu")
+    return device
+
+
+def report_unknown_words(samples, tokenizer) -> None:
+    """Print one warning line naming the prompt words the model reads as its unknown token."""
+    from ioi.task.data import unknown_words
+
+    words = unknown_words(tokenizer, samples)
+    if words:
+        shown = ", ".join(words[:10]) + (f" and {len(words) - 10} more" if len(words) > 10 else "")
+        print(f"warning: words not in the model's vocabulary, read as its unknown token: {shown}",
+              file=sys.stderr)  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
@@ -51,6 +81,13 @@ def add_data_args(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> 
     p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
+
+
+def use_torch_threads() -> None:
+    """The same thread count as a job's (see `torch_threads`), so a direct run is not slower."""
+    import torch
+
+    torch.set_num_threads(torch_threads())
 
 
 def model_name(args: argparse.Namespace) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import command
+from ioi.cli.registry import check_device, command
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
@@ -39,7 +39,7 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
 
 
 def experiment_config(args: argparse.Namespace, **overrides):
-    from ioi.models.train import parse_epochs
+    from ioi.models.checks import parse_epochs
     from ioi.runs.experiment import ExperimentConfig
 
     fields = dict(
@@ -52,6 +52,7 @@ def experiment_config(args: argparse.Namespace, **overrides):
     )  # fmt: skip
     cfg = ExperimentConfig(**fields | overrides)
     cfg.validate()
+    check_device(args.device)
     return cfg
 
 
@@ -196,6 +197,8 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 
 @command("precompute", "fill the shipped demo cache (cache/demo) for a model", _precompute_args)
 def run_precompute(args: argparse.Namespace) -> int:
+    import os
+
     from ioi.runs.cache import DEMO_ROOT
     from ioi.runs.jobs import max_jobs
     from ioi.runs.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
@@ -207,6 +210,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
     stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
                          lr=args.lr or default_lr(args.model))  # fmt: skip
+    os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:
         prune_weights(args.out or DEMO_ROOT)

@@ -25,9 +25,11 @@ from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
     Patch,
+    all_heads,
     hook_name,
     position_mask,
     prepare,
+    read_activations,
     run_patched,
 )
 from ioi.models.load import LoadedModel
@@ -93,7 +95,7 @@ def ablation_values(x_abc: Tensor, abc: IOIBatch, ablation: AblationType, seed: 
 def abc_mlp_outputs(model: LoadedModel, abc: IOIBatch) -> Tensor:
     """[layer, batch, pos, d_model] MLP outputs of the ABC run (for MLP ablation)."""
     names = [hook_name(layer, "mlp_out") for layer in range(model.n_layers)]
-    _, cache = model.bridge.run_with_cache(abc.tokens.to(model.device), names_filter=lambda n: n in names)
+    cache = read_activations(model, abc, names)
     return torch.stack([cache[n] for n in names])
 
 
@@ -120,10 +122,6 @@ def knockout_patches(
     """Patches ablating `heads` at `position` (None: every position)."""
     where = position_mask(clean, position)
     return [Patch(h.layer, h.head, values[h.layer, :, :, h.head], where) for h in heads]
-
-
-def model_heads(model: LoadedModel) -> list[Head]:
-    return [Head(layer, head) for layer in range(model.n_layers) for head in range(model.n_heads)]
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ class Knockout:
         self.acts = acts or prepare(model, clean, abc)
         self.values = ablation_values(self.acts.z_abc, abc, self.ablation, seed)
         self._mlp_values: Tensor | None = None
-        self.heads = model_heads(model)
+        self.heads = all_heads(model)
         self.max_rows = max_rows
 
     def run(self, variants: Sequence[list[Patch]]) -> Tensor:
@@ -207,14 +205,7 @@ class Knockout:
 
 
 def check_circuit(model: LoadedModel, circuit: Circuit) -> None:
-    bad = [
-        str(h) for h in circuit.heads if not (0 <= h.layer < model.n_layers and 0 <= h.head < model.n_heads)
-    ]
-    if bad:
-        raise ValueError(
-            f"circuit heads {', '.join(bad)} do not exist in {model.name} "
-            f"({model.n_layers} layers × {model.n_heads} heads)"
-        )
+    parse_heads(circuit.heads, model.n_layers, model.n_heads)  # ValueError naming heads it lacks
 
 
 def faithfulness(
@@ -301,7 +292,7 @@ def minimality(ko: Knockout, circuit: Circuit) -> pd.DataFrame:
     )
 
 
-@register_analysis("knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads")
+@register_analysis("knockout")
 def knockout_analysis(
     model: LoadedModel,
     clean: IOIBatch,
@@ -333,9 +324,7 @@ def knockout_analysis(
     return AnalysisResult("knockout", heads_frame(grid), summary, tables)
 
 
-@register_analysis(
-    "faithfulness", "F(circuit)/F(model) under mean ablation, with completeness and minimality"
-)
+@register_analysis("faithfulness")
 def faithfulness_analysis(
     model: LoadedModel,
     clean: IOIBatch,

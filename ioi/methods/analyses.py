@@ -1,22 +1,29 @@
 """The registry of analyses: each turns (model, clean batch, ABC batch) into a per-head table.
 
-Every chart of the dashboard, every `python -m ioi analyze METHOD` and every analysis a job runs
-at a checkpoint goes through `run_analysis`, so a new method registered here appears everywhere.
+Every chart of the dashboard, every `ioi analyze METHOD` and every analysis a job runs at a
+checkpoint goes through `run_analysis`, so a new method registered here appears everywhere.
+
+Each analysis declares its options once, typed (`Option`). The built-in analyses are declared in
+`BUILTIN`, a table that imports nothing heavy: the CLI lists and validates names and options, and
+a job is refused at submit time, without importing torch; the implementing module is imported only
+when the analysis runs, and its `@register_analysis(name)` binds the function to the declaration.
+A user's own analysis (a module named in $IOI_ANALYSIS_MODULES) declares everything in its decorator.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import torch
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
-from ioi.models.load import LoadedModel
-from ioi.task.data import IOIBatch
+    from ioi.models.load import LoadedModel
+    from ioi.task.data import IOIBatch
 
 
 @dataclass
@@ -40,6 +47,8 @@ class AnalysisResult:
 
 def heads_frame(value: torch.Tensor, **columns: torch.Tensor) -> pd.DataFrame:
     """The `heads` table from [layer, head] tensors: columns layer, head, value, then `columns`."""
+    import pandas as pd
+
     n_layers, n_heads = value.shape
     frame = {
         "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
@@ -51,47 +60,230 @@ def heads_frame(value: torch.Tensor, **columns: torch.Tensor) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-AnalysisFn = Callable[..., AnalysisResult]
+AnalysisFn = Callable[..., "AnalysisResult"]
 """fn(model, clean, abc, *, other=None, **options) -> AnalysisResult"""
+
+TYPES = ("bool", "int", "float", "str", "heads", "layers", "circuit")
+"""Option types: heads are "L.H" text ("9.9 10.0") or a list of it; layers a list of layer numbers;
+a circuit is a JSON object (`Circuit.to_json`)."""
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+class OptionError(ValueError):
+    """An unknown analysis or option, or a value of the wrong type; the message lists the valid ones."""
 
 
 @dataclass(frozen=True)
+class Option:
+    """One keyword option of an analysis. A `default` of None means "unset: the analysis decides"."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def parse(self, value: Any) -> Any:
+        """`value` (typed, or text from a command line) as this option's type; OptionError otherwise."""
+        if value is None and self.default is None:
+            return None
+        try:
+            out = _convert(self.type, value)
+        except (TypeError, ValueError):
+            raise OptionError(f"option {self.name} is {self.type} ({self.help}), got {value!r}") from None
+        if self.choices and out not in self.choices:
+            raise OptionError(f"option {self.name} is one of {', '.join(self.choices)}, got {value!r}")
+        return out
+
+    def describe(self) -> str:
+        choices = f" ({'|'.join(self.choices)})" if self.choices else ""
+        return f"{self.name}: {self.type}{choices} = {self.default!r}: {self.help}"
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """`value` as option type `kind`; TypeError/ValueError when it is not one."""
+    text = isinstance(value, str)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+    elif kind == "int" and not isinstance(value, bool):
+        if isinstance(value, int) or (text and value.strip().lstrip("-").isdigit()):
+            return int(value)
+    elif kind == "float" and not isinstance(value, bool) and isinstance(value, int | float | str):
+        return float(value)
+    elif kind == "str" and text:
+        return value
+    elif kind == "heads" and (text or isinstance(value, list | tuple)):
+        return value if text else [str(h) for h in value]
+    elif kind == "layers":
+        if text:
+            value = value.replace(",", " ").split()
+        items = value if isinstance(value, list | tuple) else [value]
+        return [_convert("int", v) for v in items]
+    elif kind == "circuit":
+        out = json.loads(value) if text else value
+        if isinstance(out, dict) or hasattr(out, "classes"):  # Circuit.to_json() or a Circuit
+            return out
+    raise TypeError(kind)
+
+
+@dataclass
 class Analysis:
+    """A registered analysis: its declaration, and `fn` once its module is imported."""
+
     name: str
     description: str
-    fn: AnalysisFn
+    module: str
+    options: tuple[Option, ...] = ()
     needs_other: bool = False
+    fn: AnalysisFn | None = None
+
+    def check(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` converted to their declared types; OptionError naming the valid ones otherwise."""
+        declared = {o.name: o for o in self.options}
+        unknown = [key for key in options if key not in declared]
+        if unknown:
+            valid = ", ".join(declared) or "none"
+            raise OptionError(f"unknown {self.name} options {', '.join(unknown)}; its options: {valid}")
+        return {key: declared[key].parse(value) for key, value in options.items()}
 
 
-ANALYSES: dict[str, Analysis] = {}
-# Modules that register analyses when imported; imported lazily to keep `import ioi` light.
-BUILTIN_MODULES: tuple[str, ...] = (
-    "ioi.methods.attribution",
-    "ioi.methods.attention",
-    "ioi.methods.patching",
-    "ioi.methods.path_patching",
-    "ioi.methods.ablation",
-    "ioi.methods.classify",
-    "ioi.methods.cmap",
+def _opt(name: str, type: str, default: Any, help: str, *choices: str) -> Option:
+    return Option(name, type, default, help, choices)
+
+
+POSITIONS = ("end", "io", "s1", "s1+1", "s2")
+ABLATIONS = ("mean", "mean-by-template", "zero", "resample")
+_ABLATION = _opt(
+    "ablation", "str", "mean-by-template", "what replaces an ablated head (METHODS §5)", *ABLATIONS
 )
+_CIRCUIT = _opt("circuit", "circuit", None, "the circuit to use (default: the model's, METHODS §5)")
+_SEED = _opt("seed", "int", 0, "seed of resampling / bootstrap")
+_MAX_ROWS = _opt("max_rows", "int", 512, "prompts × variants per forward pass (memory)")
+_THRESHOLD = "normalised path effect a head of this class reaches at least"
+
+BUILTIN: dict[str, Analysis] = {
+    a.name: a
+    for a in (
+        Analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END",
+                 "ioi.methods.attribution"),
+        Analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC",
+                 "ioi.methods.attribution", (
+                     _opt("positions", "str", "all", "patch every position or only END", "all", "end"),
+                     _opt("compare", "bool", False, "also run real activation patching to compare"),
+                     _MAX_ROWS,
+                 )),
+        Analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores",
+                 "ioi.methods.attention", (
+                     _opt("k", "int", 5, "top-k of the copy score"),
+                     _opt("copy", "bool", True, "compute OV copy scores (the slow part on GPT-2)"),
+                 )),
+        Analysis("patch", "activation patching per head: clean run with one head's output from ABC",
+                 "ioi.methods.patching", (
+                     _opt("position", "str", None, "patch only this position (default: all)", *POSITIONS),
+                     _opt("normalize", "bool", True, "divide by F_clean − F_abc (METHODS §4)"),
+                 )),
+        Analysis("path-patch", "path patching per sender head, to the logits or to receiver heads' q/k/v",
+                 "ioi.methods.path_patching", (
+                     _opt("receiver", "str", "logits", "where the path ends", "logits", "q", "k", "v"),
+                     _opt("heads", "heads", None, "receiver heads, e.g. '9.9 9.6 10.0'"),
+                     _opt("position", "str", None, "receiver position (default: end)", *POSITIONS),
+                     _opt("frozen_mlp", "bool", False, "freeze MLPs on the path"),
+                     _opt("normalize", "bool", True, "divide by F_clean − F_abc (METHODS §4)"),
+                 )),
+        Analysis("knockout", "mean-ablation knockout: each head alone, each circuit class, or chosen heads",
+                 "ioi.methods.ablation", (
+                     _ABLATION,
+                     _opt("position", "str", None, "ablate only at this position (default: all)", *POSITIONS),
+                     _opt("heads", "heads", None, "also ablate these heads together, e.g. '9.9 9.6'"),
+                     _opt("mlps", "layers", (), "also ablate these layers' MLPs together"),
+                     _CIRCUIT,
+                     _SEED,
+                 )),
+        Analysis("faithfulness", "F(circuit)/F(model) under mean ablation, with completeness and minimality",
+                 "ioi.methods.ablation", (
+                     _ABLATION,
+                     _CIRCUIT,
+                     _opt("tests", "bool", False, "add the completeness and minimality tables"),
+                     _SEED,
+                 )),
+        Analysis("classify", "IOI head classes of any model from path patching and attention",
+                 "ioi.methods.classify", (
+                     _opt("freeze_mlp", "bool", False, "freeze MLPs in the path patching"),
+                     _opt("name_mover", "float", 0.05, "|path effect to the logits| of a name mover"),
+                     _opt("s_inhibition", "float", 0.05, _THRESHOLD),
+                     _opt("induction", "float", 0.05, _THRESHOLD),
+                     _opt("previous_token", "float", 0.05, _THRESHOLD),
+                     _opt("backup_min_attention", "float", 0.2, "END→IO attention of a backup name mover"),
+                     _opt("previous_token_min_attention", "float", 0.2, "S1+1→S1 attention, previous-token"),
+                 )),
+        Analysis("cmap", "Cross-model activation patching: each head of one model from the other",
+                 "ioi.methods.cmap", (
+                     _opt("mode", "str", "output", "patch head outputs or patterns", "output", "pattern"),
+                     _opt("direction", "str", "a<-b", "which model receives", "a<-b", "b<-a", "both"),
+                     _opt("positions", "str", None, "default: end for output, all for pattern", "end", "all"),
+                     _opt("n_boot", "int", 1000, "bootstrap resamples of the per-class intervals"),
+                     _SEED,
+                     _CIRCUIT,
+                     _MAX_ROWS,
+                 ), needs_other=True),
+    )
+}  # fmt: skip
+ANALYSES: dict[str, Analysis] = dict(BUILTIN)
+"""Every analysis declared so far: the built-in ones, then those user modules register."""
 
 
-def load_builtin_analyses() -> dict[str, Analysis]:
-    """Import every built-in analysis module (those present) and return the registry."""
-    for module in BUILTIN_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-    return ANALYSES
-
-
-def register_analysis(name: str, description: str, *, needs_other: bool = False):
-    """Decorator adding `fn(model, clean, abc, *, other=None, **options)` to the registry."""
+def register_analysis(
+    name: str, description: str | None = None, *, options: tuple[Option, ...] = (), needs_other: bool = False
+):
+    """Decorator binding `fn(model, clean, abc, *, other=None, **options)` to analysis `name`: a
+    built-in one is declared in `BUILTIN` (give only its name); a new one declares itself here."""
 
     def add(fn: AnalysisFn) -> AnalysisFn:
-        ANALYSES[name] = Analysis(name, description, fn, needs_other)
+        if name in BUILTIN:
+            if description is not None or options:
+                raise TypeError(f"analysis {name!r} is declared in BUILTIN; register it by name only")
+            ANALYSES[name].fn = fn
+        else:
+            ANALYSES[name] = Analysis(name, description or name, fn.__module__, options, needs_other, fn)
         return fn
 
     return add
+
+
+def analysis(name: str) -> Analysis:
+    """The declaration of `name` (not importing its module); OptionError listing the known ones."""
+    if name not in ANALYSES:
+        raise OptionError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
+    return ANALYSES[name]
+
+
+def check_analyses(names: Sequence[str], known: dict[str, Analysis] = ANALYSES) -> None:
+    """OptionError, listing the known ones, if any of `names` is not a declared analysis."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise OptionError(
+            f"unknown analysis {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
+
+
+def implementation(name: str) -> AnalysisFn:
+    """The function of analysis `name`, importing its module on first use."""
+    entry = analysis(name)
+    if entry.fn is None:
+        importlib.import_module(entry.module)
+    if entry.fn is None:
+        raise TypeError(f"module {entry.module} does not register analysis {name!r}")
+    return entry.fn
+
+
+def load_builtin_analyses() -> dict[str, Analysis]:
+    """Import every built-in analysis module and return the registry."""
+    for name in BUILTIN:
+        implementation(name)
+    return ANALYSES
 
 
 def run_analysis(
@@ -103,11 +295,10 @@ def run_analysis(
     other: LoadedModel | None = None,
     **options: Any,
 ) -> AnalysisResult:
-    """Run registered analysis `name`; ValueError listing the known ones for an unknown name."""
-    load_builtin_analyses()
-    if name not in ANALYSES:
-        raise ValueError(f"unknown analysis {name!r}; known: {', '.join(sorted(ANALYSES))}")
-    entry = ANALYSES[name]
+    """Run analysis `name` with `options` checked against its declaration (OptionError, before
+    anything runs, for an unknown name or option or a value of the wrong type)."""
+    entry = analysis(name)
+    checked = entry.check(options)
     if entry.needs_other and other is None:
-        raise ValueError(f"analysis {name!r} compares two models: give the second one (--other)")
-    return entry.fn(model, clean, abc, other=other, **options)
+        raise OptionError(f"analysis {name!r} compares two models: give the second one (--other)")
+    return implementation(name)(model, clean, abc, other=other, **checked)

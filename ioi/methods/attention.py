@@ -17,34 +17,38 @@ from collections.abc import Sequence
 import torch
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.methods.attribution import capture
+from ioi.methods.hooks import read
+from ioi.methods.readout import layer_norm_pre, require_weightless_layer_norm
 from ioi.models.load import LoadedModel
 from ioi.task.data import NAMES, IOIBatch, single_token_id
+from ioi.task.types import HeadGrid, HeadIn, HeadOut, NameResid, NameTokens, Pattern, Unembed
 
 # column -> (query position, key positions summed over)
 PATTERNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "end_to_io": ("end", ("io",)),
     "end_to_s": ("end", ("s1", "s2")),
+    "end_to_s2": ("end", ("s2",)),
     "s2_to_s1": ("s2", ("s1",)),
     "s2_to_s1p1": ("s2", ("s1+1",)),
     "s1p1_to_s1": ("s1+1", ("s1",)),
 }
-"""end_to_s sums attention on both occurrences of S (S1 and S2)."""
+"""END→S (end_to_s) sums attention on both occurrences of S (S1 and S2) everywhere in the project;
+end_to_s2 is the second occurrence alone."""
 
 
-def pattern_at(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def pattern_at(pattern: Pattern, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """[batch, head] attention from position query[b] to key[b] in pattern [batch, head, q, k]."""
     rows = torch.arange(pattern.shape[0], device=pattern.device)
     return pattern[rows, :, query.to(pattern.device), key.to(pattern.device)]
 
 
 @torch.no_grad()
-def attention_scores(bridge: torch.nn.Module, batch: IOIBatch) -> dict[str, torch.Tensor]:
+def attention_scores(bridge: torch.nn.Module, batch: IOIBatch) -> dict[str, HeadGrid]:
     """Mean attention probabilities, column of PATTERNS -> [layer, head]."""
     n_layers = bridge.cfg.n_layers
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
     out: dict[str, list[torch.Tensor]] = {c: [] for c in PATTERNS}
-    got = capture(bridge, batch.tokens.to(bridge.W_U.device), names, stop_at="ln_final.hook_in")
+    got = read(bridge, batch.tokens.to(bridge.W_U.device), names)
     for name in names:
         for column, (q, keys) in PATTERNS.items():
             probs = sum(pattern_at(got[name], batch.positions(q), batch.positions(k)) for k in keys)
@@ -52,34 +56,29 @@ def attention_scores(bridge: torch.nn.Module, batch: IOIBatch) -> dict[str, torc
     return {c: torch.stack(v) for c, v in out.items()}
 
 
-def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm without weights (compatibility mode folds them into the next matrices)."""
-    x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-
-
 def copy_scores(
-    resid: torch.Tensor,
-    w_v: torch.Tensor,
-    w_o: torch.Tensor,
-    w_u: torch.Tensor,
-    tokens: torch.Tensor,
+    resid: NameResid,
+    w_v: HeadIn,
+    w_o: HeadOut,
+    w_u: Unembed,
+    tokens: NameTokens,
     *,
     k: int = 5,
     eps: float = 1e-5,
     sign: float = 1.0,
-) -> torch.Tensor:
+) -> HeadGrid:
     """[layer, head] share of names whose token is in the top-k logits of sign·OV(name).
 
     resid [names, d_model] the names' residual after block 0; w_v [layer, head, d_model, d_head];
-    w_o [layer, head, d_head, d_model]; w_u [d_model, vocab]; tokens [names] their token ids.
+    w_o [layer, head, d_head, d_model]; w_u [d_model, vocab]; tokens [names] their token ids. The
+    head's LayerNorm and the final one are weightless (:func:`ioi.methods.readout.layer_norm_pre`).
     """
     n_layers, n_heads = w_v.shape[:2]
-    x = _layer_norm(resid, eps)
+    x = layer_norm_pre(resid, eps)
     scores = torch.empty(n_layers, n_heads)
     for layer in range(n_layers):  # all heads of a layer in one unembedding matmul
         ov = torch.einsum("nd,hdk,hkm->hnm", x, w_v[layer], w_o[layer])  # [head, names, d_model]
-        logits = _layer_norm(sign * ov, eps) @ w_u  # [head, names, vocab]
+        logits = layer_norm_pre(sign * ov, eps) @ w_u  # [head, names, vocab]
         top = logits.topk(k, dim=-1).indices
         scores[layer] = (top == tokens[None, :, None].to(top.device)).any(-1).float().mean(-1).cpu()
     return scores
@@ -88,7 +87,7 @@ def copy_scores(
 @torch.no_grad()
 def name_residuals(
     bridge: torch.nn.Module, tokenizer, names: Sequence[str] = NAMES
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[NameResid, NameTokens]:
     """([n, d_model] residual after block 0 of each single-token " Name" run alone, [n] token ids).
 
     A one-token input lets block 0's attention see only the name itself, so the result is the
@@ -99,7 +98,7 @@ def name_residuals(
     if len(tokens) == 0:
         raise ValueError("none of the names is a single token for this tokenizer; pass other names")
     device = bridge.W_U.device
-    got = capture(bridge, tokens[:, None].to(device), [], stop_at="blocks.0.hook_resid_post")
+    got = read(bridge, tokens[:, None].to(device), ["blocks.0.hook_resid_post"])
     return got["blocks.0.hook_resid_post"][:, 0], tokens
 
 
@@ -107,7 +106,9 @@ def name_residuals(
 def model_copy_scores(
     bridge: torch.nn.Module, tokenizer, *, k: int = 5, names: Sequence[str] = NAMES
 ) -> dict[str, torch.Tensor]:
-    """{"copy_score", "negative_copy_score"}: [layer, head] each, on the model's own weights."""
+    """{"copy_score", "negative_copy_score"}: [layer, head] each, on the model's own weights
+    (ValueError naming what does not fit on a model whose LayerNorms are not weightless)."""
+    require_weightless_layer_norm(bridge, "the copy score")
     resid, tokens = name_residuals(bridge, tokenizer, names)
     args = (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens)
     return {
@@ -116,7 +117,7 @@ def model_copy_scores(
     }
 
 
-@register_analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores")
+@register_analysis("attention")
 def attention_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, k: int = 5, copy: bool = True
 ) -> AnalysisResult:

@@ -13,94 +13,25 @@ for every head at once from one clean forward/backward and one ABC forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.hooks import final_resid_name, read
+from ioi.methods.readout import final_logit_diff, require_weightless_layer_norm
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
-
-Hook = tuple[str, Callable]
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted activation is captured."""
+from ioi.task.metrics import logit_diff_direction
+from ioi.task.types import EndResid, HeadGrid, HeadZ, PerPrompt, PromptHeads, PromptLayers, Resid
 
 
-def capture(
-    bridge: torch.nn.Module,
-    tokens: torch.Tensor,
-    names: Sequence[str],
-    *,
-    hooks: Sequence[Hook] = (),
-    stop_at: str | None = None,
-    at: torch.Tensor | None = None,
-    **run_kwargs,
-) -> dict[str, torch.Tensor]:
-    """Activations `names` of one forward pass on `tokens` (extra `hooks` first, e.g. patches).
-
-    With `stop_at`, the pass ends right after that hook fires (skipping the unembedding, the
-    largest matmul of a small model); the activation at `stop_at` is captured too. With `at`
-    ([batch] positions), only x[b, at[b]] of each [batch, pos, ...] activation is kept.
-    `run_kwargs` go to `run_with_hooks` (e.g. start_at_layer, with residual `tokens`).
-    """
-    got: dict[str, torch.Tensor] = {}
-    rows = None if at is None else torch.arange(len(at), device=at.device)
-
-    def keep(name: str) -> Callable:
-        def fn(x: torch.Tensor, hook) -> None:
-            got[name] = x if at is None else x[rows, at]
-            if name == stop_at:
-                raise _Stop
-
-        return fn
-
-    wanted = list(dict.fromkeys([*names, *([stop_at] if stop_at else [])]))
-    try:
-        bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, *[(n, keep(n)) for n in wanted]], **run_kwargs)
-    except _Stop:
-        pass
-    return got
-
-
-def final_resid_at_end(
-    bridge: torch.nn.Module,
-    batch: IOIBatch,
-    hooks: Sequence[Hook] = (),
-    inputs: torch.Tensor | None = None,
-    start_at_layer: int | None = None,
-) -> torch.Tensor:
-    """[rows, d_model] residual entering the final LayerNorm at END.
-
-    `inputs` (default the batch's tokens) may stack copies of the batch (rows = a multiple of
-    len(batch)); with `start_at_layer` they are the residual [rows, pos, d_model] entering that block.
-    """
-    inputs = batch.tokens if inputs is None else inputs
-    device = bridge.W_U.device
-    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
-    got = capture(bridge, inputs.to(device), [], hooks=hooks, stop_at="ln_final.hook_in", **kwargs)
-    ends = batch.end.to(device).repeat(len(inputs) // len(batch))
-    return got["ln_final.hook_in"][torch.arange(len(inputs), device=device), ends]
-
-
-def ld_direction(bridge: torch.nn.Module, batch: IOIBatch) -> torch.Tensor:
-    """[batch, d_model] W_U[:, IO] − W_U[:, S] per prompt."""
-    w_u = bridge.W_U
-    return (w_u[:, batch.io_tok.to(w_u.device)] - w_u[:, batch.s_tok.to(w_u.device)]).T
-
-
-def logit_diff_from_resid(bridge: torch.nn.Module, resid: torch.Tensor, batch: IOIBatch) -> torch.Tensor:
-    """[rows] logit difference from the final residual at END [rows, d_model] (rows a multiple of
-    the batch), applying the final LayerNorm (folded in compatibility mode) and the unembedding."""
-    reps = len(resid) // len(batch)
-    x = resid - resid.mean(-1, keepdim=True)
-    x = x / (x.pow(2).mean(-1, keepdim=True) + bridge.cfg.eps).sqrt()
-    b_u = bridge.b_U
-    bias = b_u[batch.io_tok.to(b_u.device)] - b_u[batch.s_tok.to(b_u.device)]
-    return (x * ld_direction(bridge, batch).repeat(reps, 1)).sum(-1) + bias.repeat(reps)
+def final_resid_at_end(bridge: torch.nn.Module, batch: IOIBatch) -> EndResid:
+    """[batch, d_model] residual entering the final LayerNorm at END."""
+    device, final = bridge.W_U.device, final_resid_name(bridge.cfg.n_layers)
+    return read(bridge, batch.tokens.to(device), [final], at=batch.end.to(device))[final]
 
 
 @dataclass(frozen=True)
@@ -112,16 +43,16 @@ class DirectLogitAttribution:
     logit_diff exactly (see `total`).
     """
 
-    heads: torch.Tensor
-    attn_bias: torch.Tensor
-    mlp: torch.Tensor
-    embed: torch.Tensor
-    pos_embed: torch.Tensor
-    centering: torch.Tensor
-    unembed_bias: torch.Tensor
-    logit_diff: torch.Tensor
+    heads: PromptHeads
+    attn_bias: PromptLayers
+    mlp: PromptLayers
+    embed: PerPrompt
+    pos_embed: PerPrompt
+    centering: PerPrompt
+    unembed_bias: PerPrompt
+    logit_diff: PerPrompt
 
-    def total(self) -> torch.Tensor:
+    def total(self) -> PerPrompt:
         """[batch] sum of every part (equals logit_diff up to float rounding)."""
         return (
             self.heads.sum((1, 2))
@@ -148,31 +79,36 @@ class DirectLogitAttribution:
 
 @torch.no_grad()
 def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> DirectLogitAttribution:
-    """DLA of every head, attention bias, MLP, embedding and bias on the IO − S direction at END."""
+    """DLA of every head, attention bias, MLP, embedding and bias on the IO − S direction at END.
+
+    Exact on models whose final LayerNorm is weightless after folding (ValueError naming what does
+    not fit otherwise, e.g. RMSNorm, where there is no centring term)."""
+    require_weightless_layer_norm(bridge, "direct logit attribution")
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_in"]
+    names = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_in"]
+    names += ["hook_pos_embed"] if bridge.cfg.positional_embedding_type == "standard" else []
     names += [f"blocks.{layer}.attn.hook_result" for layer in range(n_layers)]
     names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
     # keeping END only bounds memory: hook_result is [batch, pos, head, d_model] per layer
-    at_end = capture(bridge, batch.tokens.to(device), names, at=batch.end.to(device))
+    at_end = read(bridge, batch.tokens.to(device), names, at=batch.end.to(device))
     scale = at_end["ln_final.hook_scale"]  # [batch, 1]
-    d = ld_direction(bridge, batch)  # [batch, d_model]
+    d, unembed_bias = logit_diff_direction(bridge.W_U, bridge.b_U, batch)  # [batch, d_model], [batch]
     dla = lambda x: (x / scale * d).sum(-1)  # [batch, d_model] -> [batch]  # noqa: E731
     resid = at_end["ln_final.hook_in"]
     heads = torch.stack([
         (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
         for layer in range(n_layers)
     ], 1)  # fmt: skip
-    b_u = bridge.b_U
+    pos_embed = at_end.get("hook_pos_embed")  # rotary models add no position vector to the residual
     return DirectLogitAttribution(
         heads=heads,
         attn_bias=torch.stack([dla(bridge.b_O[layer].expand_as(resid)) for layer in range(n_layers)], 1),
         mlp=torch.stack([dla(at_end[f"blocks.{layer}.hook_mlp_out"]) for layer in range(n_layers)], 1),
         embed=dla(at_end["hook_embed"]),
-        pos_embed=dla(at_end["hook_pos_embed"]),
+        pos_embed=dla(pos_embed) if pos_embed is not None else torch.zeros_like(unembed_bias),
         centering=dla(-resid.mean(-1, keepdim=True).expand_as(resid)),
-        unembed_bias=b_u[batch.io_tok.to(device)] - b_u[batch.s_tok.to(device)],
-        logit_diff=logit_diff_from_resid(bridge, resid, batch),
+        unembed_bias=unembed_bias,
+        logit_diff=final_logit_diff(bridge, resid, batch),
     )
 
 
@@ -197,14 +133,12 @@ class AttributionPatching:
     agreement: Pearson and Spearman correlation of `activation` with an exact result, if given.
     """
 
-    activation: torch.Tensor
-    path: torch.Tensor
+    activation: HeadGrid
+    path: HeadGrid
     agreement: dict[str, float] | None = None
 
 
-def z_grads(
-    bridge: torch.nn.Module, batch: IOIBatch
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def z_grads(bridge: torch.nn.Module, batch: IOIBatch) -> tuple[list[HeadZ], list[HeadZ], Resid]:
     """Clean hook_z per layer [batch, pos, head, d_head], ∂F/∂z of each, and ∂F/∂resid_final
     [batch, pos, d_model], from one forward and one backward pass (F = mean logit diff)."""
     n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
@@ -220,10 +154,11 @@ def z_grads(
 
     hooks = [(f"blocks.{layer}.attn.hook_z", add_zero_leaf) for layer in range(n_layers)]
     with torch.enable_grad():
-        got = capture(bridge, batch.tokens.to(device), [], hooks=hooks, stop_at="ln_final.hook_in")
-        resid = got["ln_final.hook_in"]  # downstream of the leaves: grad w.r.t. it needs no leaf
+        final = final_resid_name(n_layers)
+        resid = read(bridge, batch.tokens.to(device), [final], hooks=hooks)[final]
+        # resid is downstream of the leaves: its grad needs no leaf of its own
         rows = torch.arange(len(batch), device=device)
-        f = logit_diff_from_resid(bridge, resid[rows, batch.end.to(device)], batch).mean()
+        f = final_logit_diff(bridge, resid[rows, batch.end.to(device)], batch).mean()
         *g_z, g_resid = torch.autograd.grad(f, [*deltas, resid])
     return z_clean, g_z, g_resid
 
@@ -231,10 +166,10 @@ def z_grads(
 def attribution_patching(
     bridge: torch.nn.Module,
     clean: IOIBatch,
-    abc_z: Sequence[torch.Tensor],
+    abc_z: Sequence[HeadZ],
     positions: str = "all",
     *,
-    exact: torch.Tensor | None = None,
+    exact: HeadGrid | None = None,
     chunk: int = 64,
 ) -> AttributionPatching:
     """Estimates from the corrupted per-layer hook_z `abc_z` ([batch, pos, head, d_head] each).
@@ -270,10 +205,10 @@ def attribution_patching(
 
 
 @torch.no_grad()
-def head_z(bridge: torch.nn.Module, batch: IOIBatch) -> list[torch.Tensor]:
+def head_z(bridge: torch.nn.Module, batch: IOIBatch) -> list[HeadZ]:
     """hook_z of every layer on `batch`, [batch, pos, head, d_head] each."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(bridge.cfg.n_layers)]
-    got = capture(bridge, batch.tokens.to(bridge.W_U.device), names, stop_at="ln_final.hook_in")
+    got = read(bridge, batch.tokens.to(bridge.W_U.device), names)
     return [got[n] for n in names]
 
 
@@ -287,9 +222,7 @@ def correlations(approx: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def direct_path_effects(
-    bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[torch.Tensor]
-) -> torch.Tensor:
+def direct_path_effects(bridge: torch.nn.Module, clean: IOIBatch, abc_z: Sequence[HeadZ]) -> HeadGrid:
     """[layer, head] exact effect on F of patching only each head's direct path to the final
     residual at END (clean ← `abc_z`), re-applying the final LayerNorm: the reference for
     `AttributionPatching.path`."""
@@ -297,12 +230,11 @@ def direct_path_effects(
     rows, ends = torch.arange(len(clean), device=device), clean.end.to(device)
     z_clean = head_z(bridge, clean)
     resid = final_resid_at_end(bridge, clean)
-    f_clean = logit_diff_from_resid(bridge, resid, clean).mean()
+    f_clean = final_logit_diff(bridge, resid, clean).mean()
     effects = []
     for layer, (zc, za) in enumerate(zip(z_clean, abc_z, strict=True)):
         d_result = torch.einsum("bhk,hkm->hbm", za.to(device)[rows, ends] - zc[rows, ends], bridge.W_O[layer])
-        patched = (resid[None] + d_result).flatten(0, 1)  # [head * batch, d_model]
-        f = logit_diff_from_resid(bridge, patched, clean).view(len(d_result), len(clean)).mean(1)
+        f = final_logit_diff(bridge, resid[None] + d_result, clean).mean(1)  # [head]
         effects.append(f - f_clean)
     return torch.stack(effects)
 
@@ -310,7 +242,7 @@ def direct_path_effects(
 # ---------------------------------------------------------------- registry entries
 
 
-@register_analysis("dla", "Direct logit attribution of each head on logit(IO) − logit(S) at END")
+@register_analysis("dla")
 def dla_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, **options
 ) -> AnalysisResult:
@@ -329,7 +261,7 @@ def dla_analysis(
     )
 
 
-@register_analysis("eap", "Attribution patching: gradient estimate of per-head patching clean ← ABC")
+@register_analysis("eap")
 def eap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
+from ioi.methods.hooks import read_activations
 from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
 
 # --- Finding the circuit of any model -------------------------------------------------------------
@@ -21,7 +22,7 @@ from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
 
 ATTENTION_PATTERNS: dict[str, tuple[str, str]] = {
     "end_to_io": ("end", "io"),
-    "end_to_s": ("end", "s2"),
+    "end_to_s2": ("end", "s2"),  # S2 alone; END→S (end_to_s) is S1+S2 in ioi.methods.attention
     "s2_to_s1": ("s2", "s1"),
     "s2_to_s1p1": ("s2", "s1+1"),
     "s1p1_to_s1": ("s1+1", "s1"),
@@ -52,10 +53,7 @@ class ClassifyThresholds:
 def attention_at(model, batch) -> dict[str, Tensor]:
     """Mean attention probability for each ATTENTION_PATTERNS column: [layer, head] each."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(
-            batch.tokens.to(model.device), names_filter=lambda n: n in names
-        )
+    cache = read_activations(model, batch, names)
     rows = torch.arange(len(batch))
     out = {}
     for column, (query, key) in ATTENTION_PATTERNS.items():
@@ -102,7 +100,7 @@ def classify_heads(
     pp = lambda receivers: path_patch(model, clean, abc, receivers, freeze_mlp=freeze_mlp, acts=acts)  # noqa: E731
     to_logits = pp(LOGITS)
     scores["path_logits"] = to_logits
-    attends_io = attn["end_to_io"] > attn["end_to_s"]
+    attends_io = attn["end_to_io"] > attn["end_to_s2"]
     nm = heads_where((to_logits <= -t.name_mover) & attends_io, to_logits)
     neg = heads_where((to_logits >= t.name_mover) & attends_io, to_logits)
     direct = dla if dla is not None else -to_logits
@@ -167,7 +165,7 @@ def analysis_circuit(model, clean, abc, circuit: Circuit | dict | None = None) -
     return classify_heads(model, clean, abc)
 
 
-@register_analysis("classify", "IOI head classes of any model from path patching and attention")
+@register_analysis("classify")
 def classify_analysis(model, clean, abc, *, other=None, freeze_mlp: bool = False, **thresholds: float):
     """Heads rows: value = path effect to the logits, `class` (empty when none), every score grid.
     Summary `classes` = Circuit.to_json()["classes"]. Options: freeze_mlp, any ClassifyThresholds field."""

@@ -21,14 +21,14 @@ from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Patch,
-    end_logit_diff,
     hook_name,
     position_mask,
     read_activations,
     run_patched,
 )
+from ioi.methods.readout import end_logit_diff
 from ioi.models.load import LoadedModel
-from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head
+from ioi.task.circuit import GPT2_SMALL_CIRCUIT, Circuit, Head, parse_heads
 from ioi.task.data import IOIBatch
 
 MODES = {"output": "z", "pattern": "pattern"}
@@ -90,8 +90,8 @@ def cmap(
         for h in range(receiver.n_heads)
     ]
     patched = run_patched(receiver, batch, variants, resid_pre=resid_pre, max_rows=max_rows)
-    f_receiver = end_logit_diff(receiver, own[final], batch)
-    f_source = end_logit_diff(source, src[final], batch)
+    f_receiver = end_logit_diff(receiver.bridge, own[final], batch)
+    f_source = end_logit_diff(source.bridge, src[final], batch)
     delta = (patched - f_receiver).view(n_layers, receiver.n_heads, len(batch))
     return CMAPResult(delta, f_receiver, f_source)
 
@@ -138,14 +138,11 @@ def summarize(
 
 def class_effects(result: CMAPResult, circuit: Circuit) -> tuple[list[str], torch.Tensor]:
     """Class names and [class, batch] sums of the class's single-head effects (not a joint patch)."""
-    n_layers, n_heads = result.delta.shape[:2]
+    parse_heads(circuit.heads, *result.delta.shape[:2])  # ValueError naming heads the model lacks
     names, rows = [], []
     for name, heads in circuit.classes.items():
-        inside = [h for h in heads if h.layer < n_layers and h.head < n_heads]
-        if len(inside) != len(heads):
-            raise ValueError(f"circuit {circuit.name!r} has heads outside this {n_layers}×{n_heads} model")
         names.append(name)
-        rows.append(sum((result.delta[h.layer, h.head] for h in inside), torch.zeros_like(result.f_receiver)))
+        rows.append(sum((result.delta[h.layer, h.head] for h in heads), torch.zeros_like(result.f_receiver)))
     return names, torch.stack(rows) if rows else torch.zeros(0, result.delta.shape[-1])
 
 
@@ -188,9 +185,7 @@ def _tables(
     return heads, classes.rename(columns={"share": "share_of_gap"})
 
 
-@register_analysis(
-    "cmap", "Cross-model activation patching: each head of one model from the other", needs_other=True
-)
+@register_analysis("cmap")
 def cmap_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -26,20 +26,13 @@ import torch
 from torch import Tensor
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.methods.patching import (
-    DEFAULT_MAX_ROWS,
-    Activations,
-    Patch,
-    all_heads,
-    final_logit_diff,
-    head_grid,
-    position_mask,
-    prepare,
-    run_patched,
-)
+from ioi.methods.hooks import Patch, all_heads, hook_name, position_mask, read
+from ioi.methods.patching import DEFAULT_MAX_ROWS, Activations, head_grid, patch_hooks, prepare, run_patched
+from ioi.methods.readout import fast_path_obstacles, final_logit_diff
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import Head, parse_heads
 from ioi.task.data import IOIBatch
+from ioi.task.types import HeadGrid, PerHead, PosMask, SenderDelta
 
 RECEIVER_SITES = ("q_input", "k_input", "v_input")
 
@@ -75,8 +68,8 @@ LOGITS = Receivers()
 
 
 def sender_deltas(
-    model: LoadedModel, acts: Activations, senders: Sequence[tuple[int, int]], rows: Tensor
-) -> Tensor:
+    model: LoadedModel, acts: Activations, senders: Sequence[tuple[int, int]], rows: PosMask
+) -> SenderDelta:
     """[senders, n_rows, d_model] change of each sender's output, (z_abc − z_clean)·W_O, at `rows`
     ([batch, pos] bool)."""
     w_o = model.bridge.W_O  # [layer, head, d_head, d_model]; the bridge rebuilds it on each access
@@ -92,12 +85,12 @@ def propagate(
     model: LoadedModel,
     acts: Activations,
     senders: Sequence[tuple[int, int]],
-    delta: Tensor,
-    rows: Tensor,
+    delta: SenderDelta,
+    rows: PosMask,
     to_layers: Sequence[int],
     *,
     freeze_mlp: bool = False,
-) -> dict[int, Tensor]:
+) -> dict[int, SenderDelta]:
     """Patched residuals {layer: [senders, n_rows, d_model]} before each block in `to_layers`
     (n_layers = the final residual), with every head frozen to clean except the senders, whose
     output changed by `delta` [senders, n_rows, d_model] at `rows` ([batch, pos] bool).
@@ -133,27 +126,71 @@ def path_patch(
     normalize: bool = True,
     acts: Activations | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
-) -> Tensor:
+    fast: bool | None = None,
+) -> HeadGrid:
     """[layer, head] path-patching effect of each sender head on the logit difference via `receivers`.
 
     senders: heads to try (default every head; others NaN); sender_position: patch the sender only
     at that position (default every position); freeze_mlp: MLPs keep their clean outputs too.
     Value: normalised effect (F_patched − F_clean)/(F_clean − F_abc), or with normalize=False the
-    raw change F_patched − F_clean.
+    raw change F_patched − F_clean. fast: None propagates without forward passes where GPT-2's block
+    describes the model (:func:`ioi.methods.readout.fast_path_obstacles`) and runs hooked forward
+    passes elsewhere; False always runs them; True requires the fast path (ValueError otherwise).
     """
     acts = acts or prepare(model, clean, abc)
     senders = list(senders) if senders is not None else all_heads(model)
+    obstacles = fast_path_obstacles(model.bridge) if fast is not False else ["not asked for"]
+    if fast and obstacles:
+        raise ValueError(f"fast path patching assumes GPT-2's block; this model has {', '.join(obstacles)}")
     at_position = position_mask(clean, receivers.position if not receivers.is_logits else "end")
-    delta = sender_deltas(model, acts, senders, at_position)
-    if sender_position is not None:  # a sender patched elsewhere changes nothing at this position
-        delta = delta * position_mask(clean, sender_position)[at_position][None, :, None]
-    if receivers.is_logits:
-        final = propagate(model, acts, senders, delta, at_position, [model.n_layers], freeze_mlp=freeze_mlp)
-        f = final_logit_diff(model, final[model.n_layers], clean).mean(1)
+    if obstacles:
+        args = (sender_position, at_position, receivers, freeze_mlp, max_rows)
+        f = _hooked(model, clean, acts, senders, *args)
     else:
-        f = _through_heads(model, clean, acts, senders, delta, at_position, receivers, freeze_mlp, max_rows)
+        delta = sender_deltas(model, acts, senders, at_position)
+        if sender_position is not None:  # a sender patched elsewhere changes nothing at this position
+            delta = delta * position_mask(clean, sender_position)[at_position][None, :, None]
+        layers = [model.n_layers] if receivers.is_logits else sorted({h.layer for h in receivers.heads})
+        patched = propagate(model, acts, senders, delta, at_position, layers, freeze_mlp=freeze_mlp)
+        if receivers.is_logits:
+            f = final_logit_diff(model.bridge, patched[model.n_layers], clean).mean(1)
+        else:
+            f = _through_heads(model, clean, acts, senders, patched, at_position, receivers, max_rows)
     values = acts.normalize(f) if normalize else f - acts.f_clean
     return head_grid(model, values.cpu(), senders)
+
+
+def _hooked(
+    model: LoadedModel,
+    clean: IOIBatch,
+    acts: Activations,
+    senders: Sequence[tuple[int, int]],
+    sender_position: str | None,
+    rows: PosMask,
+    receivers: Receivers,
+    freeze_mlp: bool,
+    max_rows: int,
+) -> PerHead:
+    """[senders] mean logit differences by the method as written: forward passes with every head
+    frozen to clean but the sender (stacked, `max_rows` sequences a pass), for any architecture."""
+    where = position_mask(clean, sender_position)
+    variants = [[Patch(layer, head, acts.z_abc[layer, :, :, head], where)] for layer, head in senders]
+    frozen = {"freeze_z": acts.z_clean, "freeze_mlp": acts.mlp_out if freeze_mlp else None}
+    if receivers.is_logits:
+        ld = run_patched(model, clean, variants, resid_pre=acts.resid_pre, max_rows=max_rows, **frozen)
+        return ld.mean(1)
+    layers = sorted({h.layer for h in receivers.heads})
+    names = [hook_name(layer, receivers.site) for layer in layers]
+    per_chunk = max(1, max_rows // len(clean))
+    inputs: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for i in range(0, len(variants), per_chunk):
+        chunk = variants[i : i + per_chunk]
+        hooks = patch_hooks(chunk, model.n_layers, **frozen)
+        got = read(model.bridge, clean.tokens.to(model.device).repeat(len(chunk), 1), names, hooks=hooks)
+        for layer, name in zip(layers, names, strict=True):  # [copies·batch, pos, head, d_model]
+            inputs[layer].append(got[name].unflatten(0, (len(chunk), len(clean)))[:, rows.to(model.device)])
+    patched = {layer: torch.cat(v) for layer, v in inputs.items()}  # [senders, n_rows, head, d_model]
+    return _through_heads(model, clean, acts, senders, patched, rows, receivers, max_rows)
 
 
 def _through_heads(
@@ -161,22 +198,24 @@ def _through_heads(
     clean: IOIBatch,
     acts: Activations,
     senders: Sequence[tuple[int, int]],
-    delta: Tensor,
-    rows: Tensor,
+    patched: dict[int, Tensor],
+    rows: PosMask,
     receivers: Receivers,
-    freeze_mlp: bool,
     max_rows: int,
-) -> Tensor:
-    """[senders] mean logit difference of the clean run with only the receivers' inputs patched."""
-    layers = sorted({h.layer for h in receivers.heads})
-    patched = propagate(model, acts, senders, delta, rows, layers, freeze_mlp=freeze_mlp)
+) -> PerHead:
+    """[senders] mean logit difference of the clean run with only the receivers' inputs patched.
+
+    patched[layer]: the receivers' inputs in the patched run at `rows`, [senders, n_rows, d_model]
+    (one residual for every head) or [senders, n_rows, head, d_model] (read per head)."""
     variants: list[list[Patch]] = []
     reached = []
     for i, (layer, _) in enumerate(senders):
         heads = [h for h in receivers.heads if h.layer > layer]
         reached.append(bool(heads))
-        variants.append([Patch(h.layer, h.head, patched[h.layer][i], rows, receivers.site) for h in heads])
-    f = torch.full((len(senders),), acts.f_clean, device=delta.device)
+        values = [patched[h.layer][i] for h in heads]
+        values = [v if v.dim() == 2 else v[:, h.head] for v, h in zip(values, heads, strict=True)]
+        variants.append([Patch(h.layer, h.head, v, rows, receivers.site) for h, v in zip(heads, values)])
+    f = torch.full((len(senders),), acts.f_clean, device=model.device)
     idx = [i for i, r in enumerate(reached) if r]
     if idx:
         ld = run_patched(
@@ -198,7 +237,7 @@ def parse_receivers(
     return Receivers(parse_heads(heads), site, position or "end")
 
 
-@register_analysis("path-patch", "path patching per sender head, to the logits or to receiver heads' q/k/v")
+@register_analysis("path-patch")
 def path_patch_analysis(
     model: LoadedModel,
     clean: IOIBatch,

@@ -6,11 +6,18 @@ Model names:
 - ``random:gpt2``: GPT-2 small's architecture with seeded random weights and the real GPT-2
   tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
 - ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
+- ``random:pythia``: a 2-layer random GPT-NeoX (Pythia's architecture: rotary embeddings, attention
+  and MLP in parallel) with the same tokenizer, for testing that the methods leave GPT-2's fast
+  paths on other architectures;
 - ``gpt2`` or any HuggingFace causal LM name TransformerLens supports (hub, HF cache or offline);
 - a directory: a local HF copy of a model or a checkpoint written by :mod:`ioi.models.train`.
 
 Every model is an HF module first (fine-tuning trains its raw weights) and is wrapped in a
 ``TransformerBridge`` in compatibility mode for analysis (HookedTransformer numerics and hook names).
+
+No code from a model directory ever runs (``trust_remote_code=False``; a config with an ``auto_map``
+is refused), and a checkpoint's files are verified against the sha256 sums in its manifest before
+its weights are used.
 """
 
 from __future__ import annotations
@@ -21,13 +28,21 @@ import os
 # retrying for minutes. Users with the hub can set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as hf_logging
 
 from ioi.task.defaults import ASSETS, DEFAULT_MODEL
@@ -39,11 +54,20 @@ BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
+    "random:pythia": dict(
+        num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=256,
+        max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True,
+        bos_token_id=50256, eos_token_id=50256,
+    ),  # fmt: skip
 }
 
 
 class ModelUnavailableError(RuntimeError):
     """A model's weights or tokenizer cannot be had here; the message says how to get them."""
+
+
+class CorruptCheckpoint(ModelUnavailableError):
+    """A checkpoint whose files are missing or do not match the checksums in its manifest."""
 
 
 @dataclass
@@ -94,8 +118,10 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def _random_model(name: str, seed: int) -> GPT2LMHeadModel:
+def _random_model(name: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
+    if name == "random:pythia":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50257, **_RANDOM_CONFIGS[name]))
     return GPT2LMHeadModel(GPT2Config(vocab_size=50257, **_RANDOM_CONFIGS[name]))
 
 
@@ -104,7 +130,7 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     an empty tokenizer silently when the files are missing)."""
     if not (directory / "tokenizer.json").exists():
         raise ModelUnavailableError(f"{directory} has no tokenizer.json")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=True, trust_remote_code=False)
     if len(tok) < 10 or tok.bos_token_id is None:
         raise ModelUnavailableError(f"the tokenizer in {directory} is empty or has no BOS token")
     return tok
@@ -118,24 +144,54 @@ def load_hf(
         return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"
     path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelUnavailableError(f"{path} is not a model directory (no config.json)")
-        tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-        return model, tok, f"local directory {path}"
+        return (*_load_directory(path), f"local directory {path}")
     if name in BUNDLED:
         raise ModelUnavailableError(
             f"the bundled {name} model is missing; rebuild it with `python -m ioi {BUNDLED[name]}`"
         )
+    # a path (not a hub name such as "gpt2" or "org/model"): say it is not there
+    looks_local = name.startswith(("/", ".", "~")) or (str(path.parent) != "." and path.parent.is_dir())
+    if path.exists() or looks_local:
+        raise ModelUnavailableError(f"cannot load {name}: it does not exist or is not a directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(name)
-        tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True)
-    except OSError as err:
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False)
+        tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
         raise ModelUnavailableError(
             f"cannot load {name!r} ({type(err).__name__}): download it once with internet access "
             f"(HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model /path/to/a/local/copy"
         ) from err
     return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
+
+
+def _load_directory(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """The model and tokenizer of a local directory, refusing anything that would run its code
+    and verifying a checkpoint's files first."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelUnavailableError(f"{path} is not a model directory (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(f"{path}/config.json is unreadable ({err})") from None
+    if not isinstance(config, dict):
+        raise ModelUnavailableError(f"{path}/config.json is not a model configuration")
+    if "auto_map" in config:
+        raise ModelUnavailableError(
+            f"{path} asks to run its own Python code (auto_map in config.json); ioi never runs code "
+            "from a model directory: use a model whose architecture transformers ships"
+        )
+    problem = verify_checkpoint(path)
+    if problem:
+        raise CorruptCheckpoint(problem)
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise ModelUnavailableError(f"{path} has no weights (model.safetensors)")
+    tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else gpt2_tokenizer()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as err:  # transformers and safetensors raise many kinds for a damaged file
+        why = f"{type(err).__name__}: {err}"
+        raise ModelUnavailableError(f"the weights in {path} cannot be loaded ({why})") from None
+    return model, tok
 
 
 def wrap(hf_model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, device: str) -> torch.nn.Module:
@@ -170,6 +226,48 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, seed: in
 
 
 def read_manifest(directory: str | Path) -> dict | None:
-    """The JSON manifest of a checkpoint directory, or None for a plain model directory."""
+    """The JSON manifest of a checkpoint directory, or None for a plain model directory;
+    CorruptCheckpoint if it is unreadable."""
     path = Path(directory) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{path} is unreadable ({err})") from None
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpoint(f"{path} is not a checkpoint manifest")
+    return manifest
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+PRUNABLE = ("optimizer.safetensors",)
+"""Checkpoint files that may be deleted after writing (only the latest checkpoint keeps them)."""
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """None if every file a checkpoint's manifest lists is there and matches its sha256 (or the
+    directory is not a checkpoint, or predates checksums); else what is wrong, in words."""
+    folder = Path(directory)
+    try:
+        manifest = read_manifest(folder)
+    except CorruptCheckpoint as err:
+        return str(err)
+    if manifest is None or "files" not in manifest:
+        return None
+    for name, digest in manifest["files"].items():
+        f = folder / name
+        if not f.is_file():
+            if name in PRUNABLE:
+                continue
+            return f"{f} is missing (the checkpoint's manifest lists it)"
+        if file_sha256(f) != digest:
+            return f"{f} does not match its sha256 in manifest.json (damaged)"
+    return None

@@ -4,13 +4,22 @@ Loss is the cross-entropy of the label token at END only. Training runs on the r
 analysis bridge keeps its own processed copy of the weights). Every source of randomness — the
 epoch's shuffle and dropout — is derived from (seed, epoch, step), so a run resumed from a
 checkpoint (weights + AdamW state) ends bit-identical on CPU to an uninterrupted one.
+
+A checkpoint is written into ``epoch-NNN.tmp/`` (every file fsync'd, its sha256 in the manifest),
+then renamed to ``epoch-NNN/``; a directory it replaces is first renamed to ``epoch-NNN.old.tmp``.
+So a kill at any point leaves either a complete ``epoch-NNN/`` or only ``*.tmp`` leftovers, which
+the next run deletes; only complete, verified ``epoch-NNN/`` directories are resumed from.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
-from ioi.models.load import DEFAULT_MODEL, load_hf, read_manifest
+from ioi.models.checks import TrainingError, check_bounds
+from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, corrupt
 from ioi.task.data import IOIBatch, make_dataset, tokenize
 from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
@@ -30,27 +40,8 @@ Progress = Callable[[int, int, int, int, float], None]
 """progress(epoch, epochs, step, steps_per_epoch, loss), called after every optimizer step."""
 
 
-class TrainingError(ValueError):
-    """A fine-tuning request that cannot run as asked; the message says why."""
-
-
 class Cancelled(Exception):
     """Raised inside `finetune` when `should_stop()` turns true; finished checkpoints are kept."""
-
-
-def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
-    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
-    for an epoch outside 1..epochs."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
-    except ValueError:
-        raise TrainingError(
-            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
-        ) from None
-    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
-    if bad:
-        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
-    return values
 
 
 @dataclass(frozen=True)
@@ -84,6 +75,7 @@ class TrainConfig:
             raise TrainingError(f"checkpoint epochs {bad} are outside 1..{self.epochs}")
         if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
             raise TrainingError("lr and batch size must be positive and weight decay non-negative")
+        check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size)
 
     @property
     def save_epochs(self) -> list[int]:
@@ -143,14 +135,51 @@ def checkpoint_dir(out_dir: Path, epoch: int) -> Path:
     return out_dir / f"epoch-{epoch:03d}"
 
 
+_CHECKPOINT = re.compile(r"epoch-(\d{3,})")
+
+
+def checkpoints(out_dir: Path) -> dict[int, Path]:
+    """Epoch -> directory of every finished `epoch-NNN/` under `out_dir` (one with a manifest;
+    unverified), ignoring `*.tmp` leftovers of a killed write."""
+    found = {}
+    for p in Path(out_dir).glob("epoch-*"):
+        m = _CHECKPOINT.fullmatch(p.name)
+        if m and (p / "manifest.json").is_file():
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
 def latest_checkpoint(out_dir: Path) -> tuple[int, Path] | None:
-    """The highest complete epoch checkpoint under `out_dir` (one with a manifest), if any."""
-    done = [
-        (int(p.name.split("-")[1]), p)
-        for p in out_dir.glob("epoch-*")
-        if (p / "manifest.json").exists() and (p / "optimizer.safetensors").exists()
-    ]
-    return max(done) if done else None
+    """The highest checkpoint under `out_dir` that can be resumed from: complete, with its
+    optimizer state, and every file matching its manifest's checksum. Damaged ones are skipped
+    with a warning (training re-creates them)."""
+    for epoch, p in reversed(checkpoints(out_dir).items()):
+        if not (p / "optimizer.safetensors").is_file():
+            continue
+        problem = verify_checkpoint(p)
+        if problem is None:
+            return epoch, p
+        warnings.warn(f"not resuming from {p}: {problem}", stacklevel=2)
+    return None
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Delete the `*.tmp` files and directories a killed checkpoint write left; returns them."""
+    stale = sorted(Path(out_dir).glob("*.tmp"))
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_checkpoint(
@@ -158,11 +187,37 @@ def _write_checkpoint(
 ) -> Path:
     final = checkpoint_dir(out, epoch)
     tmp = final.with_name(final.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    _save_optimizer(opt, tmp / "optimizer.safetensors")
-    manifest = {
+    old = final.with_name(final.name + ".old.tmp")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _save_optimizer(opt, tmp / "optimizer.safetensors")
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        for f in files:
+            f.chmod(0o644)  # safetensors writes 0600; a cache shared between users needs 0644
+        manifest = _manifest(cfg, epoch, metrics) | {"files": {f.name: file_sha256(f) for f in files}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        if final.exists():  # a directory from a killed or pruned run: set aside in one rename
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+        tmp.rename(final)  # the manifest appears atomically with the whole directory
+        _fsync(out)
+    except BaseException:  # a full disk or a cancel: leave no half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # a kill here leaves only a *.tmp, deleted on resume
+    return final
+
+
+def _manifest(cfg: TrainConfig, epoch: int, metrics: dict) -> dict:
+    return {
         "format": "ioi-checkpoint/1",
         "ioi_version": __version__,
         "base_model": read_manifest(cfg.init_from)["base_model"] if cfg.init_from else cfg.model,
@@ -175,13 +230,6 @@ def _write_checkpoint(
         "metrics": metrics,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if final.exists():  # a stale directory from a killed run
-        import shutil
-
-        shutil.rmtree(final)
-    tmp.rename(final)  # the manifest appears atomically with the whole directory
-    return final
 
 
 def finetune(
@@ -200,6 +248,7 @@ def finetune(
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     start = latest_checkpoint(out)
     source = str(start[1]) if start else (cfg.init_from or cfg.model)
     model, tokenizer, _ = load_hf(source, seed=cfg.seed)

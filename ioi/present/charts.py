@@ -24,6 +24,17 @@ CLASS_COLORS: dict[str, str] = {
     "duplicate token": "#8c564b",
     "previous token": "#ff7f0e",
 }
+# One colour per lineage on every chart (fixed, so adding a run never recolours the others); a
+# reversal is a darker shade of the toxic run it reverses.
+LINEAGE_COLORS: dict[str, str] = {
+    "clean": "#1f77b4",
+    "name moving": "#ff7f0e",
+    "reversal of name moving": "#a63603",
+    "subject duplication": "#d62728",
+    "reversal of subject duplication": "#67000d",
+    "duplication": "#9467bd",
+    "reversal of duplication": "#3f007d",
+}
 # How the IOI classes feed each other (sender -> receiver, with the input they write into).
 CIRCUIT_EDGES: tuple[tuple[str, str, str], ...] = (
     ("previous token", "induction", "K at S1+1"),
@@ -36,6 +47,29 @@ CIRCUIT_EDGES: tuple[tuple[str, str, str], ...] = (
     ("backup name mover", "logits", "output at END"),
     ("negative name mover", "logits", "output at END (against IO)"),
 )
+
+
+def lineage(scenario: str, parent_scenario: str | None = None) -> str:
+    """A run's lineage in words, the key of `LINEAGE_COLORS`: "clean", "subject duplication",
+    "reversal of subject duplication" (a reversal names the toxic scenario it starts from)."""
+    words = scenario.replace("_", " ")
+    if scenario == "reversal":
+        return f"reversal of {parent_scenario.replace('_', ' ')}" if parent_scenario else "reversal"
+    return words
+
+
+def lineage_color(field: str, title: str = "run", domain: list[str] | None = None) -> alt.Color:
+    """A colour encoding of `field` (lineage names) with the fixed `LINEAGE_COLORS`, listing the
+    lineages of `domain` (default all) in their fixed order; other values get grey."""
+    shown = domain if domain is not None else list(LINEAGE_COLORS)
+    names = [n for n in LINEAGE_COLORS if n in shown] + [d for d in shown if d not in LINEAGE_COLORS]
+    colors = [LINEAGE_COLORS.get(n, "#7f7f7f") for n in names]
+    return alt.Color(
+        f"{field}:N",
+        title=title,
+        scale=alt.Scale(domain=names, range=colors),
+        legend=alt.Legend(labelLimit=320),
+    )
 
 
 def head_labels(frame: pd.DataFrame) -> pd.Series:
@@ -57,10 +91,20 @@ def with_classes(frame: pd.DataFrame, circuit: Circuit | None) -> pd.DataFrame:
     return out
 
 
-def _diverging(field: str, title: str, frame: pd.DataFrame) -> alt.Color:
+def _title(text: str) -> alt.TitleParams:
+    """A chart title that is never cut to the plot's width."""
+    return alt.TitleParams(text=text, limit=2000, anchor="start")
+
+
+def color_span(*frames: pd.DataFrame, field: str = "value") -> float:
+    """The largest |`field`| over `frames`: one symmetric colour scale for panels compared side by side."""
+    span = max((float(f[field].abs().max()) for f in frames if len(f)), default=1.0)
+    return span if span > 0 else 1.0
+
+
+def _diverging(field: str, title: str, frame: pd.DataFrame, span: float | None = None) -> alt.Color:
     """Red (negative) – white (0) – blue (positive), symmetric so 0 is always the midpoint."""
-    span = float(frame[field].abs().max()) if len(frame) else 1.0
-    span = span if span > 0 else 1.0
+    span = span if span is not None else color_span(frame, field=field)
     return alt.Color(
         f"{field}:Q",
         title=title,
@@ -75,17 +119,20 @@ def head_heatmap(
     value_title: str = "value",
     circuit: Circuit | None = None,
     field: str = "value",
-    cell: int = 22,
+    cell: int | None = None,
+    span: float | None = None,
 ) -> alt.LayerChart:
-    """Layers × heads heatmap of `field`, diverging colour centred at 0, tooltips L.H / value /
-    class, and the heads of `circuit` (or of a ``class`` column) outlined in black."""
+    """Layers × heads heatmap of `field`, diverging colour centred at 0 (from −`span` to `span`,
+    default this frame's largest |value|), tooltips L.H / value / class, and the heads of
+    `circuit` (or of a ``class`` column) outlined in black."""
     if frame.empty:
         raise ValueError("no heads to draw: the per-head table is empty")
     data = with_classes(frame, circuit)
     n_layers = int(data["layer"].max()) + 1
     n_heads = int(data["head"].max()) + 1
+    cell = cell or max(22, min(40, 400 // n_heads))  # small models get big cells, GPT-2 fits 400 px
     base = alt.Chart(data).encode(
-        x=alt.X("head:O", title="head", sort=list(range(n_heads))),
+        x=alt.X("head:O", title="head", sort=list(range(n_heads)), axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort=list(range(n_layers))),
         tooltip=[
             alt.Tooltip("label:N", title="head (L.H)"),
@@ -93,14 +140,19 @@ def head_heatmap(
             alt.Tooltip("class:N", title="circuit class"),
         ],
     )
-    cells = base.mark_rect().encode(color=_diverging(field, value_title, data))
+    cells = base.mark_rect().encode(color=_diverging(field, value_title, data, span))
     outline = (
         base.transform_filter(alt.datum["class"] != "")
         .mark_rect(fill=None, stroke="black", strokeWidth=2)
         .encode(strokeDash=alt.value([1, 0]))
     )
     return (cells + outline).properties(
-        title=title, width=max(160, cell * n_heads), height=max(120, cell * n_layers)
+        title=_title(title),
+        width=max(160, cell * n_heads),
+        height=max(120, cell * n_layers),
+        # "pad": the cells keep their size and the legend comes on top (Streamlit's default "fit"
+        # squeezes axes, legend and cells together into `width`).
+        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
     )
 
 
@@ -139,28 +191,61 @@ def epoch_curves(
     high: str | None = "high",
     reference: pd.DataFrame | None = None,
     title: str = "",
-) -> alt.LayerChart:
+    color: str | None = None,
+    panel: str | None = None,
+    columns: int = 2,
+) -> alt.TopLevelMixin:
     """Lines of `y` against ``epoch``, one per `series`, with a band from `low` to `high` where
     those columns exist, and `reference` points (columns epoch, value, label) drawn as black
-    diamonds with their label — e.g. the paper's GPT-2 numbers."""
+    diamonds with their label — e.g. the paper's GPT-2 numbers.
+
+    `color` names a column of lineage names coloured with `LINEAGE_COLORS` (default: colour by
+    `series`). With `panel`, one small chart per value of that column (reference rows need it
+    too), each with its own epoch axis so a 5-epoch run is not squeezed beside a 100-epoch one;
+    the y axis is shared so panels compare."""
     if frame.empty:
         raise ValueError("no epochs to draw")
-    color = alt.Color(f"{series}:N", title=series)
-    base = alt.Chart(frame).encode(x=alt.X("epoch:Q", title="epoch"), color=color)
+    data = frame.assign(_kind="curve")
+    if reference is not None and not reference.empty:
+        ref = reference.rename(columns={"value": y}) if y != "value" else reference
+        data = pd.concat([data, ref.assign(_kind="reference")], ignore_index=True)
+    enc_color = (
+        lineage_color(color, domain=sorted(frame[color].dropna().unique())) if color else
+        alt.Color(f"{series}:N", title=series)
+    )  # fmt: skip
+    curves = alt.Chart().transform_filter(alt.datum["_kind"] == "curve")
+    base = curves.encode(x=alt.X("epoch:Q", title="epoch"), color=enc_color)
+    if color:
+        base = base.encode(detail=f"{series}:N")
     layers: list[alt.Chart] = []
     if low and high and low in frame and high in frame and frame[[low, high]].notna().any().any():
-        layers.append(base.mark_area(opacity=0.2).encode(y=f"{low}:Q", y2=f"{high}:Q"))
-    tooltip = [f"{series}:N", "epoch:Q", alt.Tooltip(f"{y}:Q", format=".4f")]
+        band = base.mark_area(opacity=0.2).encode(y=f"{low}:Q", y2=f"{high}:Q")
+        quiet = enc_color.copy(deep=True)
+        quiet.legend = None  # the band's faded swatch would stand in the legend for the line
+        layers.append(band.encode(color=quiet))
+    tooltip = [
+        alt.Tooltip(f"{series}:N", title="run"),
+        "epoch:Q",
+        alt.Tooltip(f"{y}:Q", title=y_title, format=".4f"),
+    ]
     layers.append(base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q", title=y_title), tooltip=tooltip))
     if reference is not None and not reference.empty:
-        ref = alt.Chart(reference).encode(x="epoch:Q", y="value:Q")
+        ref = alt.Chart().transform_filter(alt.datum["_kind"] == "reference").encode(x="epoch:Q", y=f"{y}:Q")
         layers.append(
             ref.mark_point(shape="diamond", size=120, filled=True, color="black").encode(
-                tooltip=["label:N", "epoch:Q", alt.Tooltip("value:Q", format=".4f")]
+                tooltip=["label:N", "epoch:Q", alt.Tooltip(f"{y}:Q", format=".4f")]
             )
         )
         layers.append(ref.mark_text(align="left", dx=8, dy=-8, fontSize=10).encode(text="label:N"))
-    return alt.layer(*layers).properties(title=title, width="container", height=320)
+    if panel is None:
+        return alt.layer(*layers, data=data).properties(title=_title(title), width="container", height=320)
+    return (
+        alt.layer(*layers, data=data)
+        .properties(width=330, height=220)
+        .facet(alt.Facet(f"{panel}:N", title=None, sort=list(dict.fromkeys(data[panel]))), columns=columns)
+        .resolve_scale(x="independent")
+        .properties(title=_title(title))
+    )
 
 
 def knockout_bars(
@@ -171,29 +256,31 @@ def knockout_bars(
     series: str = "checkpoint",
     value_title: str = "logit difference",
     baseline: float | None = None,
+    heads: str | None = "heads",
     title: str = "",
 ) -> alt.LayerChart:
     """Grouped horizontal bars: `value` for each knocked-out `target`, one bar per `series`
-    (checkpoint); an optional dashed rule at `baseline` (the intact model's value)."""
+    (checkpoint), each labelled with the `heads` it knocked out (a class can hold other heads
+    at another checkpoint); an optional dashed rule at `baseline` (the intact model's value)."""
     if frame.empty:
         raise ValueError("no knockouts to draw")
-    bars = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(
-            y=alt.Y(f"{target}:N", title="knocked out", sort=None),
-            yOffset=alt.YOffset(f"{series}:N"),
-            x=alt.X(f"{value}:Q", title=value_title),
-            color=alt.Color(f"{series}:N", title=series),
-            tooltip=[f"{target}:N", f"{series}:N", alt.Tooltip(f"{value}:Q", format=".4f")],
-        )
+    base = alt.Chart(frame).encode(
+        y=alt.Y(f"{target}:N", title="knocked out", sort=None, axis=alt.Axis(labelLimit=260)),
+        yOffset=alt.YOffset(f"{series}:N", sort=None),
+        x=alt.X(f"{value}:Q", title=value_title),
     )
+    tooltip = [f"{target}:N", f"{series}:N", alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
+    if heads and heads in frame:
+        tooltip.append(alt.Tooltip(f"{heads}:N", title="heads"))
+    bars = base.mark_bar().encode(color=alt.Color(f"{series}:N", title=series, sort=None), tooltip=tooltip)
     layers: list[alt.Chart] = [bars]
+    if heads and heads in frame:
+        layers.append(base.mark_text(align="left", dx=4, fontSize=10).encode(text=f"{heads}:N"))
     if baseline is not None:
         rule = pd.DataFrame({"baseline": [baseline]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
     rows = frame[target].nunique() * frame[series].nunique()
-    return alt.layer(*layers).properties(title=title, width="container", height=max(120, 16 * rows))
+    return alt.layer(*layers).properties(title=_title(title), width="container", height=max(120, 20 * rows))
 
 
 def class_bars(

@@ -3,8 +3,9 @@
 Layout under a cache root (``$IOI_CACHE_DIR``, default ``./cache``; the shipped demo set is
 ``cache/demo``)::
 
-    index.sqlite3                      derived index (WAL mode): experiments, entries, jobs
+    index.sqlite3                      derived index (WAL mode; see ioi.runs.index)
     experiments/<id>/experiment.json   the configuration the id hashes (see ioi.runs.experiment)
+    experiments/<id>/jobs/<job>.json   each job's state (ioi.runs.jobs)
     experiments/<id>/checkpoints/      fine-tuning checkpoints (safetensors), epoch-NNN/
     experiments/<id>/epoch-NNN/<name>.json          an entry: summary + sha256 of its tables
     experiments/<id>/epoch-NNN/<name>.<table>.parquet   its per-head / tidy tables
@@ -14,11 +15,15 @@ name, never from user-typed text. Files are written to a unique temporary name a
 with ``os.replace``, so a crash never leaves half a file and two jobs finishing at once never write
 the same temporary. An entry's JSON carries the sha256 of its own payload and of each table file, so
 the files alone are self-verifying (the shipped demo set needs no database): a truncated or edited
-entry is detected on read, reported as `CorruptEntry`, moved aside and recomputed by the next run.
+entry is detected on read, reported as `CorruptEntry`, moved aside and recomputed by the next run;
+so is an entry whose payload names another experiment, epoch or analysis than its path (a copied
+file). The shipped demo set (and ``$IOI_DEMO_DIR``) is read-only to the store: writing there raises
+`ReadOnlyCache` unless ``$IOI_DEMO_WRITE=1`` (set by ``python -m ioi precompute``, which builds it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -27,23 +32,59 @@ import re
 import sqlite3
 import time
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from ioi.runs import index
 
-if TYPE_CHECKING:  # ioi.methods.analyses pulls in torch; the job supervisor only needs the index
+if TYPE_CHECKING:  # torch and pandas load lazily: `jobs submit` and the job supervisor need only the index
+    import pandas as pd
+
     from ioi.methods.analyses import AnalysisResult
 
 DEMO_ROOT = Path(__file__).resolve().parents[2] / "cache" / "demo"
-INDEX_NAME = "index.sqlite3"
-_ID = re.compile(r"^[0-9a-f]{8,64}$")
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+INDEX_NAME = index.INDEX_NAME
+_ID = re.compile(r"[0-9a-f]{8,64}")  # always .fullmatch: "$" would accept a trailing newline
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 class CorruptEntry(ValueError):
-    """A cache file is truncated, edited or missing a table; it will be recomputed."""
+    """A cache file is truncated, edited, misplaced or missing a table; it will be recomputed."""
+
+
+class ReadOnlyCache(PermissionError):
+    """A write into the shipped demo cache, which only `python -m ioi precompute` builds."""
+
+
+def demo_root() -> Path:
+    """The demo results the dashboard opens on: $IOI_DEMO_DIR if set, else the shipped cache/demo."""
+    extra = os.environ.get("IOI_DEMO_DIR")
+    return Path(extra).resolve() if extra else DEMO_ROOT
+
+
+def demo_roots() -> list[Path]:
+    """The read-only demo caches: the shipped cache/demo and $IOI_DEMO_DIR when set."""
+    return list(dict.fromkeys([DEMO_ROOT, demo_root()]))
+
+
+def is_demo(root: str | Path | None) -> bool:
+    base = cache_root(root)
+    return any(base == d or d in base.parents for d in demo_roots())
+
+
+def check_writable(root: str | Path | None) -> Path:
+    """The cache root, if the store may write there; `ReadOnlyCache` for a demo cache."""
+    base = cache_root(root)
+    if is_demo(base) and os.environ.get("IOI_DEMO_WRITE") != "1":
+        raise ReadOnlyCache(
+            f"{base} is the shipped demo cache, which is read-only; results go to $IOI_CACHE_DIR "
+            "or ./cache (only `python -m ioi precompute` rebuilds the demo set)"
+        )
+    return base
 
 
 def cache_root(root: str | Path | None = None) -> Path:
@@ -52,34 +93,9 @@ def cache_root(root: str | Path | None = None) -> Path:
 
 
 def connect(root: str | Path | None = None) -> sqlite3.Connection:
-    """A connection to the root's SQLite index in WAL mode (readers never block the writer),
-    creating the schema on first use. Cheap: open one per operation."""
-    base = cache_root(root)
-    base.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(base / INDEX_NAME, timeout=30, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA busy_timeout=30000")
-    db.executescript(_SCHEMA)
-    return db
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-    id TEXT PRIMARY KEY, config TEXT NOT NULL, parent TEXT, created REAL NOT NULL, notes TEXT DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS entries (
-    experiment TEXT NOT NULL, epoch INTEGER NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
-    created REAL NOT NULL, PRIMARY KEY (experiment, epoch, name)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, experiment TEXT NOT NULL, config TEXT NOT NULL, state TEXT NOT NULL,
-    epoch INTEGER DEFAULT 0, epochs INTEGER DEFAULT 0, step INTEGER DEFAULT 0, steps INTEGER DEFAULT 0,
-    phase TEXT DEFAULT '', created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL,
-    pid INTEGER, worker_pid INTEGER, host TEXT, attempts INTEGER DEFAULT 0, cancel INTEGER DEFAULT 0,
-    cached INTEGER DEFAULT 0, device TEXT DEFAULT 'cpu', log TEXT DEFAULT '', error TEXT DEFAULT ''
-);
-"""
+    """A connection to the root's index (:func:`ioi.runs.index.connect`: rebuilt from the files
+    when missing or damaged). Not for a demo cache, whose files are read directly."""
+    return index.connect(check_writable(root))
 
 
 def _index(root: str | Path | None, sql: str, params: tuple) -> None:
@@ -89,21 +105,19 @@ def _index(root: str | Path | None, sql: str, params: tuple) -> None:
     try:
         with connect(root) as db:
             db.execute(sql, params)
-    except sqlite3.Error as err:
-        import warnings
-
+    except (sqlite3.Error, index.IndexUnavailable) as err:
         warnings.warn(f"cache index not updated ({err}); the files are written", stacklevel=3)
 
 
 def check_id(exp_id: str) -> str:
     """`exp_id` if it is a hex experiment id; ValueError otherwise (paths come only from hashes)."""
-    if not _ID.match(exp_id):
+    if not isinstance(exp_id, str) or not _ID.fullmatch(exp_id):
         raise ValueError(f"{exp_id!r} is not an experiment id (hex digits, as `ioi jobs list` shows)")
     return exp_id
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid analysis name (lower-case letters, digits, - and _)")
     return name
 
@@ -122,11 +136,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk (or a kill's exception) must not leave the temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sha256(data: bytes) -> str:
@@ -154,8 +172,12 @@ def write_entry(
     """Store one result (scalars `summary` + named tables) for (experiment, epoch, name).
 
     Tables are written first, then the JSON naming them with their checksums, so the JSON's
-    presence means the whole entry is there. Returns the JSON path.
+    presence means the whole entry is there. Paths under the cache root in `summary` (a model
+    named by its checkpoint directory) are stored relative to it, so a copied or shipped cache
+    carries no machine's paths. Returns the JSON path.
     """
+    base = check_writable(root)
+    summary = relative_paths(summary, base)
     folder = epoch_dir(root, exp_id, epoch)
     files = {}
     for table, df in (tables or {}).items():
@@ -169,6 +191,18 @@ def write_entry(
     _index(root, "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
            (exp_id, epoch, name, body["sha256"], time.time()))  # fmt: skip
     return path
+
+
+def relative_paths(obj: Any, base: Path) -> Any:
+    """`obj` (JSON-like) with every occurrence of the absolute path `base/` removed from its strings."""
+    prefix = f"{base}{os.sep}"
+    if isinstance(obj, str):
+        return obj.replace(prefix, "")
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, base) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v, base) for v in obj]
+    return obj
 
 
 @dataclass
@@ -190,13 +224,22 @@ def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> E
     try:
         body = json.loads(path.read_bytes())
         payload = body["payload"]
+        if not isinstance(payload, dict):
+            raise TypeError("the payload is not an object")
         ok = sha256(canonical_json(payload)) == body["sha256"]
     except (ValueError, KeyError, TypeError) as err:
         raise CorruptEntry(f"{path} is unreadable ({err})") from None
     if not ok:
         raise CorruptEntry(f"{path} does not match its checksum (truncated or edited)")
+    where = (payload.get("experiment"), payload.get("epoch"), payload.get("name"))
+    if where != (exp_id, epoch, name):
+        raise CorruptEntry(
+            f"{path} holds {payload.get('name')!r} of epoch {payload.get('epoch')} of experiment "
+            f"{payload.get('experiment')} (a misplaced copy)"
+        )
     tables = {}
     for table, digest in payload["tables"].items():
+        import pandas as pd  # here only: reading a job's metrics (no tables) stays light
         tpath = folder / f"{name}.{check_name(table)}.parquet"
         data = tpath.read_bytes() if tpath.exists() else b""
         if sha256(data) != digest:
@@ -208,6 +251,7 @@ def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> E
 def quarantine(root: str | Path | None, exp_id: str, epoch: int, name: str) -> None:
     """Move a damaged entry's JSON aside (kept as *.corrupt for inspection) so it is recomputed."""
     path = epoch_dir(root, exp_id, epoch) / f"{check_name(name)}.json"
+    check_writable(root)
     if path.exists():
         os.replace(path, path.with_name(f"{path.name}.{int(time.time())}.corrupt"))
     _index(root, "DELETE FROM entries WHERE experiment=? AND epoch=? AND name=?", (exp_id, epoch, name))
@@ -220,12 +264,10 @@ def load_entry(root: str | Path | None, exp_id: str, epoch: int, name: str, *, r
         return read_entry(root, exp_id, epoch, name)
     except CorruptEntry as err:
         if report is None:
-            import warnings
-
             warnings.warn(f"{err}; it will be recomputed", stacklevel=2)
         else:
             report(f"{err}; it will be recomputed")
-        if os.access(epoch_dir(root, exp_id, epoch), os.W_OK):
+        if os.access(epoch_dir(root, exp_id, epoch), os.W_OK) and not is_demo(root):
             quarantine(root, exp_id, epoch, name)
         return None
 
@@ -238,12 +280,14 @@ def write_analysis(
     return write_entry(root, exp_id, epoch, name, summary, {"heads": result.heads, **result.tables})
 
 
-def load_analysis(root: str | Path | None, exp_id: str, epoch: int, name: str) -> AnalysisResult | None:
+def load_analysis(
+    root: str | Path | None, exp_id: str, epoch: int, name: str, *, report=None
+) -> AnalysisResult | None:
     """The AnalysisResult of analysis `name` at `epoch` (0 = the starting model), or None if it is
-    not (or no longer validly) cached."""
+    not (or no longer validly) cached; a damaged entry is reported as in `load_entry`."""
     from ioi.methods.analyses import AnalysisResult
 
-    entry = load_entry(root, exp_id, epoch, name)
+    entry = load_entry(root, exp_id, epoch, name, report=report)
     if entry is None:
         return None
     tables = dict(entry.tables)
@@ -252,18 +296,33 @@ def load_analysis(root: str | Path | None, exp_id: str, epoch: int, name: str) -
 
 
 def register_experiment(root: str | Path | None, exp_id: str, record: dict[str, Any]) -> None:
-    """Write experiment.json (the hashed configuration) and index it; idempotent."""
+    """Write experiment.json (the hashed configuration) and index it; idempotent, and rewrites a
+    damaged one."""
+    check_writable(root)
     path = experiment_dir(root, exp_id) / "experiment.json"
-    if not path.exists():
+    try:
+        intact = read_experiment(root, exp_id) is not None
+    except CorruptEntry:
+        intact = False
+    if not intact:
         write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
     _index(root, "INSERT OR IGNORE INTO experiments (id, config, parent, created) VALUES (?, ?, ?, ?)",
            (exp_id, json.dumps(record), record["config"].get("parent"), time.time()))  # fmt: skip
 
 
 def read_experiment(root: str | Path | None, exp_id: str) -> dict[str, Any] | None:
-    """The experiment.json record of `exp_id`, or None if the cache does not know it."""
+    """The experiment.json record of `exp_id`, or None if the cache does not know it;
+    CorruptEntry if the file is truncated or not a record."""
     path = experiment_dir(root, exp_id) / "experiment.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_bytes())
+        if not isinstance(record.get("config"), dict):
+            raise TypeError("no config")
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CorruptEntry(f"{path} is unreadable ({err}); submitting the experiment rewrites it") from None
+    return record
 
 
 def cached_epochs(root: str | Path | None, exp_id: str) -> dict[int, list[str]]:
@@ -280,6 +339,7 @@ def cached_epochs(root: str | Path | None, exp_id: str) -> dict[int, list[str]]:
 def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
     """One row per cached epoch (0 = the starting model): eval metrics (logit_diff, accuracy, ...)
     plus every analysis' scalar summary as column '<analysis>.<key>' (e.g. faithfulness curves)."""
+    import pandas as pd
     rows = []
     for epoch, names in cached_epochs(root, exp_id).items():
         row: dict[str, Any] = {"epoch": epoch}
@@ -296,3 +356,45 @@ def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
         if rows
         else pd.DataFrame(columns=["epoch"])
     )
+
+
+def entry_stamp(root: str | Path | None, exp_id: str, epoch: int, name: str) -> float:
+    """Modification time of an entry's JSON (0.0 if absent): changes whenever the entry is
+    rewritten, so readers that memoise results key them by it."""
+    path = epoch_dir(root, exp_id, epoch) / f"{check_name(name)}.json"
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def experiment_stamp(root: str | Path | None, exp_id: str) -> float:
+    """The latest `entry_stamp` over every entry of an experiment (0.0 if none)."""
+    return max(
+        (entry_stamp(root, exp_id, e, n) for e, names in cached_epochs(root, exp_id).items() for n in names),
+        default=0.0,
+    )
+
+
+@contextmanager
+def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
+    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
+    folder = experiment_dir(root, exp_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_held(root: str | Path | None, exp_id: str) -> bool:
+    """Whether some process holds `experiment_lock` on `exp_id` now (a live run of it)."""
+    path = experiment_dir(root, exp_id) / ".lock"
+    if not path.exists():
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False

@@ -6,12 +6,13 @@ comes from the latest job when there is one.
 
 from __future__ import annotations
 
-import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.runs.cache import _ID, INDEX_NAME, cache_root, cached_epochs
+from ioi.runs.cache import _ID, INDEX_NAME, CorruptEntry, cache_root, cached_epochs, is_demo, read_experiment
+from ioi.runs.index import IndexUnavailable
 from ioi.runs.jobs import latest_jobs
 
 
@@ -30,15 +31,26 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
     """Every experiment under `root`, from the files (so a copied or shipped cache lists too).
 
     status is the latest job's status when there is one ('done' for a shipped cache without jobs).
+    A damaged experiment.json hides only that experiment (with a warning); an index that cannot be
+    read leaves the statuses to the files.
     """
     base = cache_root(root)
-    jobs = latest_jobs(base) if (base / INDEX_NAME).exists() else {}
+    jobs = {}
+    if (base / INDEX_NAME).exists() and not is_demo(base):
+        try:
+            jobs = latest_jobs(base)
+        except IndexUnavailable as err:
+            warnings.warn(f"{err}; job statuses are not shown", stacklevel=2)
     out = []
     for path in sorted((base / "experiments").glob("*/experiment.json")):
         exp_id = path.parent.name
-        if not _ID.match(exp_id):
+        if not _ID.fullmatch(exp_id):
             continue
-        record = json.loads(path.read_text())
+        try:
+            record = read_experiment(base, exp_id)
+        except CorruptEntry as err:
+            warnings.warn(f"{err}; experiment {exp_id} is not listed", stacklevel=2)
+            continue
         job = jobs.get(exp_id)
         epochs = cached_epochs(base, exp_id)
         status = job.status if job else ("done" if epochs else "new")

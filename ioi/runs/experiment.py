@@ -15,21 +15,21 @@ run once they are.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ioi import __version__
-from ioi.models.load import ASSETS, DEFAULT_MODEL
 from ioi.runs.cache import (
     canonical_json,
+    check_id,
+    demo_roots,
     experiment_dir,
+    experiment_lock,
     load_entry,
     read_experiment,
     register_experiment,
@@ -37,7 +37,14 @@ from ioi.runs.cache import (
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
-from ioi.task.defaults import DEFAULT_ANALYSES, DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
+from ioi.task.defaults import (
+    ASSETS,
+    DEFAULT_ANALYSES,
+    DEFAULT_EVAL_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN_SIZE,
+    SCENARIOS,
+)
 
 METRICS = "metrics"
 Log = Callable[[str], None]
@@ -66,17 +73,32 @@ class ExperimentConfig:
     analyses: tuple[str, ...] = field(default=DEFAULT_ANALYSES, compare=False)
 
     def validate(self) -> None:
-        from ioi.models.train import SCENARIOS
+        """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
+        from ioi.methods.analyses import OptionError, check_analyses
+        from ioi.models.checks import check_bounds, model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
         if (self.scenario == "reversal") != (self.parent is not None):
             raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
+        if self.parent is not None:
+            try:
+                check_id(self.parent)
+            except ValueError as err:
+                raise ExperimentError(f"--parent: {err}") from None
         if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
             raise ExperimentError("sizes, batch size and lr must be positive")
+        check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
+                     analysis_size=self.analysis_size)  # fmt: skip
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
+        try:
+            check_analyses([a for a in self.analyses if a != METRICS], registered_analyses())
+        except OptionError as err:
+            raise ExperimentError(str(err)) from None
+        if problem := model_problem(self.model):
+            raise ExperimentError(problem)
 
     @property
     def save_epochs(self) -> list[int]:
@@ -155,17 +177,17 @@ def experiment_id(cfg: ExperimentConfig) -> str:
 
 
 def registered_analyses() -> dict[str, Any]:
-    """The analysis registry with the built-in analysis modules loaded, plus the modules named in
-    $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses registered there run in
-    background jobs and sweeps too, whose worker processes import them."""
+    """The analysis registry: the built-in declarations (their modules are imported when they run)
+    plus the modules named in $IOI_ANALYSIS_MODULES (comma-separated): a user's own analyses
+    registered there run in background jobs and sweeps too, whose worker processes import them."""
     import importlib
 
-    from ioi.methods.analyses import load_builtin_analyses
+    from ioi.methods.analyses import ANALYSES
 
     for module in os.environ.get("IOI_ANALYSIS_MODULES", "").split(","):
         if module.strip():
             importlib.import_module(module.strip())
-    return load_builtin_analyses()
+    return ANALYSES
 
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
@@ -197,29 +219,28 @@ def is_complete(cfg: ExperimentConfig, root: str | Path | None = None) -> bool:
     return not plan(cfg, root, experiment_id(cfg), report)
 
 
-@contextmanager
-def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
-    """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
-    folder = experiment_dir(root, exp_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
     return experiment_dir(root, exp_id) / "checkpoints"
 
 
+def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
+    """The experiment record of `parent` in `root`, copying it there from a demo cache when only
+    the demo has it (a child of a demo run lives in the user's cache, which re-creates the parent's
+    weights); None if neither knows it."""
+    record = read_experiment(root, parent)
+    demos = (read_experiment(d, parent) for d in demo_roots() if (d / "experiments").is_dir())
+    if record is None and (record := next((r for r in demos if r is not None), None)) is not None:
+        register_experiment(root, parent, record)
+    return record
+
+
 def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
     """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
-    its own checkpoints) if its weights were pruned."""
+    its own checkpoints) if its weights were pruned or are damaged."""
+    from ioi.models.load import verify_checkpoint
     from ioi.models.train import checkpoint_dir, finetune
 
-    record = read_experiment(root, cfg.parent)
+    record = adopt_parent(root, cfg.parent)
     if record is None:
         raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
     parent = ExperimentConfig.from_json(record["config"])
@@ -230,8 +251,9 @@ def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: st
             f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
         )
     final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
-    if not (final / "manifest.json").exists():
-        log(f"re-creating the weights of parent {cfg.parent}")
+    problem = verify_checkpoint(final) if (final / "manifest.json").exists() else "pruned"
+    if problem:
+        log(f"re-creating the weights of parent {cfg.parent} ({problem})")
         with experiment_lock(root, cfg.parent):
             source = parent_checkpoint(parent, root, device, log) if parent.parent else None
             finetune(parent.train_config(source), checkpoints_dir(root, cfg.parent), device=device)
@@ -280,7 +302,7 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0]):
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0], note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -299,19 +321,27 @@ def run_experiment(
     return ExperimentSummary(exp_id, metrics, trained, notes)
 
 
-def _prepare_checkpoints(folder: Path, epochs: list[int]) -> bool:
+def _prepare_checkpoints(folder: Path, epochs: list[int], note: Log) -> bool:
     """Whether training must run to produce the checkpoints of `epochs`. Fine-tuning resumes from
-    the latest complete checkpoint, so when an earlier one is missing (pruned) the later ones are
-    removed to make it retrain from before the gap."""
+    the latest complete checkpoint, so when one is missing (pruned) or damaged (its files do not
+    match the manifest's checksums) it and the later ones are removed, to retrain from before."""
     import shutil
 
-    from ioi.models.train import checkpoint_dir
+    from ioi.models.load import verify_checkpoint
+    from ioi.models.train import checkpoints
 
-    missing = [e for e in sorted(epochs) if not (checkpoint_dir(folder, e) / "manifest.json").exists()]
+    present = checkpoints(folder)
+    missing = []
+    for e in sorted(epochs):
+        problem = verify_checkpoint(present[e]) if e in present else "missing"
+        if problem:
+            if e in present:
+                note(f"checkpoint of epoch {e} is damaged ({problem}); re-creating it")
+            missing.append(e)
     if not missing:
         return False
-    for later in folder.glob("epoch-[0-9][0-9][0-9]"):
-        if int(later.name.split("-")[1]) > missing[0]:
+    for epoch, later in present.items():
+        if epoch >= missing[0]:
             shutil.rmtree(later)
     return True
 

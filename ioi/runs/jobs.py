@@ -1,5 +1,8 @@
 """Background jobs: launch, follow, cancel and resume experiments without blocking the caller.
 
+Longer than 400 lines because submit, supervise, run and resume are one state machine over one
+table, and its failure handling belongs next to the transitions it guards.
+
 Design. `submit(cfg)` writes a 'queued' row to the cache's SQLite index (WAL mode, so the
 dashboard, the CLI and every worker read and write it at once) and starts a *detached supervisor
 process* (``python -m ioi.runs.jobs ROOT JOB``, its own session), then returns the job id at once — a
@@ -8,8 +11,10 @@ a free slot (at most ``$IOI_MAX_JOBS`` jobs run at once, default 2), then runs t
 **loky** worker process and waits for it. Two processes, because each watches for the other's
 death: if the worker dies (SIGKILL, out of memory) loky reports it and the supervisor records the
 job as 'interrupted' with the reason; if the supervisor dies too (machine rebooted), the row still
-says 'running' but its pid is gone / its heartbeat is stale, and every reader shows the job as
-'interrupted'. Either way `resume(job)` starts a new supervisor; fine-tuning resumes from the last
+says 'running' but its processes are gone, and every reader shows the job as 'interrupted' (on
+this machine the pids decide, so a frozen or busy worker is not taken for dead; a job of another
+machine is judged by its heartbeat). Either way `resume(job)` starts a new supervisor, unless a live
+run still holds the experiment's lock; fine-tuning resumes from the last
 complete checkpoint and cached analyses are not recomputed, so the results equal an uninterrupted
 run's (training is deterministic on CPU). The detached supervisor also means jobs outlive a
 restart of the dashboard, and `python -m ioi jobs list` sees exactly what the dashboard sees.
@@ -18,7 +23,14 @@ The worker heartbeats every couple of seconds, writes progress (epoch and step o
 twice a second, keeps a log tail, and polls the row's cancel flag at most twice a second from
 fine-tuning's `should_stop`; `cancel(job)` sets the flag, and the job stops at its next training
 step (or before its next analysis), keeping finished checkpoints. Any exception ends the job as
-'failed' with its message; nothing hangs silently.
+'failed' with its message (a full disk included, when the message can still be written); nothing
+hangs silently.
+
+Submitting is one transaction: two identical submits at once make one job. A job already queued or
+running for the same experiment is reused only when it computes every analysis asked for; else a
+new job queues behind it (on the experiment's lock) and computes what is missing. Every change of
+a job's state is also written to ``experiments/<id>/jobs/<job>.json``, so the index can be rebuilt
+from the files (ioi.runs.index) — even while the job runs.
 
 Sweeps of many experiments use joblib directly (`ioi.runs.sweep`), which is what scales out to Dask.
 """
@@ -39,7 +51,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.runs.cache import cache_root, connect, read_experiment, register_experiment
+from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
+from ioi.runs.index import JOB_COLUMNS
+from ioi.task.defaults import torch_threads
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -107,10 +121,15 @@ class JobInfo:
     def status(self) -> str:
         if self.state not in ("queued", "running"):
             return self.state
-        stale = self.heartbeat is None or time.time() - self.heartbeat > STALE_AFTER
-        # the worker may outlive a killed supervisor (it finishes its task), so either one counts
-        dead = self.host == socket.gethostname() and not (pid_alive(self.pid) or pid_alive(self.worker_pid))
-        return "interrupted" if stale or dead else self.state
+        fresh = self.heartbeat is not None and time.time() - self.heartbeat <= STALE_AFTER
+        if self.host != socket.gethostname():  # its pids mean nothing here: only the heartbeat tells
+            return self.state if fresh else "interrupted"
+        if self.pid is None and self.worker_pid is None:  # recorded, its supervisor not started yet
+            return self.state if fresh else "interrupted"
+        # the worker may outlive a killed supervisor (it finishes its task), so either one counts;
+        # a live process with a stale heartbeat is busy or frozen, not gone
+        alive = pid_alive(self.pid) or pid_alive(self.worker_pid)
+        return self.state if alive else "interrupted"
 
     @property
     def fraction(self) -> float:
@@ -125,20 +144,38 @@ class JobInfo:
 
 
 def _row(row) -> JobInfo:
-    d = dict(row)
+    d = {k: row[k] for k in JOB_COLUMNS}
     return JobInfo(**d | {"config": json.loads(d["config"])})
 
 
-def get_job(job_id: str, root: str | Path | None = None) -> JobInfo:
+_FILED = {"state", "error", "started", "finished", "attempts", "cancel", "pid", "worker_pid", "cached"}
+"""Fields whose change rewrites the job's file (heartbeats and progress live only in the index)."""
+
+
+def _file_job(root, job_id: str) -> None:
+    """Write the job's row to experiments/<id>/jobs/<job>.json, the file the index is rebuilt from."""
     with connect(root) as db:
         row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is not None:
+        record = {k: row[k] for k in JOB_COLUMNS}
+        write_atomic(experiment_dir(root, row["experiment"]) / "jobs" / f"{job_id}.json",
+                     json.dumps(record, indent=1).encode())  # fmt: skip
+
+
+def get_job(job_id: str, root: str | Path | None = None) -> JobInfo:
+    row = None
+    if not is_demo(root):  # a demo cache runs no jobs (and is read-only)
+        with connect(root) as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:
         raise JobError(f"no job {job_id!r} in {cache_root(root)}; `python -m ioi jobs list` shows them")
     return _row(row)
 
 
 def list_jobs(root: str | Path | None = None) -> list[JobInfo]:
-    """Every job, newest first."""
+    """Every job, newest first (none in a demo cache, which is read-only)."""
+    if is_demo(root):
+        return []
     with connect(root) as db:
         return [_row(r) for r in db.execute("SELECT * FROM jobs ORDER BY created DESC")]
 
@@ -155,40 +192,59 @@ def _update(root, job_id: str, **fields: Any) -> None:
     cols = ", ".join(f"{k}=?" for k in fields)
     with connect(root) as db:
         db.execute(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+    if _FILED & fields.keys():
+        _file_job(root, job_id)
 
 
 def _append_log(root, job_id: str, message: str) -> None:
     line = time.strftime("%H:%M:%S ") + message
     with connect(root) as db:
         db.execute("BEGIN IMMEDIATE")
-        (log,) = db.execute("SELECT log FROM jobs WHERE id=?", (job_id,)).fetchone()
-        lines = [*log.splitlines(), line][-LOG_LINES:]
-        db.execute("UPDATE jobs SET log=? WHERE id=?", ("\n".join(lines), job_id))
+        row = db.execute("SELECT log FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is not None:  # None only if the index was replaced by one without this job
+            lines = [*row["log"].splitlines(), line][-LOG_LINES:]
+            db.execute("UPDATE jobs SET log=? WHERE id=?", ("\n".join(lines), job_id))
         db.execute("COMMIT")
+
+
+def _record_failure(root, job_id: str, state: str, error: str) -> None:
+    """End the job as `state` with `error`, best effort: when even that cannot be written (a full
+    disk), the job shows as interrupted once its processes are gone, and its log file says why."""
+    try:
+        _update(root, job_id, state=state, finished=time.time(), error=error)
+    except Exception as err:
+        print(f"could not record that job {job_id} is {state} ({error}): {err}", file=sys.stderr)
 
 
 def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: bool = True) -> str:
     """Queue experiment `cfg` (an ioi.runs.experiment.ExperimentConfig) and return its job id at once.
 
     An experiment already fully cached gets a job that is 'done' immediately (nothing runs); one
-    already queued or running returns that job's id. `launch=False` only records the job (tests,
-    or a caller that runs `supervise` itself).
+    already queued or running returns that job's id when that job computes every analysis `cfg`
+    asks for. The check and the insert are one transaction, so concurrent identical submits make
+    one job. A reversal of a demo experiment copies the parent's record into this cache (its
+    weights are re-created here). `launch=False` only records the job (tests, or a caller that runs
+    `supervise` itself).
     """
-    from ioi.runs.experiment import experiment_id, identity, is_complete
+    from ioi.runs.experiment import adopt_parent, experiment_id, identity, is_complete
 
     cfg.validate()
     base = cache_root(root)
-    if cfg.parent and read_experiment(base, cfg.parent) is None:
+    if cfg.parent and adopt_parent(base, cfg.parent) is None:
         raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
     exp_id = experiment_id(cfg)
     register_experiment(base, exp_id, identity(cfg) | {"id": exp_id, "config": cfg.to_json()})
-    for job in list_jobs(base):
-        if job.experiment == exp_id and job.status in ("queued", "running"):
-            return job.id
+    done = is_complete(cfg, base)
     job_id = uuid.uuid4().hex[:12]
     now = time.time()
-    done = is_complete(cfg, base)
     with connect(base) as db:
+        db.execute("BEGIN IMMEDIATE")  # no other submit reads or inserts until this one commits
+        for row in db.execute("SELECT * FROM jobs WHERE experiment=? AND state IN ('queued', 'running')",
+                              (exp_id,)):  # fmt: skip
+            job = _row(row)
+            if job.status in ("queued", "running") and set(cfg.analyses) <= set(job.config["analyses"]):
+                db.execute("ROLLBACK")
+                return job.id
         db.execute(
             "INSERT INTO jobs (id, experiment, config, state, created, heartbeat, host, cached, device, "
             "finished, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -196,6 +252,8 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
              socket.gethostname(), int(done), device, now if done else None,
              time.strftime("%H:%M:%S ") + ("already cached; nothing to run" if done else "queued")),
         )  # fmt: skip
+        db.execute("COMMIT")
+    _file_job(base, job_id)
     if launch and not done:
         _launch(base, job_id)
     return job_id
@@ -226,12 +284,20 @@ def cancel(job_id: str, root: str | Path | None = None) -> JobInfo:
 
 
 def resume(job_id: str, root: str | Path | None = None) -> JobInfo:
-    """Run an interrupted, failed or cancelled job again from its last checkpoint."""
+    """Run an interrupted, failed or cancelled job again from its last checkpoint; refused while
+    a live run of its experiment (a frozen worker, another machine's) still holds its lock."""
+    from ioi.runs.cache import lock_held
+
     job = get_job(job_id, root)
     if job.status in ("queued", "running"):
         raise JobError(f"job {job_id} is {job.status}; only a stopped job can be resumed")
     if job.status == "done":
         return job
+    if lock_held(root, job.experiment):
+        raise JobError(
+            f"experiment {job.experiment} is still being run by a live process (it holds the "
+            "experiment's lock); wait for it to end, or stop it, before resuming"
+        )
     _update(root, job_id, state="queued", cancel=0, error="", finished=None, pid=None, worker_pid=None,
             heartbeat=time.time())  # fmt: skip
     _append_log(root, job_id, "resumed")
@@ -267,6 +333,7 @@ def _claim_slot(root: Path, job_id: str) -> bool:
             if job.cancel:
                 db.execute("UPDATE jobs SET state='cancelled', finished=? WHERE id=?", (time.time(), job_id))
                 db.execute("COMMIT")
+                _file_job(root, job_id)
                 return False
             running = [
                 j for j in map(_row, db.execute("SELECT * FROM jobs WHERE state='running'"))
@@ -280,6 +347,7 @@ def _claim_slot(root: Path, job_id: str) -> bool:
                     (now, now, os.getpid(), socket.gethostname(), job_id),
                 )
                 db.execute("COMMIT")
+                _file_job(root, job_id)
                 return True
             db.execute("UPDATE jobs SET heartbeat=?, pid=? WHERE id=?", (now, os.getpid(), job_id))
             db.execute("COMMIT")
@@ -300,9 +368,9 @@ def supervise(root: str | Path, job_id: str) -> None:
         executor.submit(run_job, str(root), job_id).result()
     except TerminatedWorkerError as err:
         reason = f"the worker process died ({err}); resume the job to continue from its last checkpoint"
-        _update(root, job_id, state="interrupted", finished=time.time(), error=reason)
+        _record_failure(root, job_id, "interrupted", reason)
     except BaseException as err:  # the worker's own bookkeeping failed: still say so
-        _update(root, job_id, state="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
+        _record_failure(root, job_id, "failed", f"{type(err).__name__}: {err}")
         raise
 
 
@@ -313,14 +381,17 @@ def run_job(root: str, job_id: str) -> None:
     from ioi.models.train import Cancelled
     from ioi.runs.experiment import ExperimentConfig, run_experiment
 
-    torch.set_num_threads(int(os.environ.get("IOI_JOB_THREADS", "1")))
+    torch.set_num_threads(torch_threads())
     job = get_job(job_id, root)
     _update(root, job_id, worker_pid=os.getpid())
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_EVERY):
-            _update(root, job_id, heartbeat=time.time())
+            try:
+                _update(root, job_id, heartbeat=time.time())
+            except Exception:  # a full disk or a replaced index: the next beat tries again
+                pass
 
     threading.Thread(target=beat, daemon=True).start()
     last = {"progress": 0.0, "poll": 0.0, "cancel": False}
@@ -351,8 +422,12 @@ def run_job(root: str, job_id: str) -> None:
         _update(root, job_id, state="cancelled", finished=time.time(), error=str(err))
         _append_log(root, job_id, f"cancelled: {err}")
     except Exception as err:
-        _update(root, job_id, state="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
-        _append_log(root, job_id, traceback.format_exc(limit=-3).strip().splitlines()[-1])
+        stop.set()
+        _record_failure(root, job_id, "failed", f"{type(err).__name__}: {err}")
+        try:
+            _append_log(root, job_id, traceback.format_exc(limit=-3).strip().splitlines()[-1])
+        except Exception:
+            pass  # the error itself is recorded (or could not be: see _record_failure)
     else:
         _update(root, job_id, state="done", finished=time.time(), phase="done")
         _append_log(root, job_id, "done")

@@ -11,6 +11,9 @@ IO, S1 and S2 slots, so the sentence carries no IOI signal; patching and mean ab
 Every name, place and object is a single token with a leading space, so all prompts of one template
 have the same token length and the same positions; batches are right-padded, which (the models being
 causal) leaves every position up to END untouched.
+
+Longer than 400 lines because the prompt format, its generation and the checks of a user's own
+prompts (file bounds, field types, vocabulary) are one definition and are tested together.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:  # samples need no torch (the dashboard shows them); only tokenizing does
+    import torch
 
 from ioi.task.defaults import DEFAULT_TRAIN_SIZE
 
@@ -71,6 +75,11 @@ TEMPLATES: tuple[str, ...] = (
     "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
 )
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
+MAX_PROMPTS = 200_000
+"""The most prompts a dataset (generated or read) may hold: 30× the paper's training set, and a
+bound that keeps a mistyped size from filling the memory."""
+MAX_LINE_CHARS = 10_000
+"""The longest JSONL line read; an IOI prompt is a sentence, and the tokenizer aborts on huge ones."""
 _TEMPLATE_RE = re.compile(r"^(?P<first>.*\[B\].*\[A\].*?)(?P<second>\[B\].*)\s\[A\]$")
 
 
@@ -175,8 +184,7 @@ def make_dataset(
     Template × order combinations are used round-robin, so every one of the 30 appears
     ``size // 30`` or one more times. The "train" and "eval" splits are disjoint by construction.
     """
-    if size < 1:
-        raise DatasetError(f"dataset size must be at least 1, got {size}")
+    check_size(size)
     if split not in ("train", "eval"):
         raise DatasetError(f"split must be 'train' or 'eval', got {split!r}")
     if len(set(names)) < 3:
@@ -195,6 +203,13 @@ def make_dataset(
         if _in_eval_split(sample) == want_eval:
             samples.append(sample)
     return samples
+
+
+def check_size(size: int, what: str = "dataset size") -> int:
+    """`size` if it is a whole number in 1..MAX_PROMPTS; DatasetError otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROMPTS:
+        raise DatasetError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size!r}")
+    return size
 
 
 def abc_counterfactual(
@@ -246,25 +261,62 @@ def read_jsonl(path: str | Path) -> list[IOISample]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist")
-    fields = set(IOISample.__dataclass_fields__)
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} is not a file")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        missing = [k for k in ("prompt", "io", "s") if not isinstance(row.get(k), str)]
-        if missing:
-            raise DatasetError(f"{path}:{n}: missing string field(s) {', '.join(missing)}")
-        row = {k: v for k, v in row.items() if k in fields}
-        row.setdefault("label", row["io"])
-        row.setdefault("s2", row["s"])
-        out.append(IOISample(**row))
+    try:
+        with open(path, encoding="utf-8") as f:  # streamed: a large file is read one line at a time
+            for n, line in enumerate(_lines(f, path), 1):
+                if line.strip():
+                    out.append(_sample(line, f"{path}:{n}"))
+                    if len(out) > MAX_PROMPTS:
+                        raise DatasetError(f"{path} holds more than {MAX_PROMPTS:,} samples")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not a UTF-8 text file (JSONL, one object per line)") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
     if not out:
         raise DatasetError(f"{path} holds no samples")
     return out
+
+
+def _lines(f, path: Path) -> Iterable[str]:
+    """The file's lines, refusing one longer than MAX_LINE_CHARS before holding it whole."""
+    n = 0
+    while True:
+        line = f.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+            raise DatasetError(f"{path}:{n}: line longer than {MAX_LINE_CHARS:,} characters")
+        yield line
+
+
+_STR_FIELDS = ("prompt", "io", "s", "label", "s2", "order", "place", "obj", "kind")
+
+
+def _sample(line: str, where: str) -> IOISample:
+    """One JSONL line as a sample, or DatasetError saying what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: not a JSON object (got {type(row).__name__})")
+    missing = [k for k in ("prompt", "io", "s") if not isinstance(row.get(k), str)]
+    if missing:
+        raise DatasetError(f"{where}: missing string field(s) {', '.join(missing)}")
+    row = {k: v for k, v in row.items() if k in IOISample.__dataclass_fields__}
+    row.setdefault("label", row["io"])
+    row.setdefault("s2", row["s"])
+    wrong = [k for k in _STR_FIELDS if k in row and not isinstance(row[k], str)]
+    if "template" in row and (isinstance(row["template"], bool) or not isinstance(row["template"], int)):
+        wrong.append("template")
+    if wrong:
+        raise DatasetError(f"{where}: field(s) {', '.join(wrong)} have the wrong type (template is a "
+                           "whole number, the others are strings)")  # fmt: skip
+    return IOISample(**row)
 
 
 # --- tokenization -----------------------------------------------------------------------------
@@ -279,9 +331,25 @@ class Tokenizer(Protocol):
 
 
 def single_token_id(tokenizer: Tokenizer, word: str) -> int | None:
-    """The id of " word" if the tokenizer writes it as one token, else None."""
+    """The id of " word" if the tokenizer writes it as one known token, else None (a word-level
+    vocabulary such as ioi-tiny's writes every unknown word as the one token <|unk|>)."""
     ids = tokenizer.encode(" " + word, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
+    return ids[0] if len(ids) == 1 and not _is_unknown(tokenizer, ids[0]) else None
+
+
+def _is_unknown(tokenizer: Tokenizer, token: int) -> bool:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return unk is not None and token == unk and unk != tokenizer.bos_token_id  # GPT-2's unk is its BOS
+
+
+def _reads_unknown(tokenizer: Tokenizer, word: str) -> bool:
+    return any(_is_unknown(tokenizer, i) for i in tokenizer.encode(" " + word, add_special_tokens=False))
+
+
+def unknown_words(tokenizer: Tokenizer, samples: Iterable[IOISample]) -> list[str]:
+    """Words of the prompts that the tokenizer reads as its unknown token, in order of appearance."""
+    words = dict.fromkeys(w for x in samples for w in re.findall(r"\w+", x.prompt))
+    return [w for w in words if _reads_unknown(tokenizer, w)]
 
 
 def check_vocabulary(
@@ -297,6 +365,14 @@ def check_vocabulary(
             f"{len(bad)} word(s) are not single tokens (with a leading space) for this tokenizer: "
             + ", ".join(bad)
         )
+
+
+def check_context(batch: IOIBatch, n_ctx: int | None) -> IOIBatch:
+    """`batch` if its prompts fit a model's context of `n_ctx` positions; DatasetError otherwise."""
+    if n_ctx is not None and batch.tokens.shape[1] > n_ctx:
+        raise DatasetError(f"a prompt is {batch.tokens.shape[1]} tokens long (with BOS), longer than the "
+                           f"model's context of {n_ctx}; shorten it")  # fmt: skip
+    return batch
 
 
 @dataclass(frozen=True)
@@ -336,6 +412,7 @@ class IOIBatch:
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> IOIBatch:
         """The batch restricted to `index` (a [k] tensor or list of row numbers)."""
+        import torch
         idx = torch.as_tensor(index, dtype=torch.long)
         fields = {
             k: getattr(self, k)[idx]
@@ -357,6 +434,7 @@ def tokenize(
     copied from it, since ABC prompts hold fresh names; lengths must then match row by row.
     Raises DatasetError when a role name is not a single token or does not occur in its prompt.
     """
+    import torch
     if not samples:
         raise DatasetError("no samples to tokenize")
     bos = tokenizer.bos_token_id
@@ -365,6 +443,10 @@ def tokenize(
     roles = {w for x in samples for w in (x.io, x.s, x.s2, x.label)}
     ids = {w: single_token_id(tokenizer, w) for w in roles}
     bad = sorted(w for w, i in ids.items() if i is None)
+    unknown = [w for w in bad if _reads_unknown(tokenizer, w)]
+    if unknown:
+        raise DatasetError(f"name(s) not in this model's vocabulary: {', '.join(unknown)} (it would read "
+                           "them as its unknown token); use names the model knows")  # fmt: skip
     if bad:
         raise DatasetError("not single tokens for this tokenizer: " + ", ".join(bad))
     rows = [[bos, *tokenizer.encode(x.prompt, add_special_tokens=False)] for x in samples]

@@ -1,0 +1,266 @@
+"""The guided tour: the three findings told in steps, each with the chart that shows it, a text
+whose numbers and heads come from that chart's cached data, and a link that opens the detailed
+page at the same view (its URL state). The step is in the URL too (``step``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app_pages._store import (
+    Experiment,
+    circuit_at,
+    clean_run,
+    data_stamp,
+    result,
+    reversal_of,
+    roots,
+    series,
+    toxic_run,
+)
+from app_pages._ui import set_url, show_chart
+from app_pages._views import (
+    cmap_directions,
+    cmap_view,
+    curves_view,
+    dla_difference_view,
+    dla_view,
+    knockout_view,
+)
+from ioi.present import charts
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    text: str
+    page: str
+    params: dict[str, str]
+    draw: Callable[[], None]
+
+
+def heads_of(exp: Experiment, epoch: int, cls: str) -> list[str]:
+    circuit = circuit_at(exp, epoch)
+    return [str(h) for h in circuit.classes.get(cls, ())] if circuit else []
+
+
+def listed(heads: list[str]) -> str:
+    return " ".join(heads) if heads else "none"
+
+
+def value_at(exp: Experiment, column: str, epoch: int) -> float:
+    s = series(exp)
+    row = s[s["epoch"] == epoch]
+    return float(row[column].iloc[0]) if column in s and len(row) else float("nan")
+
+
+def top_heads(frame, n: int = 3, field: str = "value") -> str:
+    """The `n` heads with the largest |`field`|, as "1.4 (+3.2), …"."""
+    rows = frame.reindex(frame[field].abs().sort_values(ascending=False).index).head(n)
+    return ", ".join(f"{int(r['layer'])}.{int(r['head'])} ({r[field]:+.1f})" for _, r in rows.iterrows())
+
+
+def steps() -> list[Step]:
+    """The tour's steps over what the cache holds: the clean run, a toxic run and its reversal."""
+    clean = clean_run("dla")
+    if clean is None or not clean.epochs_with("dla"):
+        return []
+    out: list[Step] = []
+    last = clean.epochs_with("dla")[-1]
+    a, b = result(clean, 0, "dla"), result(clean, last, "dla")
+    movers0 = heads_of(clean, 0, "name mover")
+    if a is None or b is None:
+        return out
+    # The texts quote the charts' own numbers: the DLA entries' logit differences (analysis prompts).
+    ld0, ldn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    out.append(
+        Step(
+            "The pretrained model's circuit",
+            f"Before fine-tuning, {clean.model} predicts the indirect object over the subject by "
+            f"{ld0:.1f} logits. Direct logit attribution shows which heads write that answer: the "
+            f"strongest are {top_heads(a.heads)}. Outlined are the heads classified as its circuit — "
+            f"name movers {listed(movers0)}, S-inhibition {listed(heads_of(clean, 0, 's-inhibition'))}.",
+            "app_pages/attribution.py",
+            {"exp": clean.id, "epoch": "0", "mode": "one"},
+            lambda: show_chart(
+                *dla_view(clean, 0, a.heads, f"DLA — {clean.checkpoint_label(0)}"), "tour-dla"
+            ),
+        )
+    )
+    if last > 0:
+        movers = heads_of(clean, last, "name mover")
+        same = "the same name movers" if set(movers) == set(movers0) else f"name movers {listed(movers)}"
+        span = charts.color_span(a.heads, b.heads)
+
+        def side_by_side() -> None:
+            left, right = st.columns(2)
+            with left:
+                show_chart(
+                    *dla_view(clean, 0, a.heads, f"A: {clean.checkpoint_label(0)}", span), "tour-amp-a"
+                )
+            with right:
+                show_chart(
+                    *dla_view(clean, last, b.heads, f"B: {clean.checkpoint_label(last)}", span), "tour-amp-b"
+                )
+
+        out.append(
+            Step(
+                "Amplification: the same heads, stronger",
+                f"After {last} epochs of clean fine-tuning the logit difference is {ldn:.1f} "
+                f"(from {ld0:.1f}), and the circuit classified at epoch {last} has {same}: fine-tuning "
+                "strengthened the existing mechanism rather than building a new one. Both panels share one "
+                "colour scale.",
+                "app_pages/attribution.py",
+                {
+                    "exp": clean.id,
+                    "epoch": "0",
+                    "mode": "side",
+                    "compare": f"{clean.id}:{last}",
+                    "scale": "shared",
+                },
+                side_by_side,
+            )
+        )
+    f0, fn = (
+        value_at(clean, "faithfulness.faithfulness", 0),
+        value_at(clean, "faithfulness.faithfulness", last),
+    )
+    if fn == fn:  # not NaN: the faithfulness analysis is cached
+        curve = curves_view([clean], "faithfulness")
+        out.append(
+            Step(
+                "Amplification across epochs",
+                f"The circuit alone (every other head mean-ablated) explains {f0:.0%} of the pretrained "
+                f"model's logit difference and {fn:.0%} after {last} clean epochs. The black diamonds are "
+                "GPT-2 small's numbers in the paper (87% → 99.9%), for a different, larger model.",
+                "app_pages/faithfulness.py",
+                {"metric": "faithfulness", "exps": clean.id},
+                lambda: show_chart(*curve, "tour-faithfulness"),
+            )
+        )
+    toxic = toxic_run(analysis="dla")
+    if toxic is not None:
+        out += corruption_steps(clean, toxic)
+    return out
+
+
+def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
+    """Localized corruption (DLA change, knockout, CMAP) and neuroplasticity (the reversal)."""
+    out: list[Step] = []
+    tl = toxic.epochs_with("dla")[-1]
+    a, b = result(toxic, 0, "dla"), result(toxic, tl, "dla")
+    if a is None or b is None:
+        return out
+    t0, tn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    diff = charts.difference_frame(a.heads, b.heads)
+    out.append(
+        Step(
+            f"Localized corruption: {toxic.lineage}",
+            f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
+            f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
+            f"The heads whose direct effect changed most: {top_heads(diff)} logits.",
+            "app_pages/attribution.py",
+            {"exp": toxic.id, "epoch": "0", "mode": "diff", "compare": f"{toxic.id}:{tl}"},
+            lambda: show_chart(
+                *dla_difference_view(toxic, 0, a.heads, toxic, tl, b.heads), "tour-corruption"
+            ),
+        )
+    )
+    if toxic.epochs_with("knockout"):
+        epochs = sorted({0, toxic.epochs_with("knockout")[-1]})
+        chart, data, caption, notes = knockout_view(toxic, epochs)
+        if chart is not None:
+            movers = heads_of(toxic, epochs[-1], "name mover")
+            out.append(
+                Step(
+                    "Corruption: knock the classes out",
+                    f"Knocking out each class shows what the {toxic.lineage} model still relies on. "
+                    + (
+                        f"At epoch {epochs[-1]} its name movers are {listed(movers)}."
+                        if movers
+                        else f"At epoch {epochs[-1]} the classifier finds no name movers: the pretrained "
+                        "circuit is gone, so only the intact model's logit difference is drawn for it."
+                    ),
+                    "app_pages/knockout.py",
+                    {"exp": toxic.id, "epoch": ",".join(map(str, epochs))},
+                    lambda: show_chart(chart, data, caption, "tour-knockout"),
+                )
+            )
+    if toxic.epochs_with("cmap"):
+        ce = toxic.epochs_with("cmap")[-1]
+        found = result(toxic, ce, "cmap")
+        if found is not None and not found.heads.empty:
+            a_label, b_label = toxic.checkpoint_label(ce), toxic.checkpoint_label(0)
+            first = next(iter(cmap_directions(found)))
+            receiver, source = (a_label, b_label) if first == "a<-b" else (b_label, a_label)
+            out.append(
+                Step(
+                    "Corruption: which heads carry it (CMAP)",
+                    f"Cross-model patching runs {receiver} with one head at a time taken from {source}; a "
+                    "positive value means that head raises the receiver's logit difference (towards the "
+                    "indirect object). "
+                    f"The largest effects: {top_heads(found.heads)} logits.",
+                    "app_pages/cmap.py",
+                    {"exp": toxic.id, "epoch": str(ce)},
+                    lambda: show_chart(*cmap_view(found, a_label, b_label)[:3], "tour-cmap"),
+                )
+            )
+    rev = reversal_of(toxic)
+    if rev is not None and rev.epochs:
+        rl = rev.last_epoch
+        t0, tn, r_ld = (value_at(toxic, "logit_diff", 0), value_at(toxic, "logit_diff", tl),
+                        value_at(rev, "logit_diff", rl))  # fmt: skip
+        movers = heads_of(rev, rl, "name mover")
+        back = heads_of(clean, 0, "name mover")
+        same = (
+            "the pretrained model's name movers"
+            if movers and set(movers) == set(back)
+            else f"name movers {listed(movers)}"
+        )
+        curve = curves_view([toxic, rev], "logit_diff")
+        out.append(
+            Step(
+                "Neuroplasticity: clean data restores the circuit",
+                f"Fine-tuning the corrupted model on clean data for {rl} epochs brings the logit difference "
+                f"back from {tn:.1f} to {r_ld:.1f} (pretrained: {t0:.1f}), and the circuit classified at the "
+                f"end of the reversal has {same}.",
+                "app_pages/faithfulness.py",
+                {"metric": "logit_diff", "exps": f"{toxic.id},{rev.id}"},
+                lambda: show_chart(*curve, "tour-reversal"),
+            )
+        )
+    return out
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def cached_steps(stamp: float, roots: tuple[str, ...]) -> list[Step]:
+    """`steps()`, rebuilt only when the cache changes (a rerun of the Overview stays fast)."""
+    return steps()
+
+
+def tour() -> None:
+    """The tour's current step: Back / Next on top (they never move), the text, its chart, its link."""
+    found = cached_steps(data_stamp(), tuple(map(str, roots())))
+    if not found:
+        st.caption(
+            "No experiment results are cached yet: run `python -m ioi precompute` or use the "
+            "Experiments page."
+        )
+        return
+    text = st.query_params.get("step", "1")
+    step = min(max(int(text) if text.isdigit() else 1, 1), len(found))
+    back, forward, progress = st.columns([1, 1, 6], vertical_alignment="center")
+    back.button("Back", disabled=step == 1, key="tour_back", icon=":material/arrow_back:",
+                on_click=set_url, kwargs={"step": step - 1})  # fmt: skip
+    forward.button("Next", disabled=step == len(found), key="tour_next", icon=":material/arrow_forward:",
+                   on_click=set_url, kwargs={"step": step + 1})  # fmt: skip
+    set_url(step=step)
+    current = found[step - 1]
+    progress.progress(step / len(found), text=f"Step {step} of {len(found)}: {current.title}")
+    st.markdown(f"#### {current.title}")
+    st.write(current.text)
+    st.page_link(current.page, label=f"Open this view: {current.title}", icon=":material/open_in_new:",
+                 query_params=current.params)  # fmt: skip
+    current.draw()

@@ -1,0 +1,167 @@
+"""Widgets shared by the pages: pickers whose choice lives in the URL, chart output, messages.
+
+URL state: every picker reads its starting value from `st.query_params` (a bookmarked or reloaded
+view opens as it was) and writes its value back, so the address bar always names the view:
+``exp`` (experiment id), ``epoch``, ``compare`` (``<id>:<epoch>``), ``mode`` and page-specific keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app_pages._store import Experiment, UserError, experiments, result
+from ioi.present import charts
+
+
+def url_value(name: str) -> str | None:
+    """The query parameter `name` of the page's URL, or None."""
+    return st.query_params.get(name)
+
+
+def set_url(**values: Any) -> None:
+    """Write view state into the URL (None removes a key); no rerun."""
+    for name, value in values.items():
+        if value is None or value == "":
+            if name in st.query_params:
+                del st.query_params[name]
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
+
+
+def choice(
+    label: str, options: Sequence[Any], key: str, *, param: str | None, default: Any = None,
+    where=st, format_func: Callable[[Any], str] = str, radio: bool = False, **kwargs: Any,
+) -> Any:  # fmt: skip
+    """A selectbox (or radio) of `options` that opens on the URL's `param` when it names one of
+    them, else on `default` (else the first), and writes the choice back to the URL (with
+    `param` None the caller keeps the URL)."""
+    options = list(options)
+    by_text = {str(o): o for o in options}
+    start = by_text.get(
+        (url_value(param) if param else None) or "", default if default in options else options[0]
+    )
+    widget = where.radio if radio else where.selectbox
+    chosen = widget(label, options, index=options.index(start), key=key, format_func=format_func, **kwargs)
+    if param:
+        set_url(**{param: chosen})
+    return chosen
+
+
+def pick_experiment(
+    label: str, key: str, *, analysis: str | None = None, where=st, param: str | None = "exp",
+    default: Experiment | None = None, exclude: Callable[[Experiment], bool] | None = None,
+) -> Experiment | None:  # fmt: skip
+    """A selectbox of experiments (only those with `analysis` cached), labelled by lineage; opens
+    on the URL's `param`, else the experiment opened from the Experiments page, else `default`."""
+    found = [e for e in experiments() if analysis is None or e.epochs_with(analysis)]
+    if not found:
+        return None
+    ids = [e.id for e in found]
+    opened = st.session_state.get("opened_experiment") if param == "exp" else None
+    start = opened if opened in ids else (default.id if default is not None and default.id in ids else ids[0])
+    labels = {e.id: e.label for e in found}
+    chosen = choice(label, ids, key, param=param, default=start, where=where, format_func=labels.get)
+    return found[ids.index(chosen)]
+
+
+def pick_epoch(
+    exp: Experiment, name: str, label: str, key: str, *, where=st, param: str | None = "epoch",
+    default: int | None = None,
+) -> int:  # fmt: skip
+    """A selectbox of the epochs at which `name` is cached; epoch 0 is labelled as what it is
+    (the pretrained model, or the toxic model a reversal starts from). Defaults to `default`,
+    else the latest epoch."""
+    epochs = exp.epochs_with(name)
+    start = default if default in epochs else epochs[-1]
+    # The key carries the experiment: another experiment's epochs are another widget.
+    return choice(label, epochs, f"{key}-{exp.id}", param=param, default=start, where=where,
+                  format_func=exp.epoch_label)  # fmt: skip
+
+
+def parse_checkpoint(text: str | None) -> tuple[str | None, int | None]:
+    """ "<id>:<epoch>" (the URL's ``compare``) -> (id, epoch); (None, None) when malformed."""
+    exp_id, _, epoch = (text or "").partition(":")
+    return (exp_id, int(epoch)) if exp_id and epoch.isdigit() else (None, None)
+
+
+def empty_state(what: str, how: str) -> None:
+    """Say that there is nothing to show and what to run to get it."""
+    st.info(f"**No {what} yet.** {how}", icon="ℹ️")
+
+
+def show_user_errors(fn: Callable[[], None]) -> None:
+    """Run a page body; a user's error (ValueError and kin) is shown as a message, not a trace."""
+    try:
+        fn()
+    except (ValueError, FileNotFoundError) as err:
+        st.error(str(err), icon="⚠️")
+
+
+def recompute_button(exp: Experiment, name: str, key: str) -> None:
+    """Offer to recompute a missing or damaged entry by re-running its experiment as a job."""
+    if st.button(f"Recompute {name}", key=key, help="re-runs the experiment's job; cached parts are reused"):
+        from app_pages._forms import resubmit
+
+        st.success(f"Job {resubmit(exp, name)} started; follow it on the Experiments page.")
+
+
+def result_or_offer(exp: Experiment, epoch: int, name: str):
+    """The cached result, or None after saying it is missing or damaged, with a recompute button."""
+    try:
+        found = result(exp, epoch, name)
+    except UserError as err:
+        st.error(f"{err} It can be recomputed.", icon="⚠️")
+        found = None
+    else:
+        if found is None:
+            st.warning(f"No {name} result is cached at {exp.epoch_label(epoch)} of {exp.label}.", icon="⚠️")
+    if found is None:
+        recompute_button(exp, name, f"recompute-{name}-{exp.id}-{epoch}")
+    return found
+
+
+def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str) -> None:
+    """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
+    fixed size (heatmaps) keep it; others fill the width."""
+    spec = chart.to_dict(validate=False)
+    height, width = spec.get("height"), spec.get("width")
+    # Streamlit fits the whole chart (title, axes, legend) into `height`, and collapses ordinal
+    # axes without one: pass the plot's own height plus room for the rest.
+    st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
+        chart,
+        key=f"{key}-chart",
+        width="content" if isinstance(width, int) or "facet" in spec else "stretch",
+        height=height + 130 if isinstance(height, int) else "content",
+    )
+    st.caption(caption)
+    with st.container(horizontal=True, gap="small"):
+        st.download_button(
+            "CSV", data.to_csv(index=False), file_name=f"{key}.csv", mime="text/csv", key=f"{key}-csv",
+            on_click="ignore", icon=":material/download:",
+        )  # fmt: skip
+        st.download_button(
+            "PNG", lambda: charts.chart_bytes(chart, "png"), file_name=f"{key}.png", mime="image/png",
+            key=f"{key}-png", on_click="ignore", icon=":material/image:",
+        )  # fmt: skip
+        st.download_button(
+            "SVG", lambda: charts.chart_bytes(chart, "svg"), file_name=f"{key}.svg", mime="image/svg+xml",
+            key=f"{key}-svg", on_click="ignore", icon=":material/image:",
+        )  # fmt: skip
+
+
+def heads_with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A per-head table with an L.H column first, for display and CSV."""
+    out = frame.copy()
+    out.insert(0, "L.H", charts.head_labels(out))
+    return out
+
+
+def circuit_caption(circuit) -> str:
+    """The heads of a circuit in words, class by class (empty classes left out)."""
+    parts = [f"{c}: {' '.join(map(str, hs))}" for c, hs in circuit.classes.items() if hs]
+    return "; ".join(parts) if parts else "no circuit heads found"

@@ -1,0 +1,88 @@
+"""Cheap checks of what a user asks of a model (no torch, no weights read): its name, its epochs, sizes.
+
+Submitting a job runs them so that a typo is refused at once instead of failing in the background
+worker; `ioi.models.load` and `ioi.models.train` are what actually load and train.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ioi.task.data import MAX_PROMPTS
+from ioi.task.defaults import ASSETS, DEFAULT_MODEL
+
+
+def _hf_offline() -> bool:
+    # ioi.models.load sets HF_HUB_OFFLINE=1 unless the user chose otherwise; the same default here.
+    return os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False")
+
+
+def model_problem(name: str) -> str | None:
+    """None when `name` is loadable as far as a cheap check can tell: the bundled model, a
+    ``random:*`` architecture, a directory with a config.json, or a HuggingFace name (when offline,
+    only one whose config is in the local HF cache). Otherwise a sentence saying what is wrong."""
+    if name.startswith("random:"):
+        return None
+    path = ASSETS / "ioi-tiny" if name == DEFAULT_MODEL else Path(name).expanduser()
+    if path.is_dir():
+        return (
+            None if (path / "config.json").exists() else f"{path} is not a model directory (no config.json)"
+        )
+    if name == DEFAULT_MODEL:
+        return "the bundled ioi-tiny model is missing; rebuild it with `ioi pretrain-tiny`"
+    if path.exists():
+        return f"{path} is a file, not a model directory"
+    if name.startswith(("/", ".", "~")):
+        return f"model directory {path} does not exist"
+    if not _hf_offline():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:
+        cached = None
+    if isinstance(cached, str):
+        return None
+    return (
+        f"model {name!r} is neither a directory, {DEFAULT_MODEL}, random:* nor in the local HuggingFace "
+        f"cache (offline); download it once with HF_HUB_OFFLINE=0 or give a local directory"
+    )
+
+
+class TrainingError(ValueError):
+    """A fine-tuning request that cannot run as asked; the message says why."""
+
+
+def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
+    """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
+    for an epoch outside 1..epochs."""
+    try:
+        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
+    except ValueError:
+        raise TrainingError(
+            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
+        ) from None
+    bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
+    if bad:
+        raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
+    return values
+
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+
+
+def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
+    """TrainingError unless epochs, batch size and the dataset sizes (by name) are within the caps
+    that keep a mistyped number from grinding the machine (MAX_EPOCHS, MAX_BATCH, MAX_PROMPTS)."""
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise TrainingError(f"epochs must be from 1 to {MAX_EPOCHS:,}, got {epochs}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise TrainingError(f"batch size must be from 1 to {MAX_BATCH:,}, got {batch_size}")
+    for name, size in sizes.items():
+        if not 1 <= size <= MAX_PROMPTS:
+            what = name.replace("_", " ")
+            raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
