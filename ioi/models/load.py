@@ -2,7 +2,7 @@
 
 Model names:
 - ``ioi-tiny``: the bundled small pretrained model (``ioi/assets/ioi-tiny``), the default;
-- ``ioi-small``: the bundled deeper model pretrained for a GPT-2-like circuit (``ioi/assets/ioi-small``);
+- ``ioi-small``: the bundled 4-layer model pretrained towards GPT-2's circuit (``ioi/assets/ioi-small``);
 - ``random:gpt2``: GPT-2 small's architecture with seeded random weights and the real GPT-2
   tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
 - ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
