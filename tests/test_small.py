@@ -119,5 +119,5 @@ def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
     # The direct effect is carried by two S-suppressing heads no class describes: they attend S,
     # not IO, so they are neither name movers nor S-inhibition heads in the IOI paper's sense.
     for layer, head in ((2, 4), (2, 3)):
-        assert scores["attn_end_to_s"][layer, head] > 0.9 and scores["attn_end_to_io"][layer, head] < 0.05
+        assert scores["attn_end_to_s2"][layer, head] > 0.9 and scores["attn_end_to_io"][layer, head] < 0.05
         assert scores["path_logits"][layer, head] < -0.4
