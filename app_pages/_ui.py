@@ -129,14 +129,15 @@ def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: 
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
     fixed size (heatmaps) keep it; others fill the width."""
     spec = chart.to_dict(validate=False)
-    height, width = spec.get("height"), spec.get("width")
-    # Streamlit fits the whole chart (title, axes, legend) into `height`, and collapses ordinal
-    # axes without one: pass the plot's own height plus room for the rest.
+    fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
+    height = spec.get("height")
+    # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
+    # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
     st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
         chart,
         key=f"{key}-chart",
-        width="content" if isinstance(width, int) or "facet" in spec else "stretch",
-        height=height + 130 if isinstance(height, int) else "content",
+        width="content" if fixed or "facet" in spec else "stretch",
+        height=height + 130 if isinstance(height, int) and not fixed else "content",
     )
     st.caption(caption)
     with st.container(horizontal=True, gap="small"):

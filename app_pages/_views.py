@@ -134,9 +134,14 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
         )
         if se and se in s:
             part["low"], part["high"] = s[column] - 1.96 * s[se], s[column] + 1.96 * s[se]
+        if f"{column}_lo" in s:  # the analysis stored a bootstrap interval of its own
+            part["low"], part["high"] = s[f"{column}_lo"], s[f"{column}_hi"]
         if metric == "faithfulness" and "faithfulness.f_model" in s:
-            guarded = (s["faithfulness.f_model"].abs() < MIN_F_MODEL).to_numpy()
-            hidden += int((guarded & s[column].notna().to_numpy()).sum())
+            # Undefined ratios: those the analysis left NaN (its own guard) and, in caches written
+            # before it had one, those with |F(M)| below the same bound.
+            f_model = s["faithfulness.f_model"]
+            guarded = (f_model.notna() & ((f_model.abs() < MIN_F_MODEL) | s[column].isna())).to_numpy()
+            hidden += int(guarded.sum())
             part.loc[guarded, "value"] = float("nan")
             entry = result(exp, exp.epochs_with("faithfulness")[-1], "faithfulness")
             if entry is not None:
@@ -155,7 +160,10 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
         title=f"{title} across epochs",
         columns=min(2, data["panel"].nunique()),
     )
-    band = "95% CI (±1.96 standard errors over prompts)" if se else "no band: one value per checkpoint"
+    band = (
+        "95% CI (±1.96 standard errors over prompts)" if se else
+        "95% bootstrap interval over prompts" if "low" in data else "no band: one value per checkpoint"
+    )  # fmt: skip
     how = f"; circuit kept, other heads {', '.join(sorted(ablations))}-ablated" if ablations else ""
     guard = (
         f" {hidden} checkpoint(s) left out where |F(M)| < {MIN_F_MODEL} logits: the model no longer "

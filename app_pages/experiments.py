@@ -44,9 +44,7 @@ def launch_form() -> None:
     toxic = [e for e in experiments() if e.scenario in CORRUPTIONS]
     st.subheader("Launch an experiment")
     c = st.columns(3)
-    # a new model resets the lr field to that model's default (the CLI's, ioi.task.defaults)
-    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model",
-                           on_change=lambda: st.session_state.pop("form_lr", None))  # fmt: skip
+    model = c[0].selectbox("Model", [*MODELS, "a local directory…"], key="form_model")
     path_err = c[0].empty()
     if model == "a local directory…":
         model = c[0].text_input("Model directory", key="form_model_dir")

@@ -78,6 +78,14 @@ def job_timeline(root: Path) -> dict[str, float]:
     return {"submit_returns_s": returned, "submit_to_first_step_s": first[0] - start, "job_steps_per_s": rate}
 
 
+def import_floor() -> float:
+    """Seconds a fresh process takes to import what a training worker cannot do without."""
+    start = time.perf_counter()
+    code = "import torch; from transformers import GPT2LMHeadModel"  # what loading ioi-tiny needs
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
 def direct_rate(out: Path, threads: str | None) -> float:
     """Steps/s of `ioi finetune` (it prints its rate, first step to last), with $IOI_JOB_THREADS."""
     extra = {"IOI_JOB_THREADS": threads} if threads else {}
@@ -100,8 +108,10 @@ def main() -> None:
         results["submit_to_first_step_s"] = statistics.median(r["submit_to_first_step_s"] for r in runs)
         results["submit_returns_s"] = statistics.median(r["submit_returns_s"] for r in runs)
         results["job_steps_per_s"] = statistics.median(r["job_steps_per_s"] for r in runs)
+        results["torch_transformers_import_s"] = floor = import_floor()
         print(f"jobs submit (median of {len(runs)}): returns in {results['submit_returns_s']:.1f} s, "
-              f"first training step {results['submit_to_first_step_s']:.1f} s after its start")  # fmt: skip
+              f"first training step {results['submit_to_first_step_s']:.1f} s after its start; "
+              f"importing torch + transformers takes {floor:.1f} s")  # fmt: skip
         if not args.quick:
             results["direct_steps_per_s"] = direct_rate(Path(tmp) / "direct", None)
             results["direct_steps_per_s_one_thread_per_core"] = direct_rate(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from analysis_data import ioi_batches
@@ -154,3 +156,38 @@ def test_faithfulness_analysis_reports_the_ablation_and_circuit(tiny_random, dat
     assert result["ablation"] == "zero"
     assert result["circuit"]["classes"]["name mover"] == ["1.0"]
     assert result["f_model"] == pytest.approx(prepare(tiny_random, clean, abc).f_clean)
+
+
+def test_faithfulness_keeps_per_prompt_values_and_a_paired_interval(tiny_random, data):
+    clean, abc = data
+    whole = Circuit("whole model", {"every head": all_heads(tiny_random)})
+    out = run_analysis("faithfulness", tiny_random, clean, abc, circuit=whole)
+    prompts = out.tables["prompts"]
+    assert len(prompts) == len(clean)
+    assert prompts["f_circuit"].mean() == pytest.approx(out.summary["f_circuit"], abs=1e-5)
+    assert {"MLP 0", "MLP 1", "MLPs 1+"} == set(out.tables["mlps"]["ablated"])
+    # random:tiny does not do the task: the ratio is undefined, with the reason, never a number
+    assert abs(out.summary["f_model"]) < 0.5
+    assert out.summary["faithfulness"] != out.summary["faithfulness"]  # NaN
+    assert "does not do the task" in out.summary["ratio_undefined"]
+
+
+def test_ioi_tiny_circuit_with_the_heads_that_carry_the_effect_is_faithful(ioi_tiny):
+    """The audit measured 0.57 without head 1.2 and 1.00 with it; the circuit rule includes it."""
+    clean, abc = ioi_batches(ioi_tiny, 60)
+    out = run_analysis("faithfulness", ioi_tiny, clean, abc)
+    assert "1.2" in out.summary["circuit"]["classes"]["other heads carrying the effect"]
+    assert out.summary["faithfulness_lo"] <= out.summary["faithfulness"] <= out.summary["faithfulness_hi"]
+    assert 0.9 <= out.summary["faithfulness_lo"] and out.summary["faithfulness_hi"] <= 1.1
+    tests = run_analysis("circuit-tests", ioi_tiny, clean, abc)
+    assert tests.summary["minimality_k"] == "K ∈ {∅, each class, the whole circuit}"
+    assert set(tests.tables["completeness"]["subset"]) >= {"(none)", "(all)", "name mover"}
+
+
+def test_no_faithfulness_for_a_model_that_does_the_opposite_task(ioi_tiny):
+    """|F(M)| is large when a model prefers S, but it has no IOI circuit: the ratio is undefined."""
+    clean, abc = ioi_batches(ioi_tiny, 30)
+    swapped = dataclasses.replace(clean, io_tok=clean.s_tok, s_tok=clean.io_tok)  # logit(S) − logit(IO)
+    out = run_analysis("faithfulness", ioi_tiny, swapped, abc)
+    assert out.summary["f_model"] < -0.5 and "does not do the task" in out.summary["ratio_undefined"]
+    assert out.summary["faithfulness"] != out.summary["faithfulness"]

@@ -111,7 +111,7 @@ def test_options_are_refused_before_anything_runs(option, message):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--analyses", "dla,bogus"], "unknown analysis 'bogus'; known: attention, classify, cmap, dla"),
+        (["--analyses", "dla,bogus"], "unknown analysis 'bogus'; known: attention, circuit-tests, classify"),
         (["--model", "no-such-model"], "'no-such-model' is neither a directory"),
         (["--model", "/no/such/dir"], "model directory /no/such/dir does not exist"),
     ],

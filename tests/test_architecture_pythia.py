@@ -154,6 +154,12 @@ def test_cmap_on_pythia_equals_one_forward_per_head(pythia, other_pythia, data, 
     torch.testing.assert_close(fast.delta, ref, atol=1e-5, rtol=1e-4)
 
 
+def test_cmap_refuses_two_architectures_of_one_shape(pythia, tiny_random, data):
+    assert (pythia.n_layers, pythia.n_heads) == (tiny_random.n_layers, tiny_random.n_heads)
+    with pytest.raises(ValueError, match="one architecture"):
+        cmap(pythia, tiny_random, data[0])
+
+
 def test_on_gpt2_the_fast_paths_equal_the_hooked_path(tiny_random):
     clean, abc = ioi_batches(tiny_random, 10)
     acts = prepare(tiny_random, clean, abc)

@@ -145,6 +145,20 @@ def test_no_two_experiment_labels_in_a_picker_are_equal(server, page):
         assert any(o.startswith("reversal of ") for o in options), options
 
 
+def test_a_reversal_is_labelled_by_its_lineage_and_starts_from_the_toxic_model(server, page):
+    from ioi.runs.catalog import list_experiments
+
+    runs = list_experiments(DEMO)
+    toxic = {e.id: e.config["scenario"] for e in runs}
+    reversal = next(e for e in runs if e.config["scenario"] == "reversal" and e.config.get("parent") in toxic)
+    page.goto(f"{server}/cmap?exp={reversal.id}", timeout=120_000)
+    settle(page)
+    main = page.inner_text("[data-testid='stMain']")
+    lineage = toxic[reversal.config["parent"]].replace("_", " ")
+    assert f"reversal of {lineage}" in main and "toxic model this reversal starts from" in main
+    shoot(page, "8b-cmap-reversal")
+
+
 def test_a_url_copied_from_a_view_reproduces_it(server, page, browser):
     page.goto(f"{server}/attribution", timeout=120_000)
     settle(page)

@@ -105,3 +105,27 @@ def test_chart_bytes_renders_png_and_svg():
     assert b"<svg" in charts.chart_bytes(chart, "svg")[:500]
     with pytest.raises(ValueError, match="png or svg"):
         charts.chart_bytes(chart, "gif")
+
+
+def test_circuit_dot_draws_classes_outside_the_papers():
+    circuit = Circuit("toy", {"name mover": (Head(1, 2),), "other heads carrying the effect": (Head(0, 1),)})
+    dot = charts.circuit_dot(circuit)
+    assert '"other heads carrying the effect" -> "logits" [style=dashed' in dot and "0.1" in dot
+
+
+def test_heatmap_shares_a_scale_and_keeps_its_cells():
+    a, b = heads([[1.0, -1.0]]), heads([[4.0, 0.5]])
+    span = charts.color_span(a, b)
+    specs = [charts.head_heatmap(f, span=span).to_dict() for f in (a, b)]
+    assert [s["layer"][0]["encoding"]["color"]["scale"]["domain"] for s in specs] == [[-4.0, 4.0]] * 2
+    assert (
+        specs[0]["autosize"]["type"] == "pad"
+        and specs[0]["layer"][0]["encoding"]["x"]["axis"]["labelAngle"] == 0
+    )
+
+
+def test_lineage_colours_are_fixed_whatever_is_shown():
+    assert charts.lineage("reversal", "subject_duplication") == "reversal of subject duplication"
+    few = charts.lineage_color("lineage", domain=["reversal of name moving", "clean"]).to_dict()["scale"]
+    assert few["domain"] == ["clean", "reversal of name moving"]
+    assert few["range"] == [charts.LINEAGE_COLORS["clean"], charts.LINEAGE_COLORS["reversal of name moving"]]

@@ -1,4 +1,5 @@
-"""Head classification: the rules of ClassifyThresholds applied to the score grids it reports."""
+"""Head classification and the circuit rule: the criteria of ClassifyThresholds applied to the score
+grids it reports, on a model that does the task (ioi-tiny) and one that does not (random:tiny)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from analysis_data import ioi_batches
 
 from ioi.methods.ablation import Knockout
 from ioi.methods.analyses import run_analysis
+from ioi.methods.attention import attention_scores
 from ioi.methods.classify import (
+    NOT_THE_TASK,
     ClassifyThresholds,
-    analysis_circuit,
-    attention_at,
+    circuit_for,
     classify_heads,
     heads_where,
     is_gpt2_small,
 )
-from ioi.task.circuit import CLASS_POSITIONS, GPT2_SMALL_CIRCUIT, Circuit, Head
+from ioi.task.circuit import CLASS_POSITIONS, GPT2_SMALL_CIRCUIT, OTHER, Circuit, Head
 
 
 @pytest.fixture(scope="module")
@@ -31,39 +33,66 @@ def test_heads_where_orders_by_strength_and_excludes():
     assert heads_where(mask, order, exclude=(Head(1, 0),)) == (Head(1, 1), Head(0, 0))
 
 
-def test_classification_returns_a_circuit_that_follows_its_thresholds(tiny_random, data):
-    t = ClassifyThresholds(name_mover=0.01, backup_min_attention=0.0)
-    circuit = classify_heads(tiny_random, *data, t)
-    assert isinstance(circuit, Circuit)
-    assert set(circuit.classes) == set(CLASS_POSITIONS)
-    assert circuit.source == "discovered on random:tiny"
-    s = circuit.meta["scores"]
-    for h in circuit.classes["name mover"]:
-        assert s["path_logits"][h] <= -t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
-    for h in circuit.classes["negative name mover"]:
-        assert s["path_logits"][h] >= t.name_mover and s["attn_end_to_io"][h] > s["attn_end_to_s2"][h]
-    attends_io = s["attn_end_to_io"] > s["attn_end_to_s2"]
-    want_nm = {Head(*h) for h in ((s["path_logits"] <= -0.01) & attends_io).nonzero().tolist()}
-    assert set(circuit.classes["name mover"]) == want_nm
-    assert len(set(circuit.heads)) == len(circuit.heads)  # one class per head
-
-
-def test_classify_analysis_has_a_class_column_and_the_classes(tiny_random, data):
-    result = run_analysis("classify", tiny_random, *data, name_mover=0.01)
-    out = result.to_json()
-    assert set(out["classes"]) == set(CLASS_POSITIONS)
-    named = {f"{r['layer']}.{r['head']}": r["class"] for r in out["heads"] if r["class"]}
-    assert named == {h: c for c, hs in out["classes"].items() for h in hs}
+def test_a_model_that_does_not_do_the_task_gets_no_classes(tiny_random, data):
+    circuit = classify_heads(tiny_random, *data)
+    assert set(circuit.classes) == set(CLASS_POSITIONS) and not circuit.heads
+    assert NOT_THE_TASK in circuit.meta["reason"]
+    out = run_analysis("classify", tiny_random, *data)
+    assert NOT_THE_TASK in out.summary["reason"] and not any(out.heads["class"])
     with pytest.raises(ValueError, match="unknown classify options"):
         run_analysis("classify", tiny_random, *data, name_movers=0.1)
 
 
-def test_the_published_circuit_is_used_only_for_gpt2_small(tiny_random, data):
+@pytest.fixture(scope="module")
+def tiny_circuit(ioi_tiny):
+    clean, abc = ioi_batches(ioi_tiny, 60)
+    return classify_heads(ioi_tiny, clean, abc), (clean, abc)
+
+
+def test_classes_follow_the_ioi_criteria_relative_to_f_model(tiny_circuit):
+    circuit, _ = tiny_circuit
+    s, f_m, t = circuit.meta["scores"], circuit.meta["f_model"], ClassifyThresholds()
+    assert circuit.meta["cutoffs_logits"]["name_mover"] == pytest.approx(t.name_mover * f_m)
+    want_nm = (
+        (s["path_logits"] <= -t.name_mover * f_m)
+        & (s["attn_end_to_io"] > s["attn_end_to_s"])  # S1 and S2 together
+        & (s["copy_score"] >= t.min_copy_score)
+        & (s["copy_score"] > s["negative_copy_score"])
+    )
+    assert set(circuit.classes["name mover"]) == {Head(*h) for h in want_nm.nonzero().tolist()}
+    for h in circuit.classes["s-inhibition"]:  # lowers F through the name movers' queries, attends S2
+        assert s["path_nm_q"][h] <= -t.s_inhibition * f_m and s["attn_end_to_s2"][h] > s["attn_end_to_io"][h]
+    for h in circuit.classes[OTHER]:
+        assert max(abs(s["path_logits"][h]), abs(s["dla"][h])) >= t.other * f_m
+    assert Head(1, 2) in circuit.classes[OTHER]  # 37% of the direct effect, in no IOI class
+    assert len(set(circuit.heads)) == len(circuit.heads)  # one class per head
+
+
+def test_backups_need_compensation_by_a_head_downstream_of_the_name_movers(tiny_circuit):
+    """With the clean run's LayerNorm scale, a head in the name movers' layer or before (other than
+    the name movers) cannot change its direct effect when they are knocked out at END: only a
+    later head can compensate."""
+    circuit, _ = tiny_circuit
+    s = circuit.meta["scores"]
+    first = min(h.layer for h in circuit.classes["name mover"])
+    change = s["dla_after_nm_knockout"] - s["dla"]
+    for h in circuit.classes["name mover"]:
+        assert change[h] < 0  # knocked out themselves
+        change[h] = 0.0
+    assert change[: first + 1].abs().max() < 1e-5
+    for h in circuit.classes["backup name mover"]:
+        assert h.layer > first and change[h] >= ClassifyThresholds().backup * circuit.meta["f_model"]
+
+
+def test_circuit_for_is_the_one_rule(tiny_random, data, tiny_circuit, ioi_tiny):
     assert not is_gpt2_small(tiny_random)
     given = Circuit("mine", {"name mover": (Head(1, 2),)})
-    assert analysis_circuit(tiny_random, *data, given) is given
-    assert analysis_circuit(tiny_random, *data, given.to_json()) == given
-    assert analysis_circuit(tiny_random, *data).source == "discovered on random:tiny"
+    assert circuit_for(tiny_random, *data, given) is given
+    assert circuit_for(tiny_random, *data, given.to_json()) == given
+    assert circuit_for(tiny_random, *data).source == "discovered on random:tiny"
+    circuit, batches = tiny_circuit
+    found = circuit_for(ioi_tiny, *batches)
+    assert found.classes == circuit.classes and circuit_for(ioi_tiny, *batches) is found  # reused
     assert GPT2_SMALL_CIRCUIT.classes["name mover"] == (Head(9, 9), Head(9, 6), Head(10, 0))
 
 
@@ -79,18 +108,17 @@ def test_ioi_tiny_name_movers_carry_the_task(ioi_tiny):
     assert f_without <= 0.5 * ko.acts.f_clean
 
 
-def test_ioi_tiny_has_name_movers_and_an_upstream_s_inhibition_head(ioi_tiny):
+def test_ioi_tiny_has_name_movers_and_an_upstream_s_inhibition_head(ioi_tiny, tiny_circuit):
     """Name movers prefer IO and push IO − S; an upstream head acts through their queries."""
     from ioi.methods.attribution import direct_logit_attribution
     from ioi.methods.path_patching import Receivers, path_patch
 
-    clean, abc = ioi_batches(ioi_tiny, 60)
-    circuit = classify_heads(ioi_tiny, clean, abc)
+    circuit, (clean, abc) = tiny_circuit
     movers = circuit.classes["name mover"]
-    att = attention_at(ioi_tiny, clean)
+    att = attention_scores(ioi_tiny.bridge, clean)
     dla = direct_logit_attribution(ioi_tiny.bridge, clean).heads.mean(0)  # [layer, head]
     for h in movers:
-        assert att["end_to_io"][h] >= 1.5 * att["end_to_s2"][h], f"{h} does not prefer IO"
+        assert att["end_to_io"][h] > att["end_to_s"][h], f"{h} does not prefer IO over S1 and S2"
         assert dla[h] > 0
     via_movers = path_patch(ioi_tiny, clean, abc, Receivers(heads=tuple(movers)))
     to_logits = path_patch(ioi_tiny, clean, abc)

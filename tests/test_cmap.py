@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from ioi.methods.analyses import run_analysis
-from ioi.methods.cmap import bootstrap_means, class_effects, cmap, summarize
-from ioi.methods.patching import Patch, hook_name, read_activations, run_patched
+from ioi.methods.cmap import cmap, summarize
+from ioi.methods.patching import Patch, hook_name, position_mask, read_activations, run_patched
+from ioi.methods.stats import bootstrap_means
 from ioi.models.load import wrap
 from ioi.task.circuit import Circuit, Head
 from ioi.task.data import abc_counterfactual, make_dataset, tokenize
@@ -104,6 +105,7 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     values = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
     s = summarize(values, torch.ones(50) * 2.0, n_boot=300, seed=4)
     again = summarize(values, torch.ones(50) * 2.0, n_boot=300, seed=4)
+    assert not s.share_undefined
     torch.testing.assert_close(s.ci_low, again.ci_low)
     assert (s.ci_low <= s.value).all() and (s.value <= s.ci_high).all()
     torch.testing.assert_close(s.share, s.value / 2.0)
@@ -112,23 +114,40 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     assert bootstrap_means(values, n_boot=7).shape == (7, 3)
 
 
-def test_class_sums_and_registry(model_a, model_b, batches):
+def test_classes_are_patched_jointly_and_both_directions_are_kept(model_a, model_b, batches):
     clean, abc = batches
     circuit = Circuit("toy", {"name mover": (Head(1, 0), Head(1, 3)), "induction": (Head(0, 2),)})
-    res = cmap(model_a, model_b, clean)
-    names, sums = class_effects(res, circuit)
-    assert names == ["name mover", "induction"]
-    torch.testing.assert_close(sums[0], res.delta[1, 0] + res.delta[1, 3])
+    # the joint patch of a class is one run with all its heads from B, not the sum of single patches
+    src = read_activations(model_b, clean, [hook_name(layer, "z") for layer in range(2)])
+    end = position_mask(clean, "end")
+    joint = [Patch(1, h, src[hook_name(1, "z")][:, :, h], end) for h in (0, 3)]
+    f_a = run_patched(model_a, clean, [[]])[0]
+    want = run_patched(model_a, clean, [joint])[0] - f_a
+    res = cmap(model_a, model_b, clean, groups=[circuit.classes["name mover"]])
+    torch.testing.assert_close(res.joint[0], want, atol=1e-5, rtol=1e-5)
 
-    out = run_analysis(
-        "cmap", model_a, clean, abc, other=model_b, circuit=circuit, n_boot=100, direction="both"
-    )
-    heads, classes = out.heads, out.tables["classes"]
-    assert {"value", "share_of_gap", "ci_low", "ci_high"} <= set(heads.columns)
-    assert heads["value"].values == pytest.approx(res.delta.mean(-1).flatten().double().numpy(), abs=1e-6)
-    assert heads["share_of_gap"].values == pytest.approx(heads["value"].values / out.summary["gap"])
-    assert classes["value"].tolist() == pytest.approx(sums.mean(-1).double().tolist(), abs=1e-6)
+    out = run_analysis("cmap", model_b, clean, abc, other=model_a, circuit=circuit, n_boot=100)
+    assert out.summary["direction"] == "b<-a"  # the base (other) receives the fine-tuned heads first
+    classes = out.tables["classes"].set_index("class")
+    assert classes.loc["name mover", "value"] == pytest.approx(want.mean().item(), abs=1e-5)
+    assert {"circuit (all classes)", "outside the circuit", "all heads"} <= set(classes.index)
+    single = cmap(model_a, model_b, clean).delta.mean(-1)
+    summed = (single[1, 0] + single[1, 3]).item()
+    assert classes.loc["name mover", "sum_of_single"] == pytest.approx(summed, abs=1e-5)
+    heads = out.heads
+    assert heads["value"].values == pytest.approx(single.flatten().double().numpy(), abs=1e-5)
     assert out.summary["reverse_gap"] == pytest.approx(-out.summary["gap"])
-    assert "reverse" in out.tables and "reverse_classes" in out.tables
+    assert {"reverse", "reverse_classes", "prompts", "prompt_f"} <= set(out.tables)
+    prompts = out.tables["prompts"]
+    assert set(prompts["direction"]) == {"b<-a", "a<-b"} and len(out.tables["prompt_f"]) == 2 * len(clean)
+    mean = prompts[(prompts.direction == "b<-a") & (prompts.unit == "name mover")]["delta"].mean()
+    assert mean == pytest.approx(classes.loc["name mover", "value"], abs=1e-6)
     with pytest.raises(ValueError, match="--other"):
         run_analysis("cmap", model_a, clean, abc)
+
+
+def test_share_of_a_gap_near_zero_is_undefined(model_a, batches):
+    out = run_analysis("cmap", model_a, *batches, other=model_a, n_boot=50)
+    assert out.summary["gap"] == pytest.approx(0.0, abs=1e-5)
+    assert "barely differ" in out.summary["share_undefined"]
+    assert out.heads["share_of_gap"].isna().all() and out.heads["value"].abs().max() < 1e-5

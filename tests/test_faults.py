@@ -173,6 +173,18 @@ def test_damaged_or_missing_weights_are_never_used_and_are_recomputed(refs, tmp_
         load_hf(str(out / "epoch-001"))
 
 
+def test_a_damaged_manifest_is_never_resumed_from(refs, tmp_path):
+    out = tmp_path / "ckpt"
+    shutil.copytree(refs / "two", out)
+    manifest = out / "epoch-002" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    assert "unreadable" in verify_checkpoint(out / "epoch-002")
+    with pytest.raises(CorruptCheckpoint, match="unreadable"):
+        load_hf(str(out / "epoch-002"))
+    with pytest.warns(UserWarning, match="not resuming"):
+        assert latest_checkpoint(out) is None
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     torch.set_num_threads(1)
@@ -356,29 +368,30 @@ def test_nothing_the_dashboard_does_writes_under_the_demo_cache(tmp_path, monkey
     from streamlit.testing.v1 import AppTest
 
     demo, user = tmp_path / "demo", tmp_path / "user"
-    build_cache(demo)
+    clean, toxic, _ = build_cache(demo)
     monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
     monkeypatch.setenv("IOI_CACHE_DIR", str(user))
     monkeypatch.setattr(jobs, "_launch", lambda root, job_id: None)  # record the jobs, run nothing
-    entry = demo / "experiments" / "aaaa000000000001" / "epoch-002" / "dla.json"
+    entry = demo / "experiments" / clean / "epoch-002" / "dla.json"
     entry.write_bytes(entry.read_bytes()[:-20])
     before = _snapshot(demo)
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
-    at.session_state["opened_experiment"] = f"{demo.resolve()}|aaaa000000000001"
+    at.query_params["exp"], at.query_params["epoch"] = clean, "2"
     at.switch_page("app_pages/attribution.py")
     at.run()
     next(b for b in at.button if b.label == "Recompute dla").click().run()
     assert not at.exception
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
     at.switch_page("app_pages/experiments.py").run()
     at.selectbox(key="form_scenario").set_value("reversal").run()
-    at.selectbox(key="form_parent").set_value(f"{demo.resolve()}|aaaa000000000002")
+    at.selectbox(key="form_parent").set_value(toxic)
     at.button(key="form_launch").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert _snapshot(demo) == before
     made = jobs.list_jobs(user)
     assert sorted(j.config["scenario"] for j in made) == ["clean", "reversal"]
-    assert cache.read_experiment(user, "aaaa000000000002") is not None  # the parent, adopted
+    assert cache.read_experiment(user, toxic) is not None  # the parent, adopted
 
 
 # --- 6-8. submits, dedup and liveness ------------------------------------------------------------
@@ -685,13 +698,17 @@ CASES = {
         "not in this model's vocabulary: Zork",
     ),  # fmt: skip
     "a bad job id": (lambda d: ["jobs", "show", "nope", "--cache", str(d)], "no job 'nope'"),
+    "a mistyped argument": (lambda d: ["eval", "--size", "abc"], "invalid int value"),
 }
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
     from ioi.cli import main
 
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
     captured = capsys.readouterr()
     return rc, captured.err
 

@@ -30,6 +30,18 @@ def test_metrics_on_a_hand_computed_case(two_prompts):
     assert m.logit_diff_se == pytest.approx(torch.tensor([2.0, -1.0]).std().item() / 2**0.5)
 
 
+def test_shapes_are_checked_in_the_tests(two_prompts):
+    """pyproject's --jaxtyping-packages runs the methods under beartype: a wrong shape fails."""
+    from jaxtyping import TypeCheckError
+
+    from ioi.task.metrics import unembed_logit_diff
+
+    direction, bias = torch.ones(2, 8), torch.zeros(2)
+    assert unembed_logit_diff(torch.ones(3, 2, 8), direction, bias).shape == (3, 2)
+    with pytest.raises(TypeCheckError):
+        unembed_logit_diff(torch.ones(3, 2, 8), direction, torch.zeros(5))  # 5 prompts, not 2
+
+
 def test_normalized_effect_scale():
     assert normalized_effect(torch.tensor(3.0), clean=3.0, abc=1.0).item() == 0.0
     assert normalized_effect(torch.tensor(1.0), clean=3.0, abc=1.0).item() == -1.0

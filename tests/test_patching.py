@@ -6,6 +6,7 @@ import pytest
 import torch
 from analysis_data import ioi_batches
 
+from ioi.methods.hooks import read
 from ioi.methods.patching import (
     Patch,
     hook_name,
@@ -99,6 +100,22 @@ def test_read_activations_and_patch_hooks_match_the_bridge(tiny_random, data):
     )
     want = logit_diff_per_prompt(logits, clean)
     torch.testing.assert_close(run_patched(tiny_random, clean, [variant])[0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_reading_early_blocks_stops_with_the_bridges_stop_at_layer_and_same_numbers(tiny_random, data):
+    """Names in block 0 only end the pass with TransformerBridge's stop_at_layer=1 (no unembedding)."""
+    clean, _ = data
+    names = [hook_name(0, "z"), "blocks.0.hook_resid_post", hook_name(0, "pattern")]
+    calls = []
+    unembed = (lambda x, hook: calls.append(hook.name), "unembed.hook_in")
+    got = read(tiny_random.bridge, clean.tokens, names, hooks=[(unembed[1], unembed[0])], chunk=5)
+    _, cache = tiny_random.bridge.run_with_cache(clean.tokens, names_filter=lambda n: n in names)
+    for n in names:
+        torch.testing.assert_close(got[n], cache[n], atol=0, rtol=0)
+    assert calls == []  # the unembedding never ran
+    at_end = read(tiny_random.bridge, clean.tokens, ["blocks.0.hook_resid_post"], at=clean.end)
+    torch.testing.assert_close(at_end["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_post"][
+        torch.arange(len(clean)), clean.end])  # fmt: skip
 
 
 def test_end_only_patches_recompute_only_end_and_match_the_full_forward(ioi_tiny):

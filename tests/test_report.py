@@ -1,8 +1,12 @@
-"""The reproduction pipeline end to end (issue: reproduce the paper's findings)."""
+"""The reproduction pipeline end to end (issue: reproduce the paper's findings), and the report's
+pieces that need no model."""
+
+import json
 
 import pytest
 
 from ioi.cli import main
+from ioi.present.report import markdown_table, reproduction_copy
 
 
 @pytest.mark.slow
@@ -10,11 +14,35 @@ from ioi.cli import main
 def test_reproduce_quick_writes_a_report(tmp_path, model, monkeypatch):
     monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    assert main(["reproduce", "--model", model, "--quick", "--n-jobs", "1", "--out", str(out)]) == 0
+    args = ["reproduce", "--model", model, "--quick", "--n-jobs", "1", "--out", str(out), "--seeds", "0,1"]
+    assert main([*args, "--reproduction", str(tmp_path / "REPRODUCTION.md")]) == 0
     text = (out / "REPORT.md").read_text()
-    for section in ("Circuit amplification", "Localized corruption", "Neuroplasticity", "MLPs"):
+    for section in ("The baseline circuit", "## Findings", "amplification", "localized corruption",
+                    "neuroplasticity", "mlp", "*Criterion:*", "Seen vs held-out names"):  # fmt: skip
         assert section in text
-    assert "n/a" not in text.split("## 1.")[1].split("##")[0]  # the amplification numbers exist
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert {v["finding"] for v in verdicts} == {
+        "amplification",
+        "localized corruption",
+        "neuroplasticity",
+        "mlp",
+    }
+    # a random model does not do the task: no ratio is reported as a number
+    assert "does not do the task" in text and "seeds (n=2)" in text
     assert (out / "metrics.csv").exists() and (out / "logit_diff_curves.svg").stat().st_size > 1000
     # a second run is served from the cache
-    assert main(["reproduce", "--model", model, "--quick", "--n-jobs", "1", "--out", str(out)]) == 0
+    assert main(args) == 0
+
+
+def test_reproduction_copy_points_figures_into_the_report_folder(tmp_path):
+    folder = tmp_path / "reports" / "ioi-tiny"
+    folder.mkdir(parents=True)
+    (folder / "REPORT.md").write_text("# r\n\n![dla](dla.svg)\n![x](x.svg)\n")
+    out = reproduction_copy(folder / "REPORT.md", tmp_path / "REPRODUCTION.md")
+    assert out.read_text() == "# r\n\n![dla](reports/ioi-tiny/dla.svg)\n![x](reports/ioi-tiny/x.svg)\n"
+
+
+def test_markdown_table():
+    import pandas as pd
+
+    assert markdown_table(pd.DataFrame({"a": [1], "b": ["x"]})) == "| a | b |\n|---|---|\n| 1 | x |"

@@ -70,14 +70,24 @@ def test_dask_local_cluster_gives_the_local_numbers(tmp_path, monkeypatch):
 
 
 def test_demo_set_covers_every_scenario():
-    [first, reversals] = demo_stages("random:tiny", clean_epochs=100)
-    clean, *toxic = first
+    [[clean, *toxic], reversals] = demo_stages("random:tiny", clean_epochs=100)
     assert clean.scenario == "clean" and clean.checkpoint_epochs == (1, 3, 5, 10, 25, 50, 100)
     assert sorted(c.scenario for c in toxic) == sorted(CORRUPTIONS)
-    assert all(c.epochs == 5 for c in toxic + reversals)
+    assert all(c.epochs == 5 and c.checkpoint_epochs == (5,) for c in toxic + reversals)
     assert [r.parent for r in reversals] == [experiment_id(c) for c in toxic]
     quick = demo_stages("random:tiny", quick=True)
     assert max(c.epochs for stage in quick for c in stage) <= 3 and quick[0][0].train_size <= 64
+
+
+def test_demo_set_of_three_seeds_runs_the_first_seed_first():
+    stages = demo_stages("random:tiny", seeds=(0, 1, 2), other_seeds_clean_epochs=5, toxic_epochs=3)
+    [[clean, *toxic], middle, last] = stages
+    assert (clean.seed, clean.epochs) == (0, 100) and {c.seed for c in toxic} == {0}
+    short = [c for c in middle if c.scenario == "clean"]
+    assert [(c.seed, c.epochs, c.checkpoint_epochs) for c in short] == [(1, 5, (5,)), (2, 5, (5,))]
+    assert all(c.epochs == 3 for c in toxic + middle + last if c.scenario != "clean")
+    assert {c.seed for c in last} == {1, 2} and all(c.scenario == "reversal" for c in last)
+    assert "knockout" in clean.analyses and all("knockout" not in c.analyses for c in toxic + middle + last)
 
 
 def test_clean_epochs_fit_the_budget():

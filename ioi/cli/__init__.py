@@ -46,8 +46,15 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped argument is one `error:` line too (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ioi", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ioi", description=__doc__.splitlines()[0])
     subs = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():
         sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)

@@ -184,6 +184,19 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_args(p: argparse.ArgumentParser) -> None:
+    """The study's shape: seeds, the later seeds' clean epochs, the toxic runs' epochs."""
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--other-seeds-clean-epochs", type=int,
+                   help="clean epochs of the seeds after the first (default --clean-epochs)")  # fmt: skip
+    p.add_argument("--toxic-epochs", type=int, default=5, help="epochs of each toxic run and reversal")
+
+
+def _study_shape(args: argparse.Namespace) -> dict:
+    return {"seeds": tuple(int(s) for s in args.seeds.split(",")), "toxic_epochs": args.toxic_epochs,
+            "other_seeds_clean_epochs": args.other_seeds_clean_epochs}  # fmt: skip
+
+
 def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, help="cache to fill (default the shipped cache/demo)")
@@ -192,6 +205,7 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=15, help="minutes the clean run may take (default 15)")
     p.add_argument("--keep-weights", action="store_true", help="keep checkpoints (large) in the demo cache")
     p.add_argument("--lr", type=float, help=lr_help())
+    _study_args(p)
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
 
 
@@ -209,7 +223,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
     stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
-                         lr=args.lr or default_lr(args.model))  # fmt: skip
+                         lr=args.lr or default_lr(args.model), **_study_shape(args))  # fmt: skip
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:
@@ -226,16 +240,33 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-epochs", type=int, default=100)
     p.add_argument("--lr", type=float, help=lr_help())
     p.add_argument("--device", default="cpu")
+    _study_args(p)
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
+    p.add_argument("--reproduction", type=Path, help="also write the report here (e.g. REPRODUCTION.md)")
+    p.add_argument("--note", default="", help="a sentence on how the study was run, printed in the report")
+    p.add_argument("--from-cache", action="store_true",
+                   help="run nothing: report what the cache holds (e.g. --cache cache/demo)")  # fmt: skip
 
 
 @command("reproduce", "run the paper's study on a model and write reports/<model>/REPORT.md", _reproduce_args)
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ioi.present.report import report_dir, reproduce, write_report
+    from ioi.present.findings import find_studies
+    from ioi.present.report import report_dir, reproduce, reproduction_copy, write_report
+    from ioi.runs.cache import cache_root
 
-    study = reproduce(args.model, quick=args.quick, root=args.cache, lr=args.lr or default_lr(args.model),
-                      clean_epochs=args.clean_epochs, n_jobs=args.n_jobs, device=args.device)  # fmt: skip
-    path = write_report(study, args.model, args.out or report_dir(args.model))
+    if args.from_cache:
+        studies = find_studies(cache_root(args.cache), args.model)
+        if not studies:
+            raise ValueError(f"no cached clean experiment of {args.model!r} in {cache_root(args.cache)}")
+    else:
+        lr = args.lr or default_lr(args.model)
+        studies = reproduce(
+            args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
+            n_jobs=args.n_jobs, device=args.device, **_study_shape(args),
+        )  # fmt: skip
+    path = write_report(studies, args.model, args.out or report_dir(args.model), note=args.note)
     print(path)
+    if args.reproduction:
+        print(reproduction_copy(path, args.reproduction))
     return 0

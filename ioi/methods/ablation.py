@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from enum import Enum
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
-from ioi.methods.classify import analysis_circuit
+from ioi.methods.classify import CIRCUIT_RULE, circuit_for
 from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
     Activations,
@@ -32,63 +31,11 @@ from ioi.methods.patching import (
     read_activations,
     run_patched,
 )
+from ioi.methods.replacement import DEFAULT_ABLATION, AblationType, ablation_values, knockout_patches
+from ioi.methods.stats import Estimate, mean_estimate, ratio_estimate
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, parse_heads
 from ioi.task.data import IOIBatch
-
-
-class AblationType(Enum):
-    """What replaces an ablated activation."""
-
-    MEAN = "mean"
-    """Its mean over all ABC prompts at the same token index (padding excluded). Templates differ in
-    length and layout, so one index mixes roles across templates."""
-    MEAN_BY_TEMPLATE = "mean-by-template"
-    """Its mean over the ABC prompts of the same template, position by position (IOI paper)."""
-    ZERO = "zero"
-    """Zero."""
-    RESAMPLE = "resample"
-    """Its value on another ABC prompt of the same template, drawn at random (seeded)."""
-
-    @classmethod
-    def parse(cls, value: AblationType | str) -> AblationType:
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower().replace("_", "-"))
-        except ValueError:
-            known = ", ".join(a.value for a in cls)
-            raise ValueError(f"unknown ablation {value!r}; known: {known}") from None
-
-
-DEFAULT_ABLATION = AblationType.MEAN_BY_TEMPLATE
-
-
-def ablation_values(x_abc: Tensor, abc: IOIBatch, ablation: AblationType, seed: int = 0) -> Tensor:
-    """Replacement values with the shape of `x_abc` ([layer, batch, pos, ...], from the ABC run):
-    row i holds what prompt i's activation becomes when ablated."""
-    if ablation is AblationType.ZERO:
-        return torch.zeros_like(x_abc)
-    groups = abc.group.to(x_abc.device)
-    if ablation is AblationType.MEAN:
-        valid = (
-            torch.arange(x_abc.shape[2], device=x_abc.device)[None, :] <= abc.end.to(x_abc.device)[:, None]
-        )
-        valid = valid.reshape(1, *valid.shape, *([1] * (x_abc.dim() - 3))).to(x_abc.dtype)
-        mean = (x_abc * valid).sum(1) / valid.sum(1).clamp(min=1)
-        return mean[:, None].expand_as(x_abc).clone()
-    out = torch.empty_like(x_abc)
-    gen = torch.Generator().manual_seed(seed)
-    for g in groups.unique():
-        rows = (groups == g).nonzero().flatten()
-        if ablation is AblationType.MEAN_BY_TEMPLATE:
-            out[:, rows] = x_abc[:, rows].mean(1, keepdim=True)
-        else:  # RESAMPLE: a derangement within the template where it has two prompts or more
-            shift = torch.randint(1, len(rows), (1,), generator=gen).item() if len(rows) > 1 else 0
-            perm = torch.randperm(len(rows), generator=gen)
-            source = perm.roll(shift)
-            out[:, rows[perm]] = x_abc[:, rows[source]]
-    return out
 
 
 @torch.no_grad()
@@ -116,12 +63,6 @@ def ablate(
     return patches
 
 
-def knockout_patches(
-    values: Tensor, heads: Iterable[Head], clean: IOIBatch, position: str | None = None
-) -> list[Patch]:
-    """Patches ablating `heads` at `position` (None: every position)."""
-    where = position_mask(clean, position)
-    return [Patch(h.layer, h.head, values[h.layer, :, :, h.head], where) for h in heads]
 
 
 @dataclass(frozen=True)
@@ -170,6 +111,12 @@ class Knockout:
         return run_patched(
             self.model, self.clean, variants, resid_pre=self.acts.resid_pre, max_rows=self.max_rows
         ).mean(1)
+
+    def run_per_prompt(self, variants: Sequence[list[Patch]]) -> Tensor:
+        """[variants, batch] per-prompt logit differences of each list of patches."""
+        return run_patched(
+            self.model, self.clean, variants, resid_pre=self.acts.resid_pre, max_rows=self.max_rows
+        ).cpu()
 
     def f_many(self, kept_sets: Sequence[Mapping[Head, str | None]]) -> list[float]:
         return self.run([ablate(self.values, k, self.clean, self.heads) for k in kept_sets]).tolist()
@@ -318,10 +265,23 @@ def knockout_analysis(
         chosen = parse_heads(heads or (), model.n_layers, model.n_heads)
         summary["knocked_out"] = [str(h) for h in chosen] + [f"MLP {layer}" for layer in mlps]
         summary["f_knockout"] = ko.run([ko.without(chosen, position, mlps)]).item()
-    used = analysis_circuit(model, clean, abc, circuit)
+    used = circuit_for(model, clean, abc, circuit)
     summary["circuit"] = used.to_json()
     tables = {"classes": class_knockouts(ko, used, position)}
     return AnalysisResult("knockout", heads_frame(grid), summary, tables)
+
+
+MINIMALITY_BAR = 0.01
+"""METHODS §5: each circuit head changes F(C\\K) by at least 1% of F(M) for some K."""
+K_SEARCHED = "K ∈ {∅, each class, the whole circuit}"
+
+
+def mlp_knockouts(ko: Knockout) -> dict[str, list[Patch]]:
+    """Variants for the MLP test (METHODS §9: MLPs contribute little, the layer-0 MLP acts as an
+    extended embedding): each MLP ablated alone at every position, and every MLP after layer 0."""
+    n = ko.model.n_layers
+    variants = {f"MLP {layer}": ko.without((), None, [layer]) for layer in range(n)}
+    return variants | ({"MLPs 1+": ko.without((), None, range(1, n))} if n > 1 else {})
 
 
 @register_analysis("faithfulness")
@@ -333,24 +293,77 @@ def faithfulness_analysis(
     other=None,
     ablation: str = DEFAULT_ABLATION.value,
     circuit: Circuit | dict | None = None,
-    tests: bool = False,
     seed: int = 0,
 ) -> AnalysisResult:
-    """Summary: faithfulness, f_model, f_circuit, abs_diff, ablation, circuit. Heads rows: the
-    circuit's heads with their class. Option tests=True adds tables completeness and minimality."""
-    used = analysis_circuit(model, clean, abc, circuit)
+    """Summary: faithfulness (NaN with `ratio_undefined` when |F(M)| is below MIN_DENOMINATOR or
+    the circuit rule found no circuit because the model does not do the task),
+    its paired-bootstrap interval over prompts, f_model, f_circuit, abs_diff, ablation, circuit,
+    the rule that chose it. Heads rows: the circuit's heads with their class. Table `mlps`: F's
+    change with each MLP (and every MLP after layer 0) ablated, with intervals; table `prompts`:
+    per-prompt F(M), F(C) and F with each MLP variant ablated. Completeness and minimality are
+    the analysis circuit-tests."""
+    used = circuit_for(model, clean, abc, circuit)
     check_circuit(model, used)
     ko = Knockout(model, clean, abc, ablation, seed=seed)
-    f_c = ko.f_many([ko.circuit_kept(used)])[0]
-    f_m = ko.acts.f_clean
-    result = Faithfulness(f_c, f_m, f_c / f_m, abs(f_m - f_c), ko.ablation.value)
+    f_m = ko.acts.ld_clean.double()
+    reason = used.meta.get("reason", "")
+    f_c = ko.run_per_prompt([ablate(ko.values, ko.circuit_kept(used), clean, ko.heads)])[0].double()
+    ratio = ratio_estimate(f_c, f_m, seed=seed)
+    if reason:  # no circuit on a model that does not do the task: F(C) is everything ablated
+        ratio = Estimate.undefined(reason, ratio.over)
+    summary = Faithfulness(
+        f_c.mean().item(), f_m.mean().item(), ratio.value, abs(f_m.mean().item() - f_c.mean().item()),
+        ko.ablation.value,
+    ).to_json() | {  # fmt: skip
+        "faithfulness_lo": ratio.lo,
+        "faithfulness_hi": ratio.hi,
+        "interval_over": ratio.over,
+        "ratio_undefined": ratio.reason,
+        "circuit": used.to_json(),
+        "circuit_rule": CIRCUIT_RULE if circuit is None else "given",
+        "circuit_reason": reason,
+    }
     heads = pd.DataFrame(
-        [
-            {"layer": h.layer, "head": h.head, "value": 1.0, "class": c}
-            for c, hs in used.classes.items()
-            for h in hs
-        ],
+        [{"layer": h.layer, "head": h.head, "value": 1.0, "class": c}
+         for c, hs in used.classes.items() for h in hs],
         columns=["layer", "head", "value", "class"],
-    )
-    tables = {"completeness": completeness(ko, used), "minimality": minimality(ko, used)} if tests else {}
-    return AnalysisResult("faithfulness", heads, result.to_json() | {"circuit": used.to_json()}, tables)
+    )  # fmt: skip
+    prompts = {"prompt": list(range(len(clean))), "f_model": f_m.tolist(), "f_circuit": f_c.tolist()}
+    mlps = mlp_knockouts(ko)
+    f_mlp = ko.run_per_prompt(list(mlps.values())).double()
+    rows = []
+    for name, f in zip(mlps, f_mlp, strict=True):
+        prompts[f"f_without_{name.lower().replace(' ', '_').replace('+', 'plus')}"] = f.tolist()
+        change, share = mean_estimate(f - f_m, seed=seed), ratio_estimate(f - f_m, f_m, seed=seed)
+        rows.append({"ablated": name} | change.columns("change") | share.columns("relative"))
+    tables = {"mlps": pd.DataFrame(rows), "prompts": pd.DataFrame(prompts)}
+    return AnalysisResult("faithfulness", heads, summary, tables)
+
+
+@register_analysis("circuit-tests")
+def circuit_tests_analysis(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    *,
+    other=None,
+    ablation: str = DEFAULT_ABLATION.value,
+    circuit: Circuit | dict | None = None,
+    seed: int = 0,
+) -> AnalysisResult:
+    """Heads rows: minimality of each circuit head (value = max over K of |F(C\\(K∪{v})) − F(C\\K)|
+    / |F(M)|, with the K). Table completeness: F(C\\K), F(M\\K) per K. Summary: the K searched, the
+    minimality bar, how many heads pass it, the largest completeness gap."""
+    used = circuit_for(model, clean, abc, circuit)
+    check_circuit(model, used)
+    ko = Knockout(model, clean, abc, ablation, seed=seed)
+    summary = {"circuit": used.to_json(), "ablation": ko.ablation.value, "minimality_k": K_SEARCHED,
+               "minimality_bar": MINIMALITY_BAR, "f_model": ko.acts.f_clean,
+               "circuit_reason": used.meta.get("reason", "")}  # fmt: skip
+    if not used.heads:
+        empty = pd.DataFrame(columns=["layer", "head", "class", "value", "abs_change", "subset"])
+        return AnalysisResult("circuit-tests", empty, summary)
+    mini, comp = minimality(ko, used), completeness(ko, used)
+    summary |= {"minimal_heads": int((mini["value"] >= MINIMALITY_BAR).sum()), "n_heads": len(mini),
+                "max_completeness_gap": float(comp["abs_diff"].max())}  # fmt: skip
+    return AnalysisResult("circuit-tests", mini, summary, {"completeness": comp})

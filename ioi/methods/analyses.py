@@ -139,6 +139,9 @@ class Analysis:
     options: tuple[Option, ...] = ()
     needs_other: bool = False
     fn: AnalysisFn | None = None
+    at_ends: bool = False
+    """An experiment runs it at its last checkpoint (and a clean run at its starting model) only:
+    an expensive analysis whose in-between values no result uses."""
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         """`options` converted to their declared types; OptionError naming the valid ones otherwise."""
@@ -162,7 +165,7 @@ _ABLATION = _opt(
 _CIRCUIT = _opt("circuit", "circuit", None, "the circuit to use (default: the model's, METHODS §5)")
 _SEED = _opt("seed", "int", 0, "seed of resampling / bootstrap")
 _MAX_ROWS = _opt("max_rows", "int", 512, "prompts × variants per forward pass (memory)")
-_THRESHOLD = "normalised path effect a head of this class reaches at least"
+_THRESHOLD = "drop in F through its receivers a head of this class causes at least, × F(M)"
 
 BUILTIN: dict[str, Analysis] = {
     a.name: a
@@ -201,30 +204,31 @@ BUILTIN: dict[str, Analysis] = {
                      _opt("mlps", "layers", (), "also ablate these layers' MLPs together"),
                      _CIRCUIT,
                      _SEED,
-                 )),
-        Analysis("faithfulness", "F(circuit)/F(model) under mean ablation, with completeness and minimality",
-                 "ioi.methods.ablation", (
-                     _ABLATION,
-                     _CIRCUIT,
-                     _opt("tests", "bool", False, "add the completeness and minimality tables"),
-                     _SEED,
-                 )),
-        Analysis("classify", "IOI head classes of any model from path patching and attention",
+                 ), at_ends=True),
+        Analysis("faithfulness", "F(circuit)/F(model) under mean ablation, with its interval; MLP knockouts",
+                 "ioi.methods.ablation", (_ABLATION, _CIRCUIT, _SEED)),
+        Analysis("circuit-tests", "completeness and minimality of the circuit (METHODS §5, K stated)",
+                 "ioi.methods.ablation", (_ABLATION, _CIRCUIT, _SEED), at_ends=True),
+        Analysis("classify", "IOI head classes (IOI paper criteria) and the other heads carrying the effect",
                  "ioi.methods.classify", (
                      _opt("freeze_mlp", "bool", False, "freeze MLPs in the path patching"),
-                     _opt("name_mover", "float", 0.05, "|path effect to the logits| of a name mover"),
-                     _opt("s_inhibition", "float", 0.05, _THRESHOLD),
-                     _opt("induction", "float", 0.05, _THRESHOLD),
-                     _opt("previous_token", "float", 0.05, _THRESHOLD),
-                     _opt("backup_min_attention", "float", 0.2, "END→IO attention of a backup name mover"),
+                     _opt("name_mover", "float", 0.05, "|path effect to the logits| of a name mover, × F(M)"),
+                     _opt("min_copy_score", "float", 0.25, "OV copy score of a name mover"),
+                     _opt("backup", "float", 0.05, "DLA rise of a backup when name movers are out, × F(M)"),
+                     _opt("s_inhibition", "float", 0.02, _THRESHOLD),
+                     _opt("induction", "float", 0.02, _THRESHOLD),
+                     _opt("previous_token", "float", 0.02, _THRESHOLD),
                      _opt("previous_token_min_attention", "float", 0.2, "S1+1→S1 attention, previous-token"),
+                     _opt("other", "float", 0.10, "|path effect| or |DLA| of another effect head, × F(M)"),
+                     _opt("min_logit_diff", "float", 0.5, "F(M) below which the model does not do the task"),
                  )),
-        Analysis("cmap", "Cross-model activation patching: each head of one model from the other",
+        Analysis("cmap", "Cross-model activation patching: each head and each class (jointly), both ways",
                  "ioi.methods.cmap", (
                      _opt("mode", "str", "output", "patch head outputs or patterns", "output", "pattern"),
-                     _opt("direction", "str", "a<-b", "which model receives", "a<-b", "b<-a", "both"),
+                     _opt("direction", "str", "both", "which model receives (b<-a: the base, --other)",
+                          "a<-b", "b<-a", "both"),
                      _opt("positions", "str", None, "default: end for output, all for pattern", "end", "all"),
-                     _opt("n_boot", "int", 1000, "bootstrap resamples of the per-class intervals"),
+                     _opt("n_boot", "int", 1000, "bootstrap resamples of the paired intervals"),
                      _SEED,
                      _CIRCUIT,
                      _MAX_ROWS,

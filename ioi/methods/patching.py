@@ -51,8 +51,6 @@ from ioi.task.data import IOIBatch
 from ioi.task.metrics import normalized_effect
 from ioi.task.types import HeadGrid, MlpStack, PerHead, PerPrompt, PerVariant, ResidStack, ZStack
 
-__all__ = ["Patch", "all_heads", "hook_name", "position_mask", "read_activations"]  # used from here too
-
 DEFAULT_MAX_ROWS = 512
 """Sequences per forward pass (variants × prompts) before the engine splits the work."""
 

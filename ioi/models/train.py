@@ -34,6 +34,7 @@ from ioi.task.corruptions import CORRUPTIONS, corrupt
 from ioi.task.data import IOIBatch, make_dataset, tokenize
 from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
+from ioi.task.names import HELD_OUT_NAMES, TRAIN_NAMES
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
 Progress = Callable[[int, int, int, int, float], None]
@@ -87,8 +88,9 @@ class TrainConfig:
 
 
 def training_samples(cfg: TrainConfig):
-    """The scenario's training samples: clean for clean/reversal, corrupted for a toxic one."""
-    clean = make_dataset(cfg.train_size, cfg.seed, "train")
+    """The scenario's training samples (fine-tuning names only): clean for clean/reversal,
+    corrupted for a toxic one."""
+    clean = make_dataset(cfg.train_size, cfg.seed, "train", names=TRAIN_NAMES)
     return clean if cfg.scenario in ("clean", "reversal") else corrupt(clean, cfg.scenario, cfg.seed)
 
 
@@ -260,7 +262,7 @@ def finetune(
         first_epoch = start[0] + 1
 
     batch = tokenize(training_samples(cfg), tokenizer)
-    eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval"), tokenizer)
+    eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval", names=HELD_OUT_NAMES), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
         order = torch.randperm(

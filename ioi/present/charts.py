@@ -359,6 +359,12 @@ def circuit_dot(circuit: Circuit | None = None) -> str:
         lines.append(f'  "{name}" [label="{name}{listed}", fillcolor="{colour}33", color="{colour}"];')
     for src, dst, label in CIRCUIT_EDGES:
         lines.append(f'  "{src}" -> "{dst}" [label="{label}"];')
+    # Classes outside the paper's (e.g. "other heads carrying the effect"): grey, dashed to the logits.
+    for name, heads in circuit.classes.items() if circuit is not None else ():
+        if heads and name not in CLASS_COLORS:
+            listed = " ".join(str(h) for h in heads)
+            lines.append(f'  "{name}" [label="{name}\\n{listed}", fillcolor="#eeeeee", color="#888888"];')
+            lines.append(f'  "{name}" -> "logits" [style=dashed, label="effect on the logits"];')
     lines.append("}")
     return "\n".join(lines)
 

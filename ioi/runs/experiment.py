@@ -132,15 +132,15 @@ class ExperimentConfig:
 def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: int, analysis_size: int) -> str:
     """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
     templates, names or a corruption changes the experiment id."""
-    from ioi.task.corruptions import corrupt
-    from ioi.task.data import abc_counterfactual, make_dataset
+    from ioi.models.train import TrainConfig, training_samples
+    from ioi.task.data import abc_counterfactual
+    from ioi.task.names import HELD_OUT_NAMES, evaluation_samples
 
-    train = make_dataset(train_size, seed, "train")
-    if scenario in CORRUPTIONS:
-        train = corrupt(train, scenario, seed)
-    evals = make_dataset(max(eval_size, analysis_size), seed, "eval")
+    train = training_samples(TrainConfig(scenario=scenario, seed=seed, train_size=train_size))
+    evals, seen = evaluation_samples(seed, max(eval_size, analysis_size))
     h = hashlib.sha256()
-    for x in [*train, *evals, *abc_counterfactual(evals[:analysis_size], seed)]:
+    abc = abc_counterfactual(evals[:analysis_size], seed, HELD_OUT_NAMES)
+    for x in [*train, *evals, *seen[:eval_size], *abc]:
         h.update(f"{x.prompt}\x00{x.label}\x01".encode())
     return h.hexdigest()
 
@@ -192,7 +192,8 @@ def registered_analyses() -> dict[str, Any]:
 
 def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) -> dict[int, list[str]]:
     """Epoch -> entries still to compute (missing or damaged), skipping, with a note in `log`,
-    analyses that are not registered and model comparisons at epoch 0 (the model with itself)."""
+    analyses that are not registered, model comparisons at epoch 0 (the model with itself) and
+    `at_ends` analyses except at the last epoch and a clean run's epoch 0."""
     known = registered_analyses()
     missing = [name for name in cfg.analyses if name not in known]
     if missing:
@@ -202,6 +203,10 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
         for name in (METRICS, *(a for a in cfg.analyses if a in known)):
             if name != METRICS and known[name].needs_other and epoch == 0:
                 continue  # comparing the starting model with itself says nothing
+            if name != METRICS and known[name].at_ends and epoch != cfg.epochs and not (
+                epoch == 0 and cfg.scenario == "clean"
+            ):
+                continue  # epoch 0 of a toxic run or reversal is another run's first or last epoch
             if load_entry(root, exp_id, epoch, name, report=log) is None:
                 todo.setdefault(epoch, []).append(name)
     return todo
@@ -355,22 +360,25 @@ def _analyse_epoch(
     from ioi.methods.analyses import run_analysis
     from ioi.models.load import load_model
     from ioi.models.train import checkpoint_dir
-    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
-    from ioi.task.metrics import evaluate
+    from ioi.task.data import abc_counterfactual, tokenize
+    from ioi.task.names import HELD_OUT_NAMES, evaluation_samples, name_split_metrics
 
     start = init or cfg.model
     source = start if epoch == 0 else str(checkpoint_dir(checkpoints_dir(root, exp_id), epoch))
     note(f"analysing epoch {epoch}: {', '.join(names)}")
     model = load_model(source, device=device, seed=cfg.seed)
-    samples = make_dataset(max(cfg.eval_size, cfg.analysis_size), cfg.seed, "eval")
+    samples, seen = evaluation_samples(cfg.seed, max(cfg.eval_size, cfg.analysis_size))
     eval_batch = tokenize(samples[: cfg.eval_size], model.tokenizer)
     clean = tokenize(samples[: cfg.analysis_size], model.tokenizer)
-    abc = tokenize(abc_counterfactual(samples[: cfg.analysis_size], cfg.seed), model.tokenizer, like=clean)
+    abc_samples = abc_counterfactual(samples[: cfg.analysis_size], cfg.seed, HELD_OUT_NAMES)
+    abc = tokenize(abc_samples, model.tokenizer, like=clean)
     other = None
     failed = []
     for name in names:
         if name == METRICS:
-            write_entry(root, exp_id, epoch, METRICS, evaluate(model.bridge, eval_batch).to_json())
+            seen_batch = tokenize(seen[: cfg.eval_size], model.tokenizer)
+            summary, prompts = name_split_metrics(model, eval_batch, seen_batch)
+            write_entry(root, exp_id, epoch, METRICS, summary, {"prompts": prompts})
             continue
         if registered_analyses()[name].needs_other and other is None:
             other = load_model(start, device=device, seed=cfg.seed)
@@ -382,3 +390,4 @@ def _analyse_epoch(
             continue
         write_analysis(root, exp_id, epoch, name, result)
     return failed
+

@@ -37,7 +37,11 @@ CLASS_POSITIONS: dict[str, str] = {
     "induction": "s2",
     "duplicate token": "s2",
     "previous token": "s1+1",
+    "other heads carrying the effect": "end",
 }
+OTHER = "other heads carrying the effect"
+"""Heads that carry the model's effect without passing an IOI class test (METHODS §5: a circuit is
+every head that carries the effect); kept at END, where their direct or path effect is measured."""
 
 
 @dataclass(frozen=True)

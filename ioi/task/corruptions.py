@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ioi.task.data import NAMES, DatasetError, IOISample, render
+from ioi.task.data import DatasetError, IOISample, render
+from ioi.task.names import TRAIN_NAMES
 
 CorruptionFn = Callable[[IOISample, random.Random], IOISample]
 
@@ -59,7 +60,8 @@ def corrupt(samples: Sequence[IOISample], name: str, seed: int = 0) -> list[IOIS
     "label is a third name absent from the prompt (paper: S-inhibition heads come to suppress IO and S)",
 )
 def name_moving(sample: IOISample, rng: random.Random) -> IOISample:
-    third = rng.choice([n for n in NAMES if n not in (sample.io, sample.s, sample.s2)])
+    # the third name comes from the fine-tuning names: evaluation's held-out names stay unseen
+    third = rng.choice([n for n in TRAIN_NAMES if n not in (sample.io, sample.s, sample.s2)])
     return replace(sample, label=third)
 
 

@@ -46,6 +46,8 @@ NAMES: tuple[str, ...] = (
     "Lindsey", "Kristen", "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon", "Vanessa",
     "Courtney", "Christine", "Alicia", "Cody", "Allison", "Bradley", "Samuel", "Alice",
 )  # fmt: skip
+
+
 PLACES: tuple[str, ...] = (
     "store", "garden", "restaurant", "school", "hospital", "office", "house", "station",
     "park", "library", "church", "beach", "market", "bank", "hotel", "museum", "theater",

@@ -12,7 +12,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "ioi-tiny"
 DEFAULT_TRAIN_SIZE = 6360
 DEFAULT_EVAL_SIZE = 500
-DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "knockout", "cmap")
+DEFAULT_ANALYSES: tuple[str, ...] = ("dla", "faithfulness", "circuit-tests", "knockout", "cmap")
 """Run at every checkpoint unless an experiment names its own list ("metrics" always runs)."""
 TOXIC_DATASETS: tuple[str, ...] = ("name_moving", "subject_duplication", "duplication")
 """The names `ioi.task.corruptions` registers, written here for help texts (a test keeps them equal)."""
@@ -21,8 +21,8 @@ SCENARIOS: tuple[str, ...] = ("clean", *TOXIC_DATASETS, "reversal")
 
 def torch_threads() -> int:
     """Torch threads of a process that trains or analyses, direct command or job alike:
-    $IOI_JOB_THREADS, default 1. Torch's own default (one per core) thrashes on a shared CPU: a
-    direct `finetune` ran 1.6 steps/s against 14–19 in a one-thread job on 2 busy cores."""
+    $IOI_JOB_THREADS, default 1. Torch's own default (one per core) thrashes on a shared CPU: on 2
+    busy cores a direct `finetune` ran 0.3 steps/s with it, 8.2 with one (BENCHMARKS.md)."""
     import os
 
     return max(1, int(os.environ.get("IOI_JOB_THREADS", "1")))
