@@ -106,7 +106,7 @@ def test_shipped_model_does_ioi_also_where_position_does_not_give_s_away(shipped
 def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
     """What classification finds (100 eval prompts, the CLI's default), and the heads it misses."""
     from ioi.methods.classify import classify_heads
-    from ioi.task.circuit import Head
+    from ioi.task.circuit import OTHER, Head
     from ioi.task.data import abc_counterfactual
 
     samples = make_dataset(100, 0, "eval")
@@ -114,10 +114,10 @@ def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
     abc = tokenize(abc_counterfactual(samples, 0), shipped.tokenizer, like=clean)
     circuit = classify_heads(shipped, clean, abc)
     found = {name: heads for name, heads in circuit.classes.items() if heads}
-    assert found == {"name mover": (Head(2, 5),), "negative name mover": (Head(1, 1),)}
+    # No IOI class: the effect is carried by two S-suppressing heads that attend S, not IO, so
+    # they are neither name movers nor S-inhibition heads in the IOI paper's sense.
+    assert found == {OTHER: (Head(2, 4), Head(2, 3))}
     scores = circuit.meta["scores"]
-    # The direct effect is carried by two S-suppressing heads no class describes: they attend S,
-    # not IO, so they are neither name movers nor S-inhibition heads in the IOI paper's sense.
     for layer, head in ((2, 4), (2, 3)):
         assert scores["attn_end_to_s2"][layer, head] > 0.9 and scores["attn_end_to_io"][layer, head] < 0.05
         assert scores["path_logits"][layer, head] < -0.4
