@@ -15,6 +15,7 @@ st.set_page_config(page_title="IOI Circuit Lab", page_icon=ICON, layout="wide")
 st.navigation(
     [
         st.Page("app_pages/overview.py", title="Overview", icon=":material/explore:", default=True),
+        st.Page("app_pages/findings.py", title="Findings", icon=":material/fact_check:"),
         st.Page("app_pages/datasets.py", title="Datasets", icon=":material/dataset:"),
         st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
         st.Page("app_pages/attribution.py", title="Logit attribution", icon=":material/grid_on:"),

@@ -75,6 +75,13 @@ f3.markdown(
     "**Neuroplasticity.** Re-training a corrupted model on clean data restores the original circuit "
     "(faithfulness back to 95–96%)."
 )
+st.caption("These are the paper's claims for GPT-2 small. This project's verdicts on its own model:")
+st.page_link(
+    "app_pages/findings.py",
+    label="The three findings, judged with 95% intervals",
+    icon=":material/fact_check:",
+)
+
 st.subheader("Guided tour")
 st.write("The three findings, one step at a time, on the demo results; each step opens its detailed view.")
 show_user_errors(tour)

@@ -55,6 +55,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 # --- 1. kills in every window of a checkpoint write --------------------------------------------
 
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -140,6 +141,7 @@ def test_leftover_tmp_names_are_never_taken_for_checkpoints(tmp_path):
 
 
 # --- 2. weight checksums -------------------------------------------------------------------------
+
 
 def _flip_byte(path: Path, offset: int = -1000) -> None:
     data = bytearray(path.read_bytes())
@@ -249,6 +251,7 @@ def test_a_misplaced_entry_is_detected_and_quarantined(tmp_path):
 
 # --- 4. damaged index and records ----------------------------------------------------------------
 
+
 def _two_experiments(root: Path) -> list[str]:
     ids = [jobs.submit(tiny_config(seed=s), root, launch=False) for s in (11, 12)]
     cache.write_entry(root, jobs.get_job(ids[0], root).experiment, 0, "metrics", {"logit_diff": 1.0})
@@ -321,6 +324,7 @@ def test_deleting_the_index_while_a_job_runs_neither_kills_it_nor_its_supervisor
 
 
 # --- 5. the demo cache is read-only --------------------------------------------------------------
+
 
 def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")}
@@ -396,6 +400,7 @@ def test_nothing_the_dashboard_does_writes_under_the_demo_cache(tmp_path, monkey
 
 # --- 6-8. submits, dedup and liveness ------------------------------------------------------------
 
+
 def test_dedup_by_experiment_still_runs_missing_analyses(tmp_path):
     first = jobs.submit(tiny_config(seed=21), tmp_path, launch=False)
     jobs._update(tmp_path, first, state="running", pid=os.getpid(), host=socket.gethostname())
@@ -469,6 +474,7 @@ def test_an_extra_analysis_submitted_while_running_is_computed(tmp_path, monkeyp
 
 # --- 9. full disks -------------------------------------------------------------------------------
 
+
 def test_a_full_disk_leaves_no_temporary_files(tmp_path, monkeypatch):
     real = os.fsync
 
@@ -538,6 +544,7 @@ def test_a_full_disk_during_analyses_fails_the_job_with_its_message(experiment, 
 
 # --- 10-11. hostile model directories and inputs -------------------------------------------------
 
+
 def test_a_model_directory_with_custom_code_is_refused(refs, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(refs / "two" / "epoch-002", folder)
@@ -570,8 +577,14 @@ def test_every_from_pretrained_call_refuses_remote_code():
     [
         (lambda d: None, "does not exist"),
         (lambda d: (d.mkdir(), (d / "config.json").write_text("{}")), "has no weights"),
-        (lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "gpt2"}'),
-                    (d / "model.safetensors").write_bytes(b"not safe")), "cannot be loaded"),  # fmt: skip
+        (
+            lambda d: (
+                d.mkdir(),
+                (d / "config.json").write_text('{"model_type": "gpt2"}'),
+                (d / "model.safetensors").write_bytes(b"not safe"),
+            ),
+            "cannot be loaded",
+        ),  # fmt: skip
         (lambda d: (d.mkdir(), (d / "config.json").write_text("[1")), "unreadable"),
     ],
 )
@@ -582,6 +595,7 @@ def test_bad_model_directories_say_what_is_wrong(tmp_path, make, message):
 
 
 # --- 14. small things ----------------------------------------------------------------------------
+
 
 def test_ids_and_names_are_matched_whole():
     for bad in (EXP + "\n", "../" + EXP, EXP.upper()):
@@ -650,13 +664,27 @@ CASES = {
     "binary dataset": (lambda d: [*EVAL, "--dataset", _binary(d)], "b.jsonl"),
     "dataset is a directory": (lambda d: [*EVAL, "--dataset", str(d)], "is not a file"),
     "template of wrong type": (
-        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "When Mary and John went, John gave it to",
-                                                   "io": "Mary", "s": "John", "template": "x"})],
+        lambda d: [
+            *EVAL,
+            "--dataset",
+            _jsonl(
+                d,
+                {
+                    "prompt": "When Mary and John went, John gave it to",
+                    "io": "Mary",
+                    "s": "John",
+                    "template": "x",
+                },
+            ),
+        ],
         "wrong type",
     ),  # fmt: skip
     "label of wrong type": (
-        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary",
-                                                   "s": "John", "label": 5})],
+        lambda d: [
+            *EVAL,
+            "--dataset",
+            _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary", "s": "John", "label": 5}),
+        ],
         "wrong type",
     ),  # fmt: skip
     "prompt longer than the context": (
@@ -664,10 +692,12 @@ CASES = {
         "longer than the model's context",
     ),
     "line longer than the cap": (
-        lambda d: [*EVAL, "--dataset", _jsonl(d, "x" * 20_000)], "longer than 10,000 characters"
+        lambda d: [*EVAL, "--dataset", _jsonl(d, "x" * 20_000)],
+        "longer than 10,000 characters",
     ),
     "finetune --out an existing file": (
-        lambda d: ["finetune", "--model", "random:tiny", "--out", _file(d)], "is a file"
+        lambda d: ["finetune", "--model", "random:tiny", "--out", _file(d)],
+        "is a file",
     ),
     "analyze --out a directory": (
         lambda d: ["analyze", "dla", "--model", "random:tiny", "--size", "2", "--out", str(d)],
@@ -680,21 +710,35 @@ CASES = {
         "not an experiment id",
     ),
     "a directory without weights": (
-        lambda d: ["eval", "--model", _no_weights(d), "--size", "2"], "no weights"
+        lambda d: ["eval", "--model", _no_weights(d), "--size", "2"],
+        "no weights",
     ),
     "weights that are not safetensors": (
-        lambda d: ["eval", "--model", _bad_weights(d), "--size", "2"], "cannot be loaded"
+        lambda d: ["eval", "--model", _bad_weights(d), "--size", "2"],
+        "cannot be loaded",
     ),
     "a missing --checkpoint": (
-        lambda d: ["eval", "--checkpoint", str(d / "nope"), "--size", "2"], "does not exist"
+        lambda d: ["eval", "--checkpoint", str(d / "nope"), "--size", "2"],
+        "does not exist",
     ),
     "--size 10**9": (lambda d: ["eval", "--model", "random:tiny", "--size", str(10**9)], "at most 200,000"),
     "--train-size 10**9": (
-        lambda d: ["jobs", "submit", "--train-size", str(10**9), "--cache", str(d)], "at most 200,000"
+        lambda d: ["jobs", "submit", "--train-size", str(10**9), "--cache", str(d)],
+        "at most 200,000",
     ),
     "an unknown name on ioi-tiny": (
-        lambda d: ["eval", "--dataset", _jsonl(d, {"prompt": "When Mary and Zork went to the store, Zork "
-                                                           "gave a drink to", "io": "Mary", "s": "Zork"})],
+        lambda d: [
+            "eval",
+            "--dataset",
+            _jsonl(
+                d,
+                {
+                    "prompt": "When Mary and Zork went to the store, Zork gave a drink to",
+                    "io": "Mary",
+                    "s": "Zork",
+                },
+            ),
+        ],
         "not in this model's vocabulary: Zork",
     ),  # fmt: skip
     "a bad job id": (lambda d: ["jobs", "show", "nope", "--cache", str(d)], "no job 'nope'"),

@@ -1,0 +1,197 @@
+"""Findings: the paper's three findings on one screen, each with its verdict, the stated criterion,
+the numbers with their 95% intervals, the comparison that shows it, and a link into the detailed
+view (its URL state).
+
+The verdicts come from `ioi.present.findings.findings` — the same call that writes REPRODUCTION.md's
+verdict lines — and their numbers are written as the report writes them, so the two agree. Judging
+needs the paired bootstrap (torch): this page, unlike the result pages, imports it."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_pages._store import by_id, data_stamp, result, roots
+from app_pages._ui import show_chart, show_user_errors
+from app_pages._views import cmap_view, curves_view, dla_difference_view, dla_view, knockout_view
+from ioi.present import charts
+
+st.title("Findings")
+st.write(
+    "The paper's three findings, tested on this project's model. Each verdict follows from a stated "
+    "criterion applied to numbers with 95% intervals; under it, the comparison that shows it, and a "
+    "link that opens that view on its detailed page."
+)
+FINDINGS = ("amplification", "localized corruption", "neuroplasticity")
+PAGES = {
+    "attribution": "app_pages/attribution.py", "faithfulness": "app_pages/faithfulness.py",
+    "knockout": "app_pages/knockout.py", "cmap": "app_pages/cmap.py", "circuit": "app_pages/circuit.py",
+}  # fmt: skip
+BADGES = {True: ("holds", "green"), False: ("does not hold", "red"), None: ("undetermined", "orange")}
+
+
+@st.cache_data(show_spinner="Judging the findings on the cached results…", max_entries=4)
+def verdicts(root_list: tuple[str, ...], stamp: float) -> list:
+    """`findings(roots)`, recomputed only when an entry of any experiment changes (`stamp`)."""
+    from ioi.present.findings import findings
+
+    return findings([Path(r) for r in root_list])
+
+
+def badge(v) -> str:
+    text, colour = BADGES[v.holds]
+    return f":{colour}-badge[{text}]"
+
+
+def numbers_table(v) -> pd.DataFrame:
+    """The verdict's numbers as the report writes them (3 decimals, 95% interval, what it is over)."""
+    from ioi.methods.verdicts import fmt
+
+    rows = [
+        {"number": k, "value [95% interval]": fmt(e, 3), "interval over": e.over}
+        for k, e in v.numbers.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def headline(v) -> str:
+    """The verdict's first two numbers, for the summary cards (the whole verdict is below)."""
+    from ioi.methods.verdicts import fmt
+
+    return " · ".join(f"{k}: {fmt(e, 3)}" for k, e in list(v.numbers.items())[:2])
+
+
+def show_me(v) -> None:
+    view = dict(v.view)
+    page = PAGES.get(view.pop("page", ""))
+    if page is not None:
+        st.page_link(
+            page, label="Show me on the detailed page", icon=":material/open_in_new:", query_params=view
+        )
+
+
+def amplification_charts(v) -> None:
+    """Pretrained vs last clean DLA on one scale, their difference, and the faithfulness curve."""
+    clean = by_id(v.view.get("exp"))
+    if clean is None or not clean.epochs_with("dla"):
+        return
+    last = clean.epochs_with("dla")[-1]
+    a, b = result(clean, 0, "dla"), result(clean, last, "dla")
+    if a is None or b is None:
+        return
+    span = charts.color_span(a.heads, b.heads)
+    top, bottom = st.columns(2), st.columns(2)
+    with top[0]:
+        show_chart(*dla_view(clean, 0, a.heads, f"A: {clean.checkpoint_label(0)}", span), "find-amp-a")
+    with top[1]:
+        show_chart(*dla_view(clean, last, b.heads, f"B: {clean.checkpoint_label(last)}", span), "find-amp-b")
+    with bottom[0]:
+        show_chart(*dla_difference_view(clean, 0, a.heads, clean, last, b.heads), "find-amp-diff")
+    chart = curves_view([clean], "faithfulness")
+    with bottom[1]:
+        if chart[0] is not None:
+            show_chart(*chart, "find-amp-curve")
+
+
+def corruption_charts(v) -> None:
+    """The toxic run's DLA difference, its CMAP classes patched jointly, and its knockouts."""
+    toxic = by_id(v.view.get("exp"))
+    if toxic is None or not toxic.epochs_with("dla"):
+        return
+    last = toxic.epochs_with("dla")[-1]
+    a, b = result(toxic, 0, "dla"), result(toxic, last, "dla")
+    cols = st.columns(2)
+    with cols[0]:
+        if a is not None and b is not None:
+            show_chart(
+                *dla_difference_view(toxic, 0, a.heads, toxic, last, b.heads), f"find-cor-diff-{toxic.id[:8]}"
+            )
+    epoch = int(v.view.get("epoch", last))
+    found = result(toxic, epoch, "cmap") if epoch in toxic.epochs_with("cmap") else None
+    with cols[1]:
+        if found is not None:
+            _, _, caption, classes = cmap_view(
+                found, toxic.checkpoint_label(epoch), toxic.checkpoint_label(0)
+            )
+            if classes is not None and not classes.empty:
+                chart = charts.class_bars(classes, value_title="change in F (logits)", title="CMAP per class")
+                show_chart(chart, classes, caption, f"find-cor-cmap-{toxic.id[:8]}")
+    if toxic.epochs_with("knockout"):
+        chart, data, caption, notes = knockout_view(toxic, sorted({0, toxic.epochs_with("knockout")[-1]}))
+        if chart is not None:
+            show_chart(chart, data, " ".join([caption, *notes]), f"find-cor-ko-{toxic.id[:8]}")
+
+
+def plasticity_charts(v) -> None:
+    """The toxic → reversal logit-difference curve and the reversed model's DLA."""
+    rev = by_id(v.view.get("exp"))
+    toxic = by_id(rev.parent) if rev is not None and rev.parent else None
+    if rev is None or toxic is None:
+        return
+    cols = st.columns(2)
+    with cols[0]:
+        chart = curves_view([toxic, rev], "logit_diff")
+        if chart[0] is not None:
+            show_chart(*chart, f"find-np-curve-{rev.id[:8]}")
+    last = rev.epochs_with("dla")[-1] if rev.epochs_with("dla") else None
+    found = result(rev, last, "dla") if last is not None else None
+    with cols[1]:
+        if found is not None:
+            show_chart(
+                *dla_view(rev, last, found.heads, f"DLA — {rev.checkpoint_label(last)}"),
+                f"find-np-dla-{rev.id[:8]}",
+            )
+
+
+CHARTS = {"amplification": amplification_charts, "localized corruption": corruption_charts,
+          "neuroplasticity": plasticity_charts}  # fmt: skip
+
+
+def title(v) -> str:
+    return f"{v.finding.capitalize()}{f' — {v.scope.replace(chr(95), chr(32))}' if v.scope else ''}"
+
+
+def body() -> None:
+    try:
+        judged = verdicts(tuple(str(r) for r in roots()), data_stamp())
+    except KeyError as err:  # a cache written before the verdicts' tables existed
+        st.warning(f"The cached results lack what the verdicts need ({err}); rebuild them with "
+                   "`python -m ioi reproduce`.", icon="⚠️")  # fmt: skip
+        return
+    found = [v for v in judged if v.finding in FINDINGS]
+    if not found:
+        st.info(
+            "**No findings yet.** Run `python -m ioi reproduce` (or `precompute`) to build the results.",
+            icon="ℹ️",
+        )
+        return
+    by_finding = {f: [v for v in found if v.finding == f] for f in FINDINGS}
+    cols = st.columns(3)
+    for col, (finding, group) in zip(cols, by_finding.items()):
+        with col.container(border=True):
+            st.markdown(f"#### {finding.capitalize()}")
+            if not group:
+                st.caption("Not judged: the cache holds no runs for it.")
+            for v in group:
+                st.markdown(f"{badge(v)} **{v.scope.replace('_', ' ') if v.scope else 'clean fine-tuning'}**")
+                st.caption(headline(v))
+    for finding, group in by_finding.items():
+        if not group:
+            continue
+        st.header(finding.capitalize())
+        st.caption(f"Criterion: {group[0].criterion}")
+        tabs = (
+            st.tabs([v.scope.replace("_", " ") or finding for v in group])
+            if len(group) > 1
+            else [st.container()]
+        )
+        for tab, v in zip(tabs, group):
+            with tab:
+                st.markdown(f"**{title(v)}** {badge(v)}")
+                st.write(v.summary)
+                st.dataframe(numbers_table(v), hide_index=True, width="stretch")
+                show_me(v)
+                CHARTS[finding](v)
+
+
+show_user_errors(body)
