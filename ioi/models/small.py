@@ -2,11 +2,12 @@
 
 `ioi-tiny` (3 layers) finds S by position: in every IOI sentence of its corpus the subject of the
 giving clause is S, so a layer-0 head can suppress it without knowing it is repeated. This model
-reuses tiny's tokenizer, sentence kinds, loss and schedule, and changes what the issue asks for:
-more layers, dropout 0.1, and "duplicate" sentences in which the repeated name sits at varying
-positions and roles, sometimes next to a second repeated name or with no name in the giving
-clause, so that the name to give to is the one mentioned once. IOI-style sentences end with
-someone other than the IO one time in five, so overconfidence costs loss.
+reuses tiny's tokenizer, sentence kinds, loss and schedule, and changes what issue #16 suggests:
+more layers, optional dropout (VARIANTS), and "duplicate" sentences in which the repeated name sits
+at varying positions and roles, sometimes next to a second repeated name or with no name in the
+giving clause, so that the name to give to is the one mentioned once. IOI-style sentences end with
+someone other than the IO one time in five, so overconfidence costs loss. What the shipped recipe
+learnt (duplicate detection feeding S-suppressing heads, not name movers) is in its model card.
 
 Training is deterministic for a seed on one CPU thread and resumable from checkpoints that hold
 the generator and RNG states, so an interrupted run ends with the same weights.
