@@ -1,4 +1,4 @@
-"""Commands on one model: write a dataset, evaluate, fine-tune, rebuild the bundled ioi-tiny."""
+"""Commands on one model: write a dataset, evaluate, fine-tune, rebuild the bundled models."""
 
 from __future__ import annotations
 
@@ -156,13 +156,11 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps (default: the model card's)")
 
 
-@command("pretrain-tiny", "rebuild the bundled ioi-tiny model from its synthetic corpus", _pretrain_args)
-def run_pretrain(args: argparse.Namespace) -> int:
+def _step_bar(desc: str):
+    """A tqdm bar and the `progress(step, total, loss)` callback pretraining calls."""
     from tqdm import tqdm
 
-    from ioi.models.tiny import pretrain_tiny
-
-    bar = tqdm(unit="step", desc="pretrain-tiny")
+    bar = tqdm(unit="step", desc=desc)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.total = total
@@ -170,8 +168,46 @@ def run_pretrain(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.update(0)
 
+    return bar, progress
+
+
+@command("pretrain-tiny", "rebuild the bundled ioi-tiny model from its synthetic corpus", _pretrain_args)
+def run_pretrain(args: argparse.Namespace) -> int:
+    from ioi.models.tiny import pretrain_tiny
+
+    bar, progress = _step_bar("pretrain-tiny")
     kwargs = {"steps": args.steps} if args.steps else {}
     result = pretrain_tiny(args.out, seed=args.seed, progress=progress, **kwargs)
+    bar.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _pretrain_small_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=ASSETS / "ioi-small")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the variant's)")
+    p.add_argument("--variant", help="a recipe the model card reports (default: the shipped one)")
+    p.add_argument(
+        "--checkpoint-dir", type=Path, help="save the state here every 500 steps; a rerun resumes from it"
+    )
+
+
+@command(
+    "pretrain-small", "rebuild the bundled ioi-small model from its synthetic corpus", _pretrain_small_args
+)
+def run_pretrain_small(args: argparse.Namespace) -> int:
+    from ioi.models.small import DEFAULT_VARIANT, VARIANTS, pretrain_small
+
+    variant = args.variant or DEFAULT_VARIANT
+    if variant not in VARIANTS:
+        print(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    bar, progress = _step_bar("pretrain-small")
+    result = pretrain_small(
+        args.out, variant=variant, seed=args.seed, steps=args.steps,
+        checkpoint_dir=args.checkpoint_dir, progress=progress,
+    )  # fmt: skip
     bar.close()
     print(json.dumps(result, indent=2))
     return 0

@@ -2,6 +2,7 @@
 
 Model names:
 - ``ioi-tiny``: the bundled small pretrained model (``ioi/assets/ioi-tiny``), the default;
+- ``ioi-small``: the bundled 4-layer model pretrained towards GPT-2's circuit (``ioi/assets/ioi-small``);
 - ``random:gpt2``: GPT-2 small's architecture with seeded random weights and the real GPT-2
   tokenizer (shipped in ``ioi/assets/gpt2``), for offline tests and benchmarks of the GPT-2 path;
 - ``random:tiny``: a 2-layer random GPT-2 with the same tokenizer, for fast tests;
@@ -48,6 +49,8 @@ from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
 
+BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
+"""Bundled model name -> the subcommand that rebuilds it."""
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
@@ -139,12 +142,12 @@ def load_hf(
     """The raw HF model, its tokenizer and a sentence saying where the weights came from."""
     if name in _RANDOM_CONFIGS:
         return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"
-    path = ASSETS / "ioi-tiny" if name == "ioi-tiny" else Path(name).expanduser()
+    path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
     if path.is_dir():
         return (*_load_directory(path), f"local directory {path}")
-    if name == "ioi-tiny":
+    if name in BUNDLED:
         raise ModelUnavailableError(
-            "the bundled ioi-tiny model is missing; rebuild it with `python -m ioi pretrain-tiny`"
+            f"the bundled {name} model is missing; rebuild it with `python -m ioi {BUNDLED[name]}`"
         )
     # a path (not a hub name such as "gpt2" or "org/model"): say it is not there
     looks_local = name.startswith(("/", ".", "~")) or (str(path.parent) != "." and path.parent.is_dir())

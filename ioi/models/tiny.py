@@ -112,12 +112,13 @@ def _fill(text: str, fill: dict[str, str]) -> str:
     return text
 
 
-def vocabulary() -> list[str]:
-    """All words (with their leading space where they take one), specials first, sorted."""
+def vocabulary(extra: Sequence[str] = ()) -> list[str]:
+    """All words of the corpus phrases plus `extra` phrases (with their leading space where they
+    take one), specials first, sorted."""
     pieces: set[str] = set()
-    fill = {"A": "Mary", "B": "John", "X": "Mary", "Y": "John", "PLACE": "park", "P2": "park"}
-    fill |= {"OBJECT": "ring", "O2": "ring"}
-    for phrase in (*TEMPLATES, *EXTRA_IOI, *RECALL, *FILLER):
+    fill = {"A": "Mary", "B": "John", "C": "Kate", "X": "Mary", "Y": "John", "PLACE": "park"}
+    fill |= {"P2": "park", "OBJECT": "ring", "O2": "ring"}
+    for phrase in (*TEMPLATES, *EXTRA_IOI, *RECALL, *FILLER, *extra):
         text = _fill(phrase, fill) + " " + fill["A"] + "."
         pieces.update(words(text) + words(" " + text))
     for w in _POOL:
@@ -125,9 +126,10 @@ def vocabulary() -> list[str]:
     return [*SPECIALS, *sorted(pieces)]
 
 
-def build_tokenizer(name_or_path: str = "ioi-tiny") -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: " Mary" is one id whether alone or inside a prompt."""
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+def build_tokenizer(name_or_path: str = "ioi-tiny", extra: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer (vocabulary of the corpus plus `extra` phrases): " Mary" is one id
+    whether alone or inside a prompt."""
+    vocab = {w: i for i, w in enumerate(vocabulary(extra))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")
     tok.decoder = decoders.Fuse()  # pieces carry their own spaces
@@ -153,8 +155,11 @@ def _held_out_pair(a: str, b: str) -> bool:
 class StoryGenerator:
     """Seeded source of short stories (each at most `max_words` tokens, BOS not counted)."""
 
+    name = "ioi-tiny"
+    mix: dict[str, float] = MIX
+
     def __init__(self, seed: int, max_words: int = CONTEXT - 1) -> None:
-        self.rng = random.Random(f"ioi-tiny:{seed}")
+        self.rng = random.Random(f"{self.name}:{seed}")
         self.max_words = max_words
 
     def _sentence(self, kind: str, cast: list[str], done: list[str]) -> str:
@@ -179,13 +184,13 @@ class StoryGenerator:
         return _fill(r.choice(RECALL if kind == "recall" else FILLER), fill)
 
     def story(self) -> str:
-        """One story: a cast of 2-5 names, sentences drawn by MIX until the context is full."""
+        """One story: a cast of 2-5 names, sentences drawn by `mix` until the context is full."""
         r = self.rng
         cast = r.sample(NAMES, r.randint(2, 5))
         done: list[str] = []
         n = 0
         for _ in range(20):
-            kind = r.choices(list(MIX), weights=list(MIX.values()))[0]
+            kind = r.choices(list(self.mix), weights=list(self.mix.values()))[0]
             sent = self._sentence(kind, cast, done)
             k = len(words(" " + sent))
             if n + k > self.max_words:
@@ -212,15 +217,21 @@ def _encode_batch(texts: Sequence[str], vocab: dict[str, int]) -> torch.Tensor:
     return torch.tensor([r + [pad] * (CONTEXT - len(r)) for r in rows], dtype=torch.long)
 
 
-def make_model(vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+def make_model(
+    vocab_size: int,
+    tokenizer: PreTrainedTokenizerFast,
+    sizes: dict[str, int] = MODEL_SIZES,
+    dropout: float = 0.0,
+) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 (seeded by the caller) with `sizes` and one dropout rate."""
     config = GPT2Config(
         vocab_size=vocab_size,
         n_positions=CONTEXT,
-        **MODEL_SIZES,
+        **sizes,
         activation_function="gelu_new",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,327 @@
+"""`ioi-small`: a deeper bundled model whose corpus only duplicate detection can solve.
+
+`ioi-tiny` (3 layers) finds S by position: in every IOI sentence of its corpus the subject of the
+giving clause is S, so a layer-0 head can suppress it without knowing it is repeated. This model
+reuses tiny's tokenizer, sentence kinds, loss and schedule, and changes what issue #16 suggests:
+more layers, optional dropout (VARIANTS), and "duplicate" sentences in which the repeated name sits
+at varying positions and roles, sometimes next to a second repeated name or with no name in the
+giving clause, so that the name to give to is the one mentioned once. IOI-style sentences end with
+someone other than the IO one time in five, so overconfidence costs loss. What the shipped recipe
+learnt (duplicate detection feeding S-suppressing heads, not name movers) is in its model card.
+
+Training is deterministic for a seed on one CPU thread and resumable from checkpoints that hold
+the generator and RNG states, so an interrupted run ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from ioi.models.tiny import (
+    BATCH,
+    CONTEXT,
+    HELD_OUT_TEMPLATES,
+    IOI_PHRASINGS,
+    LR,
+    NAME_LOSS_WEIGHT,
+    StoryGenerator,
+    _encode_batch,
+    _fill,
+    _held_out_pair,
+    _lr,
+    build_tokenizer,
+    evaluate_ioi,
+    make_model,
+    weighted_lm_loss,
+)
+from ioi.task.data import NAMES, OBJECTS, PLACES, IOISample, make_dataset, render
+
+# A first sentence introducing IO and S (and a third person [C] in the three-name frames), in
+# either order; [X]/[Y] are IO and S shuffled.
+FRAMES_TWO: tuple[str, ...] = (
+    "[X] and [Y] went to the [PLACE].",
+    "[X] met [Y] at the [PLACE].",
+    "[X] went to the [PLACE] with [Y].",
+    "At the [PLACE], [X] saw [Y].",
+    "[X] called [Y] from the [PLACE].",
+)
+FRAMES_THREE: tuple[str, ...] = (
+    "[X], [Y] and [C] went to the [PLACE].",
+    "[X] met [Y] and [C] at the [PLACE].",
+    "At the [PLACE], [X] saw [Y] and [C].",
+)
+# Four people (the "crowd" recipes): [A] is the fourth slot here, not the IO.
+FRAMES_FOUR: tuple[str, ...] = (
+    "[X], [Y], [C] and [A] went to the [PLACE].",
+    "[X] met [Y], [C] and [A] at the [PLACE].",
+)
+# Sentences that mention a repeated name ([B]) again before the giving clause.
+MIDDLES: tuple[str, ...] = (
+    "[B] was tired.",
+    "[B] smiled.",
+    "Later, [B] sat down.",
+    "[B] bought a [O2].",
+    "[B] wanted to go home.",
+)
+NEUTRAL = "It was a nice day."
+# The giving clause, cut before the answer: with S ([B]) in varying places, or without any name.
+FINALS: tuple[str, ...] = (
+    "[B] gave a [OBJECT] to",
+    "Then [B] handed the [OBJECT] to",
+    "[B] smiled and gave a [OBJECT] to",
+    "The [OBJECT] was from [B], who gave it to",
+    "Afterwards [B] said goodbye to",
+    "[B] threw the [OBJECT] to",
+)
+NAMELESS_FINALS: tuple[str, ...] = ("Then the [OBJECT] was given to", "In the end, the [OBJECT] went to")
+# What follows "to" when it is not the IO ("[FRESH]": a name not in the sentence).
+OTHER_ENDINGS: tuple[str, ...] = ("the teacher", "everyone", "the others", "[FRESH]")
+IO_ENDING_P = 0.8
+# Never pretrained on; S2 sits further from the clause start or is not the clause's subject.
+PROBE_TEMPLATES: tuple[str, ...] = (
+    "Then, [B] and [A] went to the [PLACE]. Later that day, after a long walk, [B] gave a [OBJECT] to [A]",
+    "Once [B] and [A] went to the [PLACE], and after the lunch [B] gave a [OBJECT] to [A]",
+    "When [B] and [A] were at the [PLACE], the [OBJECT] that [B] had was given to [A]",
+    "Then, [B] and [A] went to the [PLACE]. It was a nice day, so [B] gave a [OBJECT] to [A]",
+)
+PHRASES: tuple[str, ...] = (
+    *FRAMES_TWO, *FRAMES_THREE, *MIDDLES, NEUTRAL, *FINALS, *NAMELESS_FINALS, *OTHER_ENDINGS,
+    *PROBE_TEMPLATES,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a pretraining run varies; VARIANTS names each one the model card reports."""
+
+    sizes: dict[str, int]
+    dropout: float
+    mix: dict[str, float]
+    steps: int
+    lr: float = LR
+    crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+
+
+
+
+_MIX = {"ioi": 0.25, "dup": 0.25, "recall": 0.15, "induction": 0.15, "filler": 0.20}
+_CROWD_MIX = {"ioi": 0.20, "dup": 0.35, "recall": 0.15, "induction": 0.10, "filler": 0.20}
+VARIANTS: dict[str, Recipe] = {
+    "4l": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 3000),
+    "6l": Recipe({"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 2500),
+    "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
+    "4l-crowd": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
+    ),
+}
+DEFAULT_VARIANT = "4l-nodrop"
+
+
+class SmallStoryGenerator(StoryGenerator):
+    """tiny's stories with `mix` of its kinds plus "dup" sentences; IOI endings vary."""
+
+    name = "ioi-small"
+
+    def __init__(
+        self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False
+    ) -> None:
+        super().__init__(seed, max_words)
+        self.mix = mix
+        self.crowd = crowd
+
+    def _ending(self, io: str, taken: set[str]) -> str:
+        r = self.rng
+        if r.random() < IO_ENDING_P:
+            return io
+        other = r.choice(OTHER_ENDINGS)
+        return r.choice([n for n in NAMES if n not in taken]) if other == "[FRESH]" else other
+
+    def _pair(self, cast: list[str]) -> tuple[str, str]:
+        io, s = self.rng.sample(cast, 2)
+        while _held_out_pair(io, s):
+            io, s = self.rng.sample(NAMES, 2)
+        return io, s
+
+    def dup_sentence(self, io: str, s: str, others: Sequence[str] = ()) -> str:
+        """IO mentioned once; S and the `others` (0-2 names) at least twice; cut before the answer."""
+        r = self.rng
+        place, obj, o2 = r.choice(PLACES), r.choice(OBJECTS), r.choice(OBJECTS)
+        people = [io, s, *others]
+        r.shuffle(people)
+        frame = r.choice((FRAMES_TWO, FRAMES_THREE, FRAMES_FOUR)[len(others)])
+        parts = [_fill(frame, dict(zip("XYCA"[: len(people)], people, strict=True)) | {"PLACE": place})]
+        repeats = [*others] + ([s] if r.random() < 0.4 else [])
+        middles = [_fill(r.choice(MIDDLES), {"B": n, "O2": o2}) for n in repeats]
+        if r.random() < 0.2:
+            middles.append(NEUTRAL)
+        r.shuffle(middles)
+        s_repeated = s in repeats
+        final = r.choice(NAMELESS_FINALS if s_repeated and r.random() < 0.4 else FINALS)
+        parts += [*middles, _fill(final, {"B": s, "OBJECT": obj})]
+        return " ".join(parts)
+
+    def _sentence(self, kind: str, cast: list[str], done: list[str]) -> str:
+        r = self.rng
+        if kind == "ioi":
+            io, s = self._pair(cast)
+            t = r.randrange(len(IOI_PHRASINGS))
+            order = r.choice(("ABBA", "BABA"))
+            x = render(t, order, io, s, s, r.choice(PLACES), r.choice(OBJECTS), templates=IOI_PHRASINGS)
+            return f"{x.prompt} {self._ending(io, {io, s})}."
+        if kind == "dup":
+            io, s = self._pair(cast)
+            rest = [n for n in cast if n not in (io, s)] or [n for n in NAMES if n not in (io, s)]
+            if self.crowd:
+                pool = [n for n in NAMES if n not in (io, s)]
+                others = r.sample(pool, r.choices((0, 1, 2), weights=(0.3, 0.35, 0.35))[0])
+            else:
+                others = [r.choice(rest)] if r.random() < 0.4 else []
+            text = self.dup_sentence(io, s, others)
+            return f"{text} {self._ending(io, {io, s, *others})}."
+        return super()._sentence(kind, cast, done)
+
+
+def build_small_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer("ioi-small", PHRASES)
+
+
+def position_probes(n: int = 200, seed: int = 0) -> list[IOISample]:
+    """IOI prompts on PROBE_TEMPLATES (never pretrained on), eval split: S2 not where tiny's
+    corpus always put it."""
+    return make_dataset(n, seed=seed, split="eval", templates=PROBE_TEMPLATES)
+
+
+def three_name_probes(n: int = 200, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(prompt, io, s) with a second repeated name beside S: only duplicate detection tells IO."""
+    gen = SmallStoryGenerator(10_000 + seed)
+    out = []
+    while len(out) < n:
+        io, s, third = gen.rng.sample(NAMES, 3)
+        out.append((gen.dup_sentence(io, s, [third]), io, s))
+    return out
+
+
+# --- pretraining with checkpoints -------------------------------------------------------------------
+
+
+def _save_checkpoint(path: Path, step: int, model, opt, gen: SmallStoryGenerator, extra: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for i, state in opt.state_dict()["state"].items():
+        tensors |= {f"opt.{i}.{k}": v.detach().clone() for k, v in state.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(tensors, str(path / "state.safetensors.tmp"))
+    meta = {"step": step, "python_rng": gen.rng.getstate(), **extra}
+    (path / "state.json.tmp").write_text(json.dumps(meta))
+    (path / "state.safetensors.tmp").replace(path / "state.safetensors")
+    (path / "state.json.tmp").replace(path / "state.json")
+
+
+def _load_checkpoint(path: Path, model, opt, gen: SmallStoryGenerator) -> dict:
+    tensors = load_file(str(path / "state.safetensors"))
+    meta = json.loads((path / "state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+    version, internal, gauss = meta["python_rng"]
+    gen.rng.setstate((version, tuple(internal), gauss))
+    return meta
+
+
+def pretrain_small(
+    out_dir: Path,
+    *,
+    variant: str = DEFAULT_VARIANT,
+    seed: int = 0,
+    steps: int | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 500,
+    progress: Callable[[int, int, float], None] | None = None,
+    on_checkpoint: Callable[[int, GPT2LMHeadModel], None] | None = None,
+) -> dict:
+    """Train ioi-small (`VARIANTS[variant]`) from scratch on one CPU thread; write an HF directory.
+
+    With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run resumes from
+    it with identical results. Returns the manifest also written to `out_dir/manifest.json`.
+    """
+    recipe = VARIANTS[variant]
+    steps = steps or recipe.steps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise reproducibility across machines with different core counts
+    try:
+        torch.manual_seed(seed)
+        tokenizer = build_small_tokenizer()
+        vocab = tokenizer.get_vocab()
+        model = make_model(len(vocab), tokenizer, recipe.sizes, recipe.dropout)
+        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
+        pad = tokenizer.pad_token_id
+        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
+        start_step, loss_ema, seconds = 0, float("nan"), 0.0
+        if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
+            meta = _load_checkpoint(Path(checkpoint_dir), model, opt, gen)
+            start_step, loss_ema, seconds = meta["step"], meta["loss_ema"], meta["seconds"]
+        start = time.time() - seconds
+        model.train()
+        for step in range(start_step, steps):
+            tokens = _encode_batch(gen.stories(BATCH), vocab)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, steps, recipe.lr)
+            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
+            if progress is not None:
+                progress(step + 1, steps, loss.item())
+            if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                extra = {"loss_ema": loss_ema, "seconds": time.time() - start}
+                _save_checkpoint(Path(checkpoint_dir), step + 1, model, opt, gen, extra)
+                if on_checkpoint is not None:
+                    on_checkpoint(step + 1, model)
+                    model.train()
+        seconds = time.time() - start
+        model.eval()
+        metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
+        probes = evaluate_ioi(model, tokenizer, position_probes())
+    finally:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    manifest = {
+        "name": "ioi-small",
+        "variant": variant,
+        "config": {**recipe.sizes, "n_positions": CONTEXT, "vocab_size": len(vocab)},
+        "dropout": recipe.dropout,
+        "seed": seed,
+        "steps": steps,
+        "batch": [BATCH, CONTEXT],
+        "optimizer": f"AdamW lr {recipe.lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "corpus_mix": recipe.mix,
+        "crowd": recipe.crowd,
+        "io_ending_p": IO_ENDING_P,
+        "name_loss_weight": NAME_LOSS_WEIGHT,
+        "held_out_templates": list(HELD_OUT_TEMPLATES),
+        "training_seconds": round(seconds, 1),
+        "final_loss_ema": round(loss_ema, 4),
+        "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
+        "position_probes": {"dataset": "position_probes(200)", **probes},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
