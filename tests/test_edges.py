@@ -23,10 +23,11 @@ def data(tiny_random):
     return clean, abc, edge_runs(tiny_random, clean, abc)
 
 
-def slow_edge_score(model, clean, runs, sender: int, receiver: str) -> float:
-    """One hooked forward: the receiver's input gets the sender's change, nothing else changes."""
+def slow_edge_score(model, clean, runs, sender: int, receiver: str, scale: float = 1.0) -> float:
+    """One hooked forward: the receiver's input gets the sender's change (times `scale`), nothing
+    else changes."""
     bridge = model.bridge
-    delta = runs.delta[sender]
+    delta = runs.delta[sender] * scale
     if receiver == LOGITS:
         name, fn = f"blocks.{model.n_layers - 1}.hook_resid_post", lambda x, hook: x + delta
     elif receiver.startswith("mlp"):

@@ -251,7 +251,7 @@ def _run_from(blocks: _Blocks, batch: IOIBatch, resid: Resid, start: int) -> Per
     return final_logit_diff(blocks.bridge, end_rows(x, batch), batch)
 
 
-DEFAULT_MAX_ELEMENTS = 2**24
+DEFAULT_MAX_ELEMENTS = 2**25
 """Floats of the largest intermediate tensor edge patching builds at once (memory bound)."""
 
 
