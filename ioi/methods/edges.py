@@ -35,7 +35,7 @@ from ioi.methods.patching import Activations, prepare
 from ioi.methods.readout import end_rows, fast_path_obstacles, final_logit_diff, layer_norm_pre
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
-from ioi.task.types import EdgeMask, EdgeValues, PerVariant, Resid
+from ioi.task.types import EdgeMask, EdgePrompts, EdgeValues, PerVariant, Resid
 
 SITES = ("q", "k", "v")
 EMBED = "embed"
@@ -268,8 +268,10 @@ def exact_edge_scores(
     *,
     runs: EdgeRuns | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> EdgeValues:
-    """[edge] F(edge patched) − F(M) of every edge of the model's graph (logits), exactly.
+    per_prompt: bool = False,
+) -> EdgeValues | EdgePrompts:
+    """[edge] F(edge patched) − F(M) of every edge of the model's graph (logits), exactly
+    (`per_prompt`: [edge, batch], each prompt's own change).
 
     Per receiver, every sender's change (out_u(ABC) − out_u(clean)) is added to the receiver's
     clean input at every position; the receiver's new output is computed on its own (one head, or
@@ -334,8 +336,8 @@ def exact_edge_scores(
                 x = mid + blocks.mlp(layer, mid + delta)
             ld = finish(layer, x)
             f |= {(i, mlp_node(layer)): ld[a] for a, i in enumerate(idx)}
-    values = torch.stack([f[(i, graph.receivers[j])].double().mean() for i, j in graph.edges])
-    return (values - acts.ld_clean.double().mean()).float().cpu()
+    values = torch.stack([f[(i, graph.receivers[j])] for i, j in graph.edges]) - acts.ld_clean  # [edge, batch]
+    return values.cpu() if per_prompt else values.double().mean(1).float().cpu()
 
 
 @torch.no_grad()

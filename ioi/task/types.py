@@ -70,3 +70,5 @@ EdgeValues = Float[Tensor, " edge"]
 """One value per edge of a model's graph (ioi.methods.edges.EdgeGraph.edges order)."""
 EdgeMask = Bool[Tensor, "variant edge"]
 """Per variant, which edges are patched (True) or kept (False)."""
+EdgePrompts = Float[Tensor, "edge batch"]
+"""Per edge, one value per prompt."""
