@@ -23,5 +23,6 @@ st.navigation(
         st.Page("app_pages/faithfulness.py", title="Faithfulness", icon=":material/show_chart:"),
         st.Page("app_pages/knockout.py", title="Knockout", icon=":material/content_cut:"),
         st.Page("app_pages/cmap.py", title="Cross-model patching", icon=":material/compare_arrows:"),
+        st.Page("app_pages/evolution.py", title="Evolution", icon=":material/timeline:"),
     ]
 ).run()

@@ -32,7 +32,7 @@ from ioi.methods.classify import circuit_for, head_direct_effects
 from ioi.methods.edge_circuit import DEFAULT_FAITHFULNESS, greedy_edge_circuit
 from ioi.methods.edges import EdgeGraph, edge_graph, edge_runs, exact_edge_scores
 from ioi.methods.patching import prepare
-from ioi.methods.stats import N_BOOT, Estimate, bootstrap_means, interval, resample_indices
+from ioi.methods.stats import N_BOOT, Estimate, bootstrap_means, interval, mean_estimate, resample_indices
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
 from ioi.task.types import EdgePrompts, HeadGrid, PerPrompt
@@ -141,7 +141,7 @@ def timeline(
 
     overlap: per checkpoint, edge and node Jaccard against profiles[reference] with intervals, the
     node-circuit (circuit_for) Jaccard, circuit size, faithfulness, stability; changes: heads and
-    edges entering and leaving against the previous checkpoint; roles: per checkpoint, head and
+    edges entering and leaving against the previous checkpoint (space-separated names); roles: per checkpoint, head and
     role, value with interval, sign_flip and changed flags."""
     ref = profiles[reference]
     graph = ref.graph
@@ -166,6 +166,7 @@ def timeline(
             **{f"node_jaccard{k}": v for k, v in _suffixed(_estimate(
                 _set_jaccard(nodes_of(full[t][None])[0], nodes_of(full[reference][None])[0]), node_j, over)).items()},
             "head_circuit_jaccard": jaccard(set(p.heads), set(ref.heads)),
+            **mean_estimate(p.f_model, n_boot=n_boot, seed=seed).columns("f_model"),
             "faithfulness": p.faithfulness.value, "faithfulness_lo": p.faithfulness.lo,
             "faithfulness_hi": p.faithfulness.hi,
             "stability": self_j.mean().item(), "stability_p05": torch.quantile(self_j, 0.05).item(),
@@ -173,11 +174,12 @@ def timeline(
         })  # fmt: skip
         prev = profiles[t - 1] if t else p
         heads_now, heads_prev = _heads_of(p, inc, full[t]), _heads_of(prev, inc, full[t - 1 if t else t])
-        changes.append({
+        changes.append({  # space-separated names (a table stores text, not lists)
             "checkpoint": p.label,
-            "heads_entering": sorted(heads_now - heads_prev), "heads_leaving": sorted(heads_prev - heads_now),
-            "edges_entering": sorted(set(p.circuit_edges) - set(prev.circuit_edges)),
-            "edges_leaving": sorted(set(prev.circuit_edges) - set(p.circuit_edges)),
+            "heads_entering": " ".join(sorted(heads_now - heads_prev)),
+            "heads_leaving": " ".join(sorted(heads_prev - heads_now)),
+            "edges_entering": " ".join(sorted(set(p.circuit_edges) - set(prev.circuit_edges))),
+            "edges_leaving": " ".join(sorted(set(prev.circuit_edges) - set(p.circuit_edges))),
         })  # fmt: skip
     scale = abs(ref.f_model.double().mean().item())
     idx = resample_indices(n, n_boot=n_boot, seed=seed)

@@ -47,6 +47,8 @@ from ioi.task.defaults import (
 )
 
 METRICS = "metrics"
+COMPARISONS = ("compare", "compare-family")
+"""Entries of the whole experiment (ioi.runs.compare), stored at its last epoch: not per-checkpoint analyses."""
 Log = Callable[[str], None]
 
 
@@ -94,7 +96,7 @@ class ExperimentConfig:
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
         try:
-            check_analyses([a for a in self.analyses if a != METRICS], registered_analyses())
+            check_analyses([a for a in self.analyses if a not in (METRICS, *COMPARISONS)], registered_analyses())
         except OptionError as err:
             raise ExperimentError(str(err)) from None
         if problem := model_problem(self.model):
@@ -195,7 +197,7 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
     analyses that are not registered, model comparisons at epoch 0 (the model with itself) and
     `at_ends` analyses except at the last epoch and a clean run's epoch 0."""
     known = registered_analyses()
-    missing = [name for name in cfg.analyses if name not in known]
+    missing = [name for name in cfg.analyses if name not in known and name not in COMPARISONS]
     if missing:
         log(f"skipped {', '.join(missing)}: no analysis of that name is registered")
     todo: dict[int, list[str]] = {}
@@ -209,6 +211,9 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
                 continue  # epoch 0 of a toxic run or reversal is another run's first or last epoch
             if load_entry(root, exp_id, epoch, name, report=log) is None:
                 todo.setdefault(epoch, []).append(name)
+    for name in (c for c in COMPARISONS if c in cfg.analyses):  # after every checkpoint's analyses
+        if load_entry(root, exp_id, cfg.epochs, name, report=log) is None:
+            todo.setdefault(cfg.epochs, []).append(name)
     return todo
 
 
@@ -307,7 +312,9 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0], note):
+        compares = any(c in names for names in todo.values() for c in COMPARISONS)  # needs every checkpoint
+        needed = cfg.save_epochs if compares else [e for e in todo if e > 0]
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), needed, note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -375,6 +382,16 @@ def _analyse_epoch(
     other = None
     failed = []
     for name in names:
+        if name in COMPARISONS:
+            from ioi.runs.compare import compare_experiment
+
+            note(f"comparing the checkpoints of {exp_id}{' and its lineage' if name != 'compare' else ''}")
+            try:
+                compare_experiment(root, exp_id, family=name != "compare", device=device, log=note)
+            except Exception as err:  # as for an analysis: the other entries are kept, the note says why
+                failed.append(f"{name} failed: {type(err).__name__}: {err}")
+                note(failed[-1])
+            continue
         if name == METRICS:
             seen_batch = tokenize(seen[: cfg.eval_size], model.tokenizer)
             summary, prompts = name_split_metrics(model, eval_batch, seen_batch)
