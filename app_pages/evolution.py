@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_pages._store import clean_run
+from app_pages._store import by_id, clean_run, result
 from app_pages._ui import (
     choice,
     empty_state,
@@ -87,7 +87,29 @@ def body() -> None:
                                      value_title="change in F (logits)"),
                    t["cmap"], f"Row i, column j: model j run with the heads {' '.join(s.get('cmap_heads', []))} "
                    "taking their END outputs from model i.", "evo-cmap")  # fmt: skip
+    recovery_section(s)
     set_url(scope=scope)
+
+
+def recovery_section(s: dict) -> None:
+    """The recovery curve of the lineage's reversal, when its dynamics are cached."""
+    lineage = zip(s.get("experiments", []), s.get("scenarios", []), s.get("epochs", []), strict=True)
+    reversals = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
+    exp = by_id(reversals[-1][0]) if reversals else None
+    found = result(exp, reversals[-1][1], "recovery") if exp is not None else None
+    if found is None:
+        return
+    r = found.summary
+    st.subheader("Recovery dynamics")
+    revive = r["steps_to_revive"]
+    f0, base = r["pretrained_logit_diff"], r["baseline_jaccard"]
+    st.write(f"Steps to revive: **{revive if revive is not None else 'not within the run'}** (F back inside the "
+             f"pretrained interval [{f0['lo']:.2f}, {f0['hi']:.2f}] and the top-{r['n_edges']} edges' Jaccard with "
+             f"the pretrained circuit ≥ {r['jaccard_floor']:.2f}). Random edge sets of the same size and layers: "
+             f"Jaccard {base['value']:.2f} [{base['lo']:.2f}, {base['hi']:.2f}].")  # fmt: skip
+    show_chart(ec.recovery_curve(found.tables["points"], title=f"Every {r['every']} steps"), found.tables["points"],
+               "The toxic run from the pretrained model, then the reversal from the toxic model: logit difference "
+               "and overlap of the top edges with the pretrained edge circuit.", "evo-recovery")  # fmt: skip
 
 
 show_user_errors(body)

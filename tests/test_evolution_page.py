@@ -50,6 +50,7 @@ def synthetic_comparison(root: Path) -> list[str]:
               "checkpoint_epochs": [1, 2], "parent": None, "analyses": ["compare"]}  # fmt: skip
     register_experiment(root, EXP, {"id": EXP, "config": config})
     summary = {"experiment": EXP, "family": False, "checkpoints": labels, "reference": labels[0],
+               "experiments": [EXP] * 3, "scenarios": ["clean"] * 3, "epochs": [0, 1, 2],
                "cmap_heads": ["1.0", "0.2"], "resamples": 100}  # fmt: skip
     write_analysis(root, EXP, 2, "compare", AnalysisResult("compare", heads, summary, tables))
     return labels

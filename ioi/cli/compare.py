@@ -66,8 +66,16 @@ def run_compare(args: argparse.Namespace) -> int:
         root = target
         result = load_comparison(root, args.experiment, family=args.family)
     from ioi.cli.analyze import json_safe
+    from ioi.runs.cache import load_analysis
+    from ioi.runs.recovery import RECOVERY
 
-    out = json_safe({"experiment": args.experiment, **result.to_json()})
+    out = {"experiment": args.experiment, **result.to_json()}
+    for exp_id, scenario, epoch in zip(result.summary["experiments"], result.summary["scenarios"],
+                                       result.summary["epochs"], strict=True):  # fmt: skip
+        dynamics = load_analysis(root, exp_id, epoch, RECOVERY) if scenario == "reversal" else None
+        if dynamics is not None and "recovery" not in out:
+            out["recovery"] = dynamics.to_json()
+    out = json_safe(out)
     if args.json:
         print(json.dumps(out))
     else:

@@ -34,10 +34,11 @@ def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") 
             rows.append({"checkpoint": r["checkpoint"], "measure": name, "value": r[key], "lo": lo, "hi": hi})
     data = pd.DataFrame(rows)
     x = alt.X("checkpoint:N", sort=order, title="checkpoint")
-    color = alt.Color("measure:N", title="measure", sort=list(TRACKS.values()))
+    color = alt.Color("measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400))
     y = alt.Y("value:Q", scale=alt.Scale(domain=[0, 1.05]), title="value")
     line = alt.Chart(data).mark_line(point=True).encode(x, y, color, tooltip=["checkpoint", "measure", "value", "lo", "hi"])
-    bars = alt.Chart(data.dropna(subset=["lo", "hi"])).mark_errorbar().encode(x, alt.Y("lo:Q"), alt.Y2("hi:Q"), color)
+    bars = alt.Chart(data.dropna(subset=["lo", "hi"])).mark_errorbar().encode(x, alt.Y("lo:Q", title="value"),
+                                                                              alt.Y2("hi:Q"), color)  # fmt: skip
     bar = alt.Chart(pd.DataFrame({"y": [0.8]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="y:Q")
     return (line + bars + bar).properties(title=title, width="container", height=280)
 
@@ -53,7 +54,8 @@ def role_tracks(roles: pd.DataFrame, order: list[str], heads: list[str], role: s
     base = alt.Chart(data)
     line = base.mark_line(point=True).encode(x, alt.Y("value:Q", title=f"{role} (logits)"), color,
                                              tooltip=["checkpoint", "head_label", "value", "lo", "hi", "sign_flip", "changed"])  # fmt: skip
-    bars = base.transform_filter("isValid(datum.lo)").mark_errorbar().encode(x, alt.Y("lo:Q"), alt.Y2("hi:Q"), color)
+    bars = base.transform_filter("isValid(datum.lo)").mark_errorbar().encode(
+        x, alt.Y("lo:Q", title=f"{role} (logits)"), alt.Y2("hi:Q"), color)  # fmt: skip
     flips = base.transform_filter("datum.sign_flip").mark_point(size=180, color="red", filled=False).encode(x, alt.Y("value:Q"))
     moved = base.transform_filter("datum.changed").mark_point(size=40, color="black", filled=True).encode(x, alt.Y("value:Q"))
     return (line + bars + flips + moved).properties(width="container", height=280)
@@ -86,7 +88,8 @@ def matrix_heatmap(
                                     tooltip=[row, col, *[c for c in ("value", "lo", "hi", "share") if c in frame]])  # fmt: skip
     text = base.mark_text(fontSize=11).encode(alt.Text(f"{field}:Q", format=".2f"))
     n = max(1, len(order))
-    return (cells + text).properties(title=title, width=70 * n, height=40 * n)
+    return (cells + text).properties(title=title, width=max(200, 64 * n), height=max(140, 36 * n),
+                                     autosize=alt.AutoSizeParams(type="pad", contains="padding"))  # fmt: skip
 
 
 def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:

@@ -47,8 +47,9 @@ from ioi.task.defaults import (
 )
 
 METRICS = "metrics"
-COMPARISONS = ("compare", "compare-family")
-"""Entries of the whole experiment (ioi.runs.compare), stored at its last epoch: not per-checkpoint analyses."""
+COMPARISONS = ("compare", "compare-family", "recovery")
+"""Entries of the whole experiment (ioi.runs.compare, ioi.runs.recovery for a reversal), stored at its
+last epoch: not per-checkpoint analyses."""
 Log = Callable[[str], None]
 
 
@@ -387,7 +388,12 @@ def _analyse_epoch(
 
             note(f"comparing the checkpoints of {exp_id}{' and its lineage' if name != 'compare' else ''}")
             try:
-                compare_experiment(root, exp_id, family=name != "compare", device=device, log=note)
+                if name == "recovery":
+                    from ioi.runs.recovery import recovery_dynamics
+
+                    recovery_dynamics(root, exp_id, device=device, log=note)
+                else:
+                    compare_experiment(root, exp_id, family=name != "compare", device=device, log=note)
             except Exception as err:  # as for an analysis: the other entries are kept, the note says why
                 failed.append(f"{name} failed: {type(err).__name__}: {err}")
                 note(failed[-1])
