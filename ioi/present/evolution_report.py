@@ -81,5 +81,37 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
     for s, r in found:
         lines += [f"### Seed {s.seed}: {' → '.join(r.summary['checkpoints'])}", "",
                   f"{r.summary['n_prompts']} prompts, {r.summary['resamples']} resamples.", "",
-                  *_overlap_table(r.tables["overlap"]), "", *_changes(r), ""]  # fmt: skip
+                  *_overlap_table(r.tables["overlap"]), "", *_changes(r), *_recovery(s, r), ""]  # fmt: skip
     return lines
+
+
+def _recovery(study: SeedStudy, r) -> list[str]:
+    """The recovery dynamics of the lineage's reversal, when cached."""
+    from ioi.runs.cache import load_analysis
+
+    s = r.summary
+    rows = [(e, ep) for e, sc, ep in zip(s["experiments"], s["scenarios"], s["epochs"], strict=True) if sc == "reversal"]
+    dyn = load_analysis(study.root, rows[-1][0], rows[-1][1], "recovery") if rows else None
+    if dyn is None:
+        return []
+    d, pts = dyn.summary, dyn.tables["points"]
+    f0, base = d["pretrained_logit_diff"], d["baseline_jaccard"]
+    rev = pts[pts.run == "reversal"].sort_values("step")
+    tox = pts[pts.run == "toxic"].sort_values("step")
+    end = rev.iloc[-1]
+    revive = d["steps_to_revive"]
+    out = [f"- Recovery (snapshots every {d['every']} steps, top-{d['n_edges']} edges by exact edge patching): the "
+           f"toxic run takes F from {tox.iloc[0]['logit_diff']:.2f} to {tox.iloc[-1]['logit_diff']:.2f} and the "
+           f"Jaccard with the pretrained circuit to {tox.iloc[-1]['jaccard']:.2f}; the reversal ends at step "
+           f"{int(end['step'])} with F {_ci(end['logit_diff'], end['lo'], end['hi'])} (pretrained "
+           f"{_ci(f0['value'], f0['lo'], f0['hi'])}) and Jaccard {end['jaccard']:.2f}, against "
+           f"{_ci(base['value'], base['lo'], base['hi'])} for random edge sets of the same size and layers. "
+           + (f"Steps to revive: {revive}." if revive is not None else
+              f"It does not revive within the run (F inside the pretrained interval and Jaccard ≥ "
+              f"{d['jaccard_floor']:.2f}, the pretrained circuit's own 5th-percentile self-Jaccard).")]  # fmt: skip
+    m = dyn.tables["matched"]
+    if len(m):
+        gap = (m["jaccard_reversal"] - m["jaccard_toxic"]).mean()
+        out.append(f"- At matched logit difference ({m.logit_diff.min():.2f}–{m.logit_diff.max():.2f}), the "
+                   f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back).")  # fmt: skip
+    return out
