@@ -53,8 +53,8 @@ def pick_head(exp: Experiment) -> Head:
 
 
 def head_table(chosen: list[Experiment], head: Head, known: dict[str, Experiment]) -> pd.DataFrame:
-    """One row per cached checkpoint: class, cached DLA, knockout and CMAP of the head, and the
-    live profile (intervals, attention, copy score) where the weights are at hand."""
+    """One row per cached checkpoint: class, cached DLA, knockout and CMAP of the head, and its
+    profile (intervals, attention, copy score) where it is cached or the weights are at hand."""
     live = {c.key: c for c in checkpoints()}
     rows = []
     for exp in chosen:
@@ -74,8 +74,9 @@ def head_table(chosen: list[Experiment], head: Head, known: dict[str, Experiment
             c = prompt_charts.head_row(cmap.heads if cmap else None, *head)
             row |= {"cmap": c.get("value"), "cmap_lo": c.get("ci_low"), "cmap_hi": c.get("ci_high")}
             ck = live.get(f"{exp.id}:{epoch}")
-            if ck is not None:
-                p = prompt_charts.head_row(profile(ck), *head)
+            cached = result(exp, epoch, "head-profile") if "head-profile" in exp.epochs.get(epoch, []) else None
+            if cached is not None or ck is not None:  # the cached profile, else measured live
+                p = prompt_charts.head_row(cached.heads if cached is not None else profile(ck), *head)
                 row |= {k: p.get(k) for k in ("dla_lo", "dla_hi", "end_to_io", "end_to_io_lo", "end_to_io_hi",
                                               "end_to_s", "end_to_s_lo", "end_to_s_hi", "copy_score")}  # fmt: skip
             rows.append(row)

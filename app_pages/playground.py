@@ -126,7 +126,7 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
     first = found[chosen[0].key]
     heads = [f"{la}.{h}" for la in range(first.patterns.shape[0]) for h in range(first.patterns.shape[1])]
     strongest = first.heads.loc[first.heads["value"].abs().idxmax()]
-    default = url_value("head") if url_value("head") in heads else f"{int(strongest.layer)}.{int(strongest.head)}"
+    default = url_value("head") if url_value("head") in heads else f"{int(strongest['layer'])}.{int(strongest['head'])}"
     head = st.selectbox("Head (L.H)", heads, index=heads.index(default), key="pg_head",
                         help="opens on the head with the largest |DLA| at the first checkpoint")  # fmt: skip
     set_url(head=head)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ioi.methods.analyses import heads_frame
+from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.methods.attention import PATTERNS, model_copy_scores, pattern_at
 from ioi.methods.attribution import direct_logit_attribution
 from ioi.methods.hooks import read
@@ -158,6 +158,13 @@ def head_profile(model: LoadedModel, batch: IOIBatch, *, seed: int = 0) -> pd.Da
         columns[f"{name}_lo"], columns[f"{name}_hi"] = lo, hi
     copies = model_copy_scores(bridge, model.tokenizer)
     return heads_frame(dla.mean(0), **columns, copy_score=copies["copy_score"])
+
+
+@register_analysis("head-profile")
+def head_profile_analysis(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, seed: int = 0
+) -> AnalysisResult:
+    return AnalysisResult("head-profile", head_profile(model, clean, seed=seed), {"seed": seed, "n": len(clean)})
 
 
 def samples_batch(model: LoadedModel, samples) -> IOIBatch:
