@@ -88,23 +88,21 @@ def over_epochs(table: pd.DataFrame, head: Head) -> None:
     views = [("dla", "dla_lo", "dla_hi", "DLA (logits)"),
              ("end_to_io", "end_to_io_lo", "end_to_io_hi", "attention END → IO"),
              ("end_to_s", "end_to_s_lo", "end_to_s_hi", "attention END → S (S1 + S2)")]  # fmt: skip
-    cols = st.columns(len(views))
-    for col, (field, lo, hi, title) in zip(cols, views):
+    for field, lo, hi, title in views:
         if field not in table or table[field].isna().all():
-            col.info(f"No {title} here: it is measured live and none of these checkpoints' weights is at hand.")
+            st.info(f"No {title} here: it is measured live and none of these checkpoints' weights is at hand.")
             continue
         data = table.rename(columns={"epoch": "own_epoch", "x": "epoch"}).assign(
             value=table[field], low=table.get(lo), high=table.get(hi), series=table["experiment"]
         ).dropna(subset=["value"])
-        chart = charts.epoch_curves(data, y_title=title, color="lineage", panel="panel", columns=1,
+        chart = charts.epoch_curves(data, y_title=title, color="lineage", panel="panel", columns=2,
                                     title=f"{head}: {title}")  # fmt: skip
-        with col:
-            show_chart(chart, data[["experiment", "checkpoint", "epoch", "value", "low", "high"]],
-                       f"Head {head}'s {title} at each checkpoint (epoch 0: before fine-tuning; a reversal "
-                       "continues where its toxic run ended). Band: 95% bootstrap interval over the "
-                       "analysis prompts, where the checkpoint's weights are at hand to measure it; DLA "
-                       "points are the cached analysis values.",
-                       f"head-{field}-{head}")  # fmt: skip
+        show_chart(chart, data[["experiment", "checkpoint", "epoch", "value", "low", "high"]],
+                   f"Head {head}'s {title} at each checkpoint (epoch 0: before fine-tuning; a reversal "
+                   "continues where its toxic run ended), one colour per lineage. Band: 95% bootstrap "
+                   "interval over the analysis prompts, at the checkpoints whose weights (or profile) are "
+                   "at hand; the DLA points are the cached analysis values.",
+                   f"head-{field}-{head}")  # fmt: skip
 
 
 def example_pattern(head: Head) -> None:
@@ -132,12 +130,12 @@ def example_pattern(head: Head) -> None:
 
 def _pattern_panel(ck: Checkpoint, r, head: Head, pattern_frame, end_row) -> None:
     grid = pattern_frame(r, *head)
-    show_chart(prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}"), grid,
+    show_chart(prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", cell=13), grid,
                f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
                "and END in bold; the END row's cells on them outlined.",
                f"head-attn-{head}-{ck.exp.id[:8]}-e{ck.epoch}")  # fmt: skip
     row = end_row(r, *head)
-    show_chart(prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=300), row,
+    show_chart(prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=240), row,
                f"{head}'s attention from END over the prompt; IO blue, S red.",
                f"head-end-{head}-{ck.exp.id[:8]}-e{ck.epoch}")  # fmt: skip
 

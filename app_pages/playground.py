@@ -64,7 +64,7 @@ def pick_checkpoints() -> list[Checkpoint]:
     """Up to three checkpoints with weights; default the story's three (URL key ``ck``)."""
     found = checkpoints()
     keys = [c.key for c in found]
-    labels = {c.key: f"{c.exp.label} — {c.exp.epoch_label(c.epoch)}" for c in found}
+    labels = {c.key: f"{c.exp.label} — {c.exp.start_label() if c.epoch == 0 else f'epoch {c.epoch}'}" for c in found}
     wanted = [k for k in (url_value("ck") or "").split(",") if k in keys]
     chosen = st.multiselect(
         f"Checkpoints (up to {MAX_CHECKPOINTS}; those whose weights are at hand)", keys,
@@ -80,7 +80,8 @@ def predictions(chosen: list[Checkpoint], prompt: str, io: str, s: str) -> dict[
     from ioi.task.prompt import prompt_sample
 
     prompt_sample(prompt, io, s)  # the prompt's own mistakes first, before a model is loaded
-    unknown = sorted({w for c in chosen for w in prompt_unknown_words(c, prompt)})
+    # IO and S themselves are refused with an error when they are not known (tokenize says which)
+    unknown = sorted({w for c in chosen for w in prompt_unknown_words(c, prompt)} - {io, s})
     if unknown:
         st.warning(f"Not in the model's vocabulary, read as its unknown token: {', '.join(unknown)}.", icon="⚠️")
     return {c.key: reading(c, prompt, io, s, TOP_K) for c in chosen}
@@ -94,9 +95,8 @@ def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str)
         with col:
             st.markdown(f"**{c.label}**")
             first = r.top["token"].iloc[0].strip()
-            m = st.columns(2)
-            m[0].metric("logit difference", f"{r.logit_diff:.2f}", help="logit(IO) − logit(S) at END")
-            m[1].metric("predicts", first, help="the most likely next token")
+            st.metric("logit difference", f"{r.logit_diff:.2f}", help="logit(IO) − logit(S) at END")
+            st.metric("predicts", first, help="the most likely next token")
             st.caption(f"IO {io}: rank {r.io['rank']}, p = {r.io['prob']:.3f} · S {s}: rank {r.s['rank']}, "
                        f"p = {r.s['prob']:.3f}")  # fmt: skip
             show_chart(
@@ -109,7 +109,8 @@ def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str)
     for col, c in zip(cols, chosen):
         r = found[c.key]
         with col:
-            chart = charts.head_heatmap(r.heads, title=c.label, value_title="DLA (logits)", span=span)
+            chart = charts.head_heatmap(r.heads, title=c.label, value_title="DLA (logits)", span=span,
+                                        cell=26 if len(chosen) > 2 else None).configure_legend(orient="bottom")  # fmt: skip
             caption = (
                 "Per-head direct logit attribution on logit(IO) − logit(S) at END for this prompt; blue "
                 "pushes towards IO, red towards S. One colour scale for all panels. Click a cell to open "
@@ -137,7 +138,8 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
         with col:
             grid = pattern_frame(r, layer, h)
             show_chart(
-                prompt_charts.attention_grid(grid, title=f"{head} — {c.label}"), grid,
+                prompt_charts.attention_grid(grid, title=f"{head} — {c.label}", cell=13 if len(chosen) > 2 else 17),
+                grid,
                 f"Attention of head {head}: each row a query token, each column the token it attends to "
                 "(rows sum to 1). IO, S1, S2 and END are labelled in bold; the END row's cells on them "
                 "are outlined in red.",
@@ -145,7 +147,8 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
             )  # fmt: skip
             row = end_row(r, layer, h)
             show_chart(
-                prompt_charts.end_row_bars(row, title=f"{head} from END — {c.label}", width=300), row,
+                prompt_charts.end_row_bars(row, title=f"{head} from END — {c.label}",
+                                           width=240 if len(chosen) > 2 else 360), row,
                 f"Head {head}'s attention from END (the last token) over the prompt; IO blue, S red.",
                 f"pg-end-{c.exp.id[:8]}-e{c.epoch}-{head}",
             )  # fmt: skip

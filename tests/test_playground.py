@@ -84,7 +84,7 @@ def test_the_head_pages_dla_at_epoch_0_is_the_logit_attribution_pages(demo_env):
     assert not head.exception and not head.error, [e.value for e in (*head.exception, *head.error)]
     dla = next(m for m in head.metric if m.label.startswith("DLA of 1.7"))
     assert "pretrained" in dla.label and float(dla.value) == pytest.approx(row["value"], abs=5e-5)
-    table = head.dataframe(key="head_table").value
+    table = head.dataframe[0].value
     assert table["class"].iloc[0] == "name mover" and len(head.get("vega_lite_chart")) >= 3
 
 

@@ -15,6 +15,8 @@ from ioi.present.charts import _title
 ROLE_COLORS = {"IO": "#1f77b4", "S1": "#d62728", "S2": "#d62728", "S1 S2": "#d62728", "END": "#2ca02c",
                "": "#9e9e9e"}  # fmt: skip
 """Bar colours by the role of a token: IO blue, S red (both occurrences), END green, others grey."""
+_PAD = alt.AutoSizeParams(type="pad", contains="padding")
+"""Fixed-size charts keep their size; legend and axes come on top (see `charts.head_heatmap`)."""
 HEAD_SELECTION = "head"
 """The name of the click selection on a selectable heatmap (its event carries layer and head)."""
 
@@ -37,12 +39,12 @@ def top_tokens_bars(top: pd.DataFrame, io: str, s: str, *, title: str = "") -> a
         .encode(
             y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=200)),
             x=alt.X("prob:Q", title="probability at END", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("role:N", title="token is",
+            color=alt.Color("role:N", title="token is", legend=alt.Legend(orient="bottom"),
                             scale=alt.Scale(domain=["IO", "S", "other"], range=["#1f77b4", "#d62728", "#9e9e9e"])),
             tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("prob:Q", format=".4f"),
                      alt.Tooltip("logit:Q", format=".3f")],
         )  # fmt: skip
-        .properties(title=_title(title), width=260, height=22 * len(data))
+        .properties(title=_title(title), width=200, height=22 * len(data), autosize=_PAD)
     )
 
 
@@ -50,7 +52,7 @@ def _axis_label(index: pd.Series, token: pd.Series, role: pd.Series) -> list[str
     return [f"{i}: {shown_token(t)}" + (f"  [{r}]" if r else "") for i, t, r in zip(index, token, role)]
 
 
-def attention_grid(frame: pd.DataFrame, *, title: str = "", cell: int = 18) -> alt.LayerChart:
+def attention_grid(frame: pd.DataFrame, *, title: str = "", cell: int = 17) -> alt.LayerChart:
     """A head's attention pattern, queries as rows and keys as columns (rows of
     :func:`ioi.methods.prompt.pattern_frame`), one sequential colour scale from 0 to 1; the rows and
     columns of IO, S1, S2 and END are labelled with their role in bold and their cells outlined."""
@@ -63,20 +65,22 @@ def attention_grid(frame: pd.DataFrame, *, title: str = "", cell: int = 18) -> a
     bold = alt.ExprRef("indexof(datum.label, '[') >= 0 ? 'bold' : 'normal'")
     base = alt.Chart(data).encode(
         x=alt.X("k_label:N", sort=order_k, title="key (attended to)",
-                axis=alt.Axis(labelAngle=-60, labelFontWeight=bold, labelLimit=160)),
-        y=alt.Y("q_label:N", sort=order_q, title="query (attending)", axis=alt.Axis(labelFontWeight=bold)),
+                axis=alt.Axis(labelAngle=-60, labelFontWeight=bold, labelLimit=160, labelOverlap=False, labelFontSize=9)),
+        y=alt.Y("q_label:N", sort=order_q, title="query (attending)",
+                axis=alt.Axis(labelFontWeight=bold, labelOverlap=False, labelFontSize=9)),
         tooltip=[alt.Tooltip("q_label:N", title="query"), alt.Tooltip("k_label:N", title="key"),
                  alt.Tooltip("attention:Q", format=".3f")],
     )  # fmt: skip
     cells = base.mark_rect().encode(
-        color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="blues", domain=[0, 1]))
+        color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                        legend=alt.Legend(orient="bottom", gradientLength=120))
     )
     marked = base.transform_filter((alt.datum.role_key != "") & (alt.datum.role_query == "END")).mark_rect(
         fill=None, stroke="#d62728", strokeWidth=2
     )
     return (cells + marked).properties(
         title=_title(title), width=cell * n, height=cell * n,
-        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
+        autosize=_PAD,
     )  # fmt: skip
 
 
@@ -92,14 +96,15 @@ def end_row_bars(frame: pd.DataFrame, *, title: str = "", width: int = 420) -> a
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("label:N", sort=list(data["label"]), title=None, axis=alt.Axis(labelAngle=-60, labelLimit=160)),
+            x=alt.X("label:N", sort=list(data["label"]), title=None,
+                    axis=alt.Axis(labelAngle=-60, labelLimit=160, labelOverlap=False, labelFontSize=9)),
             y=alt.Y("attention:Q", title="attention from END", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("role_name:N", title="token is",
+            color=alt.Color("role_name:N", title="token is", legend=alt.Legend(orient="bottom"),
                             scale=alt.Scale(domain=[names.get(r, r) for r in roles],
                                             range=[ROLE_COLORS[r] for r in roles])),
             tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("attention:Q", format=".3f")],
         )  # fmt: skip
-        .properties(title=_title(title), width=width, height=180)
+        .properties(title=_title(title), width=width, height=180, autosize=_PAD)
     )
 
 
