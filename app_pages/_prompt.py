@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages._live import loaded_model
-from app_pages._store import Experiment, by_id, clean_run, experiments, reversal_of, roots, toxic_run
+from app_pages._store import Experiment, clean_run, experiments, reversal_of, roots, toxic_run
 from app_pages._ui import parse_checkpoint
 
 DATASET_PROMPTS = 30
@@ -61,7 +61,11 @@ def checkpoints(runnable: bool = True) -> list[Checkpoint]:
     """Every cached checkpoint of every experiment (only those with weights when `runnable`), in
     the experiments' order (clean runs first), epochs ascending."""
     found = _sources(tuple(e.id for e in experiments()), tuple(str(r) for r in roots()))
-    out = [Checkpoint(e, epoch, found.get(f"{e.id}:{epoch}")) for e in experiments() for epoch in sorted(e.epochs)]
+    out = [
+        Checkpoint(e, epoch, found.get(f"{e.id}:{epoch}"))
+        for e in experiments()
+        for epoch in sorted(e.epochs)
+    ]
     return [c for c in out if c.source is not None or not runnable]
 
 
@@ -76,22 +80,30 @@ def default_checkpoints() -> list[Checkpoint]:
     epoch 0), the subject-duplication model (its last epoch) and its reversal (last epoch)."""
     clean, toxic = clean_run(), toxic_run("subject_duplication") or toxic_run()
     reversal = reversal_of(toxic)
-    wanted = [(clean, 0), (toxic, toxic.last_epoch if toxic else 0), (reversal, reversal.last_epoch if reversal else 0)]
+    wanted = [
+        (clean, 0),
+        (toxic, toxic.last_epoch if toxic else 0),
+        (reversal, reversal.last_epoch if reversal else 0),
+    ]
     found = [checkpoint(f"{e.id}:{epoch}") for e, epoch in wanted if e is not None]
     out = [c for c in found if c is not None]
     return out or checkpoints()[:1]
 
 
-def experiment_of(exp_id: str | None) -> Experiment | None:
-    return by_id(exp_id)
-
-
 @st.cache_data(max_entries=1024, show_spinner=False)
 def _reading(source: str, stamp: float, seed: int, prompt: str, io: str, s: str, k: int):
+    import torch
+
     from ioi.methods.prompt import prompt_batch, read_prompt
 
     model = loaded_model(source, "cpu", seed)
-    return read_prompt(model, prompt_batch(model, prompt, io, s), k)
+    batch = prompt_batch(model, prompt, io, s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one short prompt: a second thread costs more than it gives (BENCHMARKS.md)
+    try:
+        return read_prompt(model, batch, k)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reading(ck: Checkpoint, prompt: str, io: str, s: str, k: int = 10):
@@ -127,8 +139,13 @@ def profile(ck: Checkpoint):
     """`ioi.methods.prompt.head_profile` of this checkpoint on its experiment's analysis prompts
     (those its cached analyses used), cached per checkpoint."""
     c = ck.exp.config
-    return _profile(str(ck.source), ck.stamp, int(c.get("seed", 0)), int(c.get("analysis_size", 100)),
-                    int(c.get("eval_size", 500)))  # fmt: skip
+    return _profile(
+        str(ck.source),
+        ck.stamp,
+        int(c.get("seed", 0)),
+        int(c.get("analysis_size", 100)),
+        int(c.get("eval_size", 500)),
+    )
 
 
 @st.cache_data(show_spinner=False)

@@ -136,7 +136,8 @@ def show_chart(
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
-    event = st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
+    # the key gives every chart its own element: a reused one keeps the last one's size
+    event = st.altair_chart(
         prompt_charts.selectable(chart) if select_head else chart,
         key=f"{key}-chart",
         on_select="rerun" if select_head else "ignore",

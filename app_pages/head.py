@@ -29,7 +29,9 @@ def pick_experiments() -> list[Experiment]:
     ids = [e.id for e in found]
     wanted = [i for i in (url_value("exps") or "").split(",") if i in ids]
     if not wanted:
-        story = [c.exp.id for c in default_checkpoints()] or ([clean_run("dla").id] if clean_run("dla") else [])
+        story = [c.exp.id for c in default_checkpoints()] or (
+            [clean_run("dla").id] if clean_run("dla") else []
+        )
         wanted = list(dict.fromkeys([*([url_value("exp")] if url_value("exp") in ids else []), *story]))
         wanted = [i for i in wanted if i in ids] or ids[:1]
     labels = {e.id: e.label for e in found}
@@ -43,8 +45,9 @@ def pick_head(exp: Experiment) -> Head:
     circuit = circuit_at(exp, 0)
     movers = circuit.classes.get("name mover", ()) if circuit else ()
     default = url_value("head") or (str(movers[0]) if movers else f"{n_layers - 1}.0")
-    text = st.text_input(f"Head (L.H; this model has layers 0–{n_layers - 1}, heads 0–{n_heads - 1})",
-                         default, key="head_lh")  # fmt: skip
+    text = st.text_input(
+        f"Head (L.H; this model has layers 0–{n_layers - 1}, heads 0–{n_heads - 1})", default, key="head_lh"
+    )
     head = Head.parse(parse_heads(text, n_layers, n_heads)[0]) if text.strip() else None
     if head is None:
         raise ValueError("type a head as L.H, e.g. 1.4")
@@ -63,46 +66,76 @@ def head_table(chosen: list[Experiment], head: Head, known: dict[str, Experiment
         for epoch in exp.epochs_with("dla"):
             circuit = circuit_at(exp, epoch)
             row = {
-                "experiment": exp.label, "lineage": exp.lineage, "panel": panel_of(exp, known, True),
-                "checkpoint": exp.checkpoint_label(epoch), "epoch": epoch, "x": epoch + offset,
+                "experiment": exp.label,
+                "lineage": exp.lineage,
+                "panel": panel_of(exp, known, True),
+                "checkpoint": exp.checkpoint_label(epoch),
+                "epoch": epoch,
+                "x": epoch + offset,
                 "class": (circuit.class_of(head) or "—") if circuit else "no circuit recorded",
                 "dla": prompt_charts.head_row(result(exp, epoch, "dla").heads, *head).get("value"),
-            }  # fmt: skip
+            }
             knock = result(exp, epoch, "knockout") if "knockout" in exp.epochs.get(epoch, []) else None
-            row["knockout_change"] = prompt_charts.head_row(knock.heads if knock else None, *head).get("value")
+            row["knockout_change"] = prompt_charts.head_row(knock.heads if knock else None, *head).get(
+                "value"
+            )
             cmap = result(exp, epoch, "cmap") if "cmap" in exp.epochs.get(epoch, []) else None
             c = prompt_charts.head_row(cmap.heads if cmap else None, *head)
             row |= {"cmap": c.get("value"), "cmap_lo": c.get("ci_low"), "cmap_hi": c.get("ci_high")}
             ck = live.get(f"{exp.id}:{epoch}")
-            cached = result(exp, epoch, "head-profile") if "head-profile" in exp.epochs.get(epoch, []) else None
+            cached = (
+                result(exp, epoch, "head-profile") if "head-profile" in exp.epochs.get(epoch, []) else None
+            )
             if cached is not None or ck is not None:  # the cached profile, else measured live
                 p = prompt_charts.head_row(cached.heads if cached is not None else profile(ck), *head)
-                row |= {k: p.get(k) for k in ("dla_lo", "dla_hi", "end_to_io", "end_to_io_lo", "end_to_io_hi",
-                                              "end_to_s", "end_to_s_lo", "end_to_s_hi", "copy_score")}  # fmt: skip
+                row |= {
+                    k: p.get(k)
+                    for k in (
+                        "dla_lo",
+                        "dla_hi",
+                        "end_to_io",
+                        "end_to_io_lo",
+                        "end_to_io_hi",
+                        "end_to_s",
+                        "end_to_s_lo",
+                        "end_to_s_hi",
+                        "copy_score",
+                    )
+                }
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def over_epochs(table: pd.DataFrame, head: Head) -> None:
     """DLA and attention to IO / S across epochs, with their intervals."""
-    views = [("dla", "dla_lo", "dla_hi", "DLA (logits)"),
-             ("end_to_io", "end_to_io_lo", "end_to_io_hi", "attention END → IO"),
-             ("end_to_s", "end_to_s_lo", "end_to_s_hi", "attention END → S (S1 + S2)")]  # fmt: skip
+    views = [
+        ("dla", "dla_lo", "dla_hi", "DLA (logits)"),
+        ("end_to_io", "end_to_io_lo", "end_to_io_hi", "attention END → IO"),
+        ("end_to_s", "end_to_s_lo", "end_to_s_hi", "attention END → S (S1 + S2)"),
+    ]
     for field, lo, hi, title in views:
         if field not in table or table[field].isna().all():
-            st.info(f"No {title} here: it is measured live and none of these checkpoints' weights is at hand.")
+            st.info(
+                f"No {title} here: it is measured live and none of these checkpoints' weights is at hand."
+            )
             continue
-        data = table.rename(columns={"epoch": "own_epoch", "x": "epoch"}).assign(
-            value=table[field], low=table.get(lo), high=table.get(hi), series=table["experiment"]
-        ).dropna(subset=["value"])
-        chart = charts.epoch_curves(data, y_title=title, color="lineage", panel="panel", columns=2,
-                                    title=f"{head}: {title}")  # fmt: skip
-        show_chart(chart, data[["experiment", "checkpoint", "epoch", "value", "low", "high"]],
-                   f"Head {head}'s {title} at each checkpoint (epoch 0: before fine-tuning; a reversal "
-                   "continues where its toxic run ended), one colour per lineage. Band: 95% bootstrap "
-                   "interval over the analysis prompts, at the checkpoints whose weights (or profile) are "
-                   "at hand; the DLA points are the cached analysis values.",
-                   f"head-{field}-{head}")  # fmt: skip
+        data = (
+            table.rename(columns={"epoch": "own_epoch", "x": "epoch"})
+            .assign(value=table[field], low=table.get(lo), high=table.get(hi), series=table["experiment"])
+            .dropna(subset=["value"])
+        )
+        chart = charts.epoch_curves(
+            data, y_title=title, color="lineage", panel="panel", columns=2, title=f"{head}: {title}"
+        )
+        show_chart(
+            chart,
+            data[["experiment", "checkpoint", "epoch", "value", "low", "high"]],
+            f"Head {head}'s {title} at each checkpoint (epoch 0: before fine-tuning; a reversal "
+            "continues where its toxic run ended), one colour per lineage. Band: 95% bootstrap "
+            "interval over the analysis prompts, at the checkpoints whose weights (or profile) are "
+            "at hand; the DLA points are the cached analysis values.",
+            f"head-{field}-{head}",
+        )
 
 
 def example_pattern(head: Head) -> None:
@@ -115,8 +148,10 @@ def example_pattern(head: Head) -> None:
     prompt = url_value("prompt") or example["prompt"]
     io, s = (url_value("io"), url_value("s")) if url_value("io") else find_roles(prompt)
     shown = default_checkpoints()
-    opened = next((c for c in checkpoints() if c.exp.id == url_value("exp") and str(c.epoch) == url_value("epoch")),
-                  None)  # fmt: skip
+    opened = next(
+        (c for c in checkpoints() if c.exp.id == url_value("exp") and str(c.epoch) == url_value("epoch")),
+        None,
+    )
     if opened is not None and opened.key not in [c.key for c in shown]:
         shown = [opened, *shown][:3]
     st.subheader("Its attention on an example prompt")
@@ -130,35 +165,52 @@ def example_pattern(head: Head) -> None:
 
 def _pattern_panel(ck: Checkpoint, r, head: Head, pattern_frame, end_row) -> None:
     grid = pattern_frame(r, *head)
-    show_chart(prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", cell=13), grid,
-               f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
-               "and END in bold; the END row's cells on them outlined.",
-               f"head-attn-{head}-{ck.exp.id[:8]}-e{ck.epoch}")  # fmt: skip
+    show_chart(
+        prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", cell=13),
+        grid,
+        f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
+        "and END in bold; the END row's cells on them outlined.",
+        f"head-attn-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+    )
     row = end_row(r, *head)
-    show_chart(prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=240), row,
-               f"{head}'s attention from END over the prompt; IO blue, S red.",
-               f"head-end-{head}-{ck.exp.id[:8]}-e{ck.epoch}")  # fmt: skip
+    show_chart(
+        prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=240),
+        row,
+        f"{head}'s attention from END over the prompt; IO blue, S red.",
+        f"head-end-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+    )
 
 
 def body() -> None:
     chosen = pick_experiments()
     if not chosen:
-        empty_state("DLA results", "Run `python -m ioi precompute`, or launch an experiment on the Experiments page.")
+        empty_state(
+            "DLA results", "Run `python -m ioi precompute`, or launch an experiment on the Experiments page."
+        )
         return
     head = pick_head(chosen[0])
     known = {e.id: e for e in experiments()}
     table = head_table(chosen, head, known)
     opened = by_id(url_value("exp"))
     epoch = int(url_value("epoch")) if (url_value("epoch") or "").isdigit() else 0
-    here = table[(table["experiment"] == opened.label) & (table["epoch"] == epoch)] if opened else table.iloc[:0]
+    here = (
+        table[(table["experiment"] == opened.label) & (table["epoch"] == epoch)] if opened else table.iloc[:0]
+    )
     here = here if len(here) else table.iloc[:1]
     r = here.iloc[0]
     m = st.columns(4)
-    m[0].metric(f"DLA of {head} — {r['checkpoint']}", f"{r['dla']:.4f}",
-                help="the cached DLA analysis value, as on the Logit attribution page")  # fmt: skip
+    m[0].metric(
+        f"DLA of {head} — {r['checkpoint']}",
+        f"{r['dla']:.4f}",
+        help="the cached DLA analysis value, as on the Logit attribution page",
+    )
     m[1].metric("circuit class there", r["class"])
     if pd.notna(r.get("copy_score")):
-        m[2].metric("OV copy score", f"{r['copy_score']:.2f}", help="share of names copied into their own top-5 logits")
+        m[2].metric(
+            "OV copy score",
+            f"{r['copy_score']:.2f}",
+            help="share of names copied into their own top-5 logits",
+        )
     if pd.notna(r.get("knockout_change")):
         m[3].metric("ΔF when knocked out", f"{r['knockout_change']:.3f}")
     st.subheader("Across checkpoints")

@@ -23,7 +23,11 @@ def test_a_dataset_prompt_shows_the_three_checkpoints_predictions(server, page):
     settle(page)
     page.wait_for_timeout(1500)
     text = main_text(page)
-    for label in ("clean, pretrained", "subject duplication, epoch 3", "reversal of subject duplication, epoch 3"):
+    for label in (
+        "clean, pretrained",
+        "subject duplication, epoch 3",
+        "reversal of subject duplication, epoch 3",
+    ):
         assert label in text, label
     metrics = page.locator("[data-testid='stMetricValue']").all_inner_texts()
     assert metrics[1::2] == [x.io, x.s, x.io], metrics  # "predicts" after each logit difference
@@ -47,13 +51,16 @@ def test_clicking_a_heatmap_cell_opens_that_heads_page(server, page):  # noqa: F
     heatmap = page.locator(CHARTS).nth(3)  # three next-token charts, then the first DLA heatmap
     heatmap.scroll_into_view_if_needed()
     page.wait_for_timeout(800)
-    plot = heatmap.locator("canvas, svg").first.bounding_box()
-    # 3 layers x 8 heads of 40 px cells at the plot's lower left (the legend sits on the right)
-    page.mouse.click(plot["x"] + 48 + 7 * 40 + 20, plot["y"] + plot["height"] - 40 - 20 - 20)
-    page.wait_for_url("**/head?**", timeout=60_000)
+    box = heatmap.bounding_box()
+    # 26 px cells (three panels) below the panel title, right of the layer axis: head 4 of layer 1
+    page.mouse.click(box["x"] + 52 + 4 * 26 + 13, box["y"] + 40 + 26 + 20)
+    for _ in range(240):  # the address bar changes once the head page has run
+        if page.evaluate("location.pathname").endswith("/head"):
+            break
+        page.wait_for_timeout(500)
     settle(page)
     page.wait_for_timeout(1500)
-    query = parse_qs(urlparse(page.url).query)
-    head = query["head"][0]
-    assert f"DLA of {head}" in main_text(page)
+    query = parse_qs(urlparse(page.evaluate("location.href")).query)
+    assert query["head"] == ["1.4"] and query["epoch"] == ["0"], query
+    assert "DLA of 1.4 — clean, pretrained" in main_text(page)
     shoot(page, "9-head-page")

@@ -48,8 +48,10 @@ def test_a_dataset_prompt_shows_each_checkpoints_prediction_as_the_metrics_say(d
     assert at.multiselect(key="pg_checkpoints").value == [f"{clean}:0", f"{toxic}:3", f"{reversal}:3"]
     predicted = [m.value for m in at.metric if m.label == "predicts"]
     diffs = [float(m.value) for m in at.metric if m.label == "logit difference"]
-    cached = [load_entry(demo_root(), i, e, "metrics").summary["logit_diff"] for i, e in
-              ((clean, 0), (toxic, 3), (reversal, 3))]  # fmt: skip
+    cached = [
+        load_entry(demo_root(), i, e, "metrics").summary["logit_diff"]
+        for i, e in ((clean, 0), (toxic, 3), (reversal, 3))
+    ]
     assert [d > 0 for d in cached] == [True, False, True]  # the cache: IO, then S, then IO again
     assert predicted == [x.io, x.s, x.io]
     assert [d > 0 for d in diffs] == [d > 0 for d in cached]
@@ -57,7 +59,9 @@ def test_a_dataset_prompt_shows_each_checkpoints_prediction_as_the_metrics_say(d
 
 
 def test_an_unknown_name_and_a_long_prompt_are_refused_with_what_to_change(demo_env):
-    at = app("app_pages/playground.py", prompt="When Mary and Zorblax went to the store, Mary gave a drink to")
+    at = app(
+        "app_pages/playground.py", prompt="When Mary and Zorblax went to the store, Mary gave a drink to"
+    )
     assert not at.exception
     assert [e.value for e in at.error] == [
         "name(s) not in this model's vocabulary: Zorblax (it would read them as its unknown token); use "
@@ -94,8 +98,12 @@ def test_a_head_outside_the_model_is_a_message(demo_env):
 
 
 def test_the_page_helpers_import_no_torch():
-    code = ("import sys, app_pages._prompt, app_pages._ui, ioi.present.prompt_charts, ioi.task.prompt, "
-            "ioi.runs.catalog\nprint(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True)
+    code = (
+        "import sys, app_pages._prompt, app_pages._ui, ioi.present.prompt_charts, ioi.task.prompt, "
+        "ioi.runs.catalog\nprint(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

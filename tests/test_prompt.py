@@ -72,7 +72,9 @@ def test_head_profile_means_equal_the_analyses_and_lie_in_their_intervals(tiny_r
     scores = attention_scores(tiny_random.bridge, batch)
     np.testing.assert_allclose(prof["end_to_io"], scores["end_to_io"].flatten().double(), atol=1e-6)
     for name, col in (("dla", "value"), ("end_to_io", "end_to_io"), ("end_to_s", "end_to_s")):
-        assert (prof[f"{name}_lo"] <= prof[col] + 1e-9).all() and (prof[col] <= prof[f"{name}_hi"] + 1e-9).all()
+        assert (prof[f"{name}_lo"] <= prof[col] + 1e-9).all() and (
+            prof[col] <= prof[f"{name}_hi"] + 1e-9
+        ).all()
     assert prof["copy_score"].between(0, 1).all()
 
 
@@ -160,3 +162,25 @@ def test_head_profile_on_the_analysis_prompts_equals_the_cached_dla(ioi_tiny):
     prof = head_profile(ioi_tiny, samples_batch(ioi_tiny, analysis_samples(0, 100, 500)))
     np.testing.assert_allclose(prof["value"], cached["value"], atol=1e-5)
     assert torch.get_num_threads() >= 1
+
+
+def test_shipping_checkpoints_drops_optimizer_state_and_machine_paths(tmp_path):
+    import json
+
+    from ioi.runs.precompute import prune_weights
+
+    for exp_id, init in (
+        ("a" * 16, None),
+        ("b" * 16, str(tmp_path / "experiments" / ("a" * 16) / "checkpoints" / "epoch-003")),
+    ):
+        folder = tmp_path / "experiments" / exp_id / "checkpoints" / "epoch-003"
+        folder.mkdir(parents=True)
+        (folder / "optimizer.safetensors").write_bytes(b"x")
+        (folder / "manifest.json").write_text(json.dumps({"config": {"init_from": init}}))
+    prune_weights(tmp_path, keep={"b" * 16})
+    assert not (tmp_path / "experiments" / ("a" * 16) / "checkpoints").exists()
+    kept = tmp_path / "experiments" / ("b" * 16) / "checkpoints" / "epoch-003"
+    assert not (kept / "optimizer.safetensors").exists()
+    assert json.loads((kept / "manifest.json").read_text())["config"]["init_from"] == (
+        f"experiments/{'a' * 16}/checkpoints/epoch-003"
+    )

@@ -86,12 +86,14 @@ def read_prompt(model: LoadedModel, batch: IOIBatch, k: int = 10) -> PromptReadi
     return PromptReading(
         tokens=tuple(decode([t]) for t in tokens[0].tolist()),
         positions={r: int(one.positions(r)[0]) for r in ROLES},
-        top=pd.DataFrame({
-            "rank": range(1, len(top.indices) + 1),
-            "token": [decode([t]) for t in top.indices.tolist()],
-            "prob": top.values.tolist(),
-            "logit": logits[top.indices].tolist(),
-        }),  # fmt: skip
+        top=pd.DataFrame(
+            {
+                "rank": range(1, len(top.indices) + 1),
+                "token": [decode([t]) for t in top.indices.tolist()],
+                "prob": top.values.tolist(),
+                "logit": logits[top.indices].tolist(),
+            }
+        ),
         logit_diff=float(dla.logit_diff[0]),
         io={"rank": rank(io_t), "prob": float(probs[io_t])},
         s={"rank": rank(s_t), "prob": float(probs[s_t])},
@@ -108,12 +110,14 @@ def end_row(reading: PromptReading, layer: int, head: int) -> pd.DataFrame:
     for role, pos in reading.positions.items():
         if 0 <= pos <= end:
             marks[pos].append(role.upper())
-    return pd.DataFrame({
-        "pos": range(end + 1),
-        "token": list(reading.tokens[: end + 1]),
-        "attention": reading.patterns[layer, head, end, : end + 1].tolist(),
-        "role": [" ".join(marks[p]) for p in range(end + 1)],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "pos": range(end + 1),
+            "token": list(reading.tokens[: end + 1]),
+            "attention": reading.patterns[layer, head, end, : end + 1].tolist(),
+            "role": [" ".join(marks[p]) for p in range(end + 1)],
+        }
+    )
 
 
 def pattern_frame(reading: PromptReading, layer: int, head: int) -> pd.DataFrame:
@@ -124,15 +128,17 @@ def pattern_frame(reading: PromptReading, layer: int, head: int) -> pd.DataFrame
     roles, toks = rows["role"].tolist(), rows["token"].tolist()
     n = len(toks)
     q, key = np.tril_indices(n)
-    return pd.DataFrame({
-        "query": q,
-        "key": key,
-        "query_token": [f"{i}:{toks[i]}" for i in q],
-        "key_token": [f"{j}:{toks[j]}" for j in key],
-        "attention": reading.patterns[layer, head][q, key],
-        "role_query": [roles[i] for i in q],
-        "role_key": [roles[j] for j in key],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "query": q,
+            "key": key,
+            "query_token": [f"{i}:{toks[i]}" for i in q],
+            "key_token": [f"{j}:{toks[j]}" for j in key],
+            "attention": reading.patterns[layer, head][q, key],
+            "role_query": [roles[i] for i in q],
+            "role_key": [roles[j] for j in key],
+        }
+    )
 
 
 @torch.no_grad()
@@ -146,10 +152,13 @@ def head_profile(model: LoadedModel, batch: IOIBatch, *, seed: int = 0) -> pd.Da
     attn = {}
     for column in ("end_to_io", "end_to_s"):
         q, keys = PATTERNS[column]
-        attn[column] = torch.stack([
-            sum(pattern_at(got[n], batch.positions(q), batch.positions(key)) for key in keys)
-            for n in _pattern_names(bridge.cfg.n_layers)
-        ], 1)  # [batch, layer, head]  # fmt: skip
+        attn[column] = torch.stack(
+            [
+                sum(pattern_at(got[n], batch.positions(q), batch.positions(key)) for key in keys)
+                for n in _pattern_names(bridge.cfg.n_layers)
+            ],
+            1,
+        )  # [batch, layer, head]
     columns: dict[str, torch.Tensor] = {}
     for name, per_prompt in (("dla", dla), *attn.items()):
         lo, hi = interval(bootstrap_means(per_prompt.movedim(0, -1), seed=seed))
@@ -164,7 +173,9 @@ def head_profile(model: LoadedModel, batch: IOIBatch, *, seed: int = 0) -> pd.Da
 def head_profile_analysis(
     model: LoadedModel, clean: IOIBatch, abc: IOIBatch, *, other=None, seed: int = 0
 ) -> AnalysisResult:
-    return AnalysisResult("head-profile", head_profile(model, clean, seed=seed), {"seed": seed, "n": len(clean)})
+    return AnalysisResult(
+        "head-profile", head_profile(model, clean, seed=seed), {"seed": seed, "n": len(clean)}
+    )
 
 
 def samples_batch(model: LoadedModel, samples) -> IOIBatch:

@@ -12,8 +12,14 @@ import pandas as pd
 
 from ioi.present.charts import _title
 
-ROLE_COLORS = {"IO": "#1f77b4", "S1": "#d62728", "S2": "#d62728", "S1 S2": "#d62728", "END": "#2ca02c",
-               "": "#9e9e9e"}  # fmt: skip
+ROLE_COLORS = {
+    "IO": "#1f77b4",
+    "S1": "#d62728",
+    "S2": "#d62728",
+    "S1 S2": "#d62728",
+    "END": "#2ca02c",
+    "": "#9e9e9e",
+}
 """Bar colours by the role of a token: IO blue, S red (both occurrences), END green, others grey."""
 _PAD = alt.AutoSizeParams(type="pad", contains="padding")
 """Fixed-size charts keep their size; legend and axes come on top (see `charts.head_heatmap`)."""
@@ -39,11 +45,18 @@ def top_tokens_bars(top: pd.DataFrame, io: str, s: str, *, title: str = "") -> a
         .encode(
             y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=200)),
             x=alt.X("prob:Q", title="probability at END", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("role:N", title="token is", legend=alt.Legend(orient="bottom"),
-                            scale=alt.Scale(domain=["IO", "S", "other"], range=["#1f77b4", "#d62728", "#9e9e9e"])),
-            tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("prob:Q", format=".4f"),
-                     alt.Tooltip("logit:Q", format=".3f")],
-        )  # fmt: skip
+            color=alt.Color(
+                "role:N",
+                title="token is",
+                legend=alt.Legend(orient="bottom"),
+                scale=alt.Scale(domain=["IO", "S", "other"], range=["#1f77b4", "#d62728", "#9e9e9e"]),
+            ),
+            tooltip=[
+                alt.Tooltip("label:N", title="token"),
+                alt.Tooltip("prob:Q", format=".4f"),
+                alt.Tooltip("logit:Q", format=".3f"),
+            ],
+        )
         .properties(title=_title(title), width=200, height=22 * len(data), autosize=_PAD)
     )
 
@@ -57,31 +70,52 @@ def attention_grid(frame: pd.DataFrame, *, title: str = "", cell: int = 17) -> a
     :func:`ioi.methods.prompt.pattern_frame`), one sequential colour scale from 0 to 1; the rows and
     columns of IO, S1, S2 and END are labelled with their role in bold and their cells outlined."""
     data = frame.copy()
-    data["q_label"] = _axis_label(data["query"], data["query_token"].str.split(":", n=1).str[1], data["role_query"])
+    data["q_label"] = _axis_label(
+        data["query"], data["query_token"].str.split(":", n=1).str[1], data["role_query"]
+    )
     data["k_label"] = _axis_label(data["key"], data["key_token"].str.split(":", n=1).str[1], data["role_key"])
     n = int(data["query"].max()) + 1
     order_q = list(dict.fromkeys(data.sort_values("query")["q_label"]))
     order_k = list(dict.fromkeys(data.sort_values("key")["k_label"]))
     bold = alt.ExprRef("indexof(datum.label, '[') >= 0 ? 'bold' : 'normal'")
     base = alt.Chart(data).encode(
-        x=alt.X("k_label:N", sort=order_k, title="key (attended to)",
-                axis=alt.Axis(labelAngle=-60, labelFontWeight=bold, labelLimit=160, labelOverlap=False, labelFontSize=9)),
-        y=alt.Y("q_label:N", sort=order_q, title="query (attending)",
-                axis=alt.Axis(labelFontWeight=bold, labelOverlap=False, labelFontSize=9)),
-        tooltip=[alt.Tooltip("q_label:N", title="query"), alt.Tooltip("k_label:N", title="key"),
-                 alt.Tooltip("attention:Q", format=".3f")],
-    )  # fmt: skip
+        x=alt.X(
+            "k_label:N",
+            sort=order_k,
+            title="key (attended to)",
+            axis=alt.Axis(
+                labelAngle=-60, labelFontWeight=bold, labelLimit=160, labelOverlap=False, labelFontSize=9
+            ),
+        ),
+        y=alt.Y(
+            "q_label:N",
+            sort=order_q,
+            title="query (attending)",
+            axis=alt.Axis(labelFontWeight=bold, labelOverlap=False, labelFontSize=9),
+        ),
+        tooltip=[
+            alt.Tooltip("q_label:N", title="query"),
+            alt.Tooltip("k_label:N", title="key"),
+            alt.Tooltip("attention:Q", format=".3f"),
+        ],
+    )
     cells = base.mark_rect().encode(
-        color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="blues", domain=[0, 1]),
-                        legend=alt.Legend(orient="bottom", gradientLength=120))
+        color=alt.Color(
+            "attention:Q",
+            title="attention",
+            scale=alt.Scale(scheme="blues", domain=[0, 1]),
+            legend=alt.Legend(orient="bottom", gradientLength=120),
+        )
     )
     marked = base.transform_filter((alt.datum.role_key != "") & (alt.datum.role_query == "END")).mark_rect(
         fill=None, stroke="#d62728", strokeWidth=2
     )
     return (cells + marked).properties(
-        title=_title(title), width=cell * n, height=cell * n,
+        title=_title(title),
+        width=cell * n,
+        height=cell * n,
         autosize=_PAD,
-    )  # fmt: skip
+    )
 
 
 def end_row_bars(frame: pd.DataFrame, *, title: str = "", width: int = 420) -> alt.Chart:
@@ -96,14 +130,23 @@ def end_row_bars(frame: pd.DataFrame, *, title: str = "", width: int = 420) -> a
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("label:N", sort=list(data["label"]), title=None,
-                    axis=alt.Axis(labelAngle=-60, labelLimit=160, labelOverlap=False, labelFontSize=9)),
+            x=alt.X(
+                "label:N",
+                sort=list(data["label"]),
+                title=None,
+                axis=alt.Axis(labelAngle=-60, labelLimit=160, labelOverlap=False, labelFontSize=9),
+            ),
             y=alt.Y("attention:Q", title="attention from END", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("role_name:N", title="token is", legend=alt.Legend(orient="bottom"),
-                            scale=alt.Scale(domain=[names.get(r, r) for r in roles],
-                                            range=[ROLE_COLORS[r] for r in roles])),
+            color=alt.Color(
+                "role_name:N",
+                title="token is",
+                legend=alt.Legend(orient="bottom"),
+                scale=alt.Scale(
+                    domain=[names.get(r, r) for r in roles], range=[ROLE_COLORS[r] for r in roles]
+                ),
+            ),
             tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("attention:Q", format=".3f")],
-        )  # fmt: skip
+        )
         .properties(title=_title(title), width=width, height=180, autosize=_PAD)
     )
 

@@ -7,9 +7,9 @@ comes from the latest job when there is one.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from ioi.runs.cache import _ID, INDEX_NAME, CorruptEntry, cache_root, cached_epochs, is_demo, read_experiment

@@ -39,14 +39,16 @@ def find_roles(prompt: str, names: Sequence[str] = NAMES) -> tuple[str, str]:
     if not repeated:
         raise DatasetError(
             "no name is repeated in the prompt, so there is no subject S: an IOI prompt names two "
-            "people and repeats one (\"When Mary and John went to the store, John gave a drink to\")"
+            'people and repeats one ("When Mary and John went to the store, John gave a drink to")'
         )
     known = set(names)
     s = next((w for w in repeated if w in known), repeated[0])
     io = next((w for w in once if w in known), once[0] if once else None)
     if io is None:
-        raise DatasetError(f"the prompt names only {s} (repeated): an IOI prompt also names the indirect "
-                           "object once, e.g. 'When Mary and John went to the store, John gave a drink to'")  # fmt: skip
+        raise DatasetError(
+            f"the prompt names only {s} (repeated): an IOI prompt also names the indirect "
+            "object once, e.g. 'When Mary and John went to the store, John gave a drink to'"
+        )
     return io, s
 
 
@@ -59,8 +61,10 @@ def prompt_sample(prompt: str, io: str, s: str) -> IOISample:
     if not text.strip():
         raise DatasetError("the prompt is empty: type a sentence that ends where the name should come")
     if len(text) > MAX_PROMPT_CHARS:
-        raise DatasetError(f"the prompt is {len(text)} characters long, more than the {MAX_PROMPT_CHARS} "
-                           "accepted; an IOI prompt is a sentence or two")  # fmt: skip
+        raise DatasetError(
+            f"the prompt is {len(text)} characters long, more than the {MAX_PROMPT_CHARS} "
+            "accepted; an IOI prompt is a sentence or two"
+        )
     io, s = io.strip(), s.strip()
     if not io or not s or io == s:
         raise DatasetError(f"IO and S must be two different names (got IO {io!r}, S {s!r})")
@@ -68,6 +72,7 @@ def prompt_sample(prompt: str, io: str, s: str) -> IOISample:
     if words[io] < 1:
         raise DatasetError(f"IO {io!r} does not occur in the prompt as a word")
     if words[s] < 2:
-        raise DatasetError(f"S {s!r} must occur at least twice in the prompt (S1 and S2); it occurs "
-                           f"{words[s]} time(s)")  # fmt: skip
+        raise DatasetError(
+            f"S {s!r} must occur at least twice in the prompt (S1 and S2); it occurs {words[s]} time(s)"
+        )
     return IOISample(prompt=text, io=io, s=s, label=io, s2=s, kind="typed")
