@@ -31,6 +31,7 @@ from ioi.models.tiny import (
     HELD_OUT_TEMPLATES,
     IOI_PHRASINGS,
     LR,
+    MIX as TINY_MIX,
     NAME_LOSS_WEIGHT,
     StoryGenerator,
     _encode_batch,
@@ -108,6 +109,13 @@ class Recipe:
     steps: int
     lr: float = LR
     crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+    # A curriculum: the first `warm_steps` draw sentences by `warm_mix` (ioi-tiny's kinds, where S
+    # is found by position and name movers with S-inhibition emerge), then by `mix`.
+    warm_steps: int = 0
+    warm_mix: dict[str, float] | None = None
+
+    def mix_at(self, step: int) -> dict[str, float]:
+        return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
 
 
 
@@ -120,6 +128,13 @@ VARIANTS: dict[str, Recipe] = {
     "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
     "4l-crowd": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
+    ),
+    "4l-crowd-long": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 6000, crowd=True
+    ),
+    "4l-curriculum": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
+        warm_steps=1500, warm_mix=TINY_MIX,
     ),
 }
 DEFAULT_VARIANT = "4l-nodrop"
@@ -277,6 +292,7 @@ def pretrain_small(
         start = time.time() - seconds
         model.train()
         for step in range(start_step, steps):
+            gen.mix = recipe.mix_at(step)
             tokens = _encode_batch(gen.stories(BATCH), vocab)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, steps, recipe.lr)
@@ -314,6 +330,7 @@ def pretrain_small(
         "batch": [BATCH, CONTEXT],
         "optimizer": f"AdamW lr {recipe.lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
         "corpus_mix": recipe.mix,
+        "curriculum": {"warm_steps": recipe.warm_steps, "warm_mix": recipe.warm_mix} if recipe.warm_mix else None,
         "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": NAME_LOSS_WEIGHT,
