@@ -22,6 +22,15 @@ st.write(
 )
 
 
+COLUMNS = {
+    "dla": "DLA", "dla_lo": "DLA low", "dla_hi": "DLA high", "knockout_change": "ΔF knocked out",
+    "cmap": "CMAP ΔF", "cmap_lo": "CMAP low", "cmap_hi": "CMAP high", "end_to_io": "attn END→IO",
+    "end_to_io_lo": "END→IO low", "end_to_io_hi": "END→IO high", "end_to_s": "attn END→S",
+    "end_to_s_lo": "END→S low", "end_to_s_hi": "END→S high", "copy_score": "OV copy score",
+}  # fmt: skip
+"""Display names of the head table's columns."""
+
+
 def pick_experiments() -> list[Experiment]:
     """Experiments with DLA cached; URL ``exps`` (ids, comma-separated), else the clicked one
     (``exp``) with the story's runs (clean, subject duplication, its reversal)."""
@@ -214,7 +223,14 @@ def body() -> None:
     if pd.notna(r.get("knockout_change")):
         m[3].metric("ΔF when knocked out", f"{r['knockout_change']:.3f}")
     st.subheader("Across checkpoints")
-    st.dataframe(table.drop(columns=["lineage", "panel", "x"]), hide_index=True, key="head_table")
+    shown = table.drop(columns=["lineage", "panel", "x"]).rename(columns=COLUMNS)
+    st.dataframe(shown, hide_index=True, key="head_table")
+    st.caption(
+        "One row per cached checkpoint. DLA: the cached analysis value (logits); ΔF knocked out: change "
+        "in logit difference when this head alone is mean-ablated (where the knockout analysis ran); "
+        "CMAP: change in F when the checkpoint runs with this head's output taken from the model it "
+        "started from, with its 95% CI; attention and copy score from the head profile."
+    )
     over_epochs(table, head)
     example_pattern(head)
 
