@@ -32,15 +32,17 @@ from ioi.models.tiny import (
     IOI_PHRASINGS,
     LR,
     NAME_LOSS_WEIGHT,
+    OPTIMIZER,
     StoryGenerator,
-    _encode_batch,
     _fill,
     _held_out_pair,
-    _lr,
     build_tokenizer,
     evaluate_ioi,
-    make_model,
-    weighted_lm_loss,
+    make_optimizer,
+    one_thread,
+    pretrain_steps,
+    seeded_model,
+    write_model_dir,
 )
 from ioi.task.data import NAMES, OBJECTS, PLACES, IOISample, make_dataset, render
 
@@ -259,51 +261,33 @@ def pretrain_small(
     """
     recipe = VARIANTS[variant]
     steps = steps or recipe.steps
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise reproducibility across machines with different core counts
-    try:
-        torch.manual_seed(seed)
-        tokenizer = build_small_tokenizer()
-        vocab = tokenizer.get_vocab()
-        model = make_model(len(vocab), tokenizer, recipe.sizes, recipe.dropout)
+    tokenizer = build_small_tokenizer()
+    vocab = tokenizer.get_vocab()
+    with one_thread():
+        model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
-        pad = tokenizer.pad_token_id
-        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
+        opt = make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
             meta = _load_checkpoint(Path(checkpoint_dir), model, opt, gen)
             start_step, loss_ema, seconds = meta["step"], meta["loss_ema"], meta["seconds"]
         start = time.time() - seconds
-        model.train()
-        for step in range(start_step, steps):
-            tokens = _encode_batch(gen.stories(BATCH), vocab)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, steps, recipe.lr)
-            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
-            if progress is not None:
-                progress(step + 1, steps, loss.item())
-            if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+
+        def after_step(step: int, loss_ema: float) -> None:
+            if checkpoint_dir is not None and step % checkpoint_every == 0 and step < steps:
                 extra = {"loss_ema": loss_ema, "seconds": time.time() - start}
-                _save_checkpoint(Path(checkpoint_dir), step + 1, model, opt, gen, extra)
+                _save_checkpoint(Path(checkpoint_dir), step, model, opt, gen, extra)
                 if on_checkpoint is not None:
-                    on_checkpoint(step + 1, model)
+                    on_checkpoint(step, model)
                     model.train()
+
+        loss_ema = pretrain_steps(model, opt, gen, tokenizer, lr=recipe.lr, steps=steps,
+                                  start_step=start_step, loss_ema=loss_ema, progress=progress,
+                                  after_step=after_step)  # fmt: skip
         seconds = time.time() - start
         model.eval()
         metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
         probes = evaluate_ioi(model, tokenizer, position_probes())
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     manifest = {
         "name": "ioi-small",
         "variant": variant,
@@ -312,7 +296,7 @@ def pretrain_small(
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": f"AdamW lr {recipe.lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "optimizer": OPTIMIZER.format(lr=recipe.lr),
         "corpus_mix": recipe.mix,
         "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
@@ -323,5 +307,4 @@ def pretrain_small(
         "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
         "position_probes": {"dataset": "position_probes(200)", **probes},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_model_dir(out_dir, model, tokenizer, manifest)

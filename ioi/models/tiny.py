@@ -16,7 +16,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -287,6 +288,84 @@ def _lr(step: int, steps: int, base: float, warmup: int = 100) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside (bitwise reproducibility across machines with different core
+    counts); the caller's thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def seeded_model(
+    seed: int, tokenizer: PreTrainedTokenizerFast, sizes: dict[str, int] = MODEL_SIZES, dropout: float = 0.0
+) -> GPT2LMHeadModel:
+    """`make_model` for `tokenizer`'s vocabulary, initialised from torch's generator seeded with `seed`."""
+    torch.manual_seed(seed)
+    return make_model(len(tokenizer.get_vocab()), tokenizer, sizes, dropout)
+
+
+def write_model_dir(
+    out_dir: Path, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, manifest: dict
+) -> dict:
+    """Write a bundled model's HF directory: weights, tokenizer and `manifest` (returned)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+OPTIMIZER = "AdamW lr {lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1"
+"""The pretraining optimizer of the bundled models, as their manifests state it."""
+
+
+def make_optimizer(model: GPT2LMHeadModel, lr: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+
+
+def pretrain_steps(
+    model: GPT2LMHeadModel,
+    opt: torch.optim.AdamW,
+    gen: StoryGenerator,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    lr: float,
+    steps: int,
+    start_step: int = 0,
+    loss_ema: float = float("nan"),
+    progress: Callable[[int, int, float], None] | None = None,
+    after_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """The pretraining loop of the bundled models (ioi-tiny, ioi-small): steps `start_step` to
+    `steps` of BATCH stories from `gen`, warm-up and cosine schedule (OPTIMIZER), name-weighted LM
+    loss, gradients clipped at 1. `progress(step, steps, loss)` and `after_step(step, loss_ema)`
+    run after each step; returns the loss's moving average."""
+    vocab = tokenizer.get_vocab()
+    pad = tokenizer.pad_token_id
+    name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
+    model.train()
+    for step in range(start_step, steps):
+        tokens = _encode_batch(gen.stories(BATCH), vocab)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr)
+        loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
+        if after_step is not None:
+            after_step(step + 1, loss_ema)
+    return loss_ema
+
+
 def pretrain_tiny(
     out_dir: Path,
     *,
@@ -299,47 +378,23 @@ def pretrain_tiny(
     Deterministic for `seed` (training runs on one CPU thread; the caller's thread count is
     restored). Returns the manifest also written to `out_dir/manifest.json`.
     """
-    out_dir = Path(out_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise reproducibility across machines with different core counts
-    try:
-        torch.manual_seed(seed)
-        tokenizer = build_tokenizer()
-        vocab = tokenizer.get_vocab()
-        model = make_model(len(vocab), tokenizer)
+    tokenizer = build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    with one_thread():
+        model = seeded_model(seed, tokenizer)
         gen = StoryGenerator(seed)
-        lr = LR
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-        pad = tokenizer.pad_token_id
-        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
-        start, loss_ema = time.time(), float("nan")
-        model.train()
-        for step in range(steps):
-            tokens = _encode_batch(gen.stories(BATCH), vocab)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, steps, lr)
-            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
-            if progress is not None:
-                progress(step + 1, steps, loss.item())
+        opt = make_optimizer(model, LR)
+        start = time.time()
+        loss_ema = pretrain_steps(model, opt, gen, tokenizer, lr=LR, steps=steps, progress=progress)
         seconds = time.time() - start
         metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
-    finally:
-        torch.set_num_threads(threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     manifest = {
         "name": "ioi-tiny",
         "config": {**MODEL_SIZES, "n_positions": CONTEXT, "vocab_size": len(vocab)},
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": f"AdamW lr {LR:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "optimizer": OPTIMIZER.format(lr=LR),
         "corpus_mix": MIX,
         "name_loss_weight": NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
@@ -347,5 +402,4 @@ def pretrain_tiny(
         "final_loss_ema": round(loss_ema, 4),
         "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_model_dir(out_dir, model, tokenizer, manifest)
