@@ -339,17 +339,21 @@ def pretrain_steps(
     start_step: int = 0,
     loss_ema: float = float("nan"),
     progress: Callable[[int, int, float], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
     after_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """The pretraining loop of the bundled models (ioi-tiny, ioi-small): steps `start_step` to
     `steps` of BATCH stories from `gen`, warm-up and cosine schedule (OPTIMIZER), name-weighted LM
-    loss, gradients clipped at 1. `progress(step, steps, loss)` and `after_step(step, loss_ema)`
-    run after each step; returns the loss's moving average."""
+    loss, gradients clipped at 1. `before_step(step)` runs before a step draws its batch (a
+    curriculum may change `gen` there); `progress(step, steps, loss)` and `after_step(step,
+    loss_ema)` run after it (step counted from 1). Returns the loss's moving average."""
     vocab = tokenizer.get_vocab()
     pad = tokenizer.pad_token_id
     name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
     model.train()
     for step in range(start_step, steps):
+        if before_step is not None:
+            before_step(step)
         tokens = _encode_batch(gen.stories(BATCH), vocab)
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)

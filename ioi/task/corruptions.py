@@ -43,9 +43,10 @@ def register_corruption(name: str, description: str) -> Callable[[CorruptionFn],
 
 def get_corruption(name: str) -> Corruption:
     """The registered corruption `name`; DatasetError listing the known names otherwise."""
-    if name not in CORRUPTIONS:
-        raise DatasetError(f"unknown corruption {name!r}; known: {', '.join(sorted(CORRUPTIONS))}")
-    return CORRUPTIONS[name]
+    try:
+        return CORRUPTIONS[name]
+    except KeyError:
+        raise DatasetError(f"unknown corruption {name!r}; known: {', '.join(sorted(CORRUPTIONS))}") from None
 
 
 def corrupt(samples: Sequence[IOISample], name: str, seed: int = 0) -> list[IOISample]:
