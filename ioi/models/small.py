@@ -25,24 +25,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ioi.models import pretrain
 from ioi.models.tiny import (
     BATCH,
     CONTEXT,
     HELD_OUT_TEMPLATES,
     IOI_PHRASINGS,
     LR,
-    NAME_LOSS_WEIGHT,
-    OPTIMIZER,
     StoryGenerator,
+    _encode_batch,
     _fill,
     _held_out_pair,
     build_tokenizer,
     evaluate_ioi,
-    make_optimizer,
-    one_thread,
-    pretrain_steps,
     seeded_model,
-    write_model_dir,
 )
 from ioi.task.data import NAMES, OBJECTS, PLACES, IOISample, make_dataset, render
 
@@ -263,10 +259,10 @@ def pretrain_small(
     steps = steps or recipe.steps
     tokenizer = build_small_tokenizer()
     vocab = tokenizer.get_vocab()
-    with one_thread():
+    with pretrain.one_thread():
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
-        opt = make_optimizer(model, recipe.lr)
+        opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
             meta = _load_checkpoint(Path(checkpoint_dir), model, opt, gen)
@@ -281,7 +277,8 @@ def pretrain_small(
                     on_checkpoint(step, model)
                     model.train()
 
-        loss_ema = pretrain_steps(model, opt, gen, tokenizer, lr=recipe.lr, steps=steps,
+        batch = lambda: _encode_batch(gen.stories(BATCH), vocab)
+        loss_ema = pretrain.pretrain_steps(model, opt, tokenizer, batch, lr=recipe.lr, steps=steps,
                                   start_step=start_step, loss_ema=loss_ema, progress=progress,
                                   after_step=after_step)  # fmt: skip
         seconds = time.time() - start
@@ -296,15 +293,15 @@ def pretrain_small(
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": OPTIMIZER.format(lr=recipe.lr),
+        "optimizer": pretrain.OPTIMIZER.format(lr=recipe.lr),
         "corpus_mix": recipe.mix,
         "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
-        "name_loss_weight": NAME_LOSS_WEIGHT,
+        "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
         "training_seconds": round(seconds, 1),
         "final_loss_ema": round(loss_ema, 4),
         "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
         "position_probes": {"dataset": "position_probes(200)", **probes},
     }
-    return write_model_dir(out_dir, model, tokenizer, manifest)
+    return pretrain.write_model_dir(out_dir, model, tokenizer, manifest)
