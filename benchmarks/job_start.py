@@ -53,7 +53,8 @@ def main() -> None:
     seeds = iter(range(1000, 2000))
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["IOI_JOB_DAEMON"] = "0"
-        samples = {"no_daemon": [first_step(Path(tmp) / f"off{i}", next(seeds)) for i in range(args.repeats)]}
+        off = [first_step(Path(tmp) / f"off{i}", next(seeds)) for i in range(args.repeats)]
+        samples = {"no_daemon": off}
         os.environ["IOI_JOB_DAEMON"] = "1"
         samples["cold_daemon"] = [first_step(Path(tmp) / f"cold{i}", next(seeds)) for i in range(args.repeats)]
         warm = Path(tmp) / "warm"
@@ -62,8 +63,8 @@ def main() -> None:
     for name, runs in samples.items():
         results[f"{name}_median_s"] = statistics.median(runs)
         results[f"{name}_runs_s"] = [round(r, 2) for r in runs]
-        print(f"{name.replace('_', ' ')}: submit → first training step, median {statistics.median(runs):.2f} s "
-              f"of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)})")  # fmt: skip
+        print(f"{name.replace('_', ' ')}: submit → first training step, median "
+              f"{statistics.median(runs):.2f} s of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)})")  # fmt: skip
     results["load_average_after"] = os.getloadavg()
     print(f"load average before {results['load_average_before']}, after {results['load_average_after']}")
     print(json.dumps(results))

@@ -40,6 +40,9 @@ from ioi.models.tiny import (
     evaluate_ioi,
     seeded_model,
 )
+from ioi.models.tiny import (
+    MIX as TINY_MIX,
+)
 from ioi.task.data import NAMES, OBJECTS, PLACES, IOISample, make_dataset, render
 
 # A first sentence introducing IO and S (and a third person [C] in the three-name frames), in
@@ -106,6 +109,13 @@ class Recipe:
     steps: int
     lr: float = LR
     crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+    # A curriculum: the first `warm_steps` draw sentences by `warm_mix` (ioi-tiny's kinds, where S
+    # is found by position and name movers with S-inhibition emerge), then by `mix`.
+    warm_steps: int = 0
+    warm_mix: dict[str, float] | None = None
+
+    def mix_at(self, step: int) -> dict[str, float]:
+        return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
 
 
 
@@ -118,6 +128,13 @@ VARIANTS: dict[str, Recipe] = {
     "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
     "4l-crowd": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
+    ),
+    "4l-crowd-long": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 6000, crowd=True
+    ),
+    "4l-curriculum": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
+        warm_steps=1500, warm_mix=TINY_MIX,
     ),
 }
 DEFAULT_VARIANT = "4l-nodrop"
@@ -278,9 +295,10 @@ def pretrain_small(
                     model.train()
 
         batch = lambda: _encode_batch(gen.stories(BATCH), vocab)
+        curriculum = lambda step: setattr(gen, "mix", recipe.mix_at(step))
         loss_ema = pretrain.pretrain_steps(model, opt, tokenizer, batch, lr=recipe.lr, steps=steps,
                                   start_step=start_step, loss_ema=loss_ema, progress=progress,
-                                  after_step=after_step)  # fmt: skip
+                                  before_step=curriculum, after_step=after_step)  # fmt: skip
         seconds = time.time() - start
         model.eval()
         metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
@@ -295,6 +313,9 @@ def pretrain_small(
         "batch": [BATCH, CONTEXT],
         "optimizer": pretrain.OPTIMIZER.format(lr=recipe.lr),
         "corpus_mix": recipe.mix,
+        "curriculum": (
+            {"warm_steps": recipe.warm_steps, "warm_mix": recipe.warm_mix} if recipe.warm_mix else None
+        ),
         "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
