@@ -56,15 +56,17 @@ def main() -> None:
         off = [first_step(Path(tmp) / f"off{i}", next(seeds)) for i in range(args.repeats)]
         samples = {"no_daemon": off}
         os.environ["IOI_JOB_DAEMON"] = "1"
-        samples["cold_daemon"] = [first_step(Path(tmp) / f"cold{i}", next(seeds)) for i in range(args.repeats)]
+        cold = [first_step(Path(tmp) / f"cold{i}", next(seeds)) for i in range(args.repeats)]
+        samples["cold_daemon"] = cold
         warm = Path(tmp) / "warm"
         first_step(warm, next(seeds))  # starts the daemon; once its job trained, it has imported all
         samples["warm_daemon"] = [first_step(warm, next(seeds)) for _ in range(args.repeats)]
     for name, runs in samples.items():
         results[f"{name}_median_s"] = statistics.median(runs)
         results[f"{name}_runs_s"] = [round(r, 2) for r in runs]
+        each = ", ".join(f"{r:.2f}" for r in runs)
         print(f"{name.replace('_', ' ')}: submit → first training step, median "
-              f"{statistics.median(runs):.2f} s of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)})")  # fmt: skip
+              f"{statistics.median(runs):.2f} s of {len(runs)} ({each})")  # fmt: skip
     results["load_average_after"] = os.getloadavg()
     print(f"load average before {results['load_average_before']}, after {results['load_average_after']}")
     print(json.dumps(results))
