@@ -1,6 +1,6 @@
 """Time the full comparison of an experiment family (`ioi compare`), weights on disk.
 
-    PYTHONPATH=. python benchmarks/compare.py --experiment beb0361aac0eeba0 --weights DIR [--family] [--threads 2]
+    PYTHONPATH=. python benchmarks/compare.py --experiment ID --weights DIR [--family] [--threads 2]
 
 `--weights`: a cache holding the family's checkpoints (the demo cache keeps none: re-create them
 with `ioi jobs submit`, or point at a user cache). Nothing is written. Prints the wall time, the
@@ -30,12 +30,19 @@ def main() -> None:
 
     load = os.getloadavg()
     t = time.perf_counter()
-    r = compare_experiment(args.root or DEMO_ROOT, args.experiment, family=args.family, weights_root=args.weights,
-                           write=False)  # fmt: skip
+    r = compare_experiment(
+        args.root or DEMO_ROOT, args.experiment, family=args.family, weights_root=args.weights, write=False
+    )
     wall = time.perf_counter() - t
-    print(f"{len(r.summary['checkpoints'])} checkpoints, {args.threads} threads: {wall:.1f} s "
-          f"(load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f})")  # fmt: skip
-    print(r.tables["overlap"][["checkpoint", "n_edges", "edge_jaccard", "node_jaccard", "faithfulness"]].to_string())
+    print(
+        f"{len(r.summary['checkpoints'])} checkpoints, {args.threads} threads: {wall:.1f} s "
+        f"(load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        r.tables["overlap"][
+            ["checkpoint", "n_edges", "edge_jaccard", "node_jaccard", "faithfulness"]
+        ].to_string()
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def main() -> None:
     samples = make_dataset(args.prompts, 0, "eval")
     clean = tokenize(samples, model.tokenizer)
     abc = tokenize(abc_counterfactual(samples, 0), model.tokenizer, like=clean)
-    print(f"model {args.model}, {args.prompts} prompts, {args.threads} threads, "
-          f"{len(edge_graph(model).edges)} edges, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"model {args.model}, {args.prompts} prompts, {args.threads} threads, "
+        f"{len(edge_graph(model).edges)} edges, load average {os.getloadavg()[0]:.1f}"
+    )
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -45,17 +47,25 @@ def main() -> None:
         times.append(time.perf_counter() - t)
         clean = tokenize(samples, model.tokenizer)  # fresh objects: prepare() is not memoised
         abc = tokenize(abc_counterfactual(samples, 0), model.tokenizer, like=clean)
-    print(f"every exact edge score (clean/ABC runs included): median {sorted(times)[len(times) // 2]:.2f} s "
-          f"of {[round(x, 2) for x in times]}")  # fmt: skip
+    print(
+        f"every exact edge score (clean/ABC runs included): median {sorted(times)[len(times) // 2]:.2f} s "
+        f"of {[round(x, 2) for x in times]}"
+    )
     t = time.perf_counter()
     circuit = greedy_edge_circuit(model, clean, abc, exact, runs=runs)
-    print(f"greedy edge circuit (curve + bisection): {time.perf_counter() - t:.2f} s, {len(circuit.edges)} edges, "
-          f"faithfulness {circuit.faithfulness.value:.3f} [{circuit.faithfulness.lo:.3f}, {circuit.faithfulness.hi:.3f}]")  # fmt: skip
+    print(
+        f"greedy edge circuit (curve + bisection): {time.perf_counter() - t:.2f} s, "
+        f"{len(circuit.edges)} edges, faithfulness {circuit.faithfulness.value:.3f} "
+        f"[{circuit.faithfulness.lo:.3f}, {circuit.faithfulness.hi:.3f}]"
+    )
     for steps in args.steps:
         t = time.perf_counter()
         est = edge_attribution(model, clean, abc, steps=steps)
         label = "EAP" if steps == 1 else f"EAP-IG ({steps} steps)"
-        print(f"{label}: {time.perf_counter() - t:.2f} s, rank correlation with exact {rank_correlation(est, exact):.3f}")
+        print(
+            f"{label}: {time.perf_counter() - t:.2f} s, "
+            f"rank correlation with exact {rank_correlation(est, exact):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed"),
-    pytest.mark.skipif(not any(DEMO.glob("experiments/*/epoch-*/compare.json")), reason="no comparison cached"),
+    pytest.mark.skipif(
+        not any(DEMO.glob("experiments/*/epoch-*/compare.json")), reason="no comparison cached"
+    ),
 ]
 
 
@@ -29,7 +31,10 @@ def test_evolution_page_shows_the_shipped_clean_family(server, page):  # noqa: F
     page.set_viewport_size({"width": 1400, "height": 4600})  # the app scrolls inside its main block
     page.wait_for_timeout(1500)
     shoot(page, "9-evolution")
-    page.goto(f"{server}/evolution?exp={exp}&checkpoint={labels[0].replace(' ', '+')}&role=name_mover", timeout=120_000)
+    page.goto(
+        f"{server}/evolution?exp={exp}&checkpoint={labels[0].replace(' ', '+')}&role=name_mover",
+        timeout=120_000,
+    )
     settle(page)
     assert "direct path to the logits" in page.inner_text("[data-testid='stMain']")
     shoot(page, "9-evolution-first-checkpoint")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from analysis_data import ioi_batches
 from test_edges import slow_edge_score
 
@@ -60,8 +59,26 @@ def test_greedy_circuit_is_the_smallest_prefix_reaching_the_target(ioi_tiny):
 def test_analyze_edges_cli(capsys):
     from ioi.cli import main
 
-    assert main(["analyze", "edges", "--model", "random:tiny", "--size", "4", "--json",
-                 "--option", "method=eap-ig", "--option", "steps=2", "--option", "compare=true"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                "edges",
+                "--model",
+                "random:tiny",
+                "--size",
+                "4",
+                "--json",
+                "--option",
+                "method=eap-ig",
+                "--option",
+                "steps=2",
+                "--option",
+                "compare=true",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "eap-ig" and out["n_edges_total"] == len(out["edges"]) == 110
     assert -1 <= out["rank_correlation_with_exact"] <= 1

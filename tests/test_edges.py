@@ -79,8 +79,12 @@ def test_edge_sets_none_is_clean_all_is_abc_one_is_its_score(tiny_random, data):
     g = edge_graph(tiny_random)
     scores = exact_edge_scores(tiny_random, clean, abc, runs=runs)
     n = len(g.edges)
-    picks = [g.index("embed->logits"), g.index("0.1->1.2.k"), g.index("mlp0->mlp1"), g.index("0.3->0.3.q")
-             if "0.3->0.3.q" in g.names else g.index(f"{EMBED}->0.3.q")]  # fmt: skip
+    picks = [
+        g.index("embed->logits"),
+        g.index("0.1->1.2.k"),
+        g.index("mlp0->mlp1"),
+        g.index("0.3->0.3.q") if "0.3->0.3.q" in g.names else g.index(f"{EMBED}->0.3.q"),
+    ]
     masks = torch.zeros(2 + len(picks), n, dtype=torch.bool)
     masks[1] = True
     for row, e in enumerate(picks, start=2):

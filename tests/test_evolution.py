@@ -21,8 +21,14 @@ def zero_head_output(model: LoadedModel, layer: int, head: int) -> LoadedModel:
     d_head = hf.config.n_embd // hf.config.n_head
     with torch.no_grad():
         hf.transformer.h[layer].attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0
-    return LoadedModel(name=f"{model.name} without {layer}.{head}", bridge=wrap(hf, model.tokenizer, "cpu"),
-                       hf_model=hf, tokenizer=model.tokenizer, source="planted", device="cpu")  # fmt: skip
+    return LoadedModel(
+        name=f"{model.name} without {layer}.{head}",
+        bridge=wrap(hf, model.tokenizer, "cpu"),
+        hf_model=hf,
+        tokenizer=model.tokenizer,
+        source="planted",
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,9 @@ def test_a_planted_change_shows_at_its_epoch_and_head_only(family):
     changed = roles[roles["changed"]]
     assert set(changed["checkpoint"]) == {"epoch 2"}
     assert {(r.layer, r.head) for r in changed.itertuples()} == {tuple(planted)}
-    gone = roles[(roles.checkpoint == "epoch 2") & (roles.layer == planted.layer) & (roles.head == planted.head)]
+    gone = roles[
+        (roles.checkpoint == "epoch 2") & (roles.layer == planted.layer) & (roles.head == planted.head)
+    ]
     assert gone.set_index("role").loc["name_mover", "value"] == pytest.approx(0.0, abs=1e-6)
     changes = t["changes"].iloc[2]
     assert changes["heads_leaving"] == str(planted) and changes["heads_entering"] == ""

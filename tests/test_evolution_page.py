@@ -36,22 +36,56 @@ def synthetic_comparison(root: Path) -> list[str]:
         scores = base + 0.3 * torch.randn(len(graph.edges), 16, generator=gen)
         scores[graph.index("1.0->logits")] *= 1 - t / 2  # fades out
         top = scores.mean(1).abs().argsort(descending=True)[:12]
-        roles = {r: torch.randn(2, 4, 16, generator=gen) + (2.0 if r == "dla" else 0) for r in ("dla", "name_mover", "s_inhibition")}
-        profiles.append(CheckpointProfile(label, graph, scores, tuple(graph.names[i] for i in top.tolist()),
-                                          Estimate(0.8, 0.7, 0.9, "prompts"), ("1.0", "0.2"), ("1.0",), roles,
-                                          torch.rand(2, 4, generator=gen), torch.full((16,), 3.0)))  # fmt: skip
+        roles = {
+            r: torch.randn(2, 4, 16, generator=gen) + (2.0 if r == "dla" else 0)
+            for r in ("dla", "name_mover", "s_inhibition")
+        }
+        profiles.append(
+            CheckpointProfile(
+                label,
+                graph,
+                scores,
+                tuple(graph.names[i] for i in top.tolist()),
+                Estimate(0.8, 0.7, 0.9, "prompts"),
+                ("1.0", "0.2"),
+                ("1.0",),
+                roles,
+                torch.rand(2, 4, generator=gen),
+                torch.full((16,), 3.0),
+            )
+        )
     tables = timeline(profiles, n_boot=100)
     eye = {k: torch.eye(3, dtype=torch.float64) for k in ("value", "lo", "hi")}
     tables["transfer"] = _matrix_frame(eye, labels, ("circuit_of", "model"))
     tables["cmap"] = _matrix_frame(eye | {"share": torch.zeros(3, 3)}, labels, ("source", "receiver"))
-    heads = tables["roles"][tables["roles"]["checkpoint"] == labels[-1]].pivot_table(
-        index=["layer", "head"], columns="role", values="value").reset_index().assign(value=0.0)  # fmt: skip
-    config = {"model": "random:tiny", "scenario": "clean", "epochs": 2, "seed": 0, "lr": 1e-3,
-              "checkpoint_epochs": [1, 2], "parent": None, "analyses": ["compare"]}  # fmt: skip
+    heads = (
+        tables["roles"][tables["roles"]["checkpoint"] == labels[-1]]
+        .pivot_table(index=["layer", "head"], columns="role", values="value")
+        .reset_index()
+        .assign(value=0.0)
+    )
+    config = {
+        "model": "random:tiny",
+        "scenario": "clean",
+        "epochs": 2,
+        "seed": 0,
+        "lr": 1e-3,
+        "checkpoint_epochs": [1, 2],
+        "parent": None,
+        "analyses": ["compare"],
+    }
     register_experiment(root, EXP, {"id": EXP, "config": config})
-    summary = {"experiment": EXP, "family": False, "checkpoints": labels, "reference": labels[0],
-               "experiments": [EXP] * 3, "scenarios": ["clean"] * 3, "epochs": [0, 1, 2],
-               "cmap_heads": ["1.0", "0.2"], "resamples": 100}  # fmt: skip
+    summary = {
+        "experiment": EXP,
+        "family": False,
+        "checkpoints": labels,
+        "reference": labels[0],
+        "experiments": [EXP] * 3,
+        "scenarios": ["clean"] * 3,
+        "epochs": [0, 1, 2],
+        "cmap_heads": ["1.0", "0.2"],
+        "resamples": 100,
+    }
     write_analysis(root, EXP, 2, "compare", AnalysisResult("compare", heads, summary, tables))
     return labels
 
@@ -96,9 +130,14 @@ def test_no_comparison_is_an_empty_state(tmp_path, monkeypatch):
 
 
 def test_the_page_imports_no_torch(evo_env):
-    code = (f"import sys; from streamlit.testing.v1 import AppTest\nat = AppTest.from_file({APP!r}, default_timeout=120)\n"
-            f"at.switch_page({PAGE!r}); at.run(); assert not at.exception\n"
-            "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True)
+    code = (
+        "import sys; from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=120)\n"
+        f"at.switch_page({PAGE!r}); at.run(); assert not at.exception\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -10,8 +10,13 @@ from ioi.methods.recovery import matched_path, random_edge_baseline, steps_to_re
 
 
 def test_steps_to_revive_needs_both_the_logit_difference_and_the_overlap():
-    points = pd.DataFrame({"step": [0, 50, 100, 150, 200], "logit_diff": [1.0, 8.0, 9.5, 9.6, 9.4],
-                           "jaccard": [0.2, 0.9, 0.5, 0.95, 0.9]})  # fmt: skip
+    points = pd.DataFrame(
+        {
+            "step": [0, 50, 100, 150, 200],
+            "logit_diff": [1.0, 8.0, 9.5, 9.6, 9.4],
+            "jaccard": [0.2, 0.9, 0.5, 0.95, 0.9],
+        }
+    )
     assert steps_to_revive(points, (9.0, 10.0), 0.8) == 150  # step 100: F back, overlap not yet
     assert steps_to_revive(points, (9.0, 10.0), 0.99) is None
 

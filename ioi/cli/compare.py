@@ -13,8 +13,11 @@ from ioi.cli.registry import UsageError, command
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="an experiment id (`ioi jobs list`, or the demo's)")
-    p.add_argument("--family", action="store_true",
-                   help="also its lineage: a toxic run's reversal, a reversal's toxic parent")  # fmt: skip
+    p.add_argument(
+        "--family",
+        action="store_true",
+        help="also its lineage: a toxic run's reversal, a reversal's toxic parent",
+    )
     p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
     p.add_argument("--no-wait", action="store_true", help="submit the job and print its id")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -30,8 +33,11 @@ def _find(exp_id: str, cache: Path | None) -> Path | None:
     return None
 
 
-@command("compare", "compare the checkpoints of a cached experiment: timeline, transfer and CMAP matrices",
-         _compare_args)  # fmt: skip
+@command(
+    "compare",
+    "compare the checkpoints of a cached experiment: timeline, transfer and CMAP matrices",
+    _compare_args,
+)
 def run_compare(args: argparse.Namespace) -> int:
     from ioi.runs.cache import cache_root, check_id
     from ioi.runs.compare import COMPARE, COMPARE_FAMILY, load_comparison
@@ -61,7 +67,9 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"job {job}: comparing (weights re-created by training if the cache has none)", file=sys.stderr)
         info = jobs.wait(job, target)
         if info.status != "done":
-            print(f"error: job {job} is {info.status}: {info.error or 'see `ioi jobs show`'}", file=sys.stderr)
+            print(
+                f"error: job {job} is {info.status}: {info.error or 'see `ioi jobs show`'}", file=sys.stderr
+            )
             return 1
         root = target
         result = load_comparison(root, args.experiment, family=args.family)
@@ -70,8 +78,9 @@ def run_compare(args: argparse.Namespace) -> int:
     from ioi.runs.recovery import RECOVERY
 
     out = {"experiment": args.experiment, **result.to_json()}
-    for exp_id, scenario, epoch in zip(result.summary["experiments"], result.summary["scenarios"],
-                                       result.summary["epochs"], strict=True):  # fmt: skip
+    for exp_id, scenario, epoch in zip(
+        result.summary["experiments"], result.summary["scenarios"], result.summary["epochs"], strict=True
+    ):
         dynamics = load_analysis(root, exp_id, epoch, RECOVERY) if scenario == "reversal" else None
         if dynamics is not None and "recovery" not in out:
             out["recovery"] = dynamics.to_json()
@@ -80,7 +89,10 @@ def run_compare(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         for row in result.tables["overlap"].itertuples():
-            print(f"{row.checkpoint:>24}: {row.n_edges:4d} edges, edge Jaccard {row.edge_jaccard:.2f} "
-                  f"[{row.edge_jaccard_lo:.2f}, {row.edge_jaccard_hi:.2f}], node Jaccard {row.node_jaccard:.2f}, "
-                  f"faithfulness {row.faithfulness:.2f}, stability {row.stability:.2f}")  # fmt: skip
+            print(
+                f"{row.checkpoint:>24}: {row.n_edges:4d} edges, edge Jaccard {row.edge_jaccard:.2f} "
+                f"[{row.edge_jaccard_lo:.2f}, {row.edge_jaccard_hi:.2f}], "
+                f"node Jaccard {row.node_jaccard:.2f}, "
+                f"faithfulness {row.faithfulness:.2f}, stability {row.stability:.2f}"
+            )
     return 0

@@ -42,9 +42,9 @@ def _receiver_grads(model: LoadedModel, clean: IOIBatch, start: Tensor, stop: Te
         kept: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook, name: str) -> None:
-            kept[name] = act
+            kept[name] = act  # noqa: B023 (the hooks run inside this iteration)
 
-        hooks = [("blocks.0.hook_resid_pre", lambda act, hook: embed)]
+        hooks = [("blocks.0.hook_resid_pre", lambda act, hook, embed=embed: embed)]
         hooks += [(name, lambda act, hook, name=name: keep(act, hook, name)) for name in names]
         with torch.enable_grad(), bridge.hooks(fwd_hooks=hooks):
             f = logit_diff_per_prompt(bridge(clean.tokens.to(model.device)), clean).sum()
@@ -68,7 +68,9 @@ def edge_attribution(
     if steps < 1:
         raise ValueError(f"EAP-IG needs at least 1 integration step, got {steps}")
     if getattr(model.bridge.cfg, "parallel_attn_mlp", False):
-        raise ValueError("edge attribution assumes attention then MLP in each block; this model runs them in parallel")
+        raise ValueError(
+            "edge attribution assumes attention then MLP in each block; this model runs them in parallel"
+        )
     graph: EdgeGraph = edge_graph(model)
     senders = torch.tensor([i for i, _ in graph.edges])
     receivers = torch.tensor([j for _, j in graph.edges])

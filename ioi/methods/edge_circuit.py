@@ -104,9 +104,14 @@ def greedy_edge_circuit(
 
 
 def edge_scores(
-    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, method: str = "exact", *, steps: int = 5,
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    method: str = "exact",
+    *,
+    steps: int = 5,
     runs: EdgeRuns | None = None,
-) -> EdgeValues:  # fmt: skip
+) -> EdgeValues:
     """Every edge's score by `method`: "exact" edge patching, "eap" or "eap-ig" (`steps` points)."""
     if method == "exact":
         return exact_edge_scores(model, clean, abc, runs=runs)
@@ -138,30 +143,45 @@ def edges_analysis(
     acts = prepare(model, clean, abc)
     runs = edge_runs(model, clean, abc, acts)
     scores = edge_scores(model, clean, abc, method, steps=steps, runs=runs)
-    summary: dict = {"method": method, "steps": steps if method == "eap-ig" else None,
-                     "f_model": acts.f_clean, "f_abc": acts.f_abc, "target": faithfulness}  # fmt: skip
+    summary: dict = {
+        "method": method,
+        "steps": steps if method == "eap-ig" else None,
+        "f_model": acts.f_clean,
+        "f_abc": acts.f_abc,
+        "target": faithfulness,
+    }
     if compare and method != "exact":
         exact = exact_edge_scores(model, clean, abc, runs=runs)
         summary["rank_correlation_with_exact"] = rank_correlation(scores, exact)
     graph = edge_graph(model)
-    circuit = greedy_edge_circuit(model, clean, abc, scores, target=faithfulness, points=points, runs=runs,
-                                  seed=seed)  # fmt: skip
-    summary |= {"n_edges_total": len(graph.edges), "n_edges": len(circuit.edges), "reached": circuit.reached,
-                "circuit_edges": list(circuit.edges), "nodes": sorted(circuit.nodes)}  # fmt: skip
-    summary |= circuit.faithfulness.columns("faithfulness") | {"interval_over": circuit.faithfulness.over,
-                                                                 "ratio_undefined": circuit.faithfulness.reason}  # fmt: skip
+    circuit = greedy_edge_circuit(
+        model, clean, abc, scores, target=faithfulness, points=points, runs=runs, seed=seed
+    )
+    summary |= {
+        "n_edges_total": len(graph.edges),
+        "n_edges": len(circuit.edges),
+        "reached": circuit.reached,
+        "circuit_edges": list(circuit.edges),
+        "nodes": sorted(circuit.nodes),
+    }
+    summary |= circuit.faithfulness.columns("faithfulness") | {
+        "interval_over": circuit.faithfulness.over,
+        "ratio_undefined": circuit.faithfulness.reason,
+    }
     kept = set(circuit.edges)
     order = scores.abs().argsort(descending=True, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
-    edges = pd.DataFrame({
-        "edge": list(graph.names),
-        "sender": [graph.senders[i] for i, _ in graph.edges],
-        "receiver": [graph.receivers[j] for _, j in graph.edges],
-        "score": scores.double().tolist(),
-        "rank": rank.tolist(),
-        "in_circuit": [e in kept for e in graph.names],
-    })  # fmt: skip
+    edges = pd.DataFrame(
+        {
+            "edge": list(graph.names),
+            "sender": [graph.senders[i] for i, _ in graph.edges],
+            "receiver": [graph.receivers[j] for _, j in graph.edges],
+            "score": scores.double().tolist(),
+            "rank": rank.tolist(),
+            "in_circuit": [e in kept for e in graph.names],
+        }
+    )
     curve = pd.DataFrame({"n_edges": list(circuit.curve), "faithfulness": list(circuit.curve.values())})
     touch = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     inside = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)

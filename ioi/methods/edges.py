@@ -151,7 +151,9 @@ class EdgeRuns:
 
 
 @torch.no_grad()
-def edge_runs(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, acts: Activations | None = None) -> EdgeRuns:
+def edge_runs(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, acts: Activations | None = None
+) -> EdgeRuns:
     """The sender outputs of the clean and ABC runs (one extra read of the ABC run)."""
     acts = acts or prepare(model, clean, abc)
     names = ["blocks.0.hook_resid_pre"] + [hook_name(layer, "mlp_out") for layer in range(model.n_layers)]
@@ -336,7 +338,9 @@ def exact_edge_scores(
                 x = mid + blocks.mlp(layer, mid + delta)
             ld = finish(layer, x)
             f |= {(i, mlp_node(layer)): ld[a] for a, i in enumerate(idx)}
-    values = torch.stack([f[(i, graph.receivers[j])] for i, j in graph.edges]) - acts.ld_clean  # [edge, batch]
+    values = (
+        torch.stack([f[(i, graph.receivers[j])] for i, j in graph.edges]) - acts.ld_clean
+    )  # [edge, batch]
     return values.cpu() if per_prompt else values.double().mean(1).float().cpu()
 
 

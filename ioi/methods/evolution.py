@@ -78,25 +78,41 @@ def profile_checkpoint(
     runs = edge_runs(model, clean, abc, acts)
     graph = edge_graph(model)
     per_prompt = exact_edge_scores(model, clean, abc, runs=runs, per_prompt=True)
-    circuit = greedy_edge_circuit(model, clean, abc, per_prompt.double().mean(1).float(), target=target, runs=runs)
+    circuit = greedy_edge_circuit(
+        model, clean, abc, per_prompt.double().mean(1).float(), target=target, runs=runs
+    )
     nodes = circuit_for(model, clean, abc)
     own_nm = tuple(str(h) for h in nodes.classes.get("name mover", ()))
     nm = tuple(name_movers) if name_movers is not None else own_nm
     n_layers, n_heads = model.n_layers, model.n_heads
     dla, _ = head_direct_effects(model, clean, per_prompt=True)
-    direct = torch.stack([per_prompt[graph.index(f"{layer}.{h}->logits")]
-                          for layer in range(n_layers) for h in range(n_heads)])  # fmt: skip
+    direct = torch.stack(
+        [per_prompt[graph.index(f"{layer}.{h}->logits")] for layer in range(n_layers) for h in range(n_heads)]
+    )
     s_inh = torch.zeros(n_layers * n_heads, len(clean))
     for k, (layer, h) in enumerate((layer, h) for layer in range(n_layers) for h in range(n_heads)):
         for m in nm:
             name = f"{layer}.{h}->{m}.q"
             if name in graph.names:
                 s_inh[k] += per_prompt[graph.index(name)]
-    roles = {"dla": dla.float(), "name_mover": direct.view(n_layers, n_heads, -1),
-             "s_inhibition": s_inh.view(n_layers, n_heads, -1)}  # fmt: skip
+    roles = {
+        "dla": dla.float(),
+        "name_mover": direct.view(n_layers, n_heads, -1),
+        "s_inhibition": s_inh.view(n_layers, n_heads, -1),
+    }
     copy = model_copy_scores(model.bridge, model.tokenizer)["copy_score"]
-    return CheckpointProfile(label, graph, per_prompt, circuit.edges, circuit.faithfulness,
-                             tuple(str(h) for h in nodes.heads), own_nm, roles, copy, acts.ld_clean.cpu())  # fmt: skip
+    return CheckpointProfile(
+        label,
+        graph,
+        per_prompt,
+        circuit.edges,
+        circuit.faithfulness,
+        tuple(str(h) for h in nodes.heads),
+        own_nm,
+        roles,
+        copy,
+        acts.ld_clean.cpu(),
+    )
 
 
 def jaccard(a: set | frozenset, b: set | frozenset) -> float:
@@ -141,7 +157,8 @@ def timeline(
 
     overlap: per checkpoint, edge and node Jaccard against profiles[reference] with intervals, the
     node-circuit (circuit_for) Jaccard, circuit size, faithfulness, stability; changes: heads and
-    edges entering and leaving against the previous checkpoint (space-separated names); roles: per checkpoint, head and
+    edges entering and leaving against the previous checkpoint (space-separated names); roles: per
+    checkpoint, head and
     role, value with interval, sign_flip and changed flags."""
     ref = profiles[reference]
     graph = ref.graph
@@ -151,36 +168,62 @@ def timeline(
     inc = _head_incidence(graph, n_layers, n_heads)
     nodes_of = lambda mask: (mask.double() @ inc.double()) > 0  # noqa: E731
     edge_name = {name: i for i, name in enumerate(graph.names)}
-    full = [torch.zeros(len(graph.edges), dtype=torch.bool).index_fill_(
-        0, torch.tensor([edge_name[e] for e in p.circuit_edges], dtype=torch.long), True) for p in profiles]  # fmt: skip
-    boot = [_top(bootstrap_means(p.edge_scores, n_boot=n_boot, seed=seed), len(p.circuit_edges)) for p in profiles]
+    full = [
+        torch.zeros(len(graph.edges), dtype=torch.bool).index_fill_(
+            0, torch.tensor([edge_name[e] for e in p.circuit_edges], dtype=torch.long), True
+        )
+        for p in profiles
+    ]
+    boot = [
+        _top(bootstrap_means(p.edge_scores, n_boot=n_boot, seed=seed), len(p.circuit_edges)) for p in profiles
+    ]
     rows, changes, roles = [], [], []
     for t, p in enumerate(profiles):
         edge_j = _rows_jaccard(boot[t], boot[reference])
         node_j = _rows_jaccard(nodes_of(boot[t]), nodes_of(boot[reference]))
         self_j = _rows_jaccard(boot[t], full[t][None])
-        rows.append({
-            "checkpoint": p.label, "n_edges": len(p.circuit_edges),
-            **{f"edge_jaccard{k}": v for k, v in _suffixed(_estimate(
-                jaccard(set(p.circuit_edges), set(ref.circuit_edges)), edge_j, over)).items()},
-            **{f"node_jaccard{k}": v for k, v in _suffixed(_estimate(
-                _set_jaccard(nodes_of(full[t][None])[0], nodes_of(full[reference][None])[0]), node_j, over)).items()},
-            "head_circuit_jaccard": jaccard(set(p.heads), set(ref.heads)),
-            **mean_estimate(p.f_model, n_boot=n_boot, seed=seed).columns("f_model"),
-            "faithfulness": p.faithfulness.value, "faithfulness_lo": p.faithfulness.lo,
-            "faithfulness_hi": p.faithfulness.hi,
-            "stability": self_j.mean().item(), "stability_p05": torch.quantile(self_j, 0.05).item(),
-            "stable": bool(self_j.mean().item() >= STABLE_JACCARD), "resamples": n_boot,
-        })  # fmt: skip
+        rows.append(
+            {
+                "checkpoint": p.label,
+                "n_edges": len(p.circuit_edges),
+                **{
+                    f"edge_jaccard{k}": v
+                    for k, v in _suffixed(
+                        _estimate(jaccard(set(p.circuit_edges), set(ref.circuit_edges)), edge_j, over)
+                    ).items()
+                },
+                **{
+                    f"node_jaccard{k}": v
+                    for k, v in _suffixed(
+                        _estimate(
+                            _set_jaccard(nodes_of(full[t][None])[0], nodes_of(full[reference][None])[0]),
+                            node_j,
+                            over,
+                        )
+                    ).items()
+                },
+                "head_circuit_jaccard": jaccard(set(p.heads), set(ref.heads)),
+                **mean_estimate(p.f_model, n_boot=n_boot, seed=seed).columns("f_model"),
+                "faithfulness": p.faithfulness.value,
+                "faithfulness_lo": p.faithfulness.lo,
+                "faithfulness_hi": p.faithfulness.hi,
+                "stability": self_j.mean().item(),
+                "stability_p05": torch.quantile(self_j, 0.05).item(),
+                "stable": bool(self_j.mean().item() >= STABLE_JACCARD),
+                "resamples": n_boot,
+            }
+        )
         prev = profiles[t - 1] if t else p
         heads_now, heads_prev = _heads_of(p, inc, full[t]), _heads_of(prev, inc, full[t - 1 if t else t])
-        changes.append({  # space-separated names (a table stores text, not lists)
-            "checkpoint": p.label,
-            "heads_entering": " ".join(sorted(heads_now - heads_prev)),
-            "heads_leaving": " ".join(sorted(heads_prev - heads_now)),
-            "edges_entering": " ".join(sorted(set(p.circuit_edges) - set(prev.circuit_edges))),
-            "edges_leaving": " ".join(sorted(set(prev.circuit_edges) - set(p.circuit_edges))),
-        })  # fmt: skip
+        changes.append(
+            {  # space-separated names (a table stores text, not lists)
+                "checkpoint": p.label,
+                "heads_entering": " ".join(sorted(heads_now - heads_prev)),
+                "heads_leaving": " ".join(sorted(heads_prev - heads_now)),
+                "edges_entering": " ".join(sorted(set(p.circuit_edges) - set(prev.circuit_edges))),
+                "edges_leaving": " ".join(sorted(set(prev.circuit_edges) - set(p.circuit_edges))),
+            }
+        )
     scale = abs(ref.f_model.double().mean().item())
     idx = resample_indices(n, n_boot=n_boot, seed=seed)
     for role in ROLES:
@@ -198,16 +241,35 @@ def timeline(
                 changed = torch.zeros_like(flip)
             for layer in range(n_layers):
                 for h in range(n_heads):
-                    roles.append({"checkpoint": p.label, "layer": layer, "head": h, "role": role,
-                                  "value": value[layer, h].item(), "lo": lo[layer, h].item(),
-                                  "hi": hi[layer, h].item(), "sign_flip": bool(flip[layer, h]),
-                                  "changed": bool(changed[layer, h])})  # fmt: skip
-    for t, p in enumerate(profiles):
+                    roles.append(
+                        {
+                            "checkpoint": p.label,
+                            "layer": layer,
+                            "head": h,
+                            "role": role,
+                            "value": value[layer, h].item(),
+                            "lo": lo[layer, h].item(),
+                            "hi": hi[layer, h].item(),
+                            "sign_flip": bool(flip[layer, h]),
+                            "changed": bool(changed[layer, h]),
+                        }
+                    )
+    for p in profiles:
         for layer in range(n_layers):
             for h in range(n_heads):
-                roles.append({"checkpoint": p.label, "layer": layer, "head": h, "role": "copy_score",
-                              "value": p.copy[layer, h].item(), "lo": float("nan"), "hi": float("nan"),
-                              "sign_flip": False, "changed": False})  # fmt: skip
+                roles.append(
+                    {
+                        "checkpoint": p.label,
+                        "layer": layer,
+                        "head": h,
+                        "role": "copy_score",
+                        "value": p.copy[layer, h].item(),
+                        "lo": float("nan"),
+                        "hi": float("nan"),
+                        "sign_flip": False,
+                        "changed": False,
+                    }
+                )
     return {"overlap": pd.DataFrame(rows), "changes": pd.DataFrame(changes), "roles": pd.DataFrame(roles)}
 
 

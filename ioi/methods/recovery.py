@@ -28,7 +28,9 @@ from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
 
 
-def snapshot(model: LoadedModel, clean: IOIBatch, abc: IOIBatch, graph: EdgeGraph, reference: set[str]) -> dict:
+def snapshot(
+    model: LoadedModel, clean: IOIBatch, abc: IOIBatch, graph: EdgeGraph, reference: set[str]
+) -> dict:
     """{logit_diff, lo, hi, jaccard}: the snapshot's F(M) with its interval and the Jaccard of its
     len(reference) top edges with `reference`."""
     acts = prepare(model, clean, abc)
@@ -47,7 +49,9 @@ def _layer(node: str) -> int:
     return int(node.removeprefix("mlp").split(".")[0])
 
 
-def random_edge_baseline(graph: EdgeGraph, reference: set[str], *, n_draws: int = 1000, seed: int = 0) -> Estimate:
+def random_edge_baseline(
+    graph: EdgeGraph, reference: set[str], *, n_draws: int = 1000, seed: int = 0
+) -> Estimate:
     """Jaccard with `reference` of random edge sets with its (sender layer, receiver layer) counts."""
     groups: dict[tuple[int, int], list[str]] = {}
     for (i, j), name in zip(graph.edges, graph.names, strict=True):
@@ -69,8 +73,11 @@ def random_edge_baseline(graph: EdgeGraph, reference: set[str], *, n_draws: int 
 def steps_to_revive(points: pd.DataFrame, ld_range: tuple[float, float], jaccard_floor: float) -> int | None:
     """The first step of `points` (columns step, logit_diff, jaccard) with the logit difference in
     `ld_range` and the Jaccard ≥ `jaccard_floor`; None if the run never gets there."""
-    ok = points[(points.logit_diff >= ld_range[0]) & (points.logit_diff <= ld_range[1])
-                & (points.jaccard >= jaccard_floor)].sort_values("step")  # fmt: skip
+    ok = points[
+        (points.logit_diff >= ld_range[0])
+        & (points.logit_diff <= ld_range[1])
+        & (points.jaccard >= jaccard_floor)
+    ].sort_values("step")
     return int(ok.iloc[0]["step"]) if len(ok) else None
 
 

@@ -54,7 +54,12 @@ def transfer_faithfulness(
 
 
 def cmap_matrix(
-    models: Sequence[LoadedModel], heads: Sequence[Head], clean: IOIBatch, *, n_boot: int = 1000, seed: int = 0
+    models: Sequence[LoadedModel],
+    heads: Sequence[Head],
+    clean: IOIBatch,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """{"value", "lo", "hi", "share"}: [source i, receiver j] change of F when model j's `heads`
     take their END outputs from model i (logits; share of the gap F(i) − F(j))."""

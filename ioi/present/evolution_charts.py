@@ -34,11 +34,20 @@ def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") 
             rows.append({"checkpoint": r["checkpoint"], "measure": name, "value": r[key], "lo": lo, "hi": hi})
     data = pd.DataFrame(rows)
     x = alt.X("checkpoint:N", sort=order, title="checkpoint")
-    color = alt.Color("measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400))
+    color = alt.Color(
+        "measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400)
+    )
     y = alt.Y("value:Q", scale=alt.Scale(domain=[0, 1.05]), title="value")
-    line = alt.Chart(data).mark_line(point=True).encode(x, y, color, tooltip=["checkpoint", "measure", "value", "lo", "hi"])
-    bars = alt.Chart(data.dropna(subset=["lo", "hi"])).mark_errorbar().encode(x, alt.Y("lo:Q", title="value"),
-                                                                              alt.Y2("hi:Q"), color)  # fmt: skip
+    line = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(x, y, color, tooltip=["checkpoint", "measure", "value", "lo", "hi"])
+    )
+    bars = (
+        alt.Chart(data.dropna(subset=["lo", "hi"]))
+        .mark_errorbar()
+        .encode(x, alt.Y("lo:Q", title="value"), alt.Y2("hi:Q"), color)
+    )
     bar = alt.Chart(pd.DataFrame({"y": [0.8]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="y:Q")
     return (line + bars + bar).properties(title=title, width="container", height=280)
 
@@ -52,12 +61,27 @@ def role_tracks(roles: pd.DataFrame, order: list[str], heads: list[str], role: s
     x = alt.X("checkpoint:N", sort=order, title="checkpoint")
     color = alt.Color("head_label:N", title="head", sort=heads)
     base = alt.Chart(data)
-    line = base.mark_line(point=True).encode(x, alt.Y("value:Q", title=f"{role} (logits)"), color,
-                                             tooltip=["checkpoint", "head_label", "value", "lo", "hi", "sign_flip", "changed"])  # fmt: skip
-    bars = base.transform_filter("isValid(datum.lo)").mark_errorbar().encode(
-        x, alt.Y("lo:Q", title=f"{role} (logits)"), alt.Y2("hi:Q"), color)  # fmt: skip
-    flips = base.transform_filter("datum.sign_flip").mark_point(size=180, color="red", filled=False).encode(x, alt.Y("value:Q"))
-    moved = base.transform_filter("datum.changed").mark_point(size=40, color="black", filled=True).encode(x, alt.Y("value:Q"))
+    line = base.mark_line(point=True).encode(
+        x,
+        alt.Y("value:Q", title=f"{role} (logits)"),
+        color,
+        tooltip=["checkpoint", "head_label", "value", "lo", "hi", "sign_flip", "changed"],
+    )
+    bars = (
+        base.transform_filter("isValid(datum.lo)")
+        .mark_errorbar()
+        .encode(x, alt.Y("lo:Q", title=f"{role} (logits)"), alt.Y2("hi:Q"), color)
+    )
+    flips = (
+        base.transform_filter("datum.sign_flip")
+        .mark_point(size=180, color="red", filled=False)
+        .encode(x, alt.Y("value:Q"))
+    )
+    moved = (
+        base.transform_filter("datum.changed")
+        .mark_point(size=40, color="black", filled=True)
+        .encode(x, alt.Y("value:Q"))
+    )
     return (line + bars + flips + moved).properties(width="container", height=280)
 
 
@@ -74,22 +98,40 @@ def role_heatmap(roles: pd.DataFrame, checkpoint: str, role: str) -> alt.LayerCh
 
 
 def matrix_heatmap(
-    frame: pd.DataFrame, row: str, col: str, order: list[str], *, field: str = "value", title: str = "",
-    domain: tuple[float, float] | None = None, value_title: str = "value",
-) -> alt.LayerChart:  # fmt: skip
+    frame: pd.DataFrame,
+    row: str,
+    col: str,
+    order: list[str],
+    *,
+    field: str = "value",
+    title: str = "",
+    domain: tuple[float, float] | None = None,
+    value_title: str = "value",
+) -> alt.LayerChart:
     """A checkpoint × checkpoint heatmap of `field` (rows `row`, columns `col`, both in `order`)
     with the value written in each cell; `domain` fixes the colour scale (default symmetric)."""
     span = color_span(frame, field=field)
-    scale = (alt.Scale(scheme="viridis", domain=list(domain)) if domain is not None
-             else alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0))  # fmt: skip
-    base = alt.Chart(frame).encode(alt.X(f"{col}:N", sort=order, title=col.replace("_", " ")),
-                                   alt.Y(f"{row}:N", sort=order, title=row.replace("_", " ")))  # fmt: skip
-    cells = base.mark_rect().encode(alt.Color(f"{field}:Q", scale=scale, title=value_title),
-                                    tooltip=[row, col, *[c for c in ("value", "lo", "hi", "share") if c in frame]])  # fmt: skip
+    scale = (
+        alt.Scale(scheme="viridis", domain=list(domain))
+        if domain is not None
+        else alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0)
+    )
+    base = alt.Chart(frame).encode(
+        alt.X(f"{col}:N", sort=order, title=col.replace("_", " ")),
+        alt.Y(f"{row}:N", sort=order, title=row.replace("_", " ")),
+    )
+    cells = base.mark_rect().encode(
+        alt.Color(f"{field}:Q", scale=scale, title=value_title),
+        tooltip=[row, col, *[c for c in ("value", "lo", "hi", "share") if c in frame]],
+    )
     text = base.mark_text(fontSize=11).encode(alt.Text(f"{field}:Q", format=".2f"))
     n = max(1, len(order))
-    return (cells + text).properties(title=title, width=max(200, 64 * n), height=max(140, 36 * n),
-                                     autosize=alt.AutoSizeParams(type="pad", contains="padding"))  # fmt: skip
+    return (cells + text).properties(
+        title=title,
+        width=max(200, 64 * n),
+        height=max(140, 36 * n),
+        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
+    )
 
 
 def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
@@ -99,8 +141,14 @@ def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
     data = points.melt(id_vars=["run", "step"], value_vars=["logit_diff", "jaccard"], var_name="measure")
     color = alt.Color("run:N", scale=alt.Scale(domain=list(colors), range=list(colors.values())))
     return (
-        alt.Chart(data).mark_line(point=True)
-        .encode(alt.X("step:Q", title="training step"), alt.Y("value:Q", title=None), color,
-                alt.Row("measure:N", title=None), tooltip=["run", "step", "measure", "value"])
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            alt.X("step:Q", title="training step"),
+            alt.Y("value:Q", title=None),
+            color,
+            alt.Row("measure:N", title=None),
+            tooltip=["run", "step", "measure", "value"],
+        )
         .properties(title=title, width=520, height=160)
-    )  # fmt: skip
+    )

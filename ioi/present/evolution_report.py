@@ -17,8 +17,11 @@ def _ci(value: float, lo: float, hi: float) -> str:
 
 
 def _overlap_table(overlap: pd.DataFrame) -> list[str]:
-    lines = ["| checkpoint | F(M) | edges | edge Jaccard | node Jaccard | faithfulness | stability (self-Jaccard) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "| checkpoint | F(M) | edges | edge Jaccard | node Jaccard | faithfulness "
+        "| stability (self-Jaccard) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in overlap.to_dict("records"):
         stable = "stable" if r["stable"] else "not stable"
         lines.append(
@@ -38,26 +41,44 @@ def _changes(result) -> list[str]:
     flips = roles[roles["sign_flip"]]
     lines = []
     for r in t["changes"].to_dict("records")[1:]:
-        lines.append(f"- {r['checkpoint']}: heads entering {r['heads_entering'] or 'none'}, leaving "
-                     f"{r['heads_leaving'] or 'none'}; {len(r['edges_entering'].split())} edges entering, "
-                     f"{len(r['edges_leaving'].split())} leaving.")  # fmt: skip
+        lines.append(
+            f"- {r['checkpoint']}: heads entering {r['heads_entering'] or 'none'}, leaving "
+            f"{r['heads_leaving'] or 'none'}; {len(r['edges_entering'].split())} edges entering, "
+            f"{len(r['edges_leaving'].split())} leaving."
+        )
     if moved.empty:
-        lines.append("- No head's role score (DLA, direct path, S-inhibition) changed between consecutive "
-                     "checkpoints by an interval that excludes 0 and at least 5% of F(M).")  # fmt: skip
+        lines.append(
+            "- No head's role score (DLA, direct path, S-inhibition) changed between consecutive "
+            "checkpoints by an interval that excludes 0 and at least 5% of F(M)."
+        )
     else:
         for r in moved.to_dict("records"):
-            lines.append(f"- {r['role']} of {r['layer']}.{r['head']} changed at {r['checkpoint']}: "
-                         f"{_ci(r['value'], r['lo'], r['hi'])}.")  # fmt: skip
-    lines.append(f"- Sign flips against the first checkpoint: {len(flips)}"
-                 + (": " + ", ".join(f"{r['role']} of {r['layer']}.{r['head']} at {r['checkpoint']}"
-                                     for r in flips.to_dict("records")) if len(flips) else "") + ".")  # fmt: skip
+            lines.append(
+                f"- {r['role']} of {r['layer']}.{r['head']} changed at {r['checkpoint']}: "
+                f"{_ci(r['value'], r['lo'], r['hi'])}."
+            )
+    lines.append(
+        f"- Sign flips against the first checkpoint: {len(flips)}"
+        + (
+            ": "
+            + ", ".join(
+                f"{r['role']} of {r['layer']}.{r['head']} at {r['checkpoint']}"
+                for r in flips.to_dict("records")
+            )
+            if len(flips)
+            else ""
+        )
+        + "."
+    )
     tr = t["transfer"]
     first, last = result.summary["checkpoints"][0], result.summary["checkpoints"][-1]
     cell = tr[(tr["circuit_of"] == first) & (tr["model"] == last)].iloc[0]
     back = tr[(tr["circuit_of"] == last) & (tr["model"] == first)].iloc[0]
-    lines.append(f"- Transfer: the circuit of {first} on the model of {last} keeps faithfulness "
-                 f"{_ci(cell['value'], cell['lo'], cell['hi'])}; the circuit of {last} on {first}: "
-                 f"{_ci(back['value'], back['lo'], back['hi'])}.")  # fmt: skip
+    lines.append(
+        f"- Transfer: the circuit of {first} on the model of {last} keeps faithfulness "
+        f"{_ci(cell['value'], cell['lo'], cell['hi'])}; the circuit of {last} on {first}: "
+        f"{_ci(back['value'], back['lo'], back['hi'])}."
+    )
     return lines
 
 
@@ -71,17 +92,29 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
                 found.append((s, r))
     if not found:
         return []
-    lines = ["## The circuit across checkpoints (timeline)", "",
-             "Generated from the cached comparisons (`python -m ioi compare --experiment ID [--family]`). Each "
-             "checkpoint's edge circuit is the fewest edges, ranked by exact edge patching, reaching 80% "
-             "faithfulness (other edges patched to the ABC run); Jaccard indices are against the first "
-             "checkpoint, with 95% paired-bootstrap intervals over the analysis prompts (each resample keeps "
-             "each checkpoint's number of top edges); stability is the bootstrap self-Jaccard (Méloux et al. "
-             "2025: stable at ≥ 0.8 over ≥ 100 resamples). Nodes are the heads the edges touch.", ""]  # fmt: skip
+    lines = [
+        "## The circuit across checkpoints (timeline)",
+        "",
+        "Generated from the cached comparisons (`python -m ioi compare --experiment ID [--family]`). Each "
+        "checkpoint's edge circuit is the fewest edges, ranked by exact edge patching, reaching 80% "
+        "faithfulness (other edges patched to the ABC run); Jaccard indices are against the first "
+        "checkpoint, with 95% paired-bootstrap intervals over the analysis prompts (each resample keeps "
+        "each checkpoint's number of top edges); stability is the bootstrap self-Jaccard (Méloux et al. "
+        "2025: stable at ≥ 0.8 over ≥ 100 resamples). Nodes are the heads the edges touch.",
+        "",
+    ]
     for s, r in found:
-        lines += [f"### Seed {s.seed}: {' → '.join(r.summary['checkpoints'])}", "",
-                  f"{r.summary['n_prompts']} prompts, {r.summary['resamples']} resamples.", "",
-                  *_overlap_table(r.tables["overlap"]), "", *_changes(r), *_recovery(s, r), ""]  # fmt: skip
+        lines += [
+            f"### Seed {s.seed}: {' → '.join(r.summary['checkpoints'])}",
+            "",
+            f"{r.summary['n_prompts']} prompts, {r.summary['resamples']} resamples.",
+            "",
+            *_overlap_table(r.tables["overlap"]),
+            "",
+            *_changes(r),
+            *_recovery(s, r),
+            "",
+        ]
     return lines
 
 
@@ -90,7 +123,11 @@ def _recovery(study: SeedStudy, r) -> list[str]:
     from ioi.runs.cache import load_analysis
 
     s = r.summary
-    rows = [(e, ep) for e, sc, ep in zip(s["experiments"], s["scenarios"], s["epochs"], strict=True) if sc == "reversal"]
+    rows = [
+        (e, ep)
+        for e, sc, ep in zip(s["experiments"], s["scenarios"], s["epochs"], strict=True)
+        if sc == "reversal"
+    ]
     dyn = load_analysis(study.root, rows[-1][0], rows[-1][1], "recovery") if rows else None
     if dyn is None:
         return []
@@ -100,18 +137,26 @@ def _recovery(study: SeedStudy, r) -> list[str]:
     tox = pts[pts.run == "toxic"].sort_values("step")
     end = rev.iloc[-1]
     revive = d["steps_to_revive"]
-    out = [f"- Recovery (snapshots every {d['every']} steps, top-{d['n_edges']} edges by exact edge patching): the "
-           f"toxic run takes F from {tox.iloc[0]['logit_diff']:.2f} to {tox.iloc[-1]['logit_diff']:.2f} and the "
-           f"Jaccard with the pretrained circuit to {tox.iloc[-1]['jaccard']:.2f}; the reversal ends at step "
-           f"{int(end['step'])} with F {_ci(end['logit_diff'], end['lo'], end['hi'])} (pretrained "
-           f"{_ci(f0['value'], f0['lo'], f0['hi'])}) and Jaccard {end['jaccard']:.2f}, against "
-           f"{_ci(base['value'], base['lo'], base['hi'])} for random edge sets of the same size and layers. "
-           + (f"Steps to revive: {revive}." if revive is not None else
-              f"It does not revive within the run (F inside the pretrained interval and Jaccard ≥ "
-              f"{d['jaccard_floor']:.2f}, the pretrained circuit's own 5th-percentile self-Jaccard).")]  # fmt: skip
+    out = [
+        f"- Recovery (snapshots every {d['every']} steps, top-{d['n_edges']} edges by exact edge patching): "
+        "the "
+        f"toxic run takes F from {tox.iloc[0]['logit_diff']:.2f} to {tox.iloc[-1]['logit_diff']:.2f} and the "
+        f"Jaccard with the pretrained circuit to {tox.iloc[-1]['jaccard']:.2f}; the reversal ends at step "
+        f"{int(end['step'])} with F {_ci(end['logit_diff'], end['lo'], end['hi'])} (pretrained "
+        f"{_ci(f0['value'], f0['lo'], f0['hi'])}) and Jaccard {end['jaccard']:.2f}, against "
+        f"{_ci(base['value'], base['lo'], base['hi'])} for random edge sets of the same size and layers. "
+        + (
+            f"Steps to revive: {revive}."
+            if revive is not None
+            else f"It does not revive within the run (F inside the pretrained interval and Jaccard ≥ "
+            f"{d['jaccard_floor']:.2f}, the pretrained circuit's own 5th-percentile self-Jaccard)."
+        )
+    ]
     m = dyn.tables["matched"]
     if len(m):
         gap = (m["jaccard_reversal"] - m["jaccard_toxic"]).mean()
-        out.append(f"- At matched logit difference ({m.logit_diff.min():.2f}–{m.logit_diff.max():.2f}), the "
-                   f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back).")  # fmt: skip
+        out.append(
+            f"- At matched logit difference ({m.logit_diff.min():.2f}–{m.logit_diff.max():.2f}), the "
+            f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back)."
+        )
     return out

@@ -94,9 +94,16 @@ def load_comparison(root, exp_id: str, *, family: bool = False):
 
 
 def compare_experiment(
-    root, exp_id: str, *, family: bool = False, weights_root=None, device: str = "cpu", write: bool = True,
-    log=None, n_boot: int = 1000,
-):  # fmt: skip
+    root,
+    exp_id: str,
+    *,
+    family: bool = False,
+    weights_root=None,
+    device: str = "cpu",
+    write: bool = True,
+    log=None,
+    n_boot: int = 1000,
+):
     """Compute (and with `write`, store) the comparison of `exp_id`'s checkpoints; an
     AnalysisResult with tables overlap, changes, roles, transfer, cmap."""
     import pandas as pd
@@ -113,8 +120,10 @@ def compare_experiment(
     checkpoints = lineage(root, exp_id, family=family, weights_root=weights_root)
     if absent := missing_weights(checkpoints):
         names = ", ".join(f"epoch {c.epoch} of {c.experiment}" for c in absent)
-        raise ExperimentError(f"the weights of {names} are not in the cache (a demo cache keeps none): run "
-                              "the experiment with `ioi jobs submit` to re-create them")  # fmt: skip
+        raise ExperimentError(
+            f"the weights of {names} are not in the cache (a demo cache keeps none): run "
+            "the experiment with `ioi jobs submit` to re-create them"
+        )
     samples, _ = evaluation_samples(cfg.seed, max(cfg.eval_size, cfg.analysis_size))  # as the analyses
     models, profiles, batches = [], [], None
     for c in checkpoints:
@@ -139,11 +148,17 @@ def compare_experiment(
     wide = last.pivot_table(index=["layer", "head"], columns="role", values="value").reset_index()
     wide["value"] = wide["dla"]
     summary = {
-        "experiment": exp_id, "family": family, "checkpoints": labels,
-        "experiments": [c.experiment for c in checkpoints], "epochs": [c.epoch for c in checkpoints],
-        "scenarios": [c.scenario for c in checkpoints], "n_prompts": cfg.analysis_size,
-        "reference": labels[0], "cmap_heads": [str(h) for h in heads], "resamples": n_boot,
-    }  # fmt: skip
+        "experiment": exp_id,
+        "family": family,
+        "checkpoints": labels,
+        "experiments": [c.experiment for c in checkpoints],
+        "epochs": [c.epoch for c in checkpoints],
+        "scenarios": [c.scenario for c in checkpoints],
+        "n_prompts": cfg.analysis_size,
+        "reference": labels[0],
+        "cmap_heads": [str(h) for h in heads],
+        "resamples": n_boot,
+    }
     result = AnalysisResult(COMPARE_FAMILY if family else COMPARE, pd.DataFrame(wide), summary, tables)
     if write:
         write_analysis(root, exp_id, cfg.epochs, result.method, result)
@@ -158,3 +173,21 @@ def _matrix_frame(m: dict, labels: list[str], axes: tuple[str, str]):
         for j, b in enumerate(labels):
             rows.append({axes[0]: a, axes[1]: b, **{k: float(v[i, j]) for k, v in m.items()}})
     return pd.DataFrame(rows)
+
+
+def run_comparison(root, exp_id: str, name: str, device: str, note) -> list[str]:
+    """Compute the whole-experiment entry `name` (compare, compare-family, recovery) inside a job;
+    [] or the failure's message (noted), so the experiment's other entries are kept."""
+    try:
+        if name == "recovery":
+            from ioi.runs.recovery import recovery_dynamics
+
+            recovery_dynamics(root, exp_id, device=device, log=note)
+        else:
+            note(f"comparing the checkpoints of {exp_id}{' and its lineage' if name != COMPARE else ''}")
+            compare_experiment(root, exp_id, family=name != COMPARE, device=device, log=note)
+    except Exception as err:
+        message = f"{name} failed: {type(err).__name__}: {err}"
+        note(message)
+        return [message]
+    return []

@@ -1,5 +1,8 @@
 """Experiments: a model fine-tuned in one scenario, analysed at each checkpoint, cached by content.
 
+Longer than 400 lines because planning, training and analysing an experiment share one lock and one
+plan, and the whole-experiment entries (comparisons, recovery) are planned beside the per-checkpoint ones.
+
 An experiment is a model + a scenario (clean, a toxic dataset, or reversal from a toxic experiment;
 METHODS §3) + epochs, checkpoint epochs, seed, optimiser and dataset sizes + the analyses to run at
 every checkpoint (epoch 0 is the starting model). Its id is a hash of the configuration, a
@@ -16,6 +19,7 @@ run once they are.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,9 +51,7 @@ from ioi.task.defaults import (
 )
 
 METRICS = "metrics"
-COMPARISONS = ("compare", "compare-family", "recovery")
-"""Entries of the whole experiment (ioi.runs.compare, ioi.runs.recovery for a reversal), stored at its
-last epoch: not per-checkpoint analyses."""
+COMPARISONS = ("compare", "compare-family", "recovery")  # whole-experiment entries, at the last epoch
 Log = Callable[[str], None]
 
 
@@ -97,7 +99,8 @@ class ExperimentConfig:
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
         try:
-            check_analyses([a for a in self.analyses if a not in (METRICS, *COMPARISONS)], registered_analyses())
+            per_checkpoint = [a for a in self.analyses if a not in (METRICS, *COMPARISONS)]
+            check_analyses(per_checkpoint, registered_analyses())
         except OptionError as err:
             raise ExperimentError(str(err)) from None
         if problem := model_problem(self.model):
@@ -313,7 +316,7 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        compares = any(c in names for names in todo.values() for c in COMPARISONS)  # needs every checkpoint
+        compares = any(c in names for names in todo.values() for c in COMPARISONS)  # need every checkpoint
         needed = cfg.save_epochs if compares else [e for e in todo if e > 0]
         if _prepare_checkpoints(checkpoints_dir(root, exp_id), needed, note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
@@ -383,20 +386,9 @@ def _analyse_epoch(
     other = None
     failed = []
     for name in names:
-        if name in COMPARISONS:
-            from ioi.runs.compare import compare_experiment
-
-            note(f"comparing the checkpoints of {exp_id}{' and its lineage' if name != 'compare' else ''}")
-            try:
-                if name == "recovery":
-                    from ioi.runs.recovery import recovery_dynamics
-
-                    recovery_dynamics(root, exp_id, device=device, log=note)
-                else:
-                    compare_experiment(root, exp_id, family=name != "compare", device=device, log=note)
-            except Exception as err:  # as for an analysis: the other entries are kept, the note says why
-                failed.append(f"{name} failed: {type(err).__name__}: {err}")
-                note(failed[-1])
+        if name in COMPARISONS:  # a failure is kept as a note, as for an analysis
+            failed += importlib.import_module("ioi.runs.compare").run_comparison(root, exp_id, name, device,
+                                                                                 note)  # fmt: skip
             continue
         if name == METRICS:
             seen_batch = tokenize(seen[: cfg.eval_size], model.tokenizer)

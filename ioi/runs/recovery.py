@@ -17,8 +17,16 @@ from ioi.runs.experiment import ExperimentError
 RECOVERY = "recovery"
 
 
-def recovery_dynamics(root, reversal_id: str, *, every: int = 50, device: str = "cpu", write: bool = True,
-                      log=None, n_draws: int = 1000):  # fmt: skip
+def recovery_dynamics(
+    root,
+    reversal_id: str,
+    *,
+    every: int = 50,
+    device: str = "cpu",
+    write: bool = True,
+    log=None,
+    n_draws: int = 1000,
+):
     """An AnalysisResult: tables points (run, step, logit_diff, lo, hi, jaccard) and matched; summary
     steps_to_revive, the baseline and the pretrained interval and floor."""
     import pandas as pd
@@ -42,8 +50,11 @@ def recovery_dynamics(root, reversal_id: str, *, every: int = 50, device: str = 
     pretrained = load_model(toxic.model, device=device, seed=cfg.seed)
     samples, _ = evaluation_samples(cfg.seed, max(cfg.eval_size, cfg.analysis_size))
     clean = tokenize(samples[: cfg.analysis_size], pretrained.tokenizer)
-    abc = tokenize(abc_counterfactual(samples[: cfg.analysis_size], cfg.seed, HELD_OUT_NAMES),
-                   pretrained.tokenizer, like=clean)  # fmt: skip
+    abc = tokenize(
+        abc_counterfactual(samples[: cfg.analysis_size], cfg.seed, HELD_OUT_NAMES),
+        pretrained.tokenizer,
+        like=clean,
+    )
     graph = edge_graph(pretrained)
     base = profile_checkpoint(pretrained, clean, abc, "pretrained")
     reference = set(base.circuit_edges)
@@ -55,8 +66,14 @@ def recovery_dynamics(root, reversal_id: str, *, every: int = 50, device: str = 
         def on_step(step: int, model) -> None:
             if step % every:
                 return
-            snap = LoadedModel(name=f"{run} step {step}", bridge=wrap(copy.deepcopy(model), pretrained.tokenizer, device),
-                               hf_model=None, tokenizer=pretrained.tokenizer, source="snapshot", device=device)  # fmt: skip
+            snap = LoadedModel(
+                name=f"{run} step {step}",
+                bridge=wrap(copy.deepcopy(model), pretrained.tokenizer, device),
+                hf_model=None,
+                tokenizer=pretrained.tokenizer,
+                source="snapshot",
+                device=device,
+            )
             rows.append({"run": run, "step": step, **snapshot(snap, clean, abc, graph, reference)})
             if log:
                 log(f"{run} step {step}: F = {rows[-1]['logit_diff']:.2f}, Jaccard {rows[-1]['jaccard']:.2f}")
@@ -71,12 +88,25 @@ def recovery_dynamics(root, reversal_id: str, *, every: int = 50, device: str = 
     rev, tox = points[points.run == "reversal"], points[points.run == "toxic"]
     revive = steps_to_revive(rev, (f0.lo, f0.hi), floor)
     baseline = random_edge_baseline(graph, reference, n_draws=n_draws, seed=cfg.seed)
-    summary = {"experiment": reversal_id, "parent": cfg.parent, "every": every, "steps_to_revive": revive,
-               "pretrained_logit_diff": f0.to_json(), "jaccard_floor": floor, "n_edges": len(reference),
-               "baseline_jaccard": baseline.to_json(), "n_prompts": cfg.analysis_size}  # fmt: skip
+    summary = {
+        "experiment": reversal_id,
+        "parent": cfg.parent,
+        "every": every,
+        "steps_to_revive": revive,
+        "pretrained_logit_diff": f0.to_json(),
+        "jaccard_floor": floor,
+        "n_edges": len(reference),
+        "baseline_jaccard": baseline.to_json(),
+        "n_prompts": cfg.analysis_size,
+    }
     heads = base.roles["dla"].mean(-1)
-    frame = pd.DataFrame([{"layer": la, "head": h, "value": float(heads[la, h])}
-                          for la in range(heads.shape[0]) for h in range(heads.shape[1])])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {"layer": la, "head": h, "value": float(heads[la, h])}
+            for la in range(heads.shape[0])
+            for h in range(heads.shape[1])
+        ]
+    )
     result = AnalysisResult(RECOVERY, frame, summary, {"points": points, "matched": matched_path(tox, rev)})
     if write:
         write_analysis(root, reversal_id, cfg.epochs, RECOVERY, result)
