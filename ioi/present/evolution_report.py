@@ -54,7 +54,7 @@ def _changes(result) -> list[str]:
     else:
         for r in moved.to_dict("records"):
             lines.append(
-                f"- {r['role']} of {r['layer']}.{r['head']} changed at {r['checkpoint']}: "
+                f"- {r['role']} of {r['layer']}.{r['head']} changed at {r['checkpoint']}, to "
                 f"{_ci(r['value'], r['lo'], r['hi'])}."
             )
     lines.append(
