@@ -10,11 +10,17 @@ import copy
 import tempfile
 from pathlib import Path
 
-from ioi.runs.cache import write_analysis
-from ioi.runs.compare import _config
-from ioi.runs.experiment import ExperimentError
+from ioi.runs.cache import read_experiment, write_analysis
+from ioi.runs.experiment import ExperimentConfig, ExperimentError
 
 RECOVERY = "recovery"
+
+
+def _config(root, exp_id: str) -> ExperimentConfig:
+    record = read_experiment(root, exp_id)
+    if record is None:
+        raise ExperimentError(f"no experiment {exp_id} in {root}")
+    return ExperimentConfig.from_json(record["config"])
 
 
 def recovery_dynamics(
