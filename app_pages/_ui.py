@@ -131,14 +131,18 @@ def show_chart(
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
     fixed size (heatmaps) keep it; others fill the width. With `select_head` (a per-head heatmap)
     a click on a cell returns that (layer, head)."""
-    spec = chart.to_dict(validate=False)
+    # The builders' specs are checked against the Vega-Lite schema in tests/test_charts.py; drawing
+    # the unvalidated spec skips Altair's jsonschema pass, half of a chart's cost per rerun.
+    spec = (prompt_charts.selectable(chart) if select_head else chart).to_dict(validate=False)
+    for name in ("continuousWidth", "continuousHeight"):  # Altair's default theme; Streamlit drops it
+        spec.get("config", {}).get("view", {}).pop(name, None)
     fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
-    # the key gives every chart its own element: a reused one keeps the last one's size
-    event = st.altair_chart(
-        prompt_charts.selectable(chart) if select_head else chart,
+    # The key gives every chart its own element: a reused one keeps the last one's size.
+    event = st.vega_lite_chart(
+        spec,
         key=f"{key}-chart",
         on_select="rerun" if select_head else "ignore",
         width="content" if fixed or "facet" in spec else "stretch",
