@@ -7,6 +7,8 @@ view opens as it was) and writes its value back, so the address bar always names
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -125,16 +127,35 @@ def result_or_offer(exp: Experiment, epoch: int, name: str):
     return found
 
 
+_SPECS: dict[int, tuple[alt.TopLevelMixin, dict]] = {}
+_SPECS_LOCK = threading.Lock()
+
+
+def vega_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec as Streamlit's own conversion makes it (Altair's "none" theme:
+    no fixed 300-px view), without the schema validation (tests/test_charts.py validates every
+    chart builder), converted once per chart object: a memoised view redraws without converting."""
+    with _SPECS_LOCK:
+        kept = _SPECS.get(id(chart))
+        if kept is None or kept[0] is not chart:
+            with alt.theme.enable("none"):
+                kept = (chart, chart.to_dict(validate=False))
+            while len(_SPECS) >= 256:
+                _SPECS.pop(next(iter(_SPECS)))
+            _SPECS[id(chart)] = kept
+    return copy.deepcopy(kept[1])  # Streamlit moves the datasets out of the spec it is given
+
+
 def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str) -> None:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
     fixed size (heatmaps) keep it; others fill the width."""
-    spec = chart.to_dict(validate=False)
+    spec = vega_spec(chart)
     fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
-    st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
-        chart,
+    st.vega_lite_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
+        spec=spec,
         key=f"{key}-chart",
         width="content" if fixed or "facet" in spec else "stretch",
         height=height + 130 if isinstance(height, int) and not fixed else "content",

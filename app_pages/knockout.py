@@ -23,7 +23,7 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import INTACT, knockout_view
+from app_pages._views import INTACT, head_heatmap, knockout_view
 from ioi.present import charts
 
 st.title("Knockout")
@@ -66,7 +66,7 @@ def cached_section() -> None:
     found = result(exp, epoch, "knockout")
     if found is not None and not found.heads.empty:
         with st.expander(f"Per-head knockout at {exp.epoch_label(epoch)}"):
-            chart = charts.head_heatmap(
+            chart = head_heatmap(
                 found.heads,
                 title="change in F when one head is ablated",
                 value_title="ΔF (logits)",

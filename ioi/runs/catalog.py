@@ -1,4 +1,5 @@
-"""The catalogue: every experiment of a cache root with its status and cached epochs.
+"""The catalogue: every experiment of a cache root with its status and cached epochs, and the
+findings judged on them (``<root>/verdicts.json``, written by :mod:`ioi.present.findings`).
 
 Above the store (:mod:`ioi.runs.cache`) and the job index (:mod:`ioi.runs.jobs`), since a status
 comes from the latest job when there is one.
@@ -6,12 +7,24 @@ comes from the latest job when there is one.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.runs.cache import _ID, INDEX_NAME, CorruptEntry, cache_root, cached_epochs, is_demo, read_experiment
+from ioi.runs.cache import (
+    _ID,
+    INDEX_NAME,
+    CorruptEntry,
+    cache_root,
+    cached_epochs,
+    check_writable,
+    is_demo,
+    read_experiment,
+    sha256,
+    write_atomic,
+)
 from ioi.runs.index import IndexUnavailable
 from ioi.runs.jobs import latest_jobs
 
@@ -56,3 +69,34 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
         status = job.status if job else ("done" if epochs else "new")
         out.append(ExperimentInfo(exp_id, record["config"], status, epochs, job.id if job else None))
     return out
+
+
+VERDICTS = "verdicts.json"
+
+
+def fingerprint(root: str | Path | None = None) -> str:
+    """A digest of what `root` holds: every experiment's id and cached entries (epoch, name). A
+    run that adds an entry changes it, so findings judged before are known to be stale."""
+    held = sorted((e.id, sorted((epoch, sorted(names)) for epoch, names in e.epochs.items()))
+                  for e in list_experiments(root))  # fmt: skip
+    return sha256(json.dumps(held).encode())[:16]
+
+
+def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]]) -> Path:
+    """Store the findings judged on `root`'s results (JSON-ready dicts) with its `fingerprint`."""
+    path = check_writable(root) / VERDICTS
+    stored = {"fingerprint": fingerprint(root), "verdicts": verdicts}
+    write_atomic(path, json.dumps(stored, indent=1).encode())
+    return path
+
+
+def read_verdicts(root: str | Path | None = None) -> tuple[list[dict[str, Any]], bool] | None:
+    """(the stored verdicts, whether they are fresh: judged on what `root` holds now), or None when
+    none are stored or the file is unreadable (they are judged again)."""
+    path = cache_root(root) / VERDICTS
+    try:
+        stored = json.loads(path.read_bytes())
+        verdicts, digest = stored["verdicts"], stored["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (verdicts, digest == fingerprint(root)) if isinstance(verdicts, list) else None
