@@ -30,6 +30,9 @@ st.write(
 )
 
 
+POSITIONS = {"end": "END only (the answer's position; fast)", "all": "every position"}
+
+
 def show_result(found, key: str, a: str, b: str, param: str | None = None) -> None:
     """Metrics, the per-head heatmap (direction and value picked, in the URL with `param`) and the
     per-class sums of a CMAP entry; A is `a`, B is `b`."""
@@ -81,14 +84,18 @@ def live_cmap() -> None:
     a = pick_model("Model A (receives)", "cmap_a", where=c[0])
     b = pick_model("Model B (gives)", "cmap_b", where=c[1])
     mode = c[2].selectbox("Patch", ["output", "pattern"], key="cmap_mode")
-    if not run_button("Run CMAP", "cmap_run", (a, b, mode)):
+    where = c[2].radio("Positions", ["end", "all"], key="cmap_positions", horizontal=True,
+                       format_func=POSITIONS.get)  # fmt: skip
+    if not run_button("Run CMAP", "cmap_run", (a, b, mode, where)):
         return
     if a == b:
         st.error("Pick two different models: patching a model with itself changes nothing.", icon="⚠️")
         return
     if model_or_message(a) is None or model_or_message(b) is None:
         return
-    found = live_analysis(a, "cmap", options_json(mode=mode, n_boot=200), other_name=b)
+    # A receives B's heads (the direction the chart opens on); the reverse is another run with A, B swapped
+    opts = options_json(mode=mode, positions=where, direction="a<-b", n_boot=200)
+    found = live_analysis(a, "cmap", opts, other_name=b)
     names = model_sources()
     show_result(found, "cmap-live", names.get(a, a), names.get(b, b))
 

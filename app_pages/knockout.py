@@ -113,7 +113,9 @@ def live_knockout() -> None:
         except ValueError as err:
             error.error(str(err), icon="⚠️")
             return
-        found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
+        # the chart shows classes and the chosen heads: each head alone (24 more runs) is not needed
+        opts = options_json(ablation=ablation, heads=chosen or None, per_head=False)
+        found = live_analysis(model, "knockout", opts)
         rows = found.tables["classes"][["class", "f_knockout"]].rename(columns={"class": "target"})
         if chosen:
             rows.loc[len(rows)] = [" ".join(chosen), found.summary["f_knockout"]]

@@ -7,7 +7,11 @@
   server that has drawn its first chart: each page's first visit in the session, then a return visit;
 - the machine's load average, printed with each run (on a shared machine it sets the numbers).
 
-    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N]
+- live analyses: each analysis a page runs live on the bundled model, as the page calls it
+  (`app_pages._live.live_analysis`: 100 evaluation prompts, path patching 50), the model loaded and
+  the batches made once, as on a page after its first run; wall and CPU seconds (target < 2 s idle).
+
+    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--live-only]
 """
 
 from __future__ import annotations
@@ -69,6 +73,46 @@ def page_switches(tab, timeout: float = 60.0) -> list[float]:
     return out
 
 
+LIVE = (  # (what, analysis, options, prompts, compared with a second model): as the pages run them
+    ("knockout: classes + chosen heads", "knockout", {"ablation": "mean-by-template", "heads": ["1.7"],
+                                                      "per_head": False}, 100, False),
+    ("CMAP output, END", "cmap", {"mode": "output", "positions": "end", "direction": "a<-b", "n_boot": 200},
+     100, True),
+    ("CMAP pattern, END", "cmap", {"mode": "pattern", "positions": "end", "direction": "a<-b", "n_boot": 200},
+     100, True),
+    ("CMAP pattern, every position", "cmap", {"mode": "pattern", "positions": "all", "direction": "a<-b",
+                                              "n_boot": 200}, 100, True),
+    ("path patching step 1 (logits)", "path-patch", {"receiver": "logits", "heads": None, "position": "end"},
+     50, False),
+    ("path patching step 2 (name-mover q)", "path-patch", {"receiver": "q", "heads": "1.7 1.5",
+                                                           "position": "end"}, 50, False),
+    ("attention scores", "attention", {}, 100, False),
+)  # fmt: skip
+
+
+def live_analyses(model: str = "ioi-tiny") -> list[tuple[str, float, float]]:
+    """(what, wall s, CPU s) of each analysis of `LIVE` on `model`, as its page calls it; the first
+    call (the circuit classified on the batches, shared by the later ones) is timed on its own."""
+    import json
+    import logging
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # bare mode: no session, caches still work
+    from app_pages import _live
+
+    _live.loaded_model(model, "cpu", 0)
+    out = []
+    for size in sorted({s for *_, s, _ in LIVE}):
+        _live.batches(model, size, 0, 0)
+    for what, name, options, size, pair in LIVE:
+        _live.live_analysis.clear()
+        wall, cpu = time.perf_counter(), time.process_time()
+        opts = json.dumps(options, sort_keys=True)
+        _live.live_analysis(model, name, opts, size=size, other_name=model if pair else None)
+        out.append((what if out else f"{what} (first: classifies the circuit)", time.perf_counter() - wall,
+                    time.process_time() - cpu))  # fmt: skip
+    return out
+
+
 def bare_launch(folder: Path):
     script = folder / "bare_app.py"
     script.write_text(BARE)
@@ -92,7 +136,13 @@ def main(argv: list[str] | None = None) -> None:
         "--page", default="", help="url path of the dashboard page opened first (default: Overview)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
+    parser.add_argument("--live-only", action="store_true", help="time only the live analyses")
     args = parser.parse_args(argv)
+    print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for what, wall, cpu in live_analyses():
+        print(f"live {what}: {wall:.2f} s wall, {cpu:.2f} s CPU (target < 2 s on an idle machine)")
+    if args.live_only:
+        return
     if not CHROMIUM.exists():
         sys.exit("error: /usr/bin/chromium is not installed; the benchmark drives a real browser")
     from playwright.sync_api import sync_playwright
