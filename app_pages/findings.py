@@ -157,6 +157,15 @@ CHARTS = {"amplification": amplification_charts, "localized corruption": corrupt
           "neuroplasticity": plasticity_charts}  # fmt: skip
 
 
+STORY = ("subject_duplication", "name_moving", "duplication")
+"""The toxic datasets in the order the story tells them (as the tour: subject duplication first)."""
+
+
+def story_rank(v: dict) -> int:
+    base = v["scope"].removeprefix("reversal of ")
+    return STORY.index(base) if base in STORY else len(STORY)
+
+
 def scope(v: dict) -> str:
     return v["scope"].replace("_", " ")
 
@@ -176,7 +185,7 @@ def body() -> None:
             icon="ℹ️",
         )
         return
-    by_finding = {f: [v for v in found if v["finding"] == f] for f in FINDINGS}
+    by_finding = {f: sorted((v for v in found if v["finding"] == f), key=story_rank) for f in FINDINGS}
     cols = st.columns(3)
     for col, (finding, group) in zip(cols, by_finding.items()):
         with col.container(border=True):

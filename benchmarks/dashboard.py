@@ -113,6 +113,20 @@ def live_analyses(model: str = "ioi-tiny") -> list[tuple[str, float, float]]:
     return out
 
 
+def first_chart_seconds(page: str = "") -> float:
+    """One cold start of the dashboard on the demo cache: seconds to its first chart
+    (`benchmarks/run.py --dashboard`)."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
+        seconds, tab, server = cold_start(browser, lambda: start_streamlit(env), page)
+        stop(server, tab)
+        browser.close()
+    return seconds
+
+
 def bare_launch(folder: Path):
     script = folder / "bare_app.py"
     script.write_text(BARE)

@@ -93,7 +93,18 @@ def settle(tab, main: str = "vega") -> None:
 
 
 def shoot(tab, name: str) -> None:
+    """The whole page: Streamlit scrolls its main area inside the window, so a full-page screenshot
+    of the window would stop at its bottom; the window is made as tall as the content first."""
+    size = tab.viewport_size
+    tall = tab.evaluate(
+        "() => Math.max(...['stMain', 'stAppViewContainer', 'stAppScrollToBottomContainer'].map("
+        "id => document.querySelector(`[data-testid='${id}']`)?.scrollHeight || 0))"
+    )
+    if tall > size["height"]:
+        tab.set_viewport_size({"width": size["width"], "height": int(tall) + 40})
+        tab.wait_for_timeout(700)
     tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    tab.set_viewport_size(size)
 
 
 def clean_run_id() -> str:
