@@ -259,6 +259,8 @@ def test_launch_a_clean_job_and_watch_it_finish(server, page):
         page.get_by_role("button", name="Launch").click()
         page.get_by_text("submitted").wait_for(timeout=60_000)
         page.get_by_role("button", name="Open results").wait_for(timeout=540_000)
+        page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+        page.wait_for_timeout(500)  # the rerun that refreshed the cached experiments has drawn
         shoot(page, "job-done")
         page.get_by_role("button", name="Open results").first.click()
         page.wait_for_selector(CHART["vega"], state="visible", timeout=120_000)

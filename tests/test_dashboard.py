@@ -140,7 +140,7 @@ def test_circuit_page_lists_the_pretrained_models_name_movers(dash_env):
     assert_clean(at)
     assert at.selectbox(key="circ_exp").value == CLEAN and at.selectbox(key=f"circ_epoch-{CLEAN}").value == 0
     shown = at.dataframe[0].value
-    movers = sorted(shown.loc[shown["class"] == "name mover", "head_label"])
+    movers = sorted(shown.loc[shown["class"] == "name mover", "L.H"])
     assert movers == sorted(stored["classes"]["name mover"]) and movers
     assert "pretrained" in at.caption[0].value and all(h in at.caption[0].value for h in movers)
 

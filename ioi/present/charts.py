@@ -373,13 +373,10 @@ def circuit_dot(circuit: Circuit | None = None) -> str:
 
 
 def circuit_frame(circuit: Circuit) -> pd.DataFrame:
-    """The heads of a circuit as a tidy table (class, head, layer, head index)."""
-    rows = [
-        {"class": c, "head_label": str(h), "layer": h.layer, "head": h.head}
-        for c, hs in circuit.classes.items()
-        for h in hs
-    ]
-    return pd.DataFrame(rows, columns=["class", "head_label", "layer", "head"])
+    """The heads of a circuit as a tidy table (class, head as L.H, layer, head index)."""
+    heads = [(c, h) for c, hs in circuit.classes.items() for h in hs]
+    rows = [{"class": c, "L.H": str(h), "layer": h.layer, "head": h.head} for c, h in heads]
+    return pd.DataFrame(rows, columns=["class", "L.H", "layer", "head"])
 
 
 def chart_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:
