@@ -234,7 +234,8 @@ def test_faithfulness_defaults_to_the_logit_difference_in_panels_with_fixed_colo
     assert at.radio(key="faith_metric").value == "logit_diff"
     spec = chart_spec(at.get("vega_lite_chart")[0])
     assert "facet" in spec and spec["resolve"]["scale"]["x"] == "independent"
-    color = spec["spec"]["layer"][-3]["encoding"]["color"]["scale"]
+    line = next(la for la in spec["spec"]["layer"] if "line" in json.dumps(la.get("mark")))
+    color = line["encoding"]["color"]["scale"]
     assert color["domain"][0] == "clean" and color["range"][0] == "#1f77b4"
 
 
