@@ -157,8 +157,9 @@ CHARTS = {"amplification": amplification_charts, "localized corruption": corrupt
           "neuroplasticity": plasticity_charts}  # fmt: skip
 
 
+# The toxic datasets in the order the story tells them (as the tour: subject duplication first).
+# (A comment, not a string: Streamlit's magic would print a bare string on the page.)
 STORY = ("subject_duplication", "name_moving", "duplication")
-"""The toxic datasets in the order the story tells them (as the tour: subject duplication first)."""
 
 
 def story_rank(v: dict) -> int:

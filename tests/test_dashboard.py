@@ -457,3 +457,14 @@ def test_a_stopped_job_whose_model_is_missing_offers_no_resume(tmp_path, monkeyp
     assert _forms.resume_problem({"model": str(tmp_path / "gone")}) == "its model directory is missing"
     assert _forms.resume_problem({"model": "random:tiny"}) is None
     assert _forms.resume_problem({"model": "ioi-tiny"}) is None
+
+
+def test_page_scripts_hold_no_bare_strings_that_streamlit_would_print():
+    """Streamlit's magic writes a page script's bare expressions on the page: a string under a
+    constant (as a module's attribute docstring) would appear as text."""
+    import ast
+
+    for path in sorted((REPO / "app_pages").glob("[!_]*.py")):
+        body = ast.parse(path.read_text()).body[1:]  # the module docstring is not shown
+        bare = [n.lineno for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
+        assert not bare, f"{path.name}: a bare string at line(s) {bare} would be printed on the page"
