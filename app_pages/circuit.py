@@ -25,7 +25,6 @@ from app_pages._ui import (
     show_user_errors,
 )
 from ioi.present import charts
-from ioi.task.circuit import GPT2_SMALL_CIRCUIT
 
 st.title("Circuit")
 st.write(
@@ -80,10 +79,12 @@ def classes_section():
 
 
 def receiver_default(cls: str, circuit, loaded) -> str:
-    """The receiver heads of class `cls` for this model: GPT-2's published ones on gpt2, else the
-    discovered circuit's when they fit the model."""
-    source = GPT2_SMALL_CIRCUIT if loaded.name == "gpt2" else circuit
-    heads = source.classes.get(cls, ()) if source is not None else ()
+    """The receiver heads of class `cls` for the loaded model, by the one circuit rule
+    (`circuit_for`): GPT-2 small's published ones on GPT-2 small and its checkpoints, else those of
+    the circuit classified at the picked checkpoint, when they fit the model."""
+    from ioi.methods.classify import circuit_for  # the model is loaded: torch is imported already
+
+    heads = circuit_for(loaded, classified=circuit).classes.get(cls, ())
     return " ".join(str(h) for h in heads if h.layer < loaded.n_layers and h.head < loaded.n_heads)
 
 

@@ -5,13 +5,15 @@
   the number to watch (target ≤ 1.5);
 - warm page switch: from a click in the sidebar to the next page's chart (target < 1 s), on the
   server that has drawn its first chart: each page's first visit in the session, then a return visit;
-- the machine's load average, printed with each run (on a shared machine it sets the numbers).
-
 - live analyses: each analysis a page runs live on the bundled model, as the page calls it
   (`app_pages._live.live_analysis`: 100 evaluation prompts, path patching 50), the model loaded and
-  the batches made once, as on a page after its first run; wall and CPU seconds (target < 2 s idle).
+  the batches made once, as on a page after its first run; wall and CPU seconds (target < 2 s idle);
+- the machine's load average, printed with each run (on a shared machine it sets the numbers);
+- with --playground, a prompt on the Playground: the bundled model's checkpoints answering a newly
+  typed prompt (models loaded), the same prompt again (cached per checkpoint and prompt), and the
+  computation alone (`ioi.methods.prompt.read_prompt`, in this process; target < 1 s idle).
 
-    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--live-only]
+    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--playground] [--live-only]
 """
 
 from __future__ import annotations
@@ -71,6 +73,59 @@ def page_switches(tab, timeout: float = 60.0) -> list[float]:
                               timeout=timeout * 1000)  # fmt: skip
         out.append(time.perf_counter() - start)
     return out
+
+
+def _answered(tab, prompt: str, want: list[str], timeout: float) -> float:
+    """Seconds from typing `prompt` into the Playground to its predictions `want` on screen."""
+    box = tab.locator("textarea").first
+    box.fill(prompt)
+    start = time.perf_counter()
+    box.press("Control+Enter")
+    tab.wait_for_function(
+        "want => JSON.stringify([...document.querySelectorAll(\"[data-testid='stMetricValue']\")]"
+        ".map(e => e.innerText).filter((_, i) => i % 2 == 1)) == JSON.stringify(want)",
+        arg=want, timeout=timeout * 1000,
+    )  # fmt: skip
+    tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+    tab.wait_for_selector(CHART, state="visible", timeout=timeout * 1000)
+    return time.perf_counter() - start
+
+
+def playground(
+    browser, env: dict[str, str], rounds: int = 3, timeout: float = 120.0
+) -> dict[str, list[float]]:
+    """Playground timings on the default checkpoints (pretrained, subject duplication, its
+    reversal): a new prompt typed (`rounds` different ones), then each typed again."""
+    from ioi.task.names import analysis_samples
+
+    samples = analysis_samples(0, 2 + rounds)[2:]
+    _, tab, server = cold_start(browser, lambda: start_streamlit(env), "playground", timeout)
+    tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+    out: dict[str, list[float]] = {"new prompt": [], "same prompt again": []}
+    for key, repeat in (("new prompt", samples), ("same prompt again", samples)):
+        for x in repeat:
+            out[key].append(_answered(tab, x.prompt, [x.io, x.s, x.io], timeout))
+    stop(server, tab)
+    return out
+
+
+def compute_only(rounds: int = 20, threads: int = 1) -> list[float]:
+    """Seconds of `read_prompt` on the bundled model (loaded) on `threads` torch threads (the
+    Playground uses 1), one new evaluation prompt each time."""
+    import torch
+
+    from ioi.methods.prompt import prompt_batch, read_prompt
+    from ioi.models.load import load_model
+    from ioi.task.names import analysis_samples
+
+    torch.set_num_threads(threads)
+    model = load_model("ioi-tiny", device="cpu")
+    out = []
+    for x in analysis_samples(1, rounds + 1):
+        start = time.perf_counter()
+        read_prompt(model, prompt_batch(model, x.prompt, x.io, x.s))
+        out.append(time.perf_counter() - start)
+    return out[1:]  # the first pays one-time warm-up
 
 
 LIVE = (  # (what, analysis, options, prompts, compared with a second model): as the pages run them
@@ -150,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         "--page", default="", help="url path of the dashboard page opened first (default: Overview)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
+    parser.add_argument("--playground", action="store_true", help="also time a prompt on the Playground")
     parser.add_argument("--live-only", action="store_true", help="time only the live analyses")
     args = parser.parse_args(argv)
     print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -166,6 +222,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
+        if args.playground:
+            times = playground(browser, env)
+            for key, values in times.items():
+                median, most = statistics.median(values), max(values)
+                print(f"playground, {key} on 3 checkpoints of the bundled model: median {median:.2f} s, "
+                      f"max {most:.2f} s ({len(values)} prompts)")  # fmt: skip
+            for threads in (1, 2):
+                values = compute_only(threads=threads)
+                print(f"read_prompt alone on ioi-tiny, {threads} thread(s): median "
+                      f"{1000 * statistics.median(values):.0f} ms, max {1000 * max(values):.0f} ms "
+                      f"({len(values)} prompts; target < 1 s)")  # fmt: skip
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             seconds, tab, server = cold_start(browser, bare_launch(Path(tmp)), "")
             bare.append(seconds)
@@ -177,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             stop(server, tab)
             load.append(os.getloadavg()[0])
         browser.close()
+    if not bare:
+        return
     b, d = statistics.median(bare), statistics.median(dash)
     print(f"bare Streamlit app, one Altair chart: first chart after {b:.2f} s (median of {len(bare)})")
     print(f"dashboard /{args.page}: first chart after {d:.2f} s (median of {len(dash)})")

@@ -12,10 +12,11 @@ from ioi.methods.attribution import (
     correlations,
     direct_logit_attribution,
     direct_path_effects,
+    head_name_effects,
     head_z,
 )
 from ioi.models.load import wrap
-from ioi.task.data import abc_counterfactual, make_dataset, tokenize
+from ioi.task.data import NAMES, abc_counterfactual, make_dataset, tokenize
 from ioi.task.metrics import logit_diff_per_prompt
 
 
@@ -159,3 +160,16 @@ def test_correlations():
     c = correlations(x, x**3)
     assert c["spearman"] == pytest.approx(1.0) and 0.8 < c["pearson"] < 1.0
     assert correlations(x, -x)["pearson"] == pytest.approx(-1.0)
+
+
+def test_head_name_effects_split_dla(ioi_tiny):
+    """IO effect − S effect is each head's DLA; ioi-tiny's S-suppressor 1.2 (model card) lowers S
+    and leaves IO, while its name mover 1.7 raises IO more than S."""
+    batch = tokenize(make_dataset(20, seed=0, split="eval"), ioi_tiny.tokenizer)
+    names = torch.tensor([ioi_tiny.tokenizer.get_vocab()[" " + n] for n in NAMES])
+    io, s = head_name_effects(ioi_tiny.bridge, batch, names)
+    dla = direct_logit_attribution(ioi_tiny.bridge, batch)
+    torch.testing.assert_close(io - s, dla.heads, atol=1e-4, rtol=1e-4)
+    io, s = io.mean(0), s.mean(0)
+    assert s[1, 2] < -1.0 and abs(io[1, 2]) < 0.5 * abs(s[1, 2])
+    assert io[1, 7] > 0.5 and io[1, 7] > s[1, 7] + 0.5

@@ -11,6 +11,7 @@ from ioi.methods.ablation import Knockout
 from ioi.methods.analyses import run_analysis
 from ioi.methods.attention import attention_scores
 from ioi.methods.classify import (
+    NOT_CLASSIFIED,
     NOT_THE_TASK,
     ClassifyThresholds,
     circuit_for,
@@ -94,6 +95,21 @@ def test_circuit_for_is_the_one_rule(tiny_random, data, tiny_circuit, ioi_tiny):
     found = circuit_for(ioi_tiny, *batches)
     assert found.classes == circuit.classes and circuit_for(ioi_tiny, *batches) is found  # reused
     assert GPT2_SMALL_CIRCUIT.classes["name mover"] == (Head(9, 9), Head(9, 6), Head(10, 0))
+
+
+def test_a_stored_circuit_stands_in_for_classifying_but_gpt2_small_keeps_the_published(tmp_path, tiny_random):
+    """What the Circuit page's receiver defaults use: the rule, with the checkpoint's stored circuit."""
+    from types import SimpleNamespace
+
+    stored = Circuit("stored", {"name mover": (Head(1, 0),)}, "discovered on random:tiny")
+    assert circuit_for(tiny_random, classified=stored) is stored
+    unknown = circuit_for(tiny_random)  # neither prompts nor a stored circuit: none known yet
+    assert not unknown.heads and unknown.meta["reason"] == NOT_CLASSIFIED
+    shape = SimpleNamespace(cfg=SimpleNamespace(n_layers=12, n_heads=12, d_model=768))
+    (tmp_path / "manifest.json").write_text('{"base_model": "gpt2"}')  # a checkpoint fine-tuned from GPT-2
+    for name in ("gpt2", str(tmp_path)):
+        gpt2 = SimpleNamespace(name=name, bridge=shape)
+        assert circuit_for(gpt2, classified=stored) is GPT2_SMALL_CIRCUIT
 
 
 def test_ioi_tiny_name_movers_carry_the_task(ioi_tiny):

@@ -8,16 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import (
-    add_data_args,
-    add_model_args,
-    check_device,
-    command,
-    load_samples,
-    model_name,
-    report_unknown_words,
-    use_torch_threads,
-)
+from ioi.cli.registry import add_inputs, check_device, command, command_prompts, model_name, use_torch_threads
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
 ANALYZE_SIZE = 100
@@ -38,9 +29,8 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _analyses_epilog()
     p.add_argument("method", help=f"one of: {', '.join(ANALYSES)} (options below)")
-    add_model_args(p)
     p.add_argument("--other", help="second model name or directory (cross-model analyses)")
-    add_data_args(p, size=ANALYZE_SIZE)
+    add_inputs(p, size=ANALYZE_SIZE)
     p.add_argument(
         "--option",
         action="append",
@@ -111,15 +101,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         return 2
     from ioi.methods.analyses import run_analysis
     from ioi.models.load import load_model
-    from ioi.task.data import abc_counterfactual, check_context, tokenize
+    from ioi.task.data import abc_counterfactual, tokenize
 
     use_torch_threads()
     try:
         model = load_model(model_name(args), device=args.device, seed=args.seed)
         other = load_model(args.other, device=args.device, seed=args.seed) if args.other else None
-        samples = load_samples(args)
-        clean = check_context(tokenize(samples, model.tokenizer), model.bridge.cfg.n_ctx)
-        report_unknown_words(samples, model.tokenizer)
+        samples, clean = command_prompts(args, model.tokenizer, model.bridge.cfg.n_ctx)
         abc = tokenize(abc_counterfactual(samples, args.seed), model.tokenizer, like=clean)
         result = run_analysis(args.method, model, clean, abc, other=other, **options)
     except (ValueError, TypeError, json.JSONDecodeError) as err:

@@ -10,13 +10,11 @@ from pathlib import Path
 
 from ioi.cli.registry import (
     UsageError,
-    add_data_args,
-    add_model_args,
+    add_inputs,
     check_device,
     command,
-    load_samples,
+    command_prompts,
     model_name,
-    report_unknown_words,
     use_torch_threads,
 )
 from ioi.task.defaults import (
@@ -59,15 +57,13 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_data_args(p)
+    add_inputs(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 @command("eval", "logit difference, accuracy and IO probability of a model", _eval_args)
 def run_eval(args: argparse.Namespace) -> int:
     from ioi.models.load import load_hf
-    from ioi.task.data import check_context, tokenize
     from ioi.task.metrics import evaluate
 
     check_device(args.device)
@@ -75,9 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
     hf, tok, source = load_hf(model_name(args))
     if args.device:
         hf.to(args.device)
-    samples = load_samples(args)
-    batch = check_context(tokenize(samples, tok), getattr(hf.config, "n_positions", None))
-    report_unknown_words(samples, tok)
+    _, batch = command_prompts(args, tok, getattr(hf.config, "n_positions", None))
     result = evaluate(hf.eval(), batch).to_json()
     result |= {"model": model_name(args), "source": source}
     if args.json:

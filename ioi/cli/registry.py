@@ -67,7 +67,9 @@ def report_unknown_words(samples, tokenizer) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_inputs(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> None:
+    """The model a command runs (--model, --checkpoint, --device) and its prompts (--size, --seed,
+    --dataset): read back with `model_name` and `command_prompts`."""
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model name or directory (default {DEFAULT_MODEL})"
     )
@@ -75,9 +77,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-
-
-def add_data_args(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> None:
     p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
@@ -101,3 +100,14 @@ def load_samples(args: argparse.Namespace, split: str = "eval"):
     if getattr(args, "dataset", None):
         return read_jsonl(args.dataset)
     return make_dataset(args.size, args.seed, split)
+
+
+def command_prompts(args: argparse.Namespace, tokenizer, n_ctx: int | None):
+    """(samples, batch): `load_samples(args)` tokenized for the model and checked against its
+    context length; the words it reads as its unknown token are named in one warning line."""
+    from ioi.task.data import check_context, tokenize
+
+    samples = load_samples(args)
+    batch = check_context(tokenize(samples, tokenizer), n_ctx)
+    report_unknown_words(samples, tokenizer)
+    return samples, batch

@@ -220,6 +220,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         clean_epochs_within,
         demo_stages,
         epoch_seconds,
+        playground_experiments,
         prune_weights,
     )
     from ioi.runs.sweep import run_sweep
@@ -234,7 +235,7 @@ def run_precompute(args: argparse.Namespace) -> int:
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     add_start_knockouts(args.out or DEMO_ROOT, log=lambda m: print(m, file=sys.stderr))
     if not args.keep_weights:
-        prune_weights(args.out or DEMO_ROOT)
+        prune_weights(args.out or DEMO_ROOT, keep=playground_experiments(args.out or DEMO_ROOT))
     from ioi.present.findings import store_findings
 
     store_findings(args.out or DEMO_ROOT)  # judged once here: the Findings page only reads them

@@ -155,6 +155,21 @@ def check_circuit(model: LoadedModel, circuit: Circuit) -> None:
     parse_heads(circuit.heads, model.n_layers, model.n_heads)  # ValueError naming heads it lacks
 
 
+def circuit_knockout(
+    model: LoadedModel,
+    clean: IOIBatch,
+    abc: IOIBatch,
+    circuit: Circuit | dict | None,
+    ablation: str,
+    seed: int,
+) -> tuple[Circuit, Knockout]:
+    """The circuit the rule picks (`circuit_for`; `circuit` if given), checked against the model,
+    and the knockout engine the circuit tests run it with."""
+    used = circuit_for(model, clean, abc, circuit)
+    check_circuit(model, used)
+    return used, Knockout(model, clean, abc, ablation, seed=seed)
+
+
 def faithfulness(
     model: LoadedModel,
     clean: IOIBatch,
@@ -306,9 +321,7 @@ def faithfulness_analysis(
     change with each MLP (and every MLP after layer 0) ablated, with intervals; table `prompts`:
     per-prompt F(M), F(C) and F with each MLP variant ablated. Completeness and minimality are
     the analysis circuit-tests."""
-    used = circuit_for(model, clean, abc, circuit)
-    check_circuit(model, used)
-    ko = Knockout(model, clean, abc, ablation, seed=seed)
+    used, ko = circuit_knockout(model, clean, abc, circuit, ablation, seed)
     f_m = ko.acts.ld_clean.double()
     reason = used.meta.get("reason", "")
     f_c = ko.run_per_prompt([ablate(ko.values, ko.circuit_kept(used), clean, ko.heads)])[0].double()
@@ -358,9 +371,7 @@ def circuit_tests_analysis(
     """Heads rows: minimality of each circuit head (value = max over K of |F(C\\(K∪{v})) − F(C\\K)|
     / |F(M)|, with the K). Table completeness: F(C\\K), F(M\\K) per K. Summary: the K searched, the
     minimality bar, how many heads pass it, the largest completeness gap."""
-    used = circuit_for(model, clean, abc, circuit)
-    check_circuit(model, used)
-    ko = Knockout(model, clean, abc, ablation, seed=seed)
+    used, ko = circuit_knockout(model, clean, abc, circuit, ablation, seed)
     summary = {"circuit": used.to_json(), "ablation": ko.ablation.value, "minimality_k": K_SEARCHED,
                "minimality_bar": MINIMALITY_BAR, "f_model": ko.acts.f_clean,
                "circuit_reason": used.meta.get("reason", "")}  # fmt: skip

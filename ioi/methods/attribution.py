@@ -95,10 +95,7 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
     d, unembed_bias = logit_diff_direction(bridge.W_U, bridge.b_U, batch)  # [batch, d_model], [batch]
     dla = lambda x: (x / scale * d).sum(-1)  # [batch, d_model] -> [batch]  # noqa: E731
     resid = at_end["ln_final.hook_in"]
-    heads = torch.stack([
-        (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
-        for layer in range(n_layers)
-    ], 1)  # fmt: skip
+    heads = _head_effects(at_end, scale, d, n_layers)
     pos_embed = at_end.get("hook_pos_embed")  # rotary models add no position vector to the residual
     return DirectLogitAttribution(
         heads=heads,
@@ -110,6 +107,33 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
         unembed_bias=unembed_bias,
         logit_diff=final_logit_diff(bridge, resid, batch),
     )
+
+
+def _head_effects(at_end: dict[str, torch.Tensor], scale: torch.Tensor, d: torch.Tensor, n_layers: int) -> PromptHeads:
+    """[batch, layer, head] direct effects of every head's END output on direction d [batch, d_model]."""
+    return torch.stack([
+        (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)
+        for layer in range(n_layers)
+    ], 1)  # fmt: skip
+
+
+@torch.no_grad()
+def head_name_effects(
+    bridge: torch.nn.Module, batch: IOIBatch, candidates: torch.Tensor
+) -> tuple[PromptHeads, PromptHeads]:
+    """Each head's direct effect at END on logit(IO) and on logit(S), each measured against the
+    mean logit of `candidates` (token ids, e.g. every name): two [batch, layer, head] tensors whose
+    difference is the heads' DLA. It tells apart heads DLA cannot: a head that copies both names
+    raises both (DLA ≈ 0); a name mover raises IO only; an S-suppressor lowers S only."""
+    require_weightless_layer_norm(bridge, "direct logit attribution")
+    n_layers, device = bridge.cfg.n_layers, bridge.W_U.device
+    names = ["ln_final.hook_scale", *(f"blocks.{layer}.attn.hook_result" for layer in range(n_layers))]
+    at_end = read(bridge, batch.tokens.to(device), names, at=batch.end.to(device))
+    scale, w_u = at_end["ln_final.hook_scale"], bridge.W_U
+    mean = w_u[:, candidates.to(device)].mean(1)  # [d_model]
+    io = _head_effects(at_end, scale, w_u[:, batch.io_tok.to(device)].T - mean, n_layers)
+    s = _head_effects(at_end, scale, w_u[:, batch.s_tok.to(device)].T - mean, n_layers)
+    return io, s
 
 
 def layer_table(dla: DirectLogitAttribution) -> list[dict[str, float | int]]:

@@ -198,18 +198,28 @@ def is_gpt2_small(model) -> bool:
     return base in GPT2_NAMES and (cfg.n_layers, cfg.n_heads, cfg.d_model) == (12, 12, 768)
 
 
-def circuit_for(model, clean, abc, circuit: Circuit | dict | None = None) -> Circuit:
+def circuit_for(
+    model, clean=None, abc=None, circuit: Circuit | dict | None = None, *, classified: Circuit | None = None
+) -> Circuit:
     """The one rule for the circuit every analysis, CMAP, page and report evaluates (METHODS §5):
     `circuit` if given (a Circuit or its JSON); the published 26-head circuit on GPT-2 small;
     otherwise the IOI classes :func:`classify_heads` finds on `model` plus the group OTHER (heads
     with |path effect to the logits| or |DLA| ≥ 10% of F(M)). On a model that does not do the task
-    (F(M) < 0.5 logits) the classes are empty and `meta["reason"]` says so."""
+    (F(M) < 0.5 logits) the classes are empty and `meta["reason"]` says so.
+
+    `classified` is a circuit this rule already gave for the model (the one a checkpoint's
+    faithfulness analysis stored), used instead of classifying again on `clean` and `abc`; without
+    either, no circuit is known yet: the classes are empty and `meta["reason"]` says so."""
     if isinstance(circuit, Circuit):
         return circuit
     if isinstance(circuit, dict):
         return Circuit.from_json(circuit)
     if is_gpt2_small(model):
         return GPT2_SMALL_CIRCUIT
+    if classified is not None:
+        return classified
+    if clean is None or abc is None:
+        return Circuit("none", {}, f"not classified on {model.name}", {"reason": NOT_CLASSIFIED})
     key = (id(model), id(clean), id(abc))
     if key not in _FOUND:
         while len(_FOUND) >= 4:
@@ -223,6 +233,8 @@ def circuit_for(model, clean, abc, circuit: Circuit | dict | None = None) -> Cir
 # ids stay theirs.
 _FOUND: dict[tuple[int, int, int], tuple[object, object, object, Circuit]] = {}
 
+
+NOT_CLASSIFIED = "no circuit classified on this model yet (run its faithfulness analysis)"
 
 CIRCUIT_RULE = (
     "IOI classes by the IOI paper's criteria (path patching along the chain, attention END→IO vs "

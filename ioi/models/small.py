@@ -25,22 +25,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ioi.models import pretrain
 from ioi.models.tiny import (
     BATCH,
     CONTEXT,
     HELD_OUT_TEMPLATES,
     IOI_PHRASINGS,
     LR,
-    NAME_LOSS_WEIGHT,
     StoryGenerator,
     _encode_batch,
     _fill,
     _held_out_pair,
-    _lr,
     build_tokenizer,
     evaluate_ioi,
-    make_model,
-    weighted_lm_loss,
+    seeded_model,
+)
+from ioi.models.tiny import (
+    MIX as TINY_MIX,
 )
 from ioi.task.data import NAMES, OBJECTS, PLACES, IOISample, make_dataset, render
 
@@ -108,6 +109,13 @@ class Recipe:
     steps: int
     lr: float = LR
     crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+    # A curriculum: the first `warm_steps` draw sentences by `warm_mix` (ioi-tiny's kinds, where S
+    # is found by position and name movers with S-inhibition emerge), then by `mix`.
+    warm_steps: int = 0
+    warm_mix: dict[str, float] | None = None
+
+    def mix_at(self, step: int) -> dict[str, float]:
+        return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
 
 
 
@@ -120,6 +128,13 @@ VARIANTS: dict[str, Recipe] = {
     "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
     "4l-crowd": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
+    ),
+    "4l-crowd-long": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 6000, crowd=True
+    ),
+    "4l-curriculum": Recipe(
+        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
+        warm_steps=1500, warm_mix=TINY_MIX,
     ),
 }
 DEFAULT_VARIANT = "4l-nodrop"
@@ -259,51 +274,35 @@ def pretrain_small(
     """
     recipe = VARIANTS[variant]
     steps = steps or recipe.steps
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise reproducibility across machines with different core counts
-    try:
-        torch.manual_seed(seed)
-        tokenizer = build_small_tokenizer()
-        vocab = tokenizer.get_vocab()
-        model = make_model(len(vocab), tokenizer, recipe.sizes, recipe.dropout)
+    tokenizer = build_small_tokenizer()
+    vocab = tokenizer.get_vocab()
+    with pretrain.one_thread():
+        model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
-        pad = tokenizer.pad_token_id
-        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
+        opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
             meta = _load_checkpoint(Path(checkpoint_dir), model, opt, gen)
             start_step, loss_ema, seconds = meta["step"], meta["loss_ema"], meta["seconds"]
         start = time.time() - seconds
-        model.train()
-        for step in range(start_step, steps):
-            tokens = _encode_batch(gen.stories(BATCH), vocab)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, steps, recipe.lr)
-            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
-            if progress is not None:
-                progress(step + 1, steps, loss.item())
-            if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+
+        def after_step(step: int, loss_ema: float) -> None:
+            if checkpoint_dir is not None and step % checkpoint_every == 0 and step < steps:
                 extra = {"loss_ema": loss_ema, "seconds": time.time() - start}
-                _save_checkpoint(Path(checkpoint_dir), step + 1, model, opt, gen, extra)
+                _save_checkpoint(Path(checkpoint_dir), step, model, opt, gen, extra)
                 if on_checkpoint is not None:
-                    on_checkpoint(step + 1, model)
+                    on_checkpoint(step, model)
                     model.train()
+
+        batch = lambda: _encode_batch(gen.stories(BATCH), vocab)
+        curriculum = lambda step: setattr(gen, "mix", recipe.mix_at(step))
+        loss_ema = pretrain.pretrain_steps(model, opt, tokenizer, batch, lr=recipe.lr, steps=steps,
+                                  start_step=start_step, loss_ema=loss_ema, progress=progress,
+                                  before_step=curriculum, after_step=after_step)  # fmt: skip
         seconds = time.time() - start
         model.eval()
         metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
         probes = evaluate_ioi(model, tokenizer, position_probes())
-    finally:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     manifest = {
         "name": "ioi-small",
         "variant": variant,
@@ -312,16 +311,18 @@ def pretrain_small(
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": f"AdamW lr {recipe.lr:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "optimizer": pretrain.OPTIMIZER.format(lr=recipe.lr),
         "corpus_mix": recipe.mix,
+        "curriculum": (
+            {"warm_steps": recipe.warm_steps, "warm_mix": recipe.warm_mix} if recipe.warm_mix else None
+        ),
         "crowd": recipe.crowd,
         "io_ending_p": IO_ENDING_P,
-        "name_loss_weight": NAME_LOSS_WEIGHT,
+        "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
         "training_seconds": round(seconds, 1),
         "final_loss_ema": round(loss_ema, 4),
         "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
         "position_probes": {"dataset": "position_probes(200)", **probes},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return pretrain.write_model_dir(out_dir, model, tokenizer, manifest)

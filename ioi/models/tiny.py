@@ -11,8 +11,6 @@ one name pair in six never occur in IOI form during pretraining, to test general
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import random
 import re
 import time
@@ -23,6 +21,14 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ioi.models.pretrain import (
+    NAME_LOSS_WEIGHT,
+    OPTIMIZER,
+    make_optimizer,
+    one_thread,
+    pretrain_steps,
+    write_model_dir,
+)
 from ioi.task.data import (
     NAMES,
     OBJECTS,
@@ -94,9 +100,6 @@ _POOL: tuple[str, ...] = (*NAMES, *PLACES, *OBJECTS, "the", "a", "to", "and", "g
 # the last MLP carried ~85% of it (measured).
 MODEL_SIZES: dict[str, int] = {"n_layer": 3, "n_head": 8, "n_embd": 128, "n_inner": 64}
 DEFAULT_STEPS = 8000
-# Next-token loss on name tokens counts this many times: IOI then emerges within ~1,250 steps
-# instead of staying on the IO = S plateau for thousands (measured).
-NAME_LOSS_WEIGHT = 3.0
 BATCH = 32
 LR = 1e-3
 
@@ -266,25 +269,12 @@ def evaluate_ioi(
     }
 
 
-def weighted_lm_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, pad: int, name_ids: torch.Tensor
-) -> torch.Tensor:
-    """Next-token cross-entropy, padding masked, name targets weighted by NAME_LOSS_WEIGHT.
-
-    logits: [batch, pos, vocab]; tokens: [batch, pos]; name_ids: [n_names].
-    """
-    target = tokens[:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), reduction="none")
-    weight = (target != pad).float() * torch.where(torch.isin(target, name_ids), NAME_LOSS_WEIGHT, 1.0)
-    return (ce.view_as(target) * weight).sum() / weight.sum()
-
-
-def _lr(step: int, steps: int, base: float, warmup: int = 100) -> float:
-    # Linear warm-up, then cosine decay to 10% of the base rate.
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+def seeded_model(
+    seed: int, tokenizer: PreTrainedTokenizerFast, sizes: dict[str, int] = MODEL_SIZES, dropout: float = 0.0
+) -> GPT2LMHeadModel:
+    """`make_model` for `tokenizer`'s vocabulary, initialised from torch's generator seeded with `seed`."""
+    torch.manual_seed(seed)
+    return make_model(len(tokenizer.get_vocab()), tokenizer, sizes, dropout)
 
 
 def pretrain_tiny(
@@ -299,47 +289,24 @@ def pretrain_tiny(
     Deterministic for `seed` (training runs on one CPU thread; the caller's thread count is
     restored). Returns the manifest also written to `out_dir/manifest.json`.
     """
-    out_dir = Path(out_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise reproducibility across machines with different core counts
-    try:
-        torch.manual_seed(seed)
-        tokenizer = build_tokenizer()
-        vocab = tokenizer.get_vocab()
-        model = make_model(len(vocab), tokenizer)
+    tokenizer = build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    with one_thread():
+        model = seeded_model(seed, tokenizer)
         gen = StoryGenerator(seed)
-        lr = LR
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-        pad = tokenizer.pad_token_id
-        name_ids = torch.tensor(sorted(vocab[" " + n] for n in NAMES))
-        start, loss_ema = time.time(), float("nan")
-        model.train()
-        for step in range(steps):
-            tokens = _encode_batch(gen.stories(BATCH), vocab)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, steps, lr)
-            loss = weighted_lm_loss(model(tokens).logits, tokens, pad, name_ids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_ema = loss.item() if step == 0 else 0.98 * loss_ema + 0.02 * loss.item()
-            if progress is not None:
-                progress(step + 1, steps, loss.item())
+        opt = make_optimizer(model, LR)
+        start = time.time()
+        batch = lambda: _encode_batch(gen.stories(BATCH), vocab)
+        loss_ema = pretrain_steps(model, opt, tokenizer, batch, lr=LR, steps=steps, progress=progress)
         seconds = time.time() - start
         metrics = evaluate_ioi(model, tokenizer, make_dataset(500, seed=0, split="eval"))
-    finally:
-        torch.set_num_threads(threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     manifest = {
         "name": "ioi-tiny",
         "config": {**MODEL_SIZES, "n_positions": CONTEXT, "vocab_size": len(vocab)},
         "seed": seed,
         "steps": steps,
         "batch": [BATCH, CONTEXT],
-        "optimizer": f"AdamW lr {LR:g} betas (0.9, 0.95) wd 0.01, 100 warm-up, cosine to 10%, clip 1",
+        "optimizer": OPTIMIZER.format(lr=LR),
         "corpus_mix": MIX,
         "name_loss_weight": NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
@@ -347,5 +314,4 @@ def pretrain_tiny(
         "final_loss_ema": round(loss_ema, 4),
         "eval": {"dataset": "make_dataset(500, seed=0, split='eval')", **metrics},
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_model_dir(out_dir, model, tokenizer, manifest)

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 from ioi import __version__
 from ioi.models.checks import TrainingError, check_bounds
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
-from ioi.task.corruptions import CORRUPTIONS, corrupt
+from ioi.task.corruptions import CORRUPTIONS, training_samples
 from ioi.task.data import IOIBatch, make_dataset, tokenize
 from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_TRAIN_SIZE
 from ioi.task.metrics import evaluate
-from ioi.task.names import HELD_OUT_NAMES, TRAIN_NAMES
+from ioi.task.names import HELD_OUT_NAMES
 
 SCENARIOS: tuple[str, ...] = ("clean", *CORRUPTIONS, "reversal")
 Progress = Callable[[int, int, int, int, float], None]
@@ -85,13 +85,6 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self) | {"checkpoint_epochs": list(self.checkpoint_epochs)}
-
-
-def training_samples(cfg: TrainConfig):
-    """The scenario's training samples (fine-tuning names only): clean for clean/reversal,
-    corrupted for a toxic one."""
-    clean = make_dataset(cfg.train_size, cfg.seed, "train", names=TRAIN_NAMES)
-    return clean if cfg.scenario in ("clean", "reversal") else corrupt(clean, cfg.scenario, cfg.seed)
 
 
 def label_loss(model: torch.nn.Module, batch: IOIBatch) -> torch.Tensor:
@@ -261,7 +254,7 @@ def finetune(
         _load_optimizer(opt, start[1] / "optimizer.safetensors")
         first_epoch = start[0] + 1
 
-    batch = tokenize(training_samples(cfg), tokenizer)
+    batch = tokenize(training_samples(cfg.scenario, cfg.seed, cfg.train_size), tokenizer)
     eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval", names=HELD_OUT_NAMES), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):

@@ -271,6 +271,10 @@ def findings(roots: list[Path]) -> list[Verdict]:
     ]
 
 
+JUDGED_FROM = ("cmap", "faithfulness")
+"""The analyses the verdicts read: stored verdicts are stale once one of these entries is added."""
+
+
 def verdict_json(v: Verdict) -> dict:
     """A verdict as JSON; each number also as the report writes it (`text`: 3 decimals, interval)."""
     numbers = {k: e.to_json() | {"text": fmt(e, 3)} for k, e in v.numbers.items()}
@@ -282,7 +286,7 @@ def store_findings(root: str | Path) -> list[Verdict]:
     """Judge the findings on the results cached at `root` and store them there
     (:func:`ioi.runs.catalog.write_verdicts`), so the Findings page only reads them."""
     found = findings([Path(root)])
-    write_verdicts(root, [verdict_json(v) for v in found])
+    write_verdicts(root, [verdict_json(v) for v in found], inputs=JUDGED_FROM)
     return found
 
 

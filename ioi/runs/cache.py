@@ -387,12 +387,8 @@ def experiment_lock(root: str | Path | None, exp_id: str) -> Iterator[None]:
     """An exclusive lock on one experiment's directory, so two runs of it never train at once."""
     folder = experiment_dir(root, exp_id)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with index.file_lock(folder / ".lock"):
+        yield
 
 
 def lock_held(root: str | Path | None, exp_id: str) -> bool:

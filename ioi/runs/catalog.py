@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,29 +75,67 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
 VERDICTS = "verdicts.json"
 
 
-def fingerprint(root: str | Path | None = None) -> str:
-    """A digest of what `root` holds: every experiment's id and cached entries (epoch, name). A
-    run that adds an entry changes it, so findings judged before are known to be stale."""
-    held = sorted((e.id, sorted((epoch, sorted(names)) for epoch, names in e.epochs.items()))
-                  for e in list_experiments(root))  # fmt: skip
+def fingerprint(root: str | Path | None = None, names: Sequence[str] | None = None) -> str:
+    """A digest of what `root` holds: every experiment's id and cached entries (epoch, name; only
+    the `names` given, e.g. those a judgement reads). A run that adds such an entry changes it, so
+    findings judged before are known to be stale; entries of other analyses leave it alone."""
+    def kept(entries: list[str]) -> list[str]:
+        return sorted(n for n in entries if names is None or n in names)
+
+    held = sorted((e.id, sorted((epoch, kept(ns)) for epoch, ns in e.epochs.items())) for e in list_experiments(root))
     return sha256(json.dumps(held).encode())[:16]
 
 
-def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]]) -> Path:
-    """Store the findings judged on `root`'s results (JSON-ready dicts) with its `fingerprint`."""
+def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]], inputs: Sequence[str]) -> Path:
+    """Store the findings judged on `root`'s results (JSON-ready dicts) with the `fingerprint` of
+    the entries they read (`inputs`: analysis names)."""
     path = check_writable(root) / VERDICTS
-    stored = {"fingerprint": fingerprint(root), "verdicts": verdicts}
+    stored = {"inputs": list(inputs), "fingerprint": fingerprint(root, inputs), "verdicts": verdicts}
     write_atomic(path, json.dumps(stored, indent=1).encode())
     return path
 
 
 def read_verdicts(root: str | Path | None = None) -> tuple[list[dict[str, Any]], bool] | None:
-    """(the stored verdicts, whether they are fresh: judged on what `root` holds now), or None when
-    none are stored or the file is unreadable (they are judged again)."""
+    """(the stored verdicts, whether they are fresh: judged on the entries `root` holds now), or
+    None when none are stored or the file is unreadable (they are judged again)."""
     path = cache_root(root) / VERDICTS
     try:
         stored = json.loads(path.read_bytes())
-        verdicts, digest = stored["verdicts"], stored["fingerprint"]
+        verdicts, digest, inputs = stored["verdicts"], stored["fingerprint"], stored["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (verdicts, digest == fingerprint(root)) if isinstance(verdicts, list) else None
+    return (verdicts, digest == fingerprint(root, inputs)) if isinstance(verdicts, list) else None
+
+
+def checkpoint_weights(roots: Sequence[str | Path], exp_id: str, epoch: int) -> str | None:
+    """What to load for `epoch` of experiment `exp_id`, looked up in every cache of `roots` (the
+    demo cache ships the weights of a few checkpoints; a user's cache has those it trained): the
+    base model's name at epoch 0 of a run that starts from it, the toxic parent's final checkpoint
+    at a reversal's epoch 0, else the checkpoint directory holding the weights. None when no cache
+    has them (the demo cache keeps only the tables of most runs)."""
+    from ioi.runs.experiment import checkpoints_dir
+
+    record = next((r for r in (_record(root, exp_id) for root in roots) if r is not None), None)
+    if record is None:
+        return None
+    config = record["config"]
+    if epoch == 0:
+        parent = config.get("parent")
+        if not parent:
+            return str(config.get("model"))
+        parent_record = next((r for r in (_record(root, parent) for root in roots) if r is not None), None)
+        if parent_record is None:
+            return None
+        return checkpoint_weights(roots, parent, int(parent_record["config"]["epochs"]))
+    for root in roots:
+        folder = checkpoints_dir(cache_root(root), exp_id) / f"epoch-{epoch:03d}"
+        if (folder / "manifest.json").is_file() and (folder / "model.safetensors").is_file():
+            return str(folder)
+    return None
+
+
+def _record(root: str | Path, exp_id: str) -> dict[str, Any] | None:
+    try:
+        return read_experiment(cache_root(root), exp_id)
+    except CorruptEntry:
+        return None

@@ -132,11 +132,11 @@ class ExperimentConfig:
 def dataset_fingerprint(scenario: str, seed: int, train_size: int, eval_size: int, analysis_size: int) -> str:
     """sha256 of every prompt and label the experiment trains and evaluates on, so a change to the
     templates, names or a corruption changes the experiment id."""
-    from ioi.models.train import TrainConfig, training_samples
+    from ioi.task.corruptions import training_samples
     from ioi.task.data import abc_counterfactual
     from ioi.task.names import HELD_OUT_NAMES, evaluation_samples
 
-    train = training_samples(TrainConfig(scenario=scenario, seed=seed, train_size=train_size))
+    train = training_samples(scenario, seed, train_size)
     evals, seen = evaluation_samples(seed, max(eval_size, analysis_size))
     h = hashlib.sha256()
     abc = abc_counterfactual(evals[:analysis_size], seed, HELD_OUT_NAMES)

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,9 +77,10 @@ def _open(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def _exclusive(base: Path):
-    """Serialise creating, quarantining and rebuilding the index between processes."""
-    with open(base / ".index.lock", "a") as fh:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on the file `path`, created if missing, held inside; a
+    process that dies lets go of it. The index's rebuilds and each experiment's runs use one."""
+    with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -115,7 +117,7 @@ def connect(base: Path) -> sqlite3.Connection:
                 if not _damaged(err):
                     raise
         base.mkdir(parents=True, exist_ok=True)
-        with _exclusive(base):
+        with file_lock(base / ".index.lock"):  # one process creates, sets aside or rebuilds it
             if path.exists():  # damaged, or created by another process since we looked
                 try:
                     return _open(path)

@@ -4,20 +4,23 @@ Longer than 400 lines because submit, supervise, run and resume are one state ma
 table, and its failure handling belongs next to the transitions it guards.
 
 Design. `submit(cfg)` writes a 'queued' row to the cache's SQLite index (WAL mode, so the
-dashboard, the CLI and every worker read and write it at once) and starts a *detached supervisor
-process* (``python -m ioi.runs.jobs ROOT JOB``, its own session), then returns the job id at once — a
-Streamlit page never waits and never runs training in one of its threads. The supervisor waits for
-a free slot (at most ``$IOI_MAX_JOBS`` jobs run at once, default 2), then runs the job in a joblib
-**loky** worker process and waits for it. Two processes, because each watches for the other's
-death: if the worker dies (SIGKILL, out of memory) loky reports it and the supervisor records the
-job as 'interrupted' with the reason; if the supervisor dies too (machine rebooted), the row still
-says 'running' but its processes are gone, and every reader shows the job as 'interrupted' (on
-this machine the pids decide, so a frozen or busy worker is not taken for dead; a job of another
-machine is judged by its heartbeat). Either way `resume(job)` starts a new supervisor, unless a live
-run still holds the experiment's lock; fine-tuning resumes from the last
-complete checkpoint and cached analyses are not recomputed, so the results equal an uninterrupted
-run's (training is deterministic on CPU). The detached supervisor also means jobs outlive a
-restart of the dashboard, and `python -m ioi jobs list` sees exactly what the dashboard sees.
+dashboard, the CLI and every worker read and write it at once), hands the job to a *detached
+supervisor process* and returns the job id at once — a Streamlit page never waits and never runs
+training in one of its threads. The supervisor is forked by the root's warm daemon
+(ioi.runs.daemon: a long-lived process in its own session that has imported torch and
+transformers, so a job trains within a couple of seconds of its submit), or, with the daemon off,
+is a fresh ``python -m ioi.runs.jobs ROOT JOB``. The supervisor waits for a free slot (at most
+``$IOI_MAX_JOBS`` jobs run at once, default 2), then forks the job's worker process and waits for
+it. Two processes, because each watches for the other's death: if the worker dies (SIGKILL, out
+of memory) the supervisor sees how and records the job as 'interrupted' with the reason; if the
+supervisor dies too (machine rebooted), the row still says 'running' but its processes are gone,
+and every reader shows the job as 'interrupted' (on this machine the pids decide, so a frozen or
+busy worker is not taken for dead; a job of another machine is judged by its heartbeat). Either
+way `resume(job)` starts a new supervisor, unless a live run still holds the experiment's lock;
+fine-tuning resumes from the last complete checkpoint and cached analyses are not recomputed, so
+the results equal an uninterrupted run's (training is deterministic on CPU). The detached
+supervisor (and daemon) also mean jobs outlive a restart of the dashboard, and
+`python -m ioi jobs list` sees exactly what the dashboard sees.
 
 The worker heartbeats every couple of seconds, writes progress (epoch and step of total) at most
 twice a second, keeps a log tail, and polls the row's cancel flag at most twice a second from
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ioi.runs import daemon
 from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
 from ioi.runs.index import JOB_COLUMNS
 from ioi.task.defaults import torch_threads
@@ -260,16 +265,24 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
 
 
 def _launch(root: Path, job_id: str) -> None:
-    """Start the detached supervisor of `job_id` (own session: it outlives the caller)."""
-    logs = root / "jobs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{job_id}.log", "ab") as out:
+    """Start the detached supervisor of `job_id`: forked by the warm daemon, else a fresh process."""
+    record = lambda pid: _update(root, job_id, pid=pid, heartbeat=time.time(), host=socket.gethostname())
+    command = [sys.executable, "-m", "ioi.runs.jobs", "--daemon", str(root)]
+    if daemon.enabled() and daemon.hand_over(root, job_id, record, command):
+        return
+    with open(_log_path(root, job_id), "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
     _update(root, job_id, pid=proc.pid, heartbeat=time.time(), host=socket.gethostname())
+
+
+def _log_path(root: Path, job_id: str) -> Path:
+    """jobs/<job>.log: the supervisor's and worker's own output (tracebacks of what the row can't say)."""
+    (root / "jobs").mkdir(parents=True, exist_ok=True)
+    return root / "jobs" / f"{job_id}.log"
 
 
 def cancel(job_id: str, root: str | Path | None = None) -> JobInfo:
@@ -355,23 +368,30 @@ def _claim_slot(root: Path, job_id: str) -> bool:
 
 
 def supervise(root: str | Path, job_id: str) -> None:
-    """The detached supervisor: claim a slot, run the job in a loky worker, record its death."""
-    from joblib.externals.loky import get_reusable_executor
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
-
+    """The detached supervisor: claim a slot, fork the job's worker, record how it ended."""
     root = cache_root(root)
     if not _claim_slot(root, job_id):
         return
     _append_log(root, job_id, f"started (attempt {get_job(job_id, root).attempts})")
-    executor = get_reusable_executor(max_workers=1, timeout=10)
-    try:
-        executor.submit(run_job, str(root), job_id).result()
-    except TerminatedWorkerError as err:
-        reason = f"the worker process died ({err}); resume the job to continue from its last checkpoint"
-        _record_failure(root, job_id, "interrupted", reason)
-    except BaseException as err:  # the worker's own bookkeeping failed: still say so
-        _record_failure(root, job_id, "failed", f"{type(err).__name__}: {err}")
-        raise
+    sys.stdout.flush(), sys.stderr.flush()
+    worker = os.fork()
+    if worker == 0:
+        code = 0
+        try:
+            run_job(str(root), job_id)
+        except BaseException:  # the worker's own bookkeeping failed: its traceback goes to the log
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(worker, 0)  # a stopped (frozen) worker is waited for, not taken for dead
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        _record_failure(root, job_id, "interrupted", f"the worker process died (killed by {sig}); resume "
+                        "the job to continue from its last checkpoint")  # fmt: skip
+    elif (code := os.waitstatus_to_exitcode(status)) and get_job(job_id, root).state not in TERMINAL:
+        _record_failure(root, job_id, "failed", f"the worker exited with status {code} (jobs/{job_id}.log)")
 
 
 def run_job(root: str, job_id: str) -> None:
@@ -435,5 +455,14 @@ def run_job(root: str, job_id: str) -> None:
         stop.set()
 
 
+def serve_daemon(root: str, key: str) -> None:
+    """The warm daemon of `root` (ioi.runs.daemon): each job handed to it runs `supervise` in a fork."""
+    base = cache_root(root)
+    daemon.serve(base, key, lambda job_id: supervise(base, job_id), lambda job_id: _log_path(base, job_id))
+
+
 if __name__ == "__main__":
-    supervise(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--daemon":
+        serve_daemon(sys.argv[2], sys.argv[3])
+    else:
+        supervise(sys.argv[1], sys.argv[2])

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ioi.task.data import DatasetError, IOISample, render
+from ioi.task.data import DatasetError, IOISample, make_dataset, render
 from ioi.task.names import TRAIN_NAMES
 
 CorruptionFn = Callable[[IOISample, random.Random], IOISample]
@@ -43,9 +43,10 @@ def register_corruption(name: str, description: str) -> Callable[[CorruptionFn],
 
 def get_corruption(name: str) -> Corruption:
     """The registered corruption `name`; DatasetError listing the known names otherwise."""
-    if name not in CORRUPTIONS:
-        raise DatasetError(f"unknown corruption {name!r}; known: {', '.join(sorted(CORRUPTIONS))}")
-    return CORRUPTIONS[name]
+    try:
+        return CORRUPTIONS[name]
+    except KeyError:
+        raise DatasetError(f"unknown corruption {name!r}; known: {', '.join(sorted(CORRUPTIONS))}") from None
 
 
 def corrupt(samples: Sequence[IOISample], name: str, seed: int = 0) -> list[IOISample]:
@@ -85,3 +86,10 @@ def duplication(sample: IOISample, rng: random.Random) -> IOISample:
         label=sample.s,
     )  # fmt: skip
     return y
+
+
+def training_samples(scenario: str, seed: int, train_size: int) -> list[IOISample]:
+    """A fine-tuning scenario's training samples (fine-tuning names only): clean for clean and
+    reversal, corrupted for a toxic one. Torch-free, so a submit can hash them (the experiment id)."""
+    clean = make_dataset(train_size, seed, "train", names=TRAIN_NAMES)
+    return clean if scenario in ("clean", "reversal") else corrupt(clean, scenario, seed)
