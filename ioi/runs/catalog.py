@@ -82,7 +82,8 @@ def fingerprint(root: str | Path | None = None, names: Sequence[str] | None = No
     def kept(entries: list[str]) -> list[str]:
         return sorted(n for n in entries if names is None or n in names)
 
-    held = sorted((e.id, sorted((epoch, kept(ns)) for epoch, ns in e.epochs.items())) for e in list_experiments(root))
+    exps = list_experiments(root)
+    held = sorted((e.id, sorted((epoch, kept(ns)) for epoch, ns in e.epochs.items())) for e in exps)
     return sha256(json.dumps(held).encode())[:16]
 
 
