@@ -28,7 +28,7 @@ COLUMNS = {
     "end_to_io_lo": "END→IO low", "end_to_io_hi": "END→IO high", "end_to_s": "attn END→S",
     "end_to_s_lo": "END→S low", "end_to_s_hi": "END→S high", "copy_score": "OV copy score",
 }  # fmt: skip
-"""Display names of the head table's columns."""
+# (Display names of the head table's columns; a comment, since Streamlit's magic prints a bare string.)
 
 
 def pick_experiments() -> list[Experiment]:
