@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._store import Experiment, UserError, experiments, result
-from ioi.present import charts
+from ioi.present import charts, prompt_charts
 
 
 def url_value(name: str) -> str | None:
@@ -125,17 +125,22 @@ def result_or_offer(exp: Experiment, epoch: int, name: str):
     return found
 
 
-def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str) -> None:
+def show_chart(
+    chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str, *, select_head: bool = False
+) -> tuple[int, int] | None:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
-    fixed size (heatmaps) keep it; others fill the width."""
+    fixed size (heatmaps) keep it; others fill the width. With `select_head` (a per-head heatmap)
+    a click on a cell returns that (layer, head)."""
     spec = chart.to_dict(validate=False)
     fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
-    st.altair_chart(  # the key gives every chart its own element: a reused one keeps the last one's size
-        chart,
+    # the key gives every chart its own element: a reused one keeps the last one's size
+    event = st.altair_chart(
+        prompt_charts.selectable(chart) if select_head else chart,
         key=f"{key}-chart",
+        on_select="rerun" if select_head else "ignore",
         width="content" if fixed or "facet" in spec else "stretch",
         height=height + 130 if isinstance(height, int) and not fixed else "content",
     )
@@ -153,6 +158,20 @@ def show_chart(chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: 
             "SVG", lambda: charts.chart_bytes(chart, "svg"), file_name=f"{key}.svg", mime="image/svg+xml",
             key=f"{key}-svg", on_click="ignore", icon=":material/image:",
         )  # fmt: skip
+    return prompt_charts.clicked_head(event) if select_head else None
+
+
+HEAD_PAGE = "app_pages/head.py"
+
+
+def heatmap_opening_heads(chart, data: pd.DataFrame, caption: str, key: str, exp: Experiment, epoch: int,
+                          **params: str) -> None:  # fmt: skip
+    """A per-head heatmap (`show_chart`) whose clicked cell opens that head's page at `exp`,
+    `epoch` (and `params`, e.g. the prompt) in the URL."""
+    clicked = show_chart(chart, data, caption, key, select_head=True)
+    if clicked is not None:
+        query = {"head": f"{clicked[0]}.{clicked[1]}", "exp": exp.id, "epoch": str(epoch), **params}
+        st.switch_page(HEAD_PAGE, query_params=query)
 
 
 def heads_with_labels(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from app_pages._store import Experiment, by_id, clean_run
 from app_pages._ui import (
     choice,
     empty_state,
+    heatmap_opening_heads,
     parse_checkpoint,
     pick_epoch,
     pick_experiment,
@@ -43,7 +44,8 @@ def checkpoint_b(exp_a: Experiment, epoch_a: int, cols):
 
 
 def panel(exp: Experiment, epoch: int, heads, title: str, key: str, span: float | None) -> None:
-    show_chart(*dla_view(exp, epoch, heads, title, span), key)
+    chart, table, caption = dla_view(exp, epoch, heads, title, span)
+    heatmap_opening_heads(chart, table, f"{caption} Click a head to open its page.", key, exp, epoch)
 
 
 def body() -> None:

@@ -3,9 +3,12 @@
 - cold start: from `streamlit run` to the first Altair chart drawn in a headless Chromium, for the
   dashboard on the shipped demo cache and for a bare app that draws one Altair chart; the ratio is
   the number to watch (target ≤ 1.5);
-- warm page switch: from a click in the sidebar to the next page's chart (target < 1 s).
+- warm page switch: from a click in the sidebar to the next page's chart (target < 1 s);
+- with --playground, a prompt on the Playground: the bundled model's checkpoints answering a newly
+  typed prompt (models loaded), the same prompt again (cached per checkpoint and prompt), and the
+  computation alone (`ioi.methods.prompt.read_prompt`, in this process; target < 1 s idle).
 
-    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N]
+    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--playground]
 """
 
 from __future__ import annotations
@@ -66,6 +69,59 @@ def page_switches(tab, timeout: float = 60.0) -> list[float]:
     return out
 
 
+def _answered(tab, prompt: str, want: list[str], timeout: float) -> float:
+    """Seconds from typing `prompt` into the Playground to its predictions `want` on screen."""
+    box = tab.locator("textarea").first
+    box.fill(prompt)
+    start = time.perf_counter()
+    box.press("Control+Enter")
+    tab.wait_for_function(
+        "want => JSON.stringify([...document.querySelectorAll(\"[data-testid='stMetricValue']\")]"
+        ".map(e => e.innerText).filter((_, i) => i % 2 == 1)) == JSON.stringify(want)",
+        arg=want, timeout=timeout * 1000,
+    )  # fmt: skip
+    tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+    tab.wait_for_selector(CHART, state="visible", timeout=timeout * 1000)
+    return time.perf_counter() - start
+
+
+def playground(
+    browser, env: dict[str, str], rounds: int = 3, timeout: float = 120.0
+) -> dict[str, list[float]]:
+    """Playground timings on the default checkpoints (pretrained, subject duplication, its
+    reversal): a new prompt typed (`rounds` different ones), then each typed again."""
+    from ioi.task.names import analysis_samples
+
+    samples = analysis_samples(0, 2 + rounds)[2:]
+    _, tab, server = cold_start(browser, lambda: start_streamlit(env), "playground", timeout)
+    tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+    out: dict[str, list[float]] = {"new prompt": [], "same prompt again": []}
+    for key, repeat in (("new prompt", samples), ("same prompt again", samples)):
+        for x in repeat:
+            out[key].append(_answered(tab, x.prompt, [x.io, x.s, x.io], timeout))
+    stop(server, tab)
+    return out
+
+
+def compute_only(rounds: int = 20, threads: int = 1) -> list[float]:
+    """Seconds of `read_prompt` on the bundled model (loaded) on `threads` torch threads (the
+    Playground uses 1), one new evaluation prompt each time."""
+    import torch
+
+    from ioi.methods.prompt import prompt_batch, read_prompt
+    from ioi.models.load import load_model
+    from ioi.task.names import analysis_samples
+
+    torch.set_num_threads(threads)
+    model = load_model("ioi-tiny", device="cpu")
+    out = []
+    for x in analysis_samples(1, rounds + 1):
+        start = time.perf_counter()
+        read_prompt(model, prompt_batch(model, x.prompt, x.io, x.s))
+        out.append(time.perf_counter() - start)
+    return out[1:]  # the first pays one-time warm-up
+
+
 def bare_launch(folder: Path):
     script = folder / "bare_app.py"
     script.write_text(BARE)
@@ -89,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "--page", default="", help="url path of the dashboard page opened first (default: Overview)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
+    parser.add_argument("--playground", action="store_true", help="also time a prompt on the Playground")
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         sys.exit("error: /usr/bin/chromium is not installed; the benchmark drives a real browser")
@@ -98,6 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
+        if args.playground:
+            times = playground(browser, env)
+            for key, values in times.items():
+                median, most = statistics.median(values), max(values)
+                print(f"playground, {key} on 3 checkpoints of the bundled model: median {median:.2f} s, "
+                      f"max {most:.2f} s ({len(values)} prompts)")  # fmt: skip
+            for threads in (1, 2):
+                values = compute_only(threads=threads)
+                print(f"read_prompt alone on ioi-tiny, {threads} thread(s): median "
+                      f"{1000 * statistics.median(values):.0f} ms, max {1000 * max(values):.0f} ms "
+                      f"({len(values)} prompts; target < 1 s)")  # fmt: skip
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             seconds, tab, server = cold_start(browser, bare_launch(Path(tmp)), "")
             bare.append(seconds)
@@ -107,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             switches += page_switches(tab)
             stop(server, tab)
         browser.close()
+    if not bare:
+        return
     b, d = statistics.median(bare), statistics.median(dash)
     print(f"bare Streamlit app, one Altair chart: first chart after {b:.2f} s (median of {len(bare)})")
     print(f"dashboard /{args.page}: first chart after {d:.2f} s (median of {len(dash)})")

@@ -215,7 +215,13 @@ def run_precompute(args: argparse.Namespace) -> int:
 
     from ioi.runs.cache import DEMO_ROOT
     from ioi.runs.jobs import max_jobs
-    from ioi.runs.precompute import clean_epochs_within, demo_stages, epoch_seconds, prune_weights
+    from ioi.runs.precompute import (
+        clean_epochs_within,
+        demo_stages,
+        epoch_seconds,
+        playground_experiments,
+        prune_weights,
+    )
     from ioi.runs.sweep import run_sweep
 
     if args.clean_epochs is None and not args.quick:
@@ -227,7 +233,7 @@ def run_precompute(args: argparse.Namespace) -> int:
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     if not args.keep_weights:
-        prune_weights(args.out or DEMO_ROOT)
+        prune_weights(args.out or DEMO_ROOT, keep=playground_experiments(args.out or DEMO_ROOT))
     for summary in summaries:
         print(summary.id, sorted(summary.metrics), *summary.notes[:1])
     return 0

@@ -183,6 +183,9 @@ BUILTIN: dict[str, Analysis] = {
                      _opt("k", "int", 5, "top-k of the copy score"),
                      _opt("copy", "bool", True, "compute OV copy scores (the slow part on GPT-2)"),
                  )),
+        Analysis("head-profile", "Per head: DLA and attention END→IO / END→S with 95% bootstrap intervals "
+                 "over prompts, and the OV copy score (the dashboard's head page)", "ioi.methods.prompt",
+                 (_SEED,)),
         Analysis("patch", "activation patching per head: clean run with one head's output from ABC",
                  "ioi.methods.patching", (
                      _opt("position", "str", None, "patch only this position (default: all)", *POSITIONS),

@@ -7,6 +7,7 @@ comes from the latest job when there is one.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,37 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
         status = job.status if job else ("done" if epochs else "new")
         out.append(ExperimentInfo(exp_id, record["config"], status, epochs, job.id if job else None))
     return out
+
+
+def checkpoint_weights(roots: Sequence[str | Path], exp_id: str, epoch: int) -> str | None:
+    """What to load for `epoch` of experiment `exp_id`, looked up in every cache of `roots` (the
+    demo cache ships the weights of a few checkpoints; a user's cache has those it trained): the
+    base model's name at epoch 0 of a run that starts from it, the toxic parent's final checkpoint
+    at a reversal's epoch 0, else the checkpoint directory holding the weights. None when no cache
+    has them (the demo cache keeps only the tables of most runs)."""
+    from ioi.runs.experiment import checkpoints_dir
+
+    record = next((r for r in (_record(root, exp_id) for root in roots) if r is not None), None)
+    if record is None:
+        return None
+    config = record["config"]
+    if epoch == 0:
+        parent = config.get("parent")
+        if not parent:
+            return str(config.get("model"))
+        parent_record = next((r for r in (_record(root, parent) for root in roots) if r is not None), None)
+        if parent_record is None:
+            return None
+        return checkpoint_weights(roots, parent, int(parent_record["config"]["epochs"]))
+    for root in roots:
+        folder = checkpoints_dir(cache_root(root), exp_id) / f"epoch-{epoch:03d}"
+        if (folder / "manifest.json").is_file() and (folder / "model.safetensors").is_file():
+            return str(folder)
+    return None
+
+
+def _record(root: str | Path, exp_id: str) -> dict[str, Any] | None:
+    try:
+        return read_experiment(cache_root(root), exp_id)
+    except CorruptEntry:
+        return None

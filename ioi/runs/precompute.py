@@ -3,15 +3,16 @@
 `python -m ioi precompute` fills it for the default model: for every training seed, the baseline
 (epoch 0 of every experiment), clean fine-tuning with checkpoints up to `clean_epochs`, every toxic
 dataset for `toxic_epochs` (default 5; the paper uses 3–5) and a reversal of as many from each.
-Only metrics and per-head tables are kept (weights are pruned unless asked), so the set stays
-small; it is reproducible by running the command again.
+Only metrics and per-head tables are kept, plus the weights of the few checkpoints the Playground
+runs on (`playground_experiments`; all of them with --keep-weights), so the set stays small; it is
+reproducible by running the command again.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,10 +101,46 @@ def demo_stages(
     return [[first, *first_toxic], [*first_reversals, *later_toxic, *later], later_reversals]
 
 
-def prune_weights(root: str | Path) -> None:
-    """Delete checkpoints, job logs, locks and the derived index, keeping metrics and tables."""
+def playground_experiments(root: str | Path) -> set[str]:
+    """The experiments whose weights the demo cache keeps, so the dashboard's Playground and head
+    pages run on them without training: the first seed's clean run, its subject-duplication run and
+    that run's reversal (a few MB on the bundled model)."""
+    import json
+
+    configs = {}
+    for path in cache_root(root).glob("experiments/*/experiment.json"):
+        configs[path.parent.name] = json.loads(path.read_text())["config"]
+    if not configs:
+        return set()
+    first = min(c.get("seed", 0) for c in configs.values())
+    keep = {i for i, c in configs.items() if c.get("seed") == first
+            and c.get("scenario") in ("clean", "subject_duplication")}  # fmt: skip
+    return keep | {i for i, c in configs.items() if c.get("parent") in keep}
+
+
+def strip_checkpoints(root: str | Path, exp_id: str) -> None:
+    """Ship an experiment's checkpoints: drop the optimizer state (resuming needs it, analysing does
+    not) and write the manifests' `init_from` relative to the cache root (no machine paths)."""
+    import json
+
+    base = cache_root(root).resolve()
+    for manifest in (base / "experiments" / exp_id / "checkpoints").glob("epoch-*/manifest.json"):
+        (manifest.parent / "optimizer.safetensors").unlink(missing_ok=True)
+        data = json.loads(manifest.read_text())
+        init = (data.get("config") or {}).get("init_from")
+        if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(base):
+            data["config"]["init_from"] = str(Path(init).resolve().relative_to(base))
+            manifest.write_text(json.dumps(data, indent=2))
+
+
+def prune_weights(root: str | Path, keep: Collection[str] = ()) -> None:
+    """Delete checkpoints (but those of the experiments in `keep`, stripped for shipping), job
+    logs, locks and the derived index, keeping metrics and tables."""
     base = cache_root(root)
     for folder in base.glob("experiments/*/checkpoints"):
+        if folder.parent.name in keep:
+            strip_checkpoints(base, folder.parent.name)
+            continue
         shutil.rmtree(folder)
     for lock in base.glob("experiments/*/.lock"):
         lock.unlink()

@@ -58,3 +58,9 @@ def name_split_metrics(model, held_out: IOIBatch, seen: IOIBatch) -> tuple[dict,
         rows += [{"names": split, "logit_diff": x} for x in logit_diff_per_prompt(last, batch).tolist()]
     summary = parts["held-out"] | {f"seen_{k}": v for k, v in parts["seen"].items()}
     return summary | {"names": "held-out"}, pd.DataFrame(rows)
+
+
+def analysis_samples(seed: int, analysis_size: int, eval_size: int = 0) -> list[IOISample]:
+    """The prompts an experiment's analyses run on: the first `analysis_size` held-out-name
+    samples of its evaluation set (of max(`eval_size`, `analysis_size`) prompts)."""
+    return evaluation_samples(seed, max(eval_size, analysis_size))[0][:analysis_size]

@@ -1,0 +1,66 @@
+"""The Playground and head pages in a real browser on the shipped demo cache (fixtures of
+test_browser): a dataset prompt shows the three checkpoints' predictions, an unknown name the
+error, and a click on a heatmap cell opens that head's page. Screenshots in test-artifacts/."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, quote, urlparse
+
+from test_browser import browser, page, pytestmark, server, settle, shoot  # noqa: F401
+
+from ioi.task.names import analysis_samples
+
+CHARTS = "[data-testid='stVegaLiteChart']"
+
+
+def main_text(tab) -> str:
+    return tab.inner_text("[data-testid='stMain']")
+
+
+def test_a_dataset_prompt_shows_the_three_checkpoints_predictions(server, page):  # noqa: F811
+    x = analysis_samples(0, 5)[4]
+    page.goto(f"{server}/playground?prompt={quote(x.prompt)}", timeout=120_000)
+    settle(page)
+    page.wait_for_timeout(1500)
+    text = main_text(page)
+    for label in (
+        "clean, pretrained",
+        "subject duplication, epoch 3",
+        "reversal of subject duplication, epoch 3",
+    ):
+        assert label in text, label
+    metrics = page.locator("[data-testid='stMetricValue']").all_inner_texts()
+    assert metrics[1::2] == [x.io, x.s, x.io], metrics  # "predicts" after each logit difference
+    shoot(page, "9-playground")
+
+
+def test_an_unknown_name_shows_the_error(server, page):  # noqa: F811
+    prompt = "When Mary and Zorblax went to the store, Mary gave a drink to"
+    page.goto(f"{server}/playground?prompt={quote(prompt)}", timeout=120_000)
+    page.wait_for_selector("[data-testid='stAlertContentError']", timeout=180_000)
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=180_000)
+    error = page.inner_text("[data-testid='stAlertContentError']")
+    assert "not in this model's vocabulary: Zorblax" in error
+    shoot(page, "9-playground-unknown-name")
+
+
+def test_clicking_a_heatmap_cell_opens_that_heads_page(server, page):  # noqa: F811
+    page.goto(f"{server}/playground", timeout=120_000)
+    settle(page)
+    page.wait_for_timeout(1500)
+    heatmap = page.locator(CHARTS).nth(3)  # three next-token charts, then the first DLA heatmap
+    heatmap.scroll_into_view_if_needed()
+    page.wait_for_timeout(800)
+    box = heatmap.bounding_box()
+    # 26 px cells (three panels) below the panel title, right of the layer axis: head 4 of layer 1
+    page.mouse.click(box["x"] + 52 + 4 * 26 + 13, box["y"] + 40 + 26 + 20)
+    for _ in range(240):  # the address bar changes once the head page has run
+        if page.evaluate("location.pathname").endswith("/head"):
+            break
+        page.wait_for_timeout(500)
+    settle(page)
+    page.wait_for_timeout(1500)
+    query = parse_qs(urlparse(page.evaluate("location.href")).query)
+    assert query["head"] == ["1.4"] and query["epoch"] == ["0"], query
+    assert "DLA of 1.4 — clean, pretrained" in main_text(page)
+    shoot(page, "9-head-page")
