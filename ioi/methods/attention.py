@@ -73,23 +73,20 @@ def copy_scores(
     w_o [layer, head, d_head, d_model]; w_u [d_model, vocab]; tokens [names] their token ids. The
     head's LayerNorm and the final one are weightless (:func:`ioi.methods.readout.layer_norm_pre`).
     """
-    return signed_copy_scores(resid, w_v, w_o, w_u, tokens, k=k, eps=eps, signs=(sign,))[0]
+    return signed_copy_scores((resid, w_v, w_o, w_u, tokens), k, eps, (sign,))[0]
 
 
 def signed_copy_scores(
-    resid: NameResid,
-    w_v: HeadIn,
-    w_o: HeadOut,
-    w_u: Unembed,
-    tokens: NameTokens,
-    *,
-    k: int = 5,
-    eps: float = 1e-5,
-    signs: Sequence[float] = (1.0, -1.0),
+    weights: tuple[NameResid, HeadIn, HeadOut, Unembed, NameTokens],
+    k: int,
+    eps: float,
+    signs: Sequence[float],
 ) -> list[HeadGrid]:
-    """:func:`copy_scores` for each of `signs`, from one unembedding per layer: a weightless
-    LayerNorm is odd and a matmul linear, so the logits of −OV are exactly (bit for bit) minus
-    those of OV, and the negative copy score costs a negation instead of a second unembedding."""
+    """:func:`copy_scores` of `weights` (its first five arguments) for each of `signs`, from one
+    unembedding per layer: a weightless LayerNorm is odd and a matmul linear, so the logits of −OV
+    are exactly (bit for bit) minus those of OV, and the negative copy score costs a negation
+    instead of a second unembedding."""
+    resid, w_v, w_o, w_u, tokens = weights
     n_layers, n_heads = w_v.shape[:2]
     x = layer_norm_pre(resid, eps)
     scores = [torch.empty(n_layers, n_heads) for _ in signs]
@@ -133,7 +130,9 @@ def model_copy_scores(
     (ValueError naming what does not fit on a model whose LayerNorms are not weightless)."""
     require_weightless_layer_norm(bridge, "the copy score")
     resid, tokens = name_residuals(bridge, tokenizer, names)
-    pos, neg = signed_copy_scores(resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens, k=k, eps=bridge.cfg.eps)
+    pos, neg = signed_copy_scores(
+        (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens), k, bridge.cfg.eps, (1.0, -1.0)
+    )
     return {"copy_score": pos, "negative_copy_score": neg}
 
 
