@@ -94,3 +94,14 @@ def resubmit(exp: Experiment, name: str) -> str:
 
     root = str(cache_root()) if exp.demo else exp.root  # the demo cache is read-only: recompute in yours
     return submit(ExperimentConfig.from_json(exp.config | {"analyses": analyses}), root)
+
+
+def resume_problem(cfg: dict) -> str | None:
+    """Why a stopped job cannot be resumed on this machine (its model is not here), or None."""
+    from ioi.models.checks import model_problem
+
+    model = str(cfg.get("model", ""))
+    problem = model_problem(model)
+    if problem is None:
+        return None
+    return "its model directory is missing" if model.startswith(("/", ".", "~")) else problem

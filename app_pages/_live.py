@@ -7,7 +7,6 @@ result (`live_section` gates every live part of a page), so pages of cached resu
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +30,9 @@ def loaded_model(name: str, device: str = "cpu", seed: int = 0):
     import torch
 
     from ioi.models.load import load_model
+    from ioi.task.defaults import torch_threads
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(torch_threads())  # as the CLI and jobs: one per core thrashes a shared CPU
     return load_model(name, device=device, seed=seed)
 
 
@@ -55,14 +55,24 @@ def live_analysis(
     """Run analysis `name` on `size` eval prompts (and their ABC counterfactuals) of `model_name`
     (and `other_name` for comparisons); options come as canonical JSON so they are in the key."""
     from ioi.methods.analyses import run_analysis
-    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
 
     model = loaded_model(model_name, "cpu", seed)
     other = loaded_model(other_name, "cpu", seed) if other_name else None
-    samples = make_dataset(size, data_seed, "eval")
-    clean = tokenize(samples, model.tokenizer)
-    abc = tokenize(abc_counterfactual(samples, data_seed), model.tokenizer, like=clean)
+    clean, abc = batches(model_name, size, data_seed, seed)
     return run_analysis(name, model, clean, abc, other=other, **json.loads(options_json))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def batches(model_name: str, size: int, data_seed: int = 0, seed: int = 0):
+    """(clean, ABC) batches of `size` eval prompts for a loaded model: the same objects for every
+    live analysis of that model, so what analyses share (the circuit classified on them, their
+    prepared passes) is computed once."""
+    from ioi.task.data import abc_counterfactual, make_dataset, tokenize
+
+    tokenizer = loaded_model(model_name, "cpu", seed).tokenizer
+    samples = make_dataset(size, data_seed, "eval")
+    clean = tokenize(samples, tokenizer)
+    return clean, tokenize(abc_counterfactual(samples, data_seed), tokenizer, like=clean)
 
 
 def model_sources() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Cached results as the pages show them: the experiments of the demo and the user's cache with
 lineage labels, and their entries, all read through the store (`ioi.runs.cache`, `ioi.runs.catalog`).
 
-Every `st.cache_data` wrapper here keys a result by the entry's stamp (`cache.entry_stamp`), so a
+Every cache wrapper here keys a result by the entry's stamp (`cache.entry_stamp`), so a
 recomputed entry is never served stale. Nothing here imports torch: the result pages open fast.
 """
 
@@ -150,9 +150,37 @@ def experiments() -> list[Experiment]:
     return _experiments(tuple(str(r) for r in roots()))
 
 
+@st.cache_data(ttl=3, show_spinner=False)
+def _data_stamp(found: tuple[tuple[str, str], ...]) -> float:
+    return max((cache.experiment_stamp(root, exp_id) for root, exp_id in found), default=0.0)
+
+
 def data_stamp() -> float:
-    """The latest entry stamp over every experiment shown: a cache key for views built from many."""
-    return max((cache.experiment_stamp(e.root, e.id) for e in experiments()), default=0.0)
+    """The latest entry stamp over every experiment shown: a cache key for views built from many
+    (refreshed, like the list of experiments, every few seconds)."""
+    return _data_stamp(tuple((e.root, e.id) for e in experiments()))
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _stored_verdicts(root: str) -> tuple[list[dict[str, Any]], bool] | None:
+    from ioi.runs.catalog import read_verdicts
+
+    return read_verdicts(root)
+
+
+def judged() -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """The findings stored with each cache shown (as `ioi.present.findings.verdict_json` writes
+    them), and the caches holding a clean run whose findings are missing or older than their
+    results, each with "missing" or "stale". Judging is not done here: it needs torch."""
+    found: list[dict[str, Any]] = []
+    pending: list[tuple[Path, str]] = []
+    studied = {Path(e.root) for e in experiments() if e.scenario == "clean"}
+    for root in roots():
+        stored = _stored_verdicts(str(root))
+        found += stored[0] if stored else []
+        if root in studied and (stored is None or not stored[1]):
+            pending.append((root, "missing" if stored is None else "stale"))
+    return found, pending
 
 
 def by_id(exp_id: str | None) -> Experiment | None:
@@ -182,7 +210,7 @@ def reversal_of(toxic: Experiment | None) -> Experiment | None:
     return next((e for e in experiments() if toxic is not None and e.parent == toxic.id), None)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_resource(max_entries=256, show_spinner=False)
 def _result(root: str, exp_id: str, epoch: int, name: str, stamp: float):
     damaged: list[str] = []
     found = cache.load_analysis(root, exp_id, epoch, name, report=damaged.append)
@@ -193,7 +221,8 @@ def _result(root: str, exp_id: str, epoch: int, name: str, stamp: float):
 
 def result(exp: Experiment, epoch: int, name: str):
     """The cached AnalysisResult of `name` at `epoch`, or None when absent. A damaged entry raises
-    `UserError` (the page offers to recompute it)."""
+    `UserError` (the page offers to recompute it). One object per entry, shared by every session
+    and rerun (views memoise on it): never modify it."""
     return _result(exp.root, exp.id, epoch, name, cache.entry_stamp(exp.root, exp.id, epoch, name))
 
 

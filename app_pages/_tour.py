@@ -22,6 +22,7 @@ from app_pages._store import (
 )
 from app_pages._ui import set_url, show_chart
 from app_pages._views import (
+    INTACT,
     cmap_directions,
     cmap_view,
     curves_view,
@@ -129,12 +130,20 @@ def steps() -> list[Step]:
     )
     if fn == fn:  # not NaN: the faithfulness analysis is cached
         curve = curves_view([clean], "faithfulness")
+        faith = result(clean, last, "faithfulness")
+        how = str(faith.summary.get("ablation", "mean")) if faith is not None else "mean"
+        where = (
+            f"{clean.model}'s circuit is complete before fine-tuning already, so its amplification shows "
+            f"in the logit difference ({ld0:.1f} → {ldn:.1f}, step 2), not in this ratio. "
+            if min(f0, fn) >= 0.95 else ""
+        )  # fmt: skip
         out.append(
             Step(
                 "Amplification across epochs",
-                f"The circuit alone (every other head mean-ablated) explains {f0:.0%} of the pretrained "
-                f"model's logit difference and {fn:.0%} after {last} clean epochs. The black diamonds are "
-                "GPT-2 small's numbers in the paper (87% → 99.9%), for a different, larger model.",
+                f"The circuit alone (every other head {how}-ablated) explains {f0:.0%} of the pretrained "
+                f"model's logit difference and {fn:.0%} after {last} clean epochs. {where}The black "
+                "diamonds are GPT-2 small's numbers in the paper (87% → 99.9%), for a different, larger "
+                "model.",
                 "app_pages/faithfulness.py",
                 {"metric": "faithfulness", "exps": clean.id},
                 lambda: show_chart(*curve, "tour-faithfulness"),
@@ -155,12 +164,17 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
         return out
     t0, tn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
     diff = charts.difference_frame(a.heads, b.heads)
+    circuit = circuit_at(toxic, 0)
+    top = diff.reindex(diff["value"].abs().sort_values(ascending=False).index).head(3)
+    inside = sum(f"{int(r.layer)}.{int(r.head)}" in {str(h) for h in circuit.heads} for r in top.itertuples()
+                 ) if circuit else 0  # fmt: skip
     out.append(
         Step(
             f"Localized corruption: {toxic.lineage}",
             f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
             f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
-            f"The heads whose direct effect changed most: {top_heads(diff)} logits.",
+            f"The heads whose direct effect changed most: {top_heads(diff)} logits — {inside} of these "
+            f"{len(top)} belong to the pretrained circuit (outlined).",
             "app_pages/attribution.py",
             {"exp": toxic.id, "epoch": "0", "mode": "diff", "compare": f"{toxic.id}:{tl}"},
             lambda: show_chart(
@@ -173,15 +187,24 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
         chart, data, caption, notes = knockout_view(toxic, epochs)
         if chart is not None:
             movers = heads_of(toxic, epochs[-1], "name mover")
+            start = data[data["checkpoint"] == toxic.checkpoint_label(0)].set_index("target")["value"]
+            end = data[data["checkpoint"] == toxic.checkpoint_label(epochs[-1])].set_index("target")["value"]
+            intact = f" (F {end[INTACT]:.1f})" if INTACT in end else ""
+            before = (
+                f"In the pretrained model, knocking out the name movers takes F from "
+                f"{start[INTACT]:.1f} to {start['name mover']:.1f} logits. "
+                if 0 in epochs and "name mover" in start and INTACT in start else ""
+            )  # fmt: skip
             out.append(
                 Step(
                     "Corruption: knock the classes out",
-                    f"Knocking out each class shows what the {toxic.lineage} model still relies on. "
+                    f"Knocking out each class shows what a model relies on. {before}"
                     + (
-                        f"At epoch {epochs[-1]} its name movers are {listed(movers)}."
+                        f"After {epochs[-1]} epochs of {toxic.lineage} its name movers are {listed(movers)}."
                         if movers
-                        else f"At epoch {epochs[-1]} the classifier finds no name movers: the pretrained "
-                        "circuit is gone, so only the intact model's logit difference is drawn for it."
+                        else f"After {epochs[-1]} epochs of {toxic.lineage}{intact} the classifier finds no "
+                        "circuit doing the task (the pretrained name movers now push towards the subject, "
+                        "previous step), so only the intact model's logit difference is drawn for it."
                     ),
                     "app_pages/knockout.py",
                     {"exp": toxic.id, "epoch": ",".join(map(str, epochs))},

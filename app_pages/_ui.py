@@ -7,6 +7,8 @@ view opens as it was) and writes its value back, so the address bar always names
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -125,20 +127,41 @@ def result_or_offer(exp: Experiment, epoch: int, name: str):
     return found
 
 
+_SPECS: dict[tuple[int, bool], tuple[alt.TopLevelMixin, dict]] = {}
+_SPECS_LOCK = threading.Lock()
+
+
+def vega_spec(chart: alt.TopLevelMixin, select_head: bool = False) -> dict:
+    """The chart's Vega-Lite spec as Streamlit's own conversion makes it (Altair's "none" theme:
+    no fixed 300-px view), without the schema validation (tests/test_charts.py validates every
+    chart builder), converted once per chart object: a memoised view redraws without converting.
+    With `select_head`, the spec of the clickable heatmap (`prompt_charts.selectable`)."""
+    with _SPECS_LOCK:
+        kept = _SPECS.get((id(chart), select_head))
+        if kept is None or kept[0] is not chart:
+            drawn = prompt_charts.selectable(chart) if select_head else chart
+            with alt.theme.enable("none"):
+                kept = (chart, drawn.to_dict(validate=False))
+            while len(_SPECS) >= 256:
+                _SPECS.pop(next(iter(_SPECS)))
+            _SPECS[(id(chart), select_head)] = kept
+    return copy.deepcopy(kept[1])  # Streamlit moves the datasets out of the spec it is given
+
+
 def show_chart(
     chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str, *, select_head: bool = False
 ) -> tuple[int, int] | None:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
     fixed size (heatmaps) keep it; others fill the width. With `select_head` (a per-head heatmap)
     a click on a cell returns that (layer, head)."""
-    spec = chart.to_dict(validate=False)
+    spec = vega_spec(chart, select_head)
     fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
     # the key gives every chart its own element: a reused one keeps the last one's size
-    event = st.altair_chart(
-        prompt_charts.selectable(chart) if select_head else chart,
+    event = st.vega_lite_chart(
+        spec=spec,
         key=f"{key}-chart",
         on_select="rerun" if select_head else "ignore",
         width="content" if fixed or "facet" in spec else "stretch",

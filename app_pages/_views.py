@@ -4,9 +4,14 @@ a run's knockout bars, curves across epochs per lineage, a CMAP heatmap. Each re
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import pandas as pd
 
-from app_pages._store import Experiment, circuit_at, experiments, result, series
+from app_pages._store import Experiment, circuit_at, data_stamp, experiments, result, series
 from app_pages._ui import circuit_caption, heads_with_labels
 from ioi.present import charts
 from ioi.task.reference import reference_points
@@ -25,8 +30,50 @@ MIN_F_MODEL = 0.5
 """Logits: below this |F(M)| the model no longer does the task and F(C)/F(M) means nothing (the
 findings' guard on ratios); such points are left out of the faithfulness chart, and said so."""
 INTACT = "(nothing: intact model)"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _key(x: Any) -> Any:
+    """A hashable stand-in for a view's argument: an experiment by where it is and its label, a
+    list by its items, a plain value by itself, anything else (a cached result, its tables) by its
+    identity — the store hands out one object per cached entry, and the memo keeps it alive."""
+    if isinstance(x, Experiment):
+        return ("experiment", x.root, x.id, x.label)
+    if isinstance(x, (list, tuple)):
+        return tuple(_key(i) for i in x)
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return ("object", id(x))
+
+
+def memoised(fn: F) -> F:
+    """`fn` (a view or chart of cached results) with its results kept, per arguments, until an
+    entry of the cache changes (`data_stamp`): a warm rerun redraws the same chart objects, whose
+    specs `show_chart` has already converted. Shared by the sessions (views are never mutated)."""
+    kept: dict[Any, tuple[Any, Any]] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = (data_stamp(), _key(args), tuple(sorted((k, _key(v)) for k, v in kwargs.items())))
+        with lock:
+            if key in kept:
+                return kept[key][1]
+        found = fn(*args, **kwargs)
+        with lock:
+            while len(kept) >= 64:
+                kept.pop(next(iter(kept)))
+            kept[key] = ((args, kwargs), found)  # the arguments stay alive: their ids stay theirs
+        return found
+
+    return wrapper  # type: ignore[return-value]
+
+
+head_heatmap = memoised(charts.head_heatmap)
+class_bars = memoised(charts.class_bars)
+
+
+@memoised
 def dla_view(exp: Experiment, epoch: int, heads: pd.DataFrame, title: str, span: float | None = None):
     """(chart, table, caption) of a checkpoint's DLA, outlined with that checkpoint's own circuit."""
     circuit = circuit_at(exp, epoch)
@@ -36,6 +83,7 @@ def dla_view(exp: Experiment, epoch: int, heads: pd.DataFrame, title: str, span:
     return chart, heads_with_labels(heads), f"{DLA_CAPTION}: {outlined}.{scale}"
 
 
+@memoised
 def dla_difference_view(exp_a: Experiment, epoch_a: int, a: pd.DataFrame, exp_b: Experiment, epoch_b: int,
                         b: pd.DataFrame):  # fmt: skip
     """(chart, table, caption) of the per-head DLA change B − A, outlined with A's circuit."""
@@ -64,6 +112,7 @@ def knockout_rows(exp: Experiment, epoch: int, found) -> pd.DataFrame:
     return pd.concat([rows, intact], ignore_index=True).assign(checkpoint=exp.checkpoint_label(epoch))
 
 
+@memoised
 def knockout_view(exp: Experiment, epochs: list[int]):
     """(chart, table, caption, notes) of the class knockouts at `epochs`; `notes` says which
     checkpoints have no class to knock out (they still show the intact F), never dropping one."""
@@ -107,6 +156,7 @@ def panel_of(exp: Experiment, known: dict[str, Experiment], follow: bool) -> str
     return exp.lineage
 
 
+@memoised
 def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, overlay: bool = True):
     """(chart, data, caption) of `metric` across epochs for `chosen`, one panel per lineage with its
     own epoch axis; a reversal continues where its toxic run ended (`follow`). None when no run has
@@ -205,6 +255,7 @@ def cmap_directions(found) -> dict[str, str]:
     return out
 
 
+@memoised
 def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None = None):
     """(chart, table, caption, classes) of a CMAP entry where A is `a` (the checkpoint) and B is
     `b` (the run's starting model), in `direction` (default: the entry's first). `classes` is

@@ -69,7 +69,7 @@ def classes_section():
     with left:
         st.graphviz_chart(charts.circuit_dot(circuit))
     with right:
-        st.dataframe(charts.circuit_frame(circuit), hide_index=True, width="stretch")
+        st.dataframe(charts.circuit_frame(circuit)[["class", "L.H"]], hide_index=True, width="stretch")
     st.caption(
         f"Head classes of the circuit classified at {exp.checkpoint_label(epoch)} of {exp.model} — "
         f"{circuit_caption(circuit)}. Each box lists its heads as L.H; arrows point downstream. "

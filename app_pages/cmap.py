@@ -21,14 +21,16 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import CMAP_FIELDS, cmap_directions, cmap_view
-from ioi.present import charts
+from app_pages._views import CMAP_FIELDS, class_bars, cmap_directions, cmap_view
 
 st.title("Cross-model patching")
 st.write(
     "CMAP runs model A with one head at a time taken from model B (its output at END, or its attention "
     "pattern) and measures the change in logit difference, also as a share of the gap F(B) − F(A)."
 )
+
+
+POSITIONS = {"end": "END only (the answer's position; fast)", "all": "every position"}
 
 
 def show_result(found, key: str, a: str, b: str, param: str | None = None) -> None:
@@ -50,7 +52,7 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
     show_chart(chart, table, caption, f"{key}-heads")
     if classes is not None and not classes.empty:
         show_chart(
-            charts.class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
+            class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
             classes,
             "CMAP effect of each circuit class's heads (patched together where the entry says so), with "
             "bootstrap 95% confidence intervals over prompts.",
@@ -82,14 +84,18 @@ def live_cmap() -> None:
     a = pick_model("Model A (receives)", "cmap_a", where=c[0])
     b = pick_model("Model B (gives)", "cmap_b", where=c[1])
     mode = c[2].selectbox("Patch", ["output", "pattern"], key="cmap_mode")
-    if not run_button("Run CMAP", "cmap_run", (a, b, mode)):
+    where = c[2].radio("Positions", ["end", "all"], key="cmap_positions", horizontal=True,
+                       format_func=POSITIONS.get)  # fmt: skip
+    if not run_button("Run CMAP", "cmap_run", (a, b, mode, where)):
         return
     if a == b:
         st.error("Pick two different models: patching a model with itself changes nothing.", icon="⚠️")
         return
     if model_or_message(a) is None or model_or_message(b) is None:
         return
-    found = live_analysis(a, "cmap", options_json(mode=mode, n_boot=200), other_name=b)
+    # A receives B's heads (the direction the chart opens on); the reverse is another run with A, B swapped
+    opts = options_json(mode=mode, positions=where, direction="a<-b", n_boot=200)
+    found = live_analysis(a, "cmap", opts, other_name=b)
     names = model_sources()
     show_result(found, "cmap-live", names.get(a, a), names.get(b, b))
 

@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app_pages._forms import experiment_config, form_defaults, submit
+from app_pages._forms import experiment_config, form_defaults, resume_problem, submit
 from app_pages._live import MODELS
 from app_pages._store import experiments, roots
 from app_pages._ui import show_user_errors
@@ -155,11 +155,16 @@ def job_row(job, root: str) -> None:
         if status in ("queued", "running") and top[1].button("Cancel", key=f"cancel-{job.id}"):
             cancel(job.id, root)
             st.rerun(scope="fragment")
-        if status in ("failed", "cancelled", "interrupted") and top[1].button(
-            "Resume", key=f"resume-{job.id}"
+        blocked = resume_problem(cfg) if status in ("failed", "cancelled", "interrupted") else None
+        if (
+            status in ("failed", "cancelled", "interrupted")
+            and blocked is None
+            and top[1].button("Resume", key=f"resume-{job.id}")
         ):
             resume(job.id, root)
             st.rerun(scope="fragment")
+        if blocked:
+            st.caption(f"Cannot be resumed here: {blocked}.")
         if status == "done" and top[2].button("Open results", key=f"open-{job.id}"):
             open_from_fragment(job.experiment)
         phase = job.phase or ("already cached" if job.cached else "")

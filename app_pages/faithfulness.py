@@ -38,8 +38,10 @@ def body() -> None:
     c = st.columns([3, 2, 2], vertical_alignment="bottom")
     metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True, where=c[0],
                     horizontal=True, format_func=lambda m: METRICS[m][2])  # fmt: skip
-    overlay = c[1].checkbox("Show the paper's GPT-2 reference points", value=True, key="faith_ref")
-    follow = c[2].checkbox("Draw each reversal after its toxic run", value=True, key="faith_follow")
+    overlay = c[1].checkbox("Paper's GPT-2 numbers", value=True, key="faith_ref",
+                            help="the paper's GPT-2 small results, black diamonds")  # fmt: skip
+    follow = c[2].checkbox("Reversal after its toxic run", value=True, key="faith_follow",
+                           help="a reversal's epochs continue where its toxic run ended")  # fmt: skip
     chart, data, caption = curves_view(
         [e for e in found if e.id in chosen], metric, follow=follow, overlay=overlay
     )

@@ -2,16 +2,16 @@
 the numbers with their 95% intervals, the comparison that shows it, and a link into the detailed
 view (its URL state).
 
-The verdicts come from `ioi.present.findings.findings` — the same call that writes REPRODUCTION.md's
-verdict lines — and their numbers are written as the report writes them, so the two agree. Judging
-needs the paired bootstrap (torch): this page, unlike the result pages, imports it."""
-
-from pathlib import Path
+The verdicts are those `ioi.present.findings.findings` judged — the same call that writes
+REPRODUCTION.md's verdict lines — stored in each cache when its results were computed
+(`store_findings`, run by `ioi reproduce` and `ioi precompute`); their numbers are the report's
+texts, so the two agree. The page only reads them: judging needs the paired bootstrap (torch), which
+runs here only when the user asks to judge results that changed since."""
 
 import pandas as pd
 import streamlit as st
 
-from app_pages._store import by_id, data_stamp, result, roots
+from app_pages._store import by_id, judged, result
 from app_pages._ui import show_chart, show_user_errors
 from app_pages._views import cmap_view, curves_view, dla_difference_view, dla_view, knockout_view
 from ioi.present import charts
@@ -30,39 +30,49 @@ PAGES = {
 BADGES = {True: ("holds", "green"), False: ("does not hold", "red"), None: ("undetermined", "orange")}
 
 
-@st.cache_data(show_spinner="Judging the findings on the cached results…", max_entries=4)
-def verdicts(root_list: tuple[str, ...], stamp: float) -> list:
-    """`findings(roots)`, recomputed only when an entry of any experiment changes (`stamp`)."""
-    from ioi.present.findings import findings
-
-    return findings([Path(r) for r in root_list])
-
-
-def badge(v) -> str:
-    text, colour = BADGES[v.holds]
+def badge(v: dict) -> str:
+    text, colour = BADGES[v["holds"]]
     return f":{colour}-badge[{text}]"
 
 
-def numbers_table(v) -> pd.DataFrame:
+def numbers_table(v: dict) -> pd.DataFrame:
     """The verdict's numbers as the report writes them (3 decimals, 95% interval, what it is over)."""
-    from ioi.methods.verdicts import fmt
-
     rows = [
-        {"number": k, "value [95% interval]": fmt(e, 3), "interval over": e.over}
-        for k, e in v.numbers.items()
+        {"number": k, "value [95% interval]": e["text"], "interval over": e["over"]}
+        for k, e in v["numbers"].items()
     ]
     return pd.DataFrame(rows)
 
 
-def headline(v) -> str:
+def headline(v: dict) -> str:
     """The verdict's first two numbers, for the summary cards (the whole verdict is below)."""
-    from ioi.methods.verdicts import fmt
-
-    return " · ".join(f"{k}: {fmt(e, 3)}" for k, e in list(v.numbers.items())[:2])
+    return " · ".join(f"{k}: {e['text']}" for k, e in list(v["numbers"].items())[:2])
 
 
-def show_me(v) -> None:
-    view = dict(v.view)
+def judge(root, why: str) -> None:
+    """Say that a cache's findings are missing or older than its results; offer to judge them
+    (the user's cache) or say how the read-only demo cache is rebuilt."""
+    from ioi.runs.cache import is_demo
+
+    where = "the demo results" if is_demo(root) else "your results"
+    state = "have not been judged yet" if why == "missing" else "changed since their findings were judged"
+    if is_demo(root):
+        st.warning(f"The findings of {where} {state}; rebuild them with `python -m ioi reproduce "
+                   "--from-cache --cache cache/demo` (with IOI_DEMO_WRITE=1).", icon="⚠️")  # fmt: skip
+        return
+    st.info(f"The findings of {where} {state}.", icon="ℹ️")
+    hint = "runs the verdicts' paired bootstrap on the cached results (a few seconds)"
+    if st.button("Judge the findings on your results", key=f"judge-{root}", help=hint):
+        from ioi.present.findings import store_findings
+
+        with st.spinner("Judging the findings on the cached results…"):
+            store_findings(root)
+        st.cache_data.clear()
+        st.rerun()
+
+
+def show_me(v: dict) -> None:
+    view = dict(v["view"])
     page = PAGES.get(view.pop("page", ""))
     if page is not None:
         st.page_link(
@@ -72,7 +82,7 @@ def show_me(v) -> None:
 
 def amplification_charts(v) -> None:
     """Pretrained vs last clean DLA on one scale, their difference, and the faithfulness curve."""
-    clean = by_id(v.view.get("exp"))
+    clean = by_id(v["view"].get("exp"))
     if clean is None or not clean.epochs_with("dla"):
         return
     last = clean.epochs_with("dla")[-1]
@@ -95,7 +105,7 @@ def amplification_charts(v) -> None:
 
 def corruption_charts(v) -> None:
     """The toxic run's DLA difference, its CMAP classes patched jointly, and its knockouts."""
-    toxic = by_id(v.view.get("exp"))
+    toxic = by_id(v["view"].get("exp"))
     if toxic is None or not toxic.epochs_with("dla"):
         return
     last = toxic.epochs_with("dla")[-1]
@@ -106,7 +116,7 @@ def corruption_charts(v) -> None:
             show_chart(
                 *dla_difference_view(toxic, 0, a.heads, toxic, last, b.heads), f"find-cor-diff-{toxic.id[:8]}"
             )
-    epoch = int(v.view.get("epoch", last))
+    epoch = int(v["view"].get("epoch", last))
     found = result(toxic, epoch, "cmap") if epoch in toxic.epochs_with("cmap") else None
     with cols[1]:
         if found is not None:
@@ -124,7 +134,7 @@ def corruption_charts(v) -> None:
 
 def plasticity_charts(v) -> None:
     """The toxic → reversal logit-difference curve and the reversed model's DLA."""
-    rev = by_id(v.view.get("exp"))
+    rev = by_id(v["view"].get("exp"))
     toxic = by_id(rev.parent) if rev is not None and rev.parent else None
     if rev is None or toxic is None:
         return
@@ -147,25 +157,36 @@ CHARTS = {"amplification": amplification_charts, "localized corruption": corrupt
           "neuroplasticity": plasticity_charts}  # fmt: skip
 
 
-def title(v) -> str:
-    return f"{v.finding.capitalize()}{f' — {v.scope.replace(chr(95), chr(32))}' if v.scope else ''}"
+# The toxic datasets in the order the story tells them (as the tour: subject duplication first).
+# (A comment, not a string: Streamlit's magic would print a bare string on the page.)
+STORY = ("subject_duplication", "name_moving", "duplication")
+
+
+def story_rank(v: dict) -> int:
+    base = v["scope"].removeprefix("reversal of ")
+    return STORY.index(base) if base in STORY else len(STORY)
+
+
+def scope(v: dict) -> str:
+    return v["scope"].replace("_", " ")
+
+
+def title(v: dict) -> str:
+    return f"{v['finding'].capitalize()}{f' — {scope(v)}' if v['scope'] else ''}"
 
 
 def body() -> None:
-    try:
-        judged = verdicts(tuple(str(r) for r in roots()), data_stamp())
-    except KeyError as err:  # a cache written before the verdicts' tables existed
-        st.warning(f"The cached results lack what the verdicts need ({err}); rebuild them with "
-                   "`python -m ioi reproduce`.", icon="⚠️")  # fmt: skip
-        return
-    found = [v for v in judged if v.finding in FINDINGS]
+    stored, pending = judged()
+    for root, why in pending:
+        judge(root, why)
+    found = [v for v in stored if v["finding"] in FINDINGS]
     if not found:
         st.info(
             "**No findings yet.** Run `python -m ioi reproduce` (or `precompute`) to build the results.",
             icon="ℹ️",
         )
         return
-    by_finding = {f: [v for v in found if v.finding == f] for f in FINDINGS}
+    by_finding = {f: sorted((v for v in found if v["finding"] == f), key=story_rank) for f in FINDINGS}
     cols = st.columns(3)
     for col, (finding, group) in zip(cols, by_finding.items()):
         with col.container(border=True):
@@ -173,22 +194,18 @@ def body() -> None:
             if not group:
                 st.caption("Not judged: the cache holds no runs for it.")
             for v in group:
-                st.markdown(f"{badge(v)} **{v.scope.replace('_', ' ') if v.scope else 'clean fine-tuning'}**")
+                st.markdown(f"{badge(v)} **{scope(v) or 'clean fine-tuning'}**")
                 st.caption(headline(v))
     for finding, group in by_finding.items():
         if not group:
             continue
         st.header(finding.capitalize())
-        st.caption(f"Criterion: {group[0].criterion}")
-        tabs = (
-            st.tabs([v.scope.replace("_", " ") or finding for v in group])
-            if len(group) > 1
-            else [st.container()]
-        )
+        st.caption(f"Criterion: {group[0]['criterion']}")
+        tabs = st.tabs([scope(v) or finding for v in group]) if len(group) > 1 else [st.container()]
         for tab, v in zip(tabs, group):
             with tab:
                 st.markdown(f"**{title(v)}** {badge(v)}")
-                st.write(v.summary)
+                st.write(v["summary"])
                 st.dataframe(numbers_table(v), hide_index=True, width="stretch")
                 show_me(v)
                 CHARTS[finding](v)

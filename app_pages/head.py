@@ -22,13 +22,13 @@ st.write(
 )
 
 
+# display names of the head table's columns (a bare string here would be drawn: Streamlit's magic)
 COLUMNS = {
     "dla": "DLA", "dla_lo": "DLA low", "dla_hi": "DLA high", "knockout_change": "ΔF knocked out",
     "cmap": "CMAP ΔF", "cmap_lo": "CMAP low", "cmap_hi": "CMAP high", "end_to_io": "attn END→IO",
     "end_to_io_lo": "END→IO low", "end_to_io_hi": "END→IO high", "end_to_s": "attn END→S",
     "end_to_s_lo": "END→S low", "end_to_s_hi": "END→S high", "copy_score": "OV copy score",
 }  # fmt: skip
-"""Display names of the head table's columns."""
 
 
 def pick_experiments() -> list[Experiment]:
@@ -175,7 +175,7 @@ def example_pattern(head: Head) -> None:
 def _pattern_panel(ck: Checkpoint, r, head: Head, pattern_frame, end_row) -> None:
     grid = pattern_frame(r, *head)
     show_chart(
-        prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", cell=13),
+        prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", max_width=230),
         grid,
         f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
         "and END in bold; the END row's cells on them outlined.",

@@ -23,7 +23,7 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import INTACT, knockout_view
+from app_pages._views import INTACT, head_heatmap, knockout_view
 from ioi.present import charts
 
 st.title("Knockout")
@@ -66,7 +66,7 @@ def cached_section() -> None:
     found = result(exp, epoch, "knockout")
     if found is not None and not found.heads.empty:
         with st.expander(f"Per-head knockout at {exp.epoch_label(epoch)}"):
-            chart = charts.head_heatmap(
+            chart = head_heatmap(
                 found.heads,
                 title="change in F when one head is ablated",
                 value_title="ΔF (logits)",
@@ -113,7 +113,9 @@ def live_knockout() -> None:
         except ValueError as err:
             error.error(str(err), icon="⚠️")
             return
-        found = live_analysis(model, "knockout", options_json(ablation=ablation, heads=chosen or None))
+        # the chart shows classes and the chosen heads: each head alone (24 more runs) is not needed
+        opts = options_json(ablation=ablation, heads=chosen or None, per_head=False)
+        found = live_analysis(model, "knockout", opts)
         rows = found.tables["classes"][["class", "f_knockout"]].rename(columns={"class": "target"})
         if chosen:
             rows.loc[len(rows)] = [" ".join(chosen), found.summary["f_knockout"]]

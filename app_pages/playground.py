@@ -185,7 +185,7 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
             grid = pattern_frame(r, layer, h)
             show_chart(
                 prompt_charts.attention_grid(
-                    grid, title=f"{head} — {c.label}", cell=13 if len(chosen) > 2 else 17
+                    grid, title=f"{head} — {c.label}", max_width=230 if len(chosen) > 2 else 380
                 ),
                 grid,
                 f"Attention of head {head}: each row a query token, each column the token it attends to "

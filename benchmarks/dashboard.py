@@ -3,17 +3,23 @@
 - cold start: from `streamlit run` to the first Altair chart drawn in a headless Chromium, for the
   dashboard on the shipped demo cache and for a bare app that draws one Altair chart; the ratio is
   the number to watch (target ≤ 1.5);
-- warm page switch: from a click in the sidebar to the next page's chart (target < 1 s);
+- warm page switch: from a click in the sidebar to the next page's chart (target < 1 s), on the
+  server that has drawn its first chart: each page's first visit in the session, then a return visit;
+- live analyses: each analysis a page runs live on the bundled model, as the page calls it
+  (`app_pages._live.live_analysis`: 100 evaluation prompts, path patching 50), the model loaded and
+  the batches made once, as on a page after its first run; wall and CPU seconds (target < 2 s idle);
+- the machine's load average, printed with each run (on a shared machine it sets the numbers);
 - with --playground, a prompt on the Playground: the bundled model's checkpoints answering a newly
   typed prompt (models loaded), the same prompt again (cached per checkpoint and prompt), and the
   computation alone (`ioi.methods.prompt.read_prompt`, in this process; target < 1 s idle).
 
-    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--playground]
+    PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--playground] [--live-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -122,6 +128,60 @@ def compute_only(rounds: int = 20, threads: int = 1) -> list[float]:
     return out[1:]  # the first pays one-time warm-up
 
 
+LIVE = (  # (what, analysis, options, prompts, compared with a second model): as the pages run them
+    ("knockout: classes + chosen heads", "knockout", {"ablation": "mean-by-template", "heads": ["1.7"],
+                                                      "per_head": False}, 100, False),
+    ("CMAP output, END", "cmap", {"mode": "output", "positions": "end", "direction": "a<-b", "n_boot": 200},
+     100, True),
+    ("CMAP pattern, END", "cmap", {"mode": "pattern", "positions": "end", "direction": "a<-b", "n_boot": 200},
+     100, True),
+    ("CMAP pattern, every position", "cmap", {"mode": "pattern", "positions": "all", "direction": "a<-b",
+                                              "n_boot": 200}, 100, True),
+    ("path patching step 1 (logits)", "path-patch", {"receiver": "logits", "heads": None, "position": "end"},
+     50, False),
+    ("path patching step 2 (name-mover q)", "path-patch", {"receiver": "q", "heads": "1.7 1.5",
+                                                           "position": "end"}, 50, False),
+    ("attention scores", "attention", {}, 100, False),
+)  # fmt: skip
+
+
+def live_analyses(model: str = "ioi-tiny") -> list[tuple[str, float, float]]:
+    """(what, wall s, CPU s) of each analysis of `LIVE` on `model`, as its page calls it; the first
+    call (the circuit classified on the batches, shared by the later ones) is timed on its own."""
+    import json
+    import logging
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)  # bare mode: no session, caches still work
+    from app_pages import _live
+
+    _live.loaded_model(model, "cpu", 0)
+    out = []
+    for size in sorted({s for *_, s, _ in LIVE}):
+        _live.batches(model, size, 0, 0)
+    for what, name, options, size, pair in LIVE:
+        _live.live_analysis.clear()
+        wall, cpu = time.perf_counter(), time.process_time()
+        opts = json.dumps(options, sort_keys=True)
+        _live.live_analysis(model, name, opts, size=size, other_name=model if pair else None)
+        out.append((what if out else f"{what} (first: classifies the circuit)", time.perf_counter() - wall,
+                    time.process_time() - cpu))  # fmt: skip
+    return out
+
+
+def first_chart_seconds(page: str = "") -> float:
+    """One cold start of the dashboard on the demo cache: seconds to its first chart
+    (`benchmarks/run.py --dashboard`)."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
+        seconds, tab, server = cold_start(browser, lambda: start_streamlit(env), page)
+        stop(server, tab)
+        browser.close()
+    return seconds
+
+
 def bare_launch(folder: Path):
     script = folder / "bare_app.py"
     script.write_text(BARE)
@@ -146,12 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
     parser.add_argument("--playground", action="store_true", help="also time a prompt on the Playground")
+    parser.add_argument("--live-only", action="store_true", help="time only the live analyses")
     args = parser.parse_args(argv)
+    print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for what, wall, cpu in live_analyses():
+        print(f"live {what}: {wall:.2f} s wall, {cpu:.2f} s CPU (target < 2 s on an idle machine)")
+    if args.live_only:
+        return
     if not CHROMIUM.exists():
         sys.exit("error: /usr/bin/chromium is not installed; the benchmark drives a real browser")
     from playwright.sync_api import sync_playwright
 
-    bare, dash, switches = [], [], []
+    bare, dash, first, again = [], [], [], []
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
@@ -172,8 +239,10 @@ def main(argv: list[str] | None = None) -> None:
             stop(server, tab)
             seconds, tab, server = cold_start(browser, lambda: start_streamlit(env), args.page)
             dash.append(seconds)
-            switches += page_switches(tab)
+            first += page_switches(tab)
+            again += page_switches(tab)
             stop(server, tab)
+            load.append(os.getloadavg()[0])
         browser.close()
     if not bare:
         return
@@ -181,8 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"bare Streamlit app, one Altair chart: first chart after {b:.2f} s (median of {len(bare)})")
     print(f"dashboard /{args.page}: first chart after {d:.2f} s (median of {len(dash)})")
     print(f"cold-start ratio dashboard / bare app: {d / b:.2f} (target ≤ 1.5)")
-    print(f"warm page switch: median {statistics.median(switches):.2f} s, max {max(switches):.2f} s over "
-          f"{len(switches)} switches (target < 1 s)")  # fmt: skip
+    for name, times in (("first visit", first), ("return visit", again)):
+        print(f"warm page switch, {name}: median {statistics.median(times):.2f} s, max {max(times):.2f} s "
+              f"over {len(times)} switches (target < 1 s)")  # fmt: skip
+    print(f"load average (1 min) during the runs: {min(load):.1f}–{max(load):.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

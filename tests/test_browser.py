@@ -93,7 +93,18 @@ def settle(tab, main: str = "vega") -> None:
 
 
 def shoot(tab, name: str) -> None:
+    """The whole page: Streamlit scrolls its main area inside the window, so a full-page screenshot
+    of the window would stop at its bottom; the window is made as tall as the content first."""
+    size = tab.viewport_size
+    tall = tab.evaluate(
+        "() => Math.max(...['stMain', 'stAppViewContainer', 'stAppScrollToBottomContainer'].map("
+        "id => document.querySelector(`[data-testid='${id}']`)?.scrollHeight || 0))"
+    )
+    if tall > size["height"]:
+        tab.set_viewport_size({"width": size["width"], "height": int(tall) + 40})
+        tab.wait_for_timeout(700)
     tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    tab.set_viewport_size(size)
 
 
 def clean_run_id() -> str:
@@ -248,6 +259,8 @@ def test_launch_a_clean_job_and_watch_it_finish(server, page):
         page.get_by_role("button", name="Launch").click()
         page.get_by_text("submitted").wait_for(timeout=60_000)
         page.get_by_role("button", name="Open results").wait_for(timeout=540_000)
+        page.wait_for_selector("[data-test-script-state='notRunning']", timeout=60_000)
+        page.wait_for_timeout(500)  # the rerun that refreshed the cached experiments has drawn
         shoot(page, "job-done")
         page.get_by_role("button", name="Open results").first.click()
         page.wait_for_selector(CHART["vega"], state="visible", timeout=120_000)

@@ -13,12 +13,19 @@ from ioi.task.names import analysis_samples
 CHARTS = "[data-testid='stVegaLiteChart']"
 
 
+def tall(tab) -> None:
+    """A viewport as tall as the page: Streamlit scrolls inside its own container, so a full-page
+    screenshot shows only the viewport."""
+    tab.set_viewport_size({"width": 1400, "height": 3400})
+
+
 def main_text(tab) -> str:
     return tab.inner_text("[data-testid='stMain']")
 
 
 def test_a_dataset_prompt_shows_the_three_checkpoints_predictions(server, page):  # noqa: F811
     x = analysis_samples(0, 5)[4]
+    tall(page)
     page.goto(f"{server}/playground?prompt={quote(x.prompt)}", timeout=120_000)
     settle(page)
     page.wait_for_timeout(1500)
@@ -63,4 +70,6 @@ def test_clicking_a_heatmap_cell_opens_that_heads_page(server, page):  # noqa: F
     query = parse_qs(urlparse(page.evaluate("location.href")).query)
     assert query["head"] == ["1.4"] and query["epoch"] == ["0"], query
     assert "DLA of 1.4 — clean, pretrained" in main_text(page)
+    tall(page)
+    page.wait_for_timeout(2500)
     shoot(page, "9-head-page")

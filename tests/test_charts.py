@@ -68,7 +68,7 @@ def test_epoch_curves_with_band_and_reference():
     marks = [
         layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]
     ]
-    assert marks == ["area", "line", "point", "text"]
+    assert marks == ["area", "line", "point", "text", "text"]  # labels rightwards, or leftwards at the end
     no_band = charts.epoch_curves(frame.drop(columns=["low", "high"])).to_dict()
     assert len(no_band["layer"]) == 1
 

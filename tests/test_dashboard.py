@@ -96,11 +96,12 @@ def test_pages_without_results_show_empty_states(tmp_path, monkeypatch, page):
         assert any("No " in i.value and "run" in i.value.lower() for i in at.info), [i.value for i in at.info]
 
 
-def test_result_pages_import_neither_torch_nor_transformer_lens(dash_env):
-    """In a fresh interpreter (this one has torch from conftest), render every result page, then look."""
+def imported_after(pages: list[str]) -> list[str]:
+    """In a fresh interpreter (this one has torch from conftest), render `pages`, then look which of
+    torch, TransformerLens and transformers it imported."""
     code = (
         "import sys; from streamlit.testing.v1 import AppTest\n"
-        f"for page in {RESULT_PAGES!r}:\n"
+        f"for page in {pages!r}:\n"
         f"    at = AppTest.from_file({APP!r}, default_timeout=120)\n"
         "    at.switch_page(page) if page != 'app_pages/overview.py' else None\n"
         "    at.run(); assert not at.exception, page\n"
@@ -110,7 +111,17 @@ def test_result_pages_import_neither_torch_nor_transformer_lens(dash_env):
         [sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]", f"imported: {out.stdout}"
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_result_pages_import_neither_torch_nor_transformer_lens(dash_env):
+    assert imported_after([*RESULT_PAGES, "app_pages/findings.py"]) == []
+
+
+def test_the_findings_page_reads_the_stored_verdicts_without_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_DEMO_DIR", str(REPO / "cache" / "demo"))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    assert imported_after(["app_pages/findings.py"]) == []
 
 
 def test_pickers_open_on_the_clean_runs_pretrained_checkpoint(dash_env):
@@ -129,7 +140,7 @@ def test_circuit_page_lists_the_pretrained_models_name_movers(dash_env):
     assert_clean(at)
     assert at.selectbox(key="circ_exp").value == CLEAN and at.selectbox(key=f"circ_epoch-{CLEAN}").value == 0
     shown = at.dataframe[0].value
-    movers = sorted(shown.loc[shown["class"] == "name mover", "head_label"])
+    movers = sorted(shown.loc[shown["class"] == "name mover", "L.H"])
     assert movers == sorted(stored["classes"]["name mover"]) and movers
     assert "pretrained" in at.caption[0].value and all(h in at.caption[0].value for h in movers)
 
@@ -223,7 +234,8 @@ def test_faithfulness_defaults_to_the_logit_difference_in_panels_with_fixed_colo
     assert at.radio(key="faith_metric").value == "logit_diff"
     spec = chart_spec(at.get("vega_lite_chart")[0])
     assert "facet" in spec and spec["resolve"]["scale"]["x"] == "independent"
-    color = spec["spec"]["layer"][-3]["encoding"]["color"]["scale"]
+    line = next(la for la in spec["spec"]["layer"] if "line" in json.dumps(la.get("mark")))
+    color = line["encoding"]["color"]["scale"]
     assert color["domain"][0] == "clean" and color["range"][0] == "#1f77b4"
 
 
@@ -410,8 +422,9 @@ def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, m
     """On the shipped demo cache: the page shows amplification, localized corruption and
     neuroplasticity, each verdict's numbers as `findings(roots)` gives them and as REPRODUCTION.md
     writes them."""
-    from ioi.methods.verdicts import fmt
-    from ioi.present.findings import findings
+    from ioi.methods.verdicts import fmt, holds_word
+    from ioi.present.findings import findings, lead, verdict_json
+    from ioi.runs import catalog
 
     demo = REPO / "cache" / "demo"
     monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
@@ -419,6 +432,11 @@ def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, m
     three = ("amplification", "localized corruption", "neuroplasticity")
     verdicts = [v for v in findings([demo]) if v.finding in three]
     assert {v.finding for v in verdicts} == set(three)
+    stored = catalog.read_verdicts(demo)
+    assert stored is not None and stored[1], "the demo cache's stored verdicts are those of its results"
+    assert [verdict_json(v) for v in verdicts] == [v for v in stored[0] if v["finding"] in three]
+    for v in verdicts:  # each summary opens with the verdict its heading shows
+        assert v.summary.startswith(f"{lead(v)} {holds_word(v.holds)} over "), v.summary[:120]
     at = app("app_pages/findings.py")
     assert_clean(at)
     shown = [t.value for t in at.dataframe]
@@ -428,3 +446,25 @@ def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, m
         assert any(list(t["value [95% interval]"]) == numbers for t in shown), (v.finding, v.scope)
         assert all(n in report for n in numbers), f"{v.finding} {v.scope}: REPRODUCTION.md has other numbers"
     assert len({c.value for c in at.markdown if c.value.startswith("#### ")}) == 3
+
+
+def test_a_stopped_job_whose_model_is_missing_offers_no_resume(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # no GPT-2 here
+    assert "HuggingFace" in _forms.resume_problem({"model": "gpt2"})
+    assert _forms.resume_problem({"model": str(tmp_path / "gone")}) == "its model directory is missing"
+    assert _forms.resume_problem({"model": "random:tiny"}) is None
+    assert _forms.resume_problem({"model": "ioi-tiny"}) is None
+
+
+def test_page_scripts_hold_no_bare_strings_that_streamlit_would_print():
+    """Streamlit's magic writes a page script's bare expressions on the page: a string under a
+    constant (as a module's attribute docstring) would appear as text."""
+    import ast
+
+    for path in sorted((REPO / "app_pages").glob("[!_]*.py")):
+        body = ast.parse(path.read_text()).body[1:]  # the module docstring is not shown
+        bare = [n.lineno for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
+        assert not bare, f"{path.name}: a bare string at line(s) {bare} would be printed on the page"

@@ -109,7 +109,11 @@ def test_reading_early_blocks_stops_with_the_bridges_stop_at_layer_and_same_numb
     calls = []
     unembed = (lambda x, hook: calls.append(hook.name), "unembed.hook_in")
     got = read(tiny_random.bridge, clean.tokens, names, hooks=[(unembed[1], unembed[0])], chunk=5)
-    _, cache = tiny_random.bridge.run_with_cache(clean.tokens, names_filter=lambda n: n in names)
+    tiny_random.bridge.set_use_split_qkv_input(False)  # as the reader runs a pass without q/k/v-input hooks
+    try:
+        _, cache = tiny_random.bridge.run_with_cache(clean.tokens, names_filter=lambda n: n in names)
+    finally:
+        tiny_random.bridge.set_use_split_qkv_input(True)
     for n in names:
         torch.testing.assert_close(got[n], cache[n], atol=0, rtol=0)
     assert calls == []  # the unembedding never ran
@@ -142,3 +146,17 @@ def test_end_only_patches_recompute_only_end_and_match_the_full_forward(ioi_tiny
     assert (full - acts.ld_clean).abs().amax(1)[1:].min() > 1e-3  # every variant changes something
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast[0], acts.ld_clean, atol=1e-4, rtol=1e-4)
+
+
+def test_passes_without_qkv_input_hooks_skip_the_per_head_copies_with_the_same_numbers(tiny_random, data):
+    """A pass that neither reads nor patches hook_q/k/v_input runs without the bridge's per-head
+    residual copies (faster), and gives what a pass with them gives; the flag is back on after."""
+    clean, _ = data
+    final = "blocks.1.hook_resid_post"
+    seen = []
+    plain = read(tiny_random.bridge, clean.tokens, [final])
+    forked = read(tiny_random.bridge, clean.tokens, [final],
+                  hooks=[("blocks.1.hook_q_input", lambda x, hook: seen.append(x.shape))])  # fmt: skip
+    assert seen and len(seen[0]) == 4  # the per-head copies existed in that pass: [batch, pos, head, d]
+    torch.testing.assert_close(plain[final], forked[final], atol=1e-5, rtol=1e-5)
+    assert tiny_random.bridge.cfg.use_split_qkv_input

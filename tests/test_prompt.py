@@ -184,3 +184,14 @@ def test_shipping_checkpoints_drops_optimizer_state_and_machine_paths(tmp_path):
     assert json.loads((kept / "manifest.json").read_text())["config"]["init_from"] == (
         f"experiments/{'a' * 16}/checkpoints/epoch-003"
     )
+
+
+def test_prompt_charts_are_valid_vega_lite(tiny_random):
+    """Altair validates on to_dict(): the page draws these specs without validating them again."""
+    r = read_prompt(tiny_random, prompt_batch(tiny_random, PROMPT, "Mary", "John"), k=4)
+    bars = prompt_charts.top_tokens_bars(r.top, "Mary", "John", title="t").to_dict()
+    assert len(bars["datasets"][next(iter(bars["datasets"]))]) == 4
+    grid = prompt_charts.attention_grid(pattern_frame(r, 0, 1)).to_dict()
+    assert grid["width"] == grid["height"] == 17 * 15
+    assert prompt_charts.end_row_bars(end_row(r, 0, 1)).to_dict()["height"] == 180
+    assert prompt_charts.shown_token(" Mary") == "␣Mary"

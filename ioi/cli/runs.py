@@ -216,6 +216,7 @@ def run_precompute(args: argparse.Namespace) -> int:
     from ioi.runs.cache import DEMO_ROOT
     from ioi.runs.jobs import max_jobs
     from ioi.runs.precompute import (
+        add_start_knockouts,
         clean_epochs_within,
         demo_stages,
         epoch_seconds,
@@ -232,8 +233,12 @@ def run_precompute(args: argparse.Namespace) -> int:
                          lr=args.lr or default_lr(args.model), **_study_shape(args))  # fmt: skip
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
+    add_start_knockouts(args.out or DEMO_ROOT, log=lambda m: print(m, file=sys.stderr))
     if not args.keep_weights:
         prune_weights(args.out or DEMO_ROOT, keep=playground_experiments(args.out or DEMO_ROOT))
+    from ioi.present.findings import store_findings
+
+    store_findings(args.out or DEMO_ROOT)  # judged once here: the Findings page only reads them
     for summary in summaries:
         print(summary.id, sorted(summary.metrics), *summary.notes[:1])
     return 0

@@ -267,14 +267,18 @@ def knockout_analysis(
     mlps: Sequence[int] = (),
     circuit: Circuit | dict | None = None,
     seed: int = 0,
+    per_head: bool = True,
 ) -> AnalysisResult:
-    """Heads rows: F change when that head alone is ablated (at `position`, default everywhere).
-    Table `classes`: each class of the circuit ablated. Options heads ("L.H …") and mlps (layers):
-    that set ablated together (summary f_knockout)."""
+    """Heads rows: F change when that head alone is ablated (at `position`, default everywhere;
+    NaN with `per_head` False, which skips those runs). Table `classes`: each class of the circuit
+    ablated. Options heads ("L.H …") and mlps (layers): that set ablated together (summary f_knockout)."""
     ko = Knockout(model, clean, abc, ablation, seed=seed)
     f_m = ko.acts.f_clean
-    single = ko.run([ko.without([h], position) for h in ko.heads]) - f_m
-    grid = single.reshape(model.n_layers, model.n_heads).cpu()
+    if per_head:
+        single = ko.run([ko.without([h], position) for h in ko.heads]) - f_m
+        grid = single.reshape(model.n_layers, model.n_heads).cpu()
+    else:
+        grid = torch.full((model.n_layers, model.n_heads), float("nan"))
     summary = {"f_model": f_m, "ablation": ko.ablation.value, "position": position or "all"}
     if heads or mlps:
         chosen = parse_heads(heads or (), model.n_layers, model.n_heads)

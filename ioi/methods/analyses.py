@@ -205,6 +205,7 @@ BUILTIN: dict[str, Analysis] = {
                      _opt("position", "str", None, "ablate only at this position (default: all)", *POSITIONS),
                      _opt("heads", "heads", None, "also ablate these heads together, e.g. '9.9 9.6'"),
                      _opt("mlps", "layers", (), "also ablate these layers' MLPs together"),
+                     _opt("per_head", "bool", True, "ablate each head alone too (else NaN)"),
                      _CIRCUIT,
                      _SEED,
                  ), at_ends=True),

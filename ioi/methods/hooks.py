@@ -11,7 +11,10 @@ bridge's ``stop_at_layer`` does not stop there. Hook names are TransformerLens's
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -87,6 +90,30 @@ class _Stop(Exception):
 
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
+_QKV_INPUT = tuple(f"hook_{s}" for s in ("q_input", "k_input", "v_input"))
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _fork_only_if(bridge: torch.nn.Module, needed: bool) -> Iterator[None]:
+    """The pass with the bridge's per-head copies of the residual for Q/K/V (its
+    `use_split_qkv_input`, on since loading) only when a name or hook needs them: building them
+    costs each attention layer three LayerNorms per head. The same numbers either way (tests).
+    The passes on one bridge are serialised, so one in another thread (a dashboard session's)
+    never sees the flag switched under it."""
+    split = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
+    with _LOCKS_LOCK:
+        lock = _LOCKS.setdefault(bridge, threading.RLock())
+    with lock:
+        if needed or not split:
+            yield
+            return
+        bridge.set_use_split_qkv_input(False)
+        try:
+            yield
+        finally:
+            bridge.set_use_split_qkv_input(True)
 
 
 def read(
@@ -118,6 +145,13 @@ def read(
     parts: dict[str, list[Tensor]] = {n: [] for n in wanted}
     step = chunk or len(inputs)
     kwargs = {"stop_at_layer": stop_at_layer, "start_at_layer": start_at_layer}
+    forks = any(str(n).endswith(_QKV_INPUT) for n in [*wanted, *(h[0] for h in hooks)])
+    with _fork_only_if(bridge, forks):
+        _passes(bridge, inputs, step, hooks, wanted, parts, at, stop_hook, kwargs)
+    return {n: torch.cat(parts[n]) for n in names}
+
+
+def _passes(bridge, inputs, step, hooks, wanted, parts, at, stop_hook, kwargs) -> None:
     for i in range(0, len(inputs), step):
         rows_at = None if at is None else at[i : i + step].to(bridge.W_U.device)
         # hook.name is the canonical name (METHODS §10): register under each name, read by closure
@@ -127,7 +161,6 @@ def read(
                 bridge(inputs[i : i + step], **{k: v for k, v in kwargs.items() if v is not None})
         except _Stop:
             pass
-    return {n: torch.cat(parts[n]) for n in names}
 
 
 def _keep(

@@ -77,7 +77,8 @@ def fmt(x: Estimate, digits: int = 2) -> str:
     return f"{x.value:.{digits}f} [{x.lo:.{digits}f}, {x.hi:.{digits}f}]"
 
 
-def _word(holds: bool | None) -> str:
+def holds_word(holds: bool | None) -> str:
+    """ "holds", "does not hold" or "is undetermined": the verb a summary opens with."""
     return {True: "holds", False: "does not hold", None: "is undetermined"}[holds]
 
 
@@ -108,7 +109,7 @@ def amplification(
         at_most(outside_max, OUTSIDE_MAX_SHARE),
     ])  # fmt: skip
     summary = (
-        f"Amplification {_word(holds)}: the pretrained circuit carries {fmt(circuit_share)} of the "
+        f"Amplification {holds_word(holds)}: the pretrained circuit carries {fmt(circuit_share)} of the "
         f"{fmt(gain)}-logit gain; the largest head outside it, {outside_head}, {fmt(outside_max)}."
     )
     return Verdict("amplification", holds, AMPLIFICATION_CRITERION, numbers, summary)
@@ -157,7 +158,7 @@ def localized_corruption(
     )
     top_text = f"; the largest class, {top}, {fmt(class_shares[top])}" if top else ""
     summary = (
-        f"{dataset}: localized corruption {_word(holds)}: F moves by {fmt(gap)} logits and the "
+        f"{dataset}: localized corruption {holds_word(holds)}: F moves by {fmt(gap)} logits and the "
         f"pretrained circuit carries {fmt(circuit_share)} of it{top_text}; the largest head outside "
         f"the circuit, {head}, {fmt(outside_max)}.{by_construction}"
     )
@@ -185,7 +186,7 @@ def neuroplasticity(dataset: str, recovery: Estimate, faithfulness: Estimate, ov
         at_least(overlap, REVERSAL_OVERLAP),
     ])  # fmt: skip
     summary = (
-        f"Reversal of {dataset}: neuroplasticity {_word(holds)}: F back to {fmt(recovery)} of the "
+        f"Reversal of {dataset}: neuroplasticity {holds_word(holds)}: F back to {fmt(recovery)} of the "
         f"pretrained F, faithfulness {fmt(faithfulness)}, {fmt(overlap)} of the pretrained circuit's "
         "heads found again."
     )
@@ -213,7 +214,7 @@ def mlps(later: dict[str, Estimate], first: dict[str, Estimate]) -> Verdict:
     parts = "; ".join(f"{k}: {fmt(v)}" for k, v in later.items())
     first_parts = "; ".join(f"{k}: {fmt(v)}" for k, v in first.items())
     summary = (
-        f"'MLPs contribute little' {_word(holds)}. Relative change of F with every MLP after layer 0 "
+        f"'MLPs contribute little' {holds_word(holds)}. Relative change of F with every MLP after layer 0 "
         f"ablated — {parts}; with the layer-0 MLP ablated — {first_parts}."
     )
     return Verdict("mlp", holds, MLP_CRITERION, numbers, summary)

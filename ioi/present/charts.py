@@ -209,12 +209,15 @@ def epoch_curves(
     if reference is not None and not reference.empty:
         ref = reference.rename(columns={"value": y}) if y != "value" else reference
         data = pd.concat([data, ref.assign(_kind="reference")], ignore_index=True)
+    far = data.groupby(panel)["epoch"].transform("max") if panel else data["epoch"].max()
+    data["_right"] = data["epoch"] > 0.6 * far  # a reference label there reads leftwards, inside the plot
     enc_color = (
         lineage_color(color, domain=sorted(frame[color].dropna().unique())) if color else
         alt.Color(f"{series}:N", title=series)
     )  # fmt: skip
     curves = alt.Chart().transform_filter(alt.datum["_kind"] == "curve")
-    base = curves.encode(x=alt.X("epoch:Q", title="epoch"), color=enc_color)
+    epochs = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))  # whole epochs
+    base = curves.encode(x=epochs, color=enc_color)
     if color:
         base = base.encode(detail=f"{series}:N")
     layers: list[alt.Chart] = []
@@ -223,11 +226,8 @@ def epoch_curves(
         quiet = enc_color.copy(deep=True)
         quiet.legend = None  # the band's faded swatch would stand in the legend for the line
         layers.append(band.encode(color=quiet))
-    tooltip = [
-        alt.Tooltip(f"{series}:N", title="run"),
-        "epoch:Q",
-        alt.Tooltip(f"{y}:Q", title=y_title, format=".4f"),
-    ]
+    shown = alt.Tooltip(f"{y}:Q", title=y_title, format=".4f")
+    tooltip = [alt.Tooltip(f"{series}:N", title="run"), "epoch:Q", shown]
     layers.append(base.mark_line(point=True).encode(y=alt.Y(f"{y}:Q", title=y_title), tooltip=tooltip))
     if reference is not None and not reference.empty:
         ref = alt.Chart().transform_filter(alt.datum["_kind"] == "reference").encode(x="epoch:Q", y=f"{y}:Q")
@@ -236,7 +236,10 @@ def epoch_curves(
                 tooltip=["label:N", "epoch:Q", alt.Tooltip(f"{y}:Q", format=".4f")]
             )
         )
-        layers.append(ref.mark_text(align="left", dx=8, dy=-8, fontSize=10).encode(text="label:N"))
+        for right in (False, True):
+            side = ref.transform_filter(alt.datum["_right"] == right)
+            text = side.mark_text(align=["left", "right"][right], dx=-8 if right else 8, dy=-8, fontSize=10)
+            layers.append(text.encode(text="label:N"))
     if panel is None:
         return alt.layer(*layers, data=data).properties(title=_title(title), width="container", height=320)
     return (
@@ -272,7 +275,10 @@ def knockout_bars(
     tooltip = [f"{target}:N", f"{series}:N", alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
     if heads and heads in frame:
         tooltip.append(alt.Tooltip(f"{heads}:N", title="heads"))
-    bars = base.mark_bar().encode(color=alt.Color(f"{series}:N", title=series, sort=None), tooltip=tooltip)
+    # below the bars, labels uncut: a checkpoint label ("subject duplication, epoch 3") is long
+    legend = alt.Legend(orient="bottom", direction="vertical", labelLimit=0)
+    color = alt.Color(f"{series}:N", title=series, sort=None, legend=legend)
+    bars = base.mark_bar().encode(color=color, tooltip=tooltip)
     layers: list[alt.Chart] = [bars]
     if heads and heads in frame:
         layers.append(base.mark_text(align="left", dx=4, fontSize=10).encode(text=f"{heads}:N"))
@@ -297,24 +303,21 @@ def class_bars(
     `series` when given."""
     if frame.empty:
         raise ValueError("no classes to draw")
-    base = alt.Chart(frame).encode(y=alt.Y("class:N", title="circuit class", sort=None))
+    classes = alt.Y("class:N", title="circuit class", sort=None, axis=alt.Axis(labelLimit=260))
+    base = alt.Chart(frame).encode(y=classes)
     if series:
         base = base.encode(yOffset=alt.YOffset(f"{series}:N"))
-    color = (
-        alt.Color(f"{series}:N", title=series)
-        if series
-        else alt.Color(
-            "class:N",
-            scale=alt.Scale(domain=list(CLASS_COLORS), range=list(CLASS_COLORS.values())),
-            legend=None,
-        )
-    )
+    shown = list(dict.fromkeys(frame["class"]))  # a group that is no class (all heads, an outside head): grey
+    scale = alt.Scale(domain=shown, range=[CLASS_COLORS.get(c, "#9e9e9e") for c in shown])
+    by_class = alt.Color("class:N", scale=scale, legend=None)
+    color = alt.Color(f"{series}:N", title=series) if series else by_class
     tooltip = ["class:N", alt.Tooltip(f"{value}:Q", format=".4f")]
     tooltip += [alt.Tooltip(f"{c}:Q", format=".4f") for c in (low, high) if c in frame]
     bars = base.mark_bar().encode(x=alt.X(f"{value}:Q", title=value_title), color=color, tooltip=tooltip)
     layers: list[alt.Chart] = [bars]
     if low in frame and high in frame:
-        layers.append(base.mark_errorbar(ticks=True).encode(x=f"{low}:Q", x2=f"{high}:Q"))
+        bounds = alt.X(f"{low}:Q", title=value_title)
+        layers.append(base.mark_errorbar(ticks=True).encode(x=bounds, x2=f"{high}:Q"))
     rows = frame["class"].nunique() * (frame[series].nunique() if series else 1)
     return alt.layer(*layers).properties(title=title, width="container", height=max(100, 22 * rows))
 
@@ -370,13 +373,10 @@ def circuit_dot(circuit: Circuit | None = None) -> str:
 
 
 def circuit_frame(circuit: Circuit) -> pd.DataFrame:
-    """The heads of a circuit as a tidy table (class, head, layer, head index)."""
-    rows = [
-        {"class": c, "head_label": str(h), "layer": h.layer, "head": h.head}
-        for c, hs in circuit.classes.items()
-        for h in hs
-    ]
-    return pd.DataFrame(rows, columns=["class", "head_label", "layer", "head"])
+    """The heads of a circuit as a tidy table (class, head as L.H, layer, head index)."""
+    heads = [(c, h) for c, hs in circuit.classes.items() for h in hs]
+    rows = [{"class": c, "L.H": str(h), "layer": h.layer, "head": h.head} for c, h in heads]
+    return pd.DataFrame(rows, columns=["class", "L.H", "layer", "head"])
 
 
 def chart_bytes(chart: alt.TopLevelMixin, fmt: str) -> bytes:

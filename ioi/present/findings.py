@@ -26,6 +26,7 @@ from ioi.methods.verdicts import (
     cmap_group_share,
     combine_seeds,
     fmt,
+    holds_word,
     ioi_label_share,
     largest_outside_head,
     localized_corruption,
@@ -35,10 +36,10 @@ from ioi.methods.verdicts import (
     seeds_estimate,
 )
 from ioi.runs.cache import load_analysis, load_entry
-from ioi.runs.catalog import ExperimentInfo, list_experiments
+from ioi.runs.catalog import ExperimentInfo, list_experiments, write_verdicts
 from ioi.task.circuit import Circuit
 
-__all__ = ["Estimate", "SeedStudy", "Verdict", "find_studies", "findings"]
+__all__ = ["Estimate", "SeedStudy", "Verdict", "find_studies", "findings", "store_findings"]
 
 
 @dataclass(frozen=True)
@@ -103,20 +104,28 @@ def tally(verdicts: list[Verdict]) -> str:
     return ", ".join(f"{w} on {n}" for w, n in counts.items() if n)
 
 
+def lead(v: Verdict) -> str:
+    """What a finding's summary is about: "Amplification", "Localized corruption (name_moving)"."""
+    name = "'MLPs contribute little'" if v.finding == "mlp" else v.finding.capitalize()
+    return f"{name} ({v.scope})" if v.scope else name
+
+
 def _across(per_seed: list[Verdict], studies: list[SeedStudy], keys: list[str], what: str) -> Verdict:
-    """The first seed's verdict with the seeds' means of `keys` added and the holds of every seed."""
+    """The first seed's verdict with the seeds' means of `keys` added and the holds of every seed;
+    its summary opens with the verdict across seeds, then quotes the first seed's own."""
     first = per_seed[0]
     numbers = dict(first.numbers)
     for key in keys:
         values = [v.numbers[key].value for v in per_seed if key in v.numbers]
         numbers[f"{key} (seeds)"] = seeds_estimate(values)
     seeds = ", ".join(str(s.seed) for s in studies)
-    spread = "; ".join(f"{k} across seeds {fmt(numbers[f'{k} (seeds)'])}" for k in keys)
+    holds = combine_seeds([v.holds for v in per_seed])
+    spread = "; ".join(f"{k} {fmt(numbers[f'{k} (seeds)'])}" for k in keys)
     summary = (
-        f"{first.summary} Seed {studies[0].seed} above ({what}); over seeds {seeds} it {tally(per_seed)}"
-        f"{'; ' + spread if spread else ''}."
+        f"{lead(first)} {holds_word(holds)} over seeds {seeds} (it {tally(per_seed)}). Seed "
+        f"{studies[0].seed} ({what}): {first.summary}{f' Across seeds: {spread}.' if spread else ''}"
     )
-    return replace(first, holds=combine_seeds([v.holds for v in per_seed]), numbers=numbers, summary=summary)
+    return replace(first, holds=holds, numbers=numbers, summary=summary)
 
 
 def _amplification_at(s: SeedStudy, epoch: int) -> Verdict | None:
@@ -141,12 +150,13 @@ def amplification_verdict(studies: list[SeedStudy]) -> Verdict | None:
         numbers[f"{key} at epoch {common} (seeds)"] = seeds_estimate([v.numbers[key].value for v in per_seed])
     seeds = ", ".join(str(s.seed) for s in studies)
     share, gain = (numbers[f"{k} at epoch {common} (seeds)"] for k in ("circuit share", "gain"))
-    summary = (
-        f"{headline.summary} Seed {studies[0].seed} at epoch {studies[0].last} above; at epoch {common}, "
-        f"which every seed ({seeds}) has, the circuit share across seeds is {fmt(share)} of a gain of "
-        f"{fmt(gain)} logits; over these {len(per_seed) + 1} checkpoints it {tally([headline, *per_seed])}."
-    )
     holds = combine_seeds([v.holds for v in [headline, *per_seed]])
+    summary = (
+        f"Amplification {holds_word(holds)} over {len(per_seed) + 1} checkpoints (it "
+        f"{tally([headline, *per_seed])}). Seed {studies[0].seed} at epoch {studies[0].last}: "
+        f"{headline.summary} At epoch {common}, which every seed ({seeds}) has, the circuit share "
+        f"across seeds is {fmt(share)} of a gain of {fmt(gain)} logits."
+    )
     return replace(headline, holds=holds, numbers=numbers, summary=summary)
 
 
@@ -259,6 +269,25 @@ def findings(roots: list[Path]) -> list[Verdict]:
         for model in studied_models(root)
         for v in study_verdicts(find_studies(root, model))
     ]
+
+
+JUDGED_FROM = ("cmap", "faithfulness")
+"""The analyses the verdicts read: stored verdicts are stale once one of these entries is added."""
+
+
+def verdict_json(v: Verdict) -> dict:
+    """A verdict as JSON; each number also as the report writes it (`text`: 3 decimals, interval)."""
+    numbers = {k: e.to_json() | {"text": fmt(e, 3)} for k, e in v.numbers.items()}
+    return {"finding": v.finding, "scope": v.scope, "holds": v.holds, "criterion": v.criterion,
+            "summary": v.summary, "numbers": numbers, "view": v.view}  # fmt: skip
+
+
+def store_findings(root: str | Path) -> list[Verdict]:
+    """Judge the findings on the results cached at `root` and store them there
+    (:func:`ioi.runs.catalog.write_verdicts`), so the Findings page only reads them."""
+    found = findings([Path(root)])
+    write_verdicts(root, [verdict_json(v) for v in found], inputs=JUDGED_FROM)
+    return found
 
 
 def name_split_gap(study: SeedStudy, exp: ExperimentInfo, epoch: int) -> Estimate | None:

@@ -65,16 +65,20 @@ def _axis_label(index: pd.Series, token: pd.Series, role: pd.Series) -> list[str
     return [f"{i}: {shown_token(t)}" + (f"  [{r}]" if r else "") for i, t, r in zip(index, token, role)]
 
 
-def attention_grid(frame: pd.DataFrame, *, title: str = "", cell: int = 17) -> alt.LayerChart:
+def attention_grid(
+    frame: pd.DataFrame, *, title: str = "", cell: int = 17, max_width: int | None = None
+) -> alt.LayerChart:
     """A head's attention pattern, queries as rows and keys as columns (rows of
     :func:`ioi.methods.prompt.pattern_frame`), one sequential colour scale from 0 to 1; the rows and
-    columns of IO, S1, S2 and END are labelled with their role in bold and their cells outlined."""
+    columns of IO, S1, S2 and END are labelled with their role in bold and their cells outlined.
+    Cells are `cell` pixels, smaller when the grid would be wider than `max_width`."""
     data = frame.copy()
     data["q_label"] = _axis_label(
         data["query"], data["query_token"].str.split(":", n=1).str[1], data["role_query"]
     )
     data["k_label"] = _axis_label(data["key"], data["key_token"].str.split(":", n=1).str[1], data["role_key"])
     n = int(data["query"].max()) + 1
+    cell = max(8, min(cell, max_width // n)) if max_width else cell  # a long prompt gets smaller cells
     order_q = list(dict.fromkeys(data.sort_values("query")["q_label"]))
     order_k = list(dict.fromkeys(data.sort_values("key")["k_label"]))
     bold = alt.ExprRef("indexof(datum.label, '[') >= 0 ? 'bold' : 'normal'")

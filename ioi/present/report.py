@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from ioi.present.findings import (
     faithfulness_estimate,
     find_studies,
     name_split_gap,
+    store_findings,
     study_verdicts,
+    verdict_json,
 )
-from ioi.runs.cache import load_metrics_series
+from ioi.runs.cache import is_demo, load_metrics_series
 from ioi.task.circuit import Circuit
 from ioi.task.reference import GPT2_REFERENCE
 
@@ -277,6 +280,8 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note
         cmap.to_csv(out / "cmap_classes.csv", index=False)
     verdicts = study_verdicts(studies)
     (out / "verdicts.json").write_text(json.dumps([verdict_json(v) for v in verdicts], indent=1))
+    if not is_demo(studies[0].root) or os.environ.get("IOI_DEMO_WRITE") == "1":
+        store_findings(studies[0].root)  # the Findings page reads them from the cache
     lines = [
         f"# Reproduction report: `{model}`",
         "",
@@ -306,12 +311,6 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note
                     "reversal": {k: v.id for k, v in s.reversal.items()}} for s in studies}  # fmt: skip
     (out / "study.json").write_text(json.dumps({"model": model, "seeds": ids}, indent=2))
     return path
-
-
-def verdict_json(v: Verdict) -> dict:
-    numbers = {k: e.to_json() for k, e in v.numbers.items()}
-    return {"finding": v.finding, "scope": v.scope, "holds": v.holds, "criterion": v.criterion,
-            "summary": v.summary, "numbers": numbers, "view": v.view}  # fmt: skip
 
 
 def reproduction_copy(report: Path, target: Path) -> Path:

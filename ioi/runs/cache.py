@@ -19,6 +19,9 @@ entry is detected on read, reported as `CorruptEntry`, moved aside and recompute
 so is an entry whose payload names another experiment, epoch or analysis than its path (a copied
 file). The shipped demo set (and ``$IOI_DEMO_DIR``) is read-only to the store: writing there raises
 `ReadOnlyCache` unless ``$IOI_DEMO_WRITE=1`` (set by ``python -m ioi precompute``, which builds it).
+
+Longer than 400 lines because the entry format (layout, atomic writes, checksums, verified reads,
+stamps, locks) is one definition: either half of a split would need the other's private layout.
 """
 
 from __future__ import annotations
@@ -215,8 +218,11 @@ class Entry:
     tables: dict[str, pd.DataFrame]
 
 
-def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> Entry | None:
-    """The entry, verified against its checksums; None if absent; CorruptEntry if damaged."""
+def read_entry(
+    root: str | Path | None, exp_id: str, epoch: int, name: str, *, tables: bool = True
+) -> Entry | None:
+    """The entry, verified against its checksums; None if absent; CorruptEntry if damaged. With
+    `tables` False only its summary is read (its table files are neither read nor checked)."""
     folder = epoch_dir(root, exp_id, epoch)
     path = folder / f"{check_name(name)}.json"
     if not path.exists():
@@ -237,15 +243,15 @@ def read_entry(root: str | Path | None, exp_id: str, epoch: int, name: str) -> E
             f"{path} holds {payload.get('name')!r} of epoch {payload.get('epoch')} of experiment "
             f"{payload.get('experiment')} (a misplaced copy)"
         )
-    tables = {}
-    for table, digest in payload["tables"].items():
+    found = {}
+    for table, digest in payload["tables"].items() if tables else ():
         import pandas as pd  # here only: reading a job's metrics (no tables) stays light
         tpath = folder / f"{name}.{check_name(table)}.parquet"
         data = tpath.read_bytes() if tpath.exists() else b""
         if sha256(data) != digest:
             raise CorruptEntry(f"{tpath} is missing or does not match its checksum")
-        tables[table] = pd.read_parquet(io.BytesIO(data))
-    return Entry(name, epoch, payload["summary"], tables)
+        found[table] = pd.read_parquet(io.BytesIO(data))
+    return Entry(name, epoch, payload["summary"], found)
 
 
 def quarantine(root: str | Path | None, exp_id: str, epoch: int, name: str) -> None:
@@ -257,11 +263,13 @@ def quarantine(root: str | Path | None, exp_id: str, epoch: int, name: str) -> N
     _index(root, "DELETE FROM entries WHERE experiment=? AND epoch=? AND name=?", (exp_id, epoch, name))
 
 
-def load_entry(root: str | Path | None, exp_id: str, epoch: int, name: str, *, report=None) -> Entry | None:
+def load_entry(
+    root: str | Path | None, exp_id: str, epoch: int, name: str, *, report=None, tables: bool = True
+) -> Entry | None:
     """Like `read_entry`, but a damaged entry is reported (`report(message)`, default a warning),
     quarantined and returned as None, so callers recompute it instead of crashing."""
     try:
-        return read_entry(root, exp_id, epoch, name)
+        return read_entry(root, exp_id, epoch, name, tables=tables)
     except CorruptEntry as err:
         if report is None:
             warnings.warn(f"{err}; it will be recomputed", stacklevel=2)
@@ -338,13 +346,14 @@ def cached_epochs(root: str | Path | None, exp_id: str) -> dict[int, list[str]]:
 
 def load_metrics_series(root: str | Path | None, exp_id: str) -> pd.DataFrame:
     """One row per cached epoch (0 = the starting model): eval metrics (logit_diff, accuracy, ...)
-    plus every analysis' scalar summary as column '<analysis>.<key>' (e.g. faithfulness curves)."""
+    plus every analysis' scalar summary as column '<analysis>.<key>' (e.g. faithfulness curves);
+    only the entries' summaries are read, not their tables."""
     import pandas as pd
     rows = []
     for epoch, names in cached_epochs(root, exp_id).items():
         row: dict[str, Any] = {"epoch": epoch}
         for name in names:
-            entry = load_entry(root, exp_id, epoch, name)
+            entry = load_entry(root, exp_id, epoch, name, tables=False)
             if entry is None:
                 continue
             scalars = entry.summary if name == "metrics" else entry.summary.get("summary", {})

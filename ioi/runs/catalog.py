@@ -1,4 +1,5 @@
-"""The catalogue: every experiment of a cache root with its status and cached epochs.
+"""The catalogue: every experiment of a cache root with its status and cached epochs, and the
+findings judged on them (``<root>/verdicts.json``, written by :mod:`ioi.present.findings`).
 
 Above the store (:mod:`ioi.runs.cache`) and the job index (:mod:`ioi.runs.jobs`), since a status
 comes from the latest job when there is one.
@@ -6,13 +7,25 @@ comes from the latest job when there is one.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ioi.runs.cache import _ID, INDEX_NAME, CorruptEntry, cache_root, cached_epochs, is_demo, read_experiment
+from ioi.runs.cache import (
+    _ID,
+    INDEX_NAME,
+    CorruptEntry,
+    cache_root,
+    cached_epochs,
+    check_writable,
+    is_demo,
+    read_experiment,
+    sha256,
+    write_atomic,
+)
 from ioi.runs.index import IndexUnavailable
 from ioi.runs.jobs import latest_jobs
 
@@ -57,6 +70,42 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
         status = job.status if job else ("done" if epochs else "new")
         out.append(ExperimentInfo(exp_id, record["config"], status, epochs, job.id if job else None))
     return out
+
+
+VERDICTS = "verdicts.json"
+
+
+def fingerprint(root: str | Path | None = None, names: Sequence[str] | None = None) -> str:
+    """A digest of what `root` holds: every experiment's id and cached entries (epoch, name; only
+    the `names` given, e.g. those a judgement reads). A run that adds such an entry changes it, so
+    findings judged before are known to be stale; entries of other analyses leave it alone."""
+    def kept(entries: list[str]) -> list[str]:
+        return sorted(n for n in entries if names is None or n in names)
+
+    exps = list_experiments(root)
+    held = sorted((e.id, sorted((epoch, kept(ns)) for epoch, ns in e.epochs.items())) for e in exps)
+    return sha256(json.dumps(held).encode())[:16]
+
+
+def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]], inputs: Sequence[str]) -> Path:
+    """Store the findings judged on `root`'s results (JSON-ready dicts) with the `fingerprint` of
+    the entries they read (`inputs`: analysis names)."""
+    path = check_writable(root) / VERDICTS
+    stored = {"inputs": list(inputs), "fingerprint": fingerprint(root, inputs), "verdicts": verdicts}
+    write_atomic(path, json.dumps(stored, indent=1).encode())
+    return path
+
+
+def read_verdicts(root: str | Path | None = None) -> tuple[list[dict[str, Any]], bool] | None:
+    """(the stored verdicts, whether they are fresh: judged on the entries `root` holds now), or
+    None when none are stored or the file is unreadable (they are judged again)."""
+    path = cache_root(root) / VERDICTS
+    try:
+        stored = json.loads(path.read_bytes())
+        verdicts, digest, inputs = stored["verdicts"], stored["fingerprint"], stored["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (verdicts, digest == fingerprint(root, inputs)) if isinstance(verdicts, list) else None
 
 
 def checkpoint_weights(roots: Sequence[str | Path], exp_id: str, epoch: int) -> str | None:

@@ -315,7 +315,7 @@ def run_experiment(
         for epoch, names in sorted(todo.items()):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"cancelled before the analyses of epoch {epoch}")
-            failed += _analyse_epoch(cfg, root, exp_id, epoch, names, init, device, note)
+            failed += analyse_epoch(cfg, root, exp_id, epoch, names, init, device, note)
     if failed:
         raise ExperimentError("; ".join(failed))
     metrics = {}
@@ -351,7 +351,7 @@ def _prepare_checkpoints(folder: Path, epochs: list[int], note: Log) -> bool:
     return True
 
 
-def _analyse_epoch(
+def analyse_epoch(
     cfg: ExperimentConfig, root, exp_id: str, epoch: int, names: list[str], init: str | None, device: str,
     note: Log,
 ) -> list[str]:  # fmt: skip

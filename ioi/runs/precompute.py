@@ -101,6 +101,25 @@ def demo_stages(
     return [[first, *first_toxic], [*first_reversals, *later_toxic, *later], later_reversals]
 
 
+def add_start_knockouts(root: str | Path, *, device: str = "cpu", log=print) -> list[str]:
+    """Knockout at epoch 0 (the pretrained model) of every toxic run with a knockout at its last
+    epoch but none there, so that run's own knockout view compares the pretrained with the toxic
+    model (a run's plan leaves epoch 0 of a toxic run to the clean run). No training: epoch 0 is
+    the starting model. Adds entries only; returns the experiments it added one to."""
+    from ioi.runs.catalog import list_experiments
+    from ioi.runs.experiment import analyse_epoch
+
+    added = []
+    for exp in list_experiments(root):
+        cfg = ExperimentConfig.from_json(exp.config)
+        if cfg.scenario in ("clean", "reversal") or "knockout" in exp.epochs.get(0, []):
+            continue
+        if "knockout" in exp.epochs.get(cfg.epochs, []):
+            analyse_epoch(cfg, root, exp.id, 0, ["knockout"], None, device, log)
+            added.append(exp.id)
+    return added
+
+
 def playground_experiments(root: str | Path) -> set[str]:
     """The experiments whose weights the demo cache keeps, so the dashboard's Playground and head
     pages run on them without training: the first seed's clean run, its subject-duplication run and
