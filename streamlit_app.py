@@ -23,6 +23,7 @@ st.navigation(
         st.Page("app_pages/faithfulness.py", title="Faithfulness", icon=":material/show_chart:"),
         st.Page("app_pages/knockout.py", title="Knockout", icon=":material/content_cut:"),
         st.Page("app_pages/cmap.py", title="Cross-model patching", icon=":material/compare_arrows:"),
+        st.Page("app_pages/evolution.py", title="Evolution", icon=":material/timeline:"),
         st.Page("app_pages/playground.py", title="Playground", icon=":material/keyboard:"),
         st.Page("app_pages/head.py", title="Head", icon=":material/center_focus_strong:"),
     ]

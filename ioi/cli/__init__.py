@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ioi.cli import analyze, models, runs  # noqa: F401  (each registers its commands)
+from ioi.cli import analyze, compare, models, runs  # noqa: F401  (each registers its commands)
 from ioi.cli.registry import COMMANDS
 
 USER_ERRORS: dict[str, tuple[str, ...]] = {

@@ -226,6 +226,16 @@ BUILTIN: dict[str, Analysis] = {
                      _opt("other", "float", 0.10, "|path effect| or |DLA| of another effect head, × F(M)"),
                      _opt("min_logit_diff", "float", 0.5, "F(M) below which the model does not do the task"),
                  )),
+        Analysis("edges", "edge-level circuit: exact edge patching (or EAP / EAP-IG), the smallest edge set "
+                 "reaching a faithfulness, and faithfulness against the number of edges",
+                 "ioi.methods.edge_circuit", (
+                     _opt("method", "str", "exact", "how edges are scored", "exact", "eap", "eap-ig"),
+                     _opt("steps", "int", 5, "EAP-IG integration steps"),
+                     _opt("faithfulness", "float", 0.8, "faithfulness the edge circuit must reach"),
+                     _opt("points", "int", 24, "points of the faithfulness-vs-edges curve"),
+                     _opt("compare", "bool", False, "also run exact edge patching: rank correlation"),
+                     _SEED,
+                 )),
         Analysis("cmap", "Cross-model activation patching: each head and each class (jointly), both ways",
                  "ioi.methods.cmap", (
                      _opt("mode", "str", "output", "patch head outputs or patterns", "output", "pattern"),

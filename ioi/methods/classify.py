@@ -66,10 +66,13 @@ def heads_where(mask: Tensor, order: Tensor, exclude: tuple[Head, ...] = ()) -> 
 
 
 @torch.no_grad()
-def head_direct_effects(model, batch, patches=(), scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def head_direct_effects(
+    model, batch, patches=(), scale: Tensor | None = None, *, per_prompt: bool = False
+) -> tuple[Tensor, Tensor]:
     """([layer, head] mean DLA of every head at END (METHODS §7) in a run with `patches` applied,
     [batch, 1] the final LayerNorm scale used). Give `scale` (the clean run's) to divide by it
-    instead of the patched run's own, so a head's DLA changes only when its own output does."""
+    instead of the patched run's own, so a head's DLA changes only when its own output does.
+    per_prompt: [layer, head, batch] instead of the mean."""
     from ioi.methods.hooks import read
     from ioi.methods.patching import patch_hooks
     from ioi.task.metrics import logit_diff_direction
@@ -82,7 +85,8 @@ def head_direct_effects(model, batch, patches=(), scale: Tensor | None = None) -
     d = logit_diff_direction(model.bridge.W_U, model.bridge.b_U, batch)[0][:, None]  # [batch, 1, d_model]
     scale = got["ln_final.hook_scale"] if scale is None else scale
     results = [got[f"blocks.{n}.attn.hook_result"] for n in range(model.n_layers)]
-    grid = torch.stack([(r / scale[:, :, None] * d).sum(-1).mean(0) for r in results])
+    grid = torch.stack([(r / scale[:, :, None] * d).sum(-1).T for r in results])  # [layer, head, batch]
+    grid = grid if per_prompt else grid.mean(-1)
     return grid.cpu(), scale
 
 

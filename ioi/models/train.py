@@ -234,11 +234,14 @@ def finetune(
     device: str = "cpu",
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> list[Path]:
     """Run the scenario of `cfg`, writing checkpoints under `out_dir/epoch-NNN/`.
 
     Resumes from the latest complete checkpoint already in `out_dir`. Returns every checkpoint
     directory of the run in epoch order. Raises `Cancelled` when `should_stop()` becomes true.
+    on_step(step, model): called with the global step (0 before the first) and the model being
+    trained, which it must leave as it is (e.g. evaluate a copy: ioi.runs.recovery).
     """
     cfg.validate()
     out = Path(out_dir)
@@ -257,6 +260,8 @@ def finetune(
     batch = tokenize(training_samples(cfg.scenario, cfg.seed, cfg.train_size), tokenizer)
     eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval", names=HELD_OUT_NAMES), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
+    if on_step is not None and first_epoch == 1:
+        on_step(0, model)
     for epoch in range(first_epoch, cfg.epochs + 1):
         order = torch.randperm(
             len(batch), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -274,6 +279,9 @@ def finetune(
             total += loss.item()
             if progress is not None:
                 progress(epoch, cfg.epochs, step + 1, steps, loss.item())
+            if on_step is not None:
+                on_step((epoch - 1) * steps + step + 1, model)
+                model.train()
         if epoch in cfg.save_epochs:
             model.eval()
             metrics = evaluate(model, eval_batch).to_json() | {"train_loss": total / steps}

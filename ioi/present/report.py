@@ -20,6 +20,7 @@ import pandas as pd
 
 from ioi.methods.classify import CIRCUIT_RULE
 from ioi.methods.verdicts import Verdict, fmt
+from ioi.present.evolution_report import timeline_section
 from ioi.present.findings import (
     SeedStudy,
     analysis,
@@ -300,6 +301,7 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note
         *verdict_section(verdicts),
         *paper_section(verdicts, studies, table),
         *names_section(studies),
+        *timeline_section(studies),
         "Tables: `metrics.csv` (every seed, run and checkpoint), `cmap_classes.csv` (both CMAP "
         "directions, joint class patches, intervals), `verdicts.json`.",
         "",

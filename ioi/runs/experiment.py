@@ -1,5 +1,8 @@
 """Experiments: a model fine-tuned in one scenario, analysed at each checkpoint, cached by content.
 
+Longer than 400 lines because planning, training and analysing an experiment share one lock and one
+plan, and the whole-experiment entries (comparisons, recovery) are planned beside the per-checkpoint ones.
+
 An experiment is a model + a scenario (clean, a toxic dataset, or reversal from a toxic experiment;
 METHODS §3) + epochs, checkpoint epochs, seed, optimiser and dataset sizes + the analyses to run at
 every checkpoint (epoch 0 is the starting model). Its id is a hash of the configuration, a
@@ -16,6 +19,7 @@ run once they are.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,6 +51,7 @@ from ioi.task.defaults import (
 )
 
 METRICS = "metrics"
+COMPARISONS = ("compare", "compare-family", "recovery")  # whole-experiment entries, at the last epoch
 Log = Callable[[str], None]
 
 
@@ -94,7 +99,8 @@ class ExperimentConfig:
         if self.epochs < 1 or bad:
             raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
         try:
-            check_analyses([a for a in self.analyses if a != METRICS], registered_analyses())
+            per_checkpoint = [a for a in self.analyses if a not in (METRICS, *COMPARISONS)]
+            check_analyses(per_checkpoint, registered_analyses())
         except OptionError as err:
             raise ExperimentError(str(err)) from None
         if problem := model_problem(self.model):
@@ -195,7 +201,7 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
     analyses that are not registered, model comparisons at epoch 0 (the model with itself) and
     `at_ends` analyses except at the last epoch and a clean run's epoch 0."""
     known = registered_analyses()
-    missing = [name for name in cfg.analyses if name not in known]
+    missing = [name for name in cfg.analyses if name not in known and name not in COMPARISONS]
     if missing:
         log(f"skipped {', '.join(missing)}: no analysis of that name is registered")
     todo: dict[int, list[str]] = {}
@@ -209,6 +215,9 @@ def plan(cfg: ExperimentConfig, root: str | Path | None, exp_id: str, log: Log) 
                 continue  # epoch 0 of a toxic run or reversal is another run's first or last epoch
             if load_entry(root, exp_id, epoch, name, report=log) is None:
                 todo.setdefault(epoch, []).append(name)
+    for name in (c for c in COMPARISONS if c in cfg.analyses):  # after every checkpoint's analyses
+        if load_entry(root, exp_id, cfg.epochs, name, report=log) is None:
+            todo.setdefault(cfg.epochs, []).append(name)
     return todo
 
 
@@ -307,7 +316,9 @@ def run_experiment(
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
         init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
-        if _prepare_checkpoints(checkpoints_dir(root, exp_id), [e for e in todo if e > 0], note):
+        compares = any(c in names for names in todo.values() for c in COMPARISONS)  # need every checkpoint
+        needed = cfg.save_epochs if compares else [e for e in todo if e > 0]
+        if _prepare_checkpoints(checkpoints_dir(root, exp_id), needed, note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,
                      progress=progress, should_stop=should_stop)  # fmt: skip
             trained = True
@@ -375,6 +386,10 @@ def analyse_epoch(
     other = None
     failed = []
     for name in names:
+        if name in COMPARISONS:  # a failure is kept as a note, as for an analysis
+            failed += importlib.import_module("ioi.runs.compare").run_comparison(root, exp_id, name, device,
+                                                                                 note)  # fmt: skip
+            continue
         if name == METRICS:
             seen_batch = tokenize(seen[: cfg.eval_size], model.tokenizer)
             summary, prompts = name_split_metrics(model, eval_batch, seen_batch)

@@ -66,3 +66,9 @@ NameResid = Float[Tensor, "names d_model"]
 NameTokens = Int[Tensor, " names"]
 PromptHeads = Float[Tensor, "batch layer head"]
 PromptLayers = Float[Tensor, "batch layer"]
+EdgeValues = Float[Tensor, " edge"]
+"""One value per edge of a model's graph (ioi.methods.edges.EdgeGraph.edges order)."""
+EdgeMask = Bool[Tensor, "variant edge"]
+"""Per variant, which edges are patched (True) or kept (False)."""
+EdgePrompts = Float[Tensor, "edge batch"]
+"""Per edge, one value per prompt."""

@@ -1,0 +1,154 @@
+"""Altair charts of a comparison across checkpoints (ioi.runs.compare): overlap and role-score
+tracks with their intervals, the checkpoint × checkpoint matrices, the recovery curve.
+
+Checkpoints keep the order of the comparison (the lineage's order), never sorted by name, and
+every chart of one comparison shares its colour scale (fixed domains: Jaccard and faithfulness
+0–1, role scores ±the largest |value| over all checkpoints), so moving the epoch slider never
+rescales the colours.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from ioi.present.charts import LINEAGE_COLORS, color_span, head_heatmap
+
+TRACKS = {
+    "edge_jaccard": "edge Jaccard vs the first checkpoint",
+    "node_jaccard": "node (head) Jaccard vs the first checkpoint",
+    "faithfulness": "faithfulness of the checkpoint's own edge circuit",
+    "stability": "bootstrap self-Jaccard (stability)",
+}
+
+
+def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") -> alt.LayerChart:
+    """One line per measure of the `overlap` table over the checkpoints in `order`, with its 95%
+    interval as error bars where it has one, the stability bar (0.8) as a dashed rule."""
+    rows = []
+    for r in overlap.to_dict("records"):
+        for key, name in TRACKS.items():
+            lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+            if key == "stability":
+                lo, hi = r.get("stability_p05"), r.get("stability")
+            rows.append({"checkpoint": r["checkpoint"], "measure": name, "value": r[key], "lo": lo, "hi": hi})
+    data = pd.DataFrame(rows)
+    x = alt.X("checkpoint:N", sort=order, title="checkpoint")
+    color = alt.Color(
+        "measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400)
+    )
+    y = alt.Y("value:Q", scale=alt.Scale(domain=[0, 1.05]), title="value")
+    line = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(x, y, color, tooltip=["checkpoint", "measure", "value", "lo", "hi"])
+    )
+    bars = (
+        alt.Chart(data.dropna(subset=["lo", "hi"]))
+        .mark_errorbar()
+        .encode(x, alt.Y("lo:Q", title="value"), alt.Y2("hi:Q"), color)
+    )
+    bar = alt.Chart(pd.DataFrame({"y": [0.8]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="y:Q")
+    return (line + bars + bar).properties(title=title, width="container", height=280)
+
+
+def role_tracks(roles: pd.DataFrame, order: list[str], heads: list[str], role: str) -> alt.LayerChart:
+    """The `role` score of each head in `heads` ("L.H") over the checkpoints, with intervals; a
+    sign flip is a red ring, a change from the previous checkpoint a filled black dot."""
+    data = roles[roles["role"] == role].copy()
+    data["head_label"] = data["layer"].astype(int).astype(str) + "." + data["head"].astype(int).astype(str)
+    data = data[data["head_label"].isin(heads)]
+    x = alt.X("checkpoint:N", sort=order, title="checkpoint")
+    color = alt.Color("head_label:N", title="head", sort=heads)
+    base = alt.Chart(data)
+    line = base.mark_line(point=True).encode(
+        x,
+        alt.Y("value:Q", title=f"{role} (logits)"),
+        color,
+        tooltip=["checkpoint", "head_label", "value", "lo", "hi", "sign_flip", "changed"],
+    )
+    bars = (
+        base.transform_filter("isValid(datum.lo)")
+        .mark_errorbar()
+        .encode(x, alt.Y("lo:Q", title=f"{role} (logits)"), alt.Y2("hi:Q"), color)
+    )
+    flips = (
+        base.transform_filter("datum.sign_flip")
+        .mark_point(size=180, color="red", filled=False)
+        .encode(x, alt.Y("value:Q"))
+    )
+    moved = (
+        base.transform_filter("datum.changed")
+        .mark_point(size=40, color="black", filled=True)
+        .encode(x, alt.Y("value:Q"))
+    )
+    return (line + bars + flips + moved).properties(width="container", height=280)
+
+
+def roles_at(roles: pd.DataFrame, checkpoint: str, role: str) -> tuple[pd.DataFrame, float]:
+    """(per-head frame of `role` at `checkpoint`, the colour span of that role over every checkpoint)."""
+    every = roles[roles["role"] == role]
+    return every[every["checkpoint"] == checkpoint].reset_index(drop=True), color_span(every)
+
+
+def role_heatmap(roles: pd.DataFrame, checkpoint: str, role: str) -> alt.LayerChart:
+    """Layers × heads heatmap of `role` at `checkpoint` on the scale shared by all checkpoints."""
+    frame, span = roles_at(roles, checkpoint, role)
+    return head_heatmap(frame, title=f"{role} at {checkpoint}", value_title=f"{role} (logits)", span=span)
+
+
+def matrix_heatmap(
+    frame: pd.DataFrame,
+    row: str,
+    col: str,
+    order: list[str],
+    *,
+    field: str = "value",
+    title: str = "",
+    domain: tuple[float, float] | None = None,
+    value_title: str = "value",
+) -> alt.LayerChart:
+    """A checkpoint × checkpoint heatmap of `field` (rows `row`, columns `col`, both in `order`)
+    with the value written in each cell; `domain` fixes the colour scale (default symmetric)."""
+    span = color_span(frame, field=field)
+    scale = (
+        alt.Scale(scheme="viridis", domain=list(domain))
+        if domain is not None
+        else alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0)
+    )
+    base = alt.Chart(frame).encode(
+        alt.X(f"{col}:N", sort=order, title=col.replace("_", " ")),
+        alt.Y(f"{row}:N", sort=order, title=row.replace("_", " ")),
+    )
+    cells = base.mark_rect().encode(
+        alt.Color(f"{field}:Q", scale=scale, title=value_title),
+        tooltip=[row, col, *[c for c in ("value", "lo", "hi", "share") if c in frame]],
+    )
+    text = base.mark_text(fontSize=11).encode(alt.Text(f"{field}:Q", format=".2f"))
+    n = max(1, len(order))
+    return (cells + text).properties(
+        title=title,
+        width=max(200, 64 * n),
+        height=max(140, 36 * n),
+        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
+    )
+
+
+def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
+    """Logit difference and circuit overlap against training step, toxic run and reversal, with the
+    pretrained interval of the logit difference shaded."""
+    colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
+    data = points.melt(id_vars=["run", "step"], value_vars=["logit_diff", "jaccard"], var_name="measure")
+    color = alt.Color("run:N", scale=alt.Scale(domain=list(colors), range=list(colors.values())))
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            alt.X("step:Q", title="training step"),
+            alt.Y("value:Q", title=None),
+            color,
+            alt.Row("measure:N", title=None),
+            tooltip=["run", "step", "measure", "value"],
+        )
+        .properties(title=title, width=520, height=160)
+    )

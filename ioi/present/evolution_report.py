@@ -1,0 +1,162 @@
+"""The report's timeline section: what the comparison across checkpoints (ioi.runs.compare) shows,
+written from the cached "compare" / "compare-family" entries, every number with its interval."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ioi.present.findings import SeedStudy, analysis
+
+
+def _ci(value: float, lo: float, hi: float) -> str:
+    if any(isinstance(x, float) and math.isnan(x) for x in (value, lo, hi)):
+        return "undefined"
+    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _overlap_table(overlap: pd.DataFrame) -> list[str]:
+    lines = [
+        "| checkpoint | F(M) | edges | edge Jaccard | node Jaccard | faithfulness "
+        "| stability (self-Jaccard) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in overlap.to_dict("records"):
+        stable = "stable" if r["stable"] else "not stable"
+        lines.append(
+            f"| {r['checkpoint']} | {_ci(r['f_model'], r['f_model_lo'], r['f_model_hi'])} | {r['n_edges']} "
+            f"| {_ci(r['edge_jaccard'], r['edge_jaccard_lo'], r['edge_jaccard_hi'])} "
+            f"| {_ci(r['node_jaccard'], r['node_jaccard_lo'], r['node_jaccard_hi'])} "
+            f"| {_ci(r['faithfulness'], r['faithfulness_lo'], r['faithfulness_hi'])} "
+            f"| {r['stability']:.2f} (5th pct. {r['stability_p05']:.2f}; {stable}) |"
+        )
+    return lines
+
+
+def _changes(result) -> list[str]:
+    t = result.tables
+    roles = t["roles"]
+    moved = roles[roles["changed"]]
+    flips = roles[roles["sign_flip"]]
+    lines = []
+    for r in t["changes"].to_dict("records")[1:]:
+        lines.append(
+            f"- {r['checkpoint']}: heads entering {r['heads_entering'] or 'none'}, leaving "
+            f"{r['heads_leaving'] or 'none'}; {len(r['edges_entering'].split())} edges entering, "
+            f"{len(r['edges_leaving'].split())} leaving."
+        )
+    if moved.empty:
+        lines.append(
+            "- No head's role score (DLA, direct path, S-inhibition) changed between consecutive "
+            "checkpoints by an interval that excludes 0 and at least 5% of F(M)."
+        )
+    else:
+        for r in moved.to_dict("records"):
+            lines.append(
+                f"- {r['role']} of {r['layer']}.{r['head']} changed at {r['checkpoint']}, to "
+                f"{_ci(r['value'], r['lo'], r['hi'])}."
+            )
+    lines.append(
+        f"- Sign flips against the first checkpoint: {len(flips)}"
+        + (
+            ": "
+            + ", ".join(
+                f"{r['role']} of {r['layer']}.{r['head']} at {r['checkpoint']}"
+                for r in flips.to_dict("records")
+            )
+            if len(flips)
+            else ""
+        )
+        + "."
+    )
+    tr = t["transfer"]
+    first, last = result.summary["checkpoints"][0], result.summary["checkpoints"][-1]
+    cell = tr[(tr["circuit_of"] == first) & (tr["model"] == last)].iloc[0]
+    back = tr[(tr["circuit_of"] == last) & (tr["model"] == first)].iloc[0]
+    lines.append(
+        f"- Transfer: the circuit of {first} on the model of {last} keeps faithfulness "
+        f"{_ci(cell['value'], cell['lo'], cell['hi'])}; the circuit of {last} on {first}: "
+        f"{_ci(back['value'], back['lo'], back['hi'])}."
+    )
+    return lines
+
+
+def timeline_section(studies: list[SeedStudy]) -> list[str]:
+    """The markdown lines of the section (none when no study has a cached comparison)."""
+    found = []
+    for s in studies:
+        for exp, kind in [(s.clean, "compare"), *((e, "compare-family") for e in s.toxic.values())]:
+            r = analysis(s, exp, max(exp.epochs), kind)
+            if r is not None:
+                found.append((s, r))
+    if not found:
+        return []
+    lines = [
+        "## The circuit across checkpoints (timeline)",
+        "",
+        "Generated from the cached comparisons (`python -m ioi compare --experiment ID [--family]`). Each "
+        "checkpoint's edge circuit is the fewest edges, ranked by exact edge patching, reaching 80% "
+        "faithfulness (other edges patched to the ABC run); Jaccard indices are against the first "
+        "checkpoint, with 95% paired-bootstrap intervals over the analysis prompts (each resample keeps "
+        "each checkpoint's number of top edges); stability is the bootstrap self-Jaccard (Méloux et al. "
+        "2025: stable at ≥ 0.8 over ≥ 100 resamples). Nodes are the heads the edges touch.",
+        "",
+    ]
+    for s, r in found:
+        lines += [
+            f"### Seed {s.seed}: {' → '.join(r.summary['checkpoints'])}",
+            "",
+            f"{r.summary['n_prompts']} prompts, {r.summary['resamples']} resamples.",
+            "",
+            *_overlap_table(r.tables["overlap"]),
+            "",
+            *_changes(r),
+            *_recovery(s, r),
+            "",
+        ]
+    return lines
+
+
+def _recovery(study: SeedStudy, r) -> list[str]:
+    """The recovery dynamics of the lineage's reversal, when cached."""
+    from ioi.runs.cache import load_analysis
+
+    s = r.summary
+    rows = [
+        (e, ep)
+        for e, sc, ep in zip(s["experiments"], s["scenarios"], s["epochs"], strict=True)
+        if sc == "reversal"
+    ]
+    dyn = load_analysis(study.root, rows[-1][0], rows[-1][1], "recovery") if rows else None
+    if dyn is None:
+        return []
+    d, pts = dyn.summary, dyn.tables["points"]
+    f0, base = d["pretrained_logit_diff"], d["baseline_jaccard"]
+    rev = pts[pts.run == "reversal"].sort_values("step")
+    tox = pts[pts.run == "toxic"].sort_values("step")
+    end = rev.iloc[-1]
+    revive = d["steps_to_revive"]
+    out = [
+        f"- Recovery (snapshots every {d['every']} steps, top-{d['n_edges']} edges by exact edge patching): "
+        "the "
+        f"toxic run takes F from {tox.iloc[0]['logit_diff']:.2f} to {tox.iloc[-1]['logit_diff']:.2f} and the "
+        f"Jaccard with the pretrained circuit to {tox.iloc[-1]['jaccard']:.2f}; the reversal ends at step "
+        f"{int(end['step'])} with F {_ci(end['logit_diff'], end['lo'], end['hi'])} (pretrained "
+        f"{_ci(f0['value'], f0['lo'], f0['hi'])}) and Jaccard {end['jaccard']:.2f}, against "
+        f"{_ci(base['value'], base['lo'], base['hi'])} for random edge sets of the same size and layers. "
+        + (
+            f"Steps to revive: {revive}."
+            if revive is not None
+            else f"It does not revive within the run (F inside the pretrained interval and Jaccard ≥ "
+            f"{d['jaccard_floor']:.2f}, the pretrained circuit's own 5th-percentile self-Jaccard)."
+        )
+    ]
+    m = dyn.tables["matched"]
+    if len(m):
+        gap = (m["jaccard_reversal"] - m["jaccard_toxic"]).mean()
+        out.append(
+            f"- At matched logit difference ({m.logit_diff.min():.2f}–{m.logit_diff.max():.2f}), the "
+            f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back)."
+        )
+    return out

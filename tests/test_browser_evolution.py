@@ -1,0 +1,40 @@
+"""The Evolution page in a real browser on the shipped demo cache (its comparison entries):
+screenshots test-artifacts/9-evolution*.png, checked against the entry read through the store."""
+
+from __future__ import annotations
+
+import pytest
+from test_browser import ARTIFACTS, CHROMIUM, DEMO, browser, page, server, settle, shoot  # noqa: F401
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed"),
+    pytest.mark.skipif(
+        not any(DEMO.glob("experiments/*/epoch-*/compare.json")), reason="no comparison cached"
+    ),
+]
+
+
+def test_evolution_page_shows_the_shipped_clean_family(server, page):  # noqa: F811
+    from ioi.runs.compare import load_comparison
+
+    exp = next(DEMO.glob("experiments/*/epoch-*/compare.json")).parents[1].name
+    found = load_comparison(DEMO, exp)
+    labels = found.summary["checkpoints"]
+    page.goto(f"{server}/evolution?exp={exp}", timeout=120_000)
+    settle(page)
+    main = page.inner_text("[data-testid='stMain']")
+    assert "Evolution" in main and "Transfer faithfulness" in main and labels[-1] in main
+    assert page.locator("[data-testid='stVegaLiteChart']").count() == 5
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.set_viewport_size({"width": 1400, "height": 4600})  # the app scrolls inside its main block
+    page.wait_for_timeout(1500)
+    shoot(page, "9-evolution")
+    page.goto(
+        f"{server}/evolution?exp={exp}&checkpoint={labels[0].replace(' ', '+')}&role=name_mover",
+        timeout=120_000,
+    )
+    settle(page)
+    assert "direct path to the logits" in page.inner_text("[data-testid='stMain']")
+    shoot(page, "9-evolution-first-checkpoint")

@@ -1,0 +1,143 @@
+"""The Evolution page under AppTest, on a comparison entry built by the real timeline code from
+synthetic per-checkpoint profiles (no model), plus the page's import hygiene."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+PAGE = "app_pages/evolution.py"
+EXP = "bbbb000000000001"
+
+
+def synthetic_comparison(root: Path) -> list[str]:
+    """A clean experiment with a "compare" entry over three checkpoints (head 1.0 fades out)."""
+    from ioi.methods.analyses import AnalysisResult
+    from ioi.methods.edges import EdgeGraph
+    from ioi.methods.evolution import CheckpointProfile, timeline
+    from ioi.methods.stats import Estimate
+    from ioi.runs.cache import register_experiment, write_analysis
+    from ioi.runs.compare import _matrix_frame
+
+    graph, gen, labels = EdgeGraph(2, 4), torch.Generator().manual_seed(0), ["clean 0", "clean 1", "clean 2"]
+    base = torch.randn(len(graph.edges), 1, generator=gen) * 2
+    profiles = []
+    for t, label in enumerate(labels):
+        scores = base + 0.3 * torch.randn(len(graph.edges), 16, generator=gen)
+        scores[graph.index("1.0->logits")] *= 1 - t / 2  # fades out
+        top = scores.mean(1).abs().argsort(descending=True)[:12]
+        roles = {
+            r: torch.randn(2, 4, 16, generator=gen) + (2.0 if r == "dla" else 0)
+            for r in ("dla", "name_mover", "s_inhibition")
+        }
+        profiles.append(
+            CheckpointProfile(
+                label,
+                graph,
+                scores,
+                tuple(graph.names[i] for i in top.tolist()),
+                Estimate(0.8, 0.7, 0.9, "prompts"),
+                ("1.0", "0.2"),
+                ("1.0",),
+                roles,
+                torch.rand(2, 4, generator=gen),
+                torch.full((16,), 3.0),
+            )
+        )
+    tables = timeline(profiles, n_boot=100)
+    eye = {k: torch.eye(3, dtype=torch.float64) for k in ("value", "lo", "hi")}
+    tables["transfer"] = _matrix_frame(eye, labels, ("circuit_of", "model"))
+    tables["cmap"] = _matrix_frame(eye | {"share": torch.zeros(3, 3)}, labels, ("source", "receiver"))
+    heads = (
+        tables["roles"][tables["roles"]["checkpoint"] == labels[-1]]
+        .pivot_table(index=["layer", "head"], columns="role", values="value")
+        .reset_index()
+        .assign(value=0.0)
+    )
+    config = {
+        "model": "random:tiny",
+        "scenario": "clean",
+        "epochs": 2,
+        "seed": 0,
+        "lr": 1e-3,
+        "checkpoint_epochs": [1, 2],
+        "parent": None,
+        "analyses": ["compare"],
+    }
+    register_experiment(root, EXP, {"id": EXP, "config": config})
+    summary = {
+        "experiment": EXP,
+        "family": False,
+        "checkpoints": labels,
+        "reference": labels[0],
+        "experiments": [EXP] * 3,
+        "scenarios": ["clean"] * 3,
+        "epochs": [0, 1, 2],
+        "cmap_heads": ["1.0", "0.2"],
+        "resamples": 100,
+    }
+    write_analysis(root, EXP, 2, "compare", AnalysisResult("compare", heads, summary, tables))
+    return labels
+
+
+@pytest.fixture()
+def evo_env(tmp_path, monkeypatch):
+    labels = synthetic_comparison(tmp_path / "demo")
+    monkeypatch.setenv("IOI_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    return labels
+
+
+def run_page(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page(PAGE)
+    return at.run()
+
+
+def test_evolution_page_shows_tracks_heatmap_and_matrices(evo_env):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("vega_lite_chart")) == 5  # overlap, role heatmap, role tracks, transfer, CMAP
+    assert at.select_slider[0].value == "clean 2" and list(at.select_slider[0].options) == evo_env
+    assert at.query_params["checkpoint"] in ("clean 2", ["clean 2"])
+
+
+def test_the_checkpoint_and_role_come_from_the_url(evo_env):
+    at = run_page(checkpoint="clean 1", role="s_inhibition")
+    assert not at.exception
+    assert at.select_slider[0].value == "clean 1"
+    assert any("s_inhibition at clean 1" in c.proto.spec for c in at.get("vega_lite_chart"))
+
+
+def test_no_comparison_is_an_empty_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_DEMO_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    at = run_page()
+    assert not at.exception and any("No comparisons" in i.value for i in at.info)
+
+
+def test_the_page_imports_no_torch(evo_env):
+    code = (
+        "import sys; from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=120)\n"
+        f"at.switch_page({PAGE!r}); at.run(); assert not at.exception\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
