@@ -38,3 +38,18 @@ def test_evolution_page_shows_the_shipped_clean_family(server, page):  # noqa: F
     settle(page)
     assert "direct path to the logits" in page.inner_text("[data-testid='stMain']")
     shoot(page, "9-evolution-first-checkpoint")
+
+
+def test_evolution_page_shows_a_toxic_lineage_and_its_recovery(server, page):  # noqa: F811
+    found = [p for p in DEMO.glob("experiments/*/epoch-*/compare-family.json")]
+    if not found or not any(DEMO.glob("experiments/*/epoch-*/recovery.json")):
+        pytest.skip("no lineage comparison with recovery dynamics cached")
+    exp = found[0].parents[1].name
+    page.set_viewport_size({"width": 1400, "height": 5200})
+    page.goto(f"{server}/evolution?scope=compare-family&exp={exp}", timeout=120_000)
+    settle(page)
+    main = page.inner_text("[data-testid='stMain']")
+    assert "Recovery dynamics" in main and "Steps to revive" in main
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.wait_for_timeout(1500)
+    shoot(page, "9-evolution-lineage")
