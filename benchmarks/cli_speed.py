@@ -31,7 +31,8 @@ TRAINING = ["--model", "ioi-tiny", "--epochs", "1", "--train-size", "3200", "--e
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "IOI_JOB_DAEMON_IDLE": "30"}  # its daemons exit soon after
 
 
 def ioi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a job daemon a test starts (ioi.runs.daemon) exits soon after its jobs instead of idling 10 minutes
+os.environ.setdefault("IOI_JOB_DAEMON_IDLE", "10")
 
 import pytest
 import torch

@@ -14,7 +14,7 @@ from ioi.present.report import markdown_table, reproduction_copy
 def test_reproduce_quick_writes_a_report(tmp_path, model, monkeypatch):
     monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    args = ["reproduce", "--model", model, "--quick", "--n-jobs", "1", "--out", str(out), "--seeds", "0,1"]
+    args = ["reproduce", "--model", model, "--quick", "--n-jobs", "2", "--out", str(out), "--seeds", "0,1"]
     assert main([*args, "--reproduction", str(tmp_path / "REPRODUCTION.md")]) == 0
     text = (out / "REPORT.md").read_text()
     for section in ("The baseline circuit", "## Findings", "amplification", "localized corruption",

@@ -73,14 +73,34 @@ def copy_scores(
     w_o [layer, head, d_head, d_model]; w_u [d_model, vocab]; tokens [names] their token ids. The
     head's LayerNorm and the final one are weightless (:func:`ioi.methods.readout.layer_norm_pre`).
     """
+    return signed_copy_scores((resid, w_v, w_o, w_u, tokens), k, eps, (sign,))[0]
+
+
+def signed_copy_scores(
+    weights: tuple[NameResid, HeadIn, HeadOut, Unembed, NameTokens],
+    k: int,
+    eps: float,
+    signs: Sequence[float],
+) -> list[HeadGrid]:
+    """:func:`copy_scores` of `weights` (its first five arguments) for each of `signs`, from one
+    unembedding per layer: a weightless LayerNorm is odd and a matmul linear, so the logits of −OV
+    are exactly (bit for bit) minus those of OV, and the negative copy score costs a negation
+    instead of a second unembedding."""
+    resid, w_v, w_o, w_u, tokens = weights
     n_layers, n_heads = w_v.shape[:2]
     x = layer_norm_pre(resid, eps)
-    scores = torch.empty(n_layers, n_heads)
+    scores = [torch.empty(n_layers, n_heads) for _ in signs]
     for layer in range(n_layers):  # all heads of a layer in one unembedding matmul
         ov = torch.einsum("nd,hdk,hkm->hnm", x, w_v[layer], w_o[layer])  # [head, names, d_model]
-        logits = layer_norm_pre(sign * ov, eps) @ w_u  # [head, names, vocab]
-        top = logits.topk(k, dim=-1).indices
-        scores[layer] = (top == tokens[None, :, None].to(top.device)).any(-1).float().mean(-1).cpu()
+        plain = None
+        for grid, sign in zip(scores, signs, strict=True):
+            if abs(sign) == 1.0:
+                plain = layer_norm_pre(ov, eps) @ w_u if plain is None else plain
+                logits = plain if sign == 1.0 else -plain  # [head, names, vocab]
+            else:
+                logits = layer_norm_pre(sign * ov, eps) @ w_u
+            top = logits.topk(k, dim=-1).indices
+            grid[layer] = (top == tokens[None, :, None].to(top.device)).any(-1).float().mean(-1).cpu()
     return scores
 
 
@@ -110,11 +130,10 @@ def model_copy_scores(
     (ValueError naming what does not fit on a model whose LayerNorms are not weightless)."""
     require_weightless_layer_norm(bridge, "the copy score")
     resid, tokens = name_residuals(bridge, tokenizer, names)
-    args = (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens)
-    return {
-        "copy_score": copy_scores(*args, k=k, eps=bridge.cfg.eps),
-        "negative_copy_score": copy_scores(*args, k=k, eps=bridge.cfg.eps, sign=-1.0),
-    }
+    pos, neg = signed_copy_scores(
+        (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens), k, bridge.cfg.eps, (1.0, -1.0)
+    )
+    return {"copy_score": pos, "negative_copy_score": neg}
 
 
 @register_analysis("attention")

@@ -109,7 +109,9 @@ def direct_logit_attribution(bridge: torch.nn.Module, batch: IOIBatch) -> Direct
     )
 
 
-def _head_effects(at_end: dict[str, torch.Tensor], scale: torch.Tensor, d: torch.Tensor, n_layers: int) -> PromptHeads:
+def _head_effects(
+    at_end: dict[str, torch.Tensor], scale: torch.Tensor, d: torch.Tensor, n_layers: int
+) -> PromptHeads:
     """[batch, layer, head] direct effects of every head's END output on direction d [batch, d_model]."""
     return torch.stack([
         (at_end[f"blocks.{layer}.attn.hook_result"] / scale[:, :, None] * d[:, None]).sum(-1)

@@ -160,12 +160,16 @@ def amplification_verdict(studies: list[SeedStudy]) -> Verdict | None:
     return replace(headline, holds=holds, numbers=numbers, summary=summary)
 
 
+def seed_runs(studies: list[SeedStudy], kind: str, dataset: str) -> list[tuple[SeedStudy, ExperimentInfo]]:
+    """(study, experiment) of every seed that ran `dataset` as `kind` ("toxic" or "reversal")."""
+    return [(s, getattr(s, kind)[dataset]) for s in studies if dataset in getattr(s, kind)]
+
+
 def corruption_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
     out = []
     for dataset in studies[0].toxic:
         per_seed = []
-        for s in [s for s in studies if dataset in s.toxic]:
-            exp = s.toxic[dataset]
+        for s, exp in seed_runs(studies, "toxic", dataset):
             result = analysis(s, exp, max(exp.epochs), "cmap")
             if result is None:
                 continue
@@ -202,8 +206,7 @@ def neuroplasticity_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
     out = []
     for dataset in studies[0].reversal:
         per_seed = []
-        for s in [s for s in studies if dataset in s.reversal]:
-            exp = s.reversal[dataset]
+        for s, exp in seed_runs(studies, "reversal", dataset):
             after, before = _prompts(s, exp, max(exp.epochs)), _prompts(s, s.clean, 0)
             if after is None or before is None:
                 continue
