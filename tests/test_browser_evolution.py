@@ -41,10 +41,14 @@ def test_evolution_page_shows_the_shipped_clean_family(server, page):  # noqa: F
 
 
 def test_evolution_page_shows_a_toxic_lineage_and_its_recovery(server, page):  # noqa: F811
-    found = [p for p in DEMO.glob("experiments/*/epoch-*/compare-family.json")]
-    if not found or not any(DEMO.glob("experiments/*/epoch-*/recovery.json")):
+    from ioi.runs.cache import read_experiment
+
+    reversals = [p.parents[1].name for p in DEMO.glob("experiments/*/epoch-*/recovery.json")]
+    parents = [read_experiment(DEMO, r)["config"]["parent"] for r in reversals]
+    found = [p for p in parents if any(DEMO.glob(f"experiments/{p}/epoch-*/compare-family.json"))]
+    if not found:
         pytest.skip("no lineage comparison with recovery dynamics cached")
-    exp = found[0].parents[1].name
+    exp = found[0]
     page.set_viewport_size({"width": 1400, "height": 5200})
     page.goto(f"{server}/evolution?scope=compare-family&exp={exp}", timeout=120_000)
     settle(page)
