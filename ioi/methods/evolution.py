@@ -150,6 +150,34 @@ def _estimate(point: float, samples: Tensor, over: str) -> dict[str, float]:
     return {"value": point, "lo": lo.item(), "hi": hi.item(), "over": over}
 
 
+def _role_rows(
+    label: str,
+    role: str,
+    value: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    flip: torch.Tensor,
+    changed: torch.Tensor,
+) -> list[dict]:
+    """One row per head of a [layer, head] role score with its interval and flags."""
+    n_layers, n_heads = value.shape
+    return [
+        {
+            "checkpoint": label,
+            "layer": layer,
+            "head": h,
+            "role": role,
+            "value": value[layer, h].item(),
+            "lo": lo[layer, h].item(),
+            "hi": hi[layer, h].item(),
+            "sign_flip": bool(flip[layer, h]),
+            "changed": bool(changed[layer, h]),
+        }
+        for layer in range(n_layers)
+        for h in range(n_heads)
+    ]
+
+
 def timeline(
     profiles: Sequence[CheckpointProfile], *, reference: int = 0, n_boot: int = N_BOOT, seed: int = 0
 ) -> dict[str, pd.DataFrame]:
@@ -239,37 +267,11 @@ def timeline(
                 changed = ((d_lo > 0) | (d_hi < 0)) & (diff.mean(-1).abs() >= CHANGE_MIN * scale)
             else:
                 changed = torch.zeros_like(flip)
-            for layer in range(n_layers):
-                for h in range(n_heads):
-                    roles.append(
-                        {
-                            "checkpoint": p.label,
-                            "layer": layer,
-                            "head": h,
-                            "role": role,
-                            "value": value[layer, h].item(),
-                            "lo": lo[layer, h].item(),
-                            "hi": hi[layer, h].item(),
-                            "sign_flip": bool(flip[layer, h]),
-                            "changed": bool(changed[layer, h]),
-                        }
-                    )
+            roles += _role_rows(p.label, role, value, lo, hi, flip, changed)
     for p in profiles:
-        for layer in range(n_layers):
-            for h in range(n_heads):
-                roles.append(
-                    {
-                        "checkpoint": p.label,
-                        "layer": layer,
-                        "head": h,
-                        "role": "copy_score",
-                        "value": p.copy[layer, h].item(),
-                        "lo": float("nan"),
-                        "hi": float("nan"),
-                        "sign_flip": False,
-                        "changed": False,
-                    }
-                )
+        nan = torch.full_like(p.copy, float("nan"))
+        no = torch.zeros_like(p.copy, dtype=torch.bool)
+        roles += _role_rows(p.label, "copy_score", p.copy, nan, nan, no, no)
     return {"overlap": pd.DataFrame(rows), "changes": pd.DataFrame(changes), "roles": pd.DataFrame(roles)}
 
 
