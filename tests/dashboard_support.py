@@ -90,3 +90,16 @@ def build_cache(root: Path, epochs: tuple[int, ...] = (0, 1, 2)) -> list[str]:
                 write_analysis(root, exp_id, epoch, "cmap",
                                AnalysisResult("cmap", heads, summary, {"classes": cls}))  # fmt: skip
     return list(SCENARIOS)
+
+
+def open_page(page: str, *, timeout: float = 120, **params: str):
+    """Run the app under AppTest with `params` in its URL, switched to `page` (the Overview is the
+    default page, so it is not switched to); returns the AppTest after its run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=timeout)
+    for name, value in params.items():
+        at.query_params[name] = value
+    if page != "app_pages/overview.py":
+        at.switch_page(page)
+    return at.run()

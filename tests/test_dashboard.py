@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
+from dashboard_support import open_page  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app_pages import _forms, _live, _store, _text  # noqa: E402
@@ -50,12 +51,7 @@ def dash_env(tmp_path, monkeypatch):
 
 
 def app(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    if page != "app_pages/overview.py":
-        at.switch_page(page)
-    return at.run()
+    return open_page(page, **params)
 
 
 def assert_clean(at: AppTest) -> None:

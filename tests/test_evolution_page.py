@@ -12,6 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("streamlit")
+from dashboard_support import open_page  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,11 +100,7 @@ def evo_env(tmp_path, monkeypatch):
 
 
 def run_page(**params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.switch_page(PAGE)
-    return at.run()
+    return open_page(PAGE, **params)
 
 
 def test_evolution_page_shows_tracks_heatmap_and_matrices(evo_env):

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
+from dashboard_support import open_page  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from ioi.runs.cache import demo_root, load_entry  # noqa: E402
 from ioi.task.names import analysis_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-APP = str(REPO / "streamlit_app.py")
 
 
 @pytest.fixture()
@@ -32,11 +32,7 @@ def demo_env(tmp_path, monkeypatch):
 
 
 def app(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for name, value in params.items():
-        at.query_params[name] = value
-    at.switch_page(page)
-    return at.run()
+    return open_page(page, timeout=300, **params)
 
 
 def test_a_dataset_prompt_shows_each_checkpoints_prediction_as_the_metrics_say(demo_env):
