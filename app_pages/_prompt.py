@@ -46,6 +46,12 @@ class Checkpoint:
         return manifest.stat().st_mtime if self.source and manifest.is_file() else 0.0
 
 
+def panel_names(chosen: list[Checkpoint]) -> dict[str, str]:
+    """Each checkpoint's panel title (its label; with its experiment's id where two share one)."""
+    labels = [c.label for c in chosen]
+    return {c.key: c.label if labels.count(c.label) == 1 else f"{c.label} ({c.exp.id[:8]})" for c in chosen}
+
+
 @st.cache_data(ttl=3, show_spinner=False)
 def _sources(ids: tuple[str, ...], root_list: tuple[str, ...]) -> dict[str, str | None]:
     from ioi.runs.catalog import checkpoint_weights

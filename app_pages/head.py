@@ -5,7 +5,14 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._live import parse_heads
-from app_pages._prompt import Checkpoint, checkpoints, dataset_prompts, default_checkpoints, profile, reading
+from app_pages._prompt import (
+    checkpoints,
+    dataset_prompts,
+    default_checkpoints,
+    panel_names,
+    profile,
+    reading,
+)
 from app_pages._store import Experiment, by_id, circuit_at, clean_run, experiments, result, shape_of
 from app_pages._ui import empty_state, set_url, show_chart, show_user_errors, url_value
 from app_pages._views import panel_of
@@ -165,28 +172,25 @@ def example_pattern(head: Head) -> None:
         shown = [opened, *shown][:3]
     st.subheader("Its attention on an example prompt")
     st.caption(f"Prompt: “{prompt}” (IO {io}, S {s}).")
-    cols = st.columns(len(shown))
-    for col, ck in zip(cols, shown):
-        r = reading(ck, prompt, io, s)
-        with col:
-            _pattern_panel(ck, r, head, pattern_frame, end_row)
-
-
-def _pattern_panel(ck: Checkpoint, r, head: Head, pattern_frame, end_row) -> None:
-    grid = pattern_frame(r, *head)
+    names = panel_names(shown)
+    found = {names[ck.key]: reading(ck, prompt, io, s) for ck in shown}
+    panels = list(found)
+    shared = len({r.tokens for r in found.values()}) == 1  # one tokenizer: the token axes drawn once
+    tag = "-".join(f"{ck.exp.id[:8]}e{ck.epoch}" for ck in shown)
+    grid = prompt_charts.stack({name: pattern_frame(r, *head) for name, r in found.items()})
     show_chart(
-        prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", max_width=230),
+        prompt_charts.attention_grid(grid, title=str(head), max_width=230, panels=panels, shared=shared),
         grid,
         f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
         "and END in bold; the END row's cells on them outlined.",
-        f"head-attn-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+        f"head-attn-{head}-{tag}",
     )
-    row = end_row(r, *head)
+    row = prompt_charts.stack({name: end_row(r, *head) for name, r in found.items()})
     show_chart(
-        prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=240),
+        prompt_charts.end_row_bars(row, title=f"{head} from END", width=240, panels=panels, shared=shared),
         row,
         f"{head}'s attention from END over the prompt; IO blue, S red.",
-        f"head-end-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+        f"head-end-{head}-{tag}",
     )
 
 
