@@ -139,7 +139,7 @@ def head_cells(
     n_layers = int(data["layer"].max()) + 1
     n_heads = int(data["head"].max()) + 1
     cell = cell or max(22, min(40, 400 // n_heads))  # small models get big cells, GPT-2 fits 400 px
-    base = alt.Chart(data).encode(
+    base = alt.Chart().encode(  # the data on the layer: Altair need not compare the layers' data
         x=alt.X("head:O", title="head", sort=list(range(n_heads)), axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort=list(range(n_layers))),
         tooltip=[
@@ -154,7 +154,7 @@ def head_cells(
         .mark_rect(fill=None, stroke="black", strokeWidth=2)
         .encode(strokeDash=alt.value([1, 0]))
     )
-    return cells + outline, max(160, cell * n_heads), max(120, cell * n_layers)
+    return alt.layer(cells, outline, data=data), max(160, cell * n_heads), max(120, cell * n_layers)
 
 
 def difference_frame(a: pd.DataFrame, b: pd.DataFrame, field: str = "value") -> pd.DataFrame:

@@ -127,7 +127,7 @@ def attention_grid(
     n = int(data["query"].max()) + 1
     cell = max(8, min(cell, max_width // n)) if max_width else cell  # a long prompt gets smaller cells
     bold = alt.ExprRef("indexof(datum.label, '[') >= 0 ? 'bold' : 'normal'")
-    base = alt.Chart(data).encode(
+    base = alt.Chart().encode(  # the data on the layer (see `charts.head_cells`)
         x=alt.X(
             "k_label:N",
             sort=alt.EncodingSortField("key", op="min"),
@@ -159,7 +159,7 @@ def attention_grid(
     marked = base.transform_filter((alt.datum.role_key != "") & (alt.datum.role_query == "END")).mark_rect(
         fill=None, stroke="#d62728", strokeWidth=2
     )
-    return _sized(cells + marked, panels, title=title, width=cell * n, height=cell * n, shared=shared)
+    return _sized(alt.layer(cells, marked, data=data), panels, title=title, width=cell * n, height=cell * n, shared=shared)
 
 
 def end_row_bars(
