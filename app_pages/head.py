@@ -10,6 +10,7 @@ from app_pages._prompt import (
     dataset_prompts,
     default_checkpoints,
     panel_names,
+    pattern_views,
     profile,
     reading,
 )
@@ -157,7 +158,6 @@ def over_epochs(table: pd.DataFrame, head: Head) -> None:
 def example_pattern(head: Head) -> None:
     """The head's attention on one prompt (the URL's, else the first evaluation prompt) at the
     story's checkpoints, side by side."""
-    from ioi.methods.prompt import end_row, pattern_frame
     from ioi.task.prompt import find_roles
 
     example = dataset_prompts()[0]
@@ -173,24 +173,19 @@ def example_pattern(head: Head) -> None:
     st.subheader("Its attention on an example prompt")
     st.caption(f"Prompt: “{prompt}” (IO {io}, S {s}).")
     names = panel_names(shown)
-    found = {names[ck.key]: reading(ck, prompt, io, s) for ck in shown}
-    panels = list(found)
-    shared = len({r.tokens for r in found.values()}) == 1  # one tokenizer: the token axes drawn once
     tag = "-".join(f"{ck.exp.id[:8]}e{ck.epoch}" for ck in shown)
-    grid = prompt_charts.stack({name: pattern_frame(r, *head) for name, r in found.items()})
+    (grids, grid), (bars, row) = pattern_views(
+        [reading(ck, prompt, io, s) for ck in shown], [names[ck.key] for ck in shown], *head, str(head), 230
+    )
     show_chart(
-        prompt_charts.attention_grid(grid, title=str(head), max_width=230, panels=panels, shared=shared),
+        grids,
         grid,
         f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
         "and END in bold; the END row's cells on them outlined.",
         f"head-attn-{head}-{tag}",
     )
-    row = prompt_charts.stack({name: end_row(r, *head) for name, r in found.items()})
     show_chart(
-        prompt_charts.end_row_bars(row, title=f"{head} from END", width=240, panels=panels, shared=shared),
-        row,
-        f"{head}'s attention from END over the prompt; IO blue, S red.",
-        f"head-end-{head}-{tag}",
+        bars, row, f"{head}'s attention from END over the prompt; IO blue, S red.", f"head-end-{head}-{tag}"
     )
 
 

@@ -10,19 +10,19 @@ from app_pages._prompt import (
     dataset_prompts,
     default_checkpoints,
     panel_names,
+    pattern_views,
+    prompt_views,
     reading,
 )
 from app_pages._prompt import unknown_words as prompt_unknown_words
 from app_pages._ui import (
     empty_state,
-    heads_with_labels,
     heatmap_opening_heads,
     set_url,
     show_chart,
     show_user_errors,
     url_value,
 )
-from ioi.present import prompt_charts
 
 st.title("Playground")
 st.write(
@@ -126,21 +126,19 @@ def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str)
                 f"IO {io}: rank {r.io['rank']}, p = {r.io['prob']:.3f} · S {s}: rank {r.s['rank']}, "
                 f"p = {r.s['prob']:.3f}"
             )
-    top = prompt_charts.stack({names[c.key]: found[c.key].top for c in chosen})
+    (bars, top), (heatmaps, heads) = prompt_views(
+        [found[c.key] for c in chosen], panels, io, s, 26 if len(chosen) > 2 else None
+    )
     show_chart(
-        prompt_charts.top_tokens_bars(top, io, s, title="next token", panels=panels),
+        bars,
         top,
         f"Each checkpoint's {TOP_K} most likely next tokens at END with their probabilities; IO blue, S red.",
         f"pg-top-{tag}",
     )
     st.subheader("Which heads write the answer")
-    heads = prompt_charts.stack({names[c.key]: found[c.key].heads for c in chosen})
-    chart = prompt_charts.head_heatmaps(
-        heads, panels, value_title="DLA (logits)", cell=26 if len(chosen) > 2 else None
-    ).configure_legend(orient="bottom")
     heatmap_opening_heads(
-        chart,
-        heads_with_labels(heads),
+        heatmaps,
+        heads,
         "Per-head direct logit attribution on logit(IO) − logit(S) at END for this prompt; blue pushes "
         "towards IO, red towards S. One colour scale for all panels. Click a cell to open that head's page.",
         f"pg-dla-{tag}",
@@ -154,8 +152,6 @@ def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str)
 @st.fragment
 def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
     """A head's pattern at each checkpoint; choosing another head reruns only this part."""
-    from ioi.methods.prompt import end_row, pattern_frame
-
     st.subheader("Where a head looks")
     first = found[chosen[0].key]
     heads = [f"{la}.{h}" for la in range(first.patterns.shape[0]) for h in range(first.patterns.shape[1])]
@@ -175,33 +171,21 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
     set_url(head=head)
     layer, h = map(int, head.split("."))
     names = panel_names(chosen)
-    panels = list(names.values())
     tag = "-".join(f"{c.exp.id[:8]}e{c.epoch}" for c in chosen)
-    shared = len({found[c.key].tokens for c in chosen}) == 1  # one tokenizer: the token axes drawn once
-    grid = prompt_charts.stack({names[c.key]: pattern_frame(found[c.key], layer, h) for c in chosen})
+    (grids, grid), (bars, row) = pattern_views(
+        [found[c.key] for c in chosen], list(names.values()), layer, h, f"head {head}",
+        260 if len(chosen) > 2 else 380,
+    )  # fmt: skip
     show_chart(
-        prompt_charts.attention_grid(
-            grid,
-            title=f"head {head}",
-            max_width=260 if len(chosen) > 2 else 380,
-            panels=panels,
-            shared=shared,
-        ),
+        grids,
         grid,
         f"Attention of head {head}: each row a query token, each column the token it attends to "
         "(rows sum to 1). IO, S1, S2 and END are labelled in bold; the END row's cells on them "
         "are outlined in red.",
         f"pg-attn-{tag}",
     )
-    row = prompt_charts.stack({names[c.key]: end_row(found[c.key], layer, h) for c in chosen})
     show_chart(
-        prompt_charts.end_row_bars(
-            row,
-            title=f"head {head} from END",
-            width=260 if len(chosen) > 2 else 360,
-            panels=panels,
-            shared=shared,
-        ),
+        bars,
         row,
         f"Head {head}'s attention from END (the last token) over the prompt; IO blue, S red.",
         f"pg-end-{tag}",

@@ -159,7 +159,8 @@ def attention_grid(
     marked = base.transform_filter((alt.datum.role_key != "") & (alt.datum.role_query == "END")).mark_rect(
         fill=None, stroke="#d62728", strokeWidth=2
     )
-    return _sized(alt.layer(cells, marked, data=data), panels, title=title, width=cell * n, height=cell * n, shared=shared)
+    grid = alt.layer(cells, marked, data=data)
+    return _sized(grid, panels, title=title, width=cell * n, height=cell * n, shared=shared)
 
 
 def end_row_bars(
