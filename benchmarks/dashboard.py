@@ -190,7 +190,8 @@ def report_playground(times: dict[str, list[dict[str, float]]], script: dict[str
         print(f"playground, {key} on 3 checkpoints of the bundled model ({len(rows)} prompts): "
               f"keystroke to drawn median {med['drawn']:.2f} s (max {max(r['drawn'] for r in rows):.2f} s; "
               f"{med['wall']:.2f} s on Playwright's clock); script as the browser saw it "
-              f"{med['script']:.2f} s, browser main thread busy {med['busy']:.2f} s ({med['busy_after']:.2f} s after the script); "
+              f"{med['script']:.2f} s, browser main thread busy {med['busy']:.2f} s "
+              f"({med['busy_after']:.2f} s after the script); "
               f"script alone (AppTest) {statistics.median(script[key]):.2f} s")  # fmt: skip
 
 
