@@ -42,6 +42,11 @@ def stack(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([f.assign(**{PANEL: name}) for name, f in frames.items()], ignore_index=True)
 
 
+def _in_order(field: str) -> alt.EncodingSortField:
+    """A nominal axis in the order of the numeric column `field` (rank, position), panel by panel."""
+    return alt.EncodingSortField(field, op="min")
+
+
 def _sized(chart, panels: Sequence[str] | None, *, title: str, width: int, height: int, shared: bool = False):
     """`chart` at `width` × `height` px with its title: alone, or faceted into one panel per
     value of `panels` (in that order). The panels' x and y scales are their own unless `shared`
@@ -77,12 +82,7 @@ def top_tokens_bars(
         alt.Chart(data)
         .mark_bar()
         .encode(
-            y=alt.Y(
-                "label:N",
-                sort=alt.EncodingSortField("rank", op="min"),
-                title=None,
-                axis=alt.Axis(labelLimit=200),
-            ),
+            y=alt.Y("label:N", sort=_in_order("rank"), title=None, axis=alt.Axis(labelLimit=200)),
             x=alt.X("prob:Q", title="probability at END", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color(
                 "role:N",
@@ -130,7 +130,7 @@ def attention_grid(
     base = alt.Chart().encode(  # the data on the layer (see `charts.head_cells`)
         x=alt.X(
             "k_label:N",
-            sort=alt.EncodingSortField("key", op="min"),
+            sort=_in_order("key"),
             title="key (attended to)",
             axis=alt.Axis(
                 labelAngle=-60, labelFontWeight=bold, labelLimit=160, labelOverlap=False, labelFontSize=9
@@ -138,7 +138,7 @@ def attention_grid(
         ),
         y=alt.Y(
             "q_label:N",
-            sort=alt.EncodingSortField("query", op="min"),
+            sort=_in_order("query"),
             title="query (attending)",
             axis=alt.Axis(labelFontWeight=bold, labelOverlap=False, labelFontSize=9),
         ),
@@ -181,7 +181,7 @@ def end_row_bars(
         .encode(
             x=alt.X(
                 "label:N",
-                sort=alt.EncodingSortField("pos", op="min"),
+                sort=_in_order("pos"),
                 title=None,
                 axis=alt.Axis(labelAngle=-60, labelLimit=160, labelOverlap=False, labelFontSize=9),
             ),
