@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ioi.models import pretrain
+from ioi.models.threads import one_thread
 from ioi.models.tiny import (
     BATCH,
     CONTEXT,
@@ -276,7 +277,7 @@ def pretrain_small(
     steps = steps or recipe.steps
     tokenizer = build_small_tokenizer()
     vocab = tokenizer.get_vocab()
-    with pretrain.one_thread():
+    with one_thread():
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
         opt = pretrain.make_optimizer(model, recipe.lr)
