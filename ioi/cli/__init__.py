@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, as a cancel (commands that keep work say where)
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except Exception as err:
         cancelled = getattr(sys.modules.get("ioi.models.train"), "Cancelled", ())
         if cancelled and isinstance(err, cancelled):

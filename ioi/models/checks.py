@@ -6,6 +6,7 @@ worker; `ioi.models.load` and `ioi.models.train` are what actually load and trai
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -56,18 +57,32 @@ class TrainingError(ValueError):
     """A fine-tuning request that cannot run as asked; the message says why."""
 
 
+def _whole_numbers(text: str, what: str, example: str) -> list[int]:
+    """ "1, 3 5" -> [1, 3, 5] in the order written; TrainingError naming `what` for a non-integer."""
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise TrainingError(
+            f"write {what} as whole numbers separated by commas, e.g. {example} (got {text!r})"
+        ) from None
+
+
 def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
     """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
     for an epoch outside 1..epochs."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
-    except ValueError:
-        raise TrainingError(
-            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
-        ) from None
+    values = tuple(sorted(set(_whole_numbers(text, "checkpoint epochs", "1, 3, 5"))))
     bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
     if bad:
         raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
+    return values
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """ "0, 1 2" -> (0, 1, 2): training seeds in the order written (a study's first seed is its main
+    one), each once; TrainingError for a non-integer or an empty list."""
+    values = tuple(dict.fromkeys(_whole_numbers(text, "seeds", "0, 1, 2")))
+    if not values:
+        raise TrainingError("give at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
     return values
 
 
@@ -86,3 +101,12 @@ def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
         if not 1 <= size <= MAX_PROMPTS:
             what = name.replace("_", " ")
             raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
+
+
+def check_optimizer(lr: float, weight_decay: float) -> None:
+    """TrainingError unless the learning rate is a positive number and the weight decay a
+    non-negative one (NaN and infinity are neither)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise TrainingError(f"the learning rate must be a positive number, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise TrainingError(f"the weight decay must be a number >= 0, got {weight_decay}")

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
-from ioi.models.checks import TrainingError, check_bounds
+from ioi.models.checks import TrainingError, check_bounds, check_optimizer
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, training_samples
 from ioi.task.data import IOIBatch, make_dataset, tokenize
@@ -74,8 +74,7 @@ class TrainConfig:
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise TrainingError(f"checkpoint epochs {bad} are outside 1..{self.epochs}")
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
-            raise TrainingError("lr and batch size must be positive and weight decay non-negative")
+        check_optimizer(self.lr, self.weight_decay)
         check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size)
 
     @property

@@ -44,7 +44,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -270,13 +269,9 @@ def _launch(root: Path, job_id: str) -> None:
     command = [sys.executable, "-m", "ioi.runs.jobs", "--daemon", str(root)]
     if daemon.enabled() and daemon.hand_over(root, job_id, record, command):
         return
-    with open(_log_path(root, job_id), "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )  # fmt: skip
-    _update(root, job_id, pid=proc.pid, heartbeat=time.time(), host=socket.gethostname())
+    command = [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id]
+    pid = daemon.spawn_detached(command, _log_path(root, job_id))
+    _update(root, job_id, pid=pid, heartbeat=time.time(), host=socket.gethostname())
 
 
 def _log_path(root: Path, job_id: str) -> Path:

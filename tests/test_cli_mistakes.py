@@ -1,0 +1,132 @@
+"""A newcomer's mistakes at the command line, found by trying the product: each one ends in one
+`error: …` line and exit status 2 (Ctrl-C: one `stopped…` line, 130), never a traceback, and no
+value the user typed is silently replaced by a default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+import pytest
+
+from ioi import cli
+from ioi.cli import main
+
+
+def one_line(capsys, code: int, args: list[str]) -> str:
+    """Run `ioi ARGS`, check it ends with status `code` and one line on stderr; that line."""
+    assert main(args) == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sweep", "--seeds", "a,b", "--epochs", "1"],
+        ["sweep", "--seeds", "", "--epochs", "1"],
+        ["reproduce", "--quick", "--model", "random:tiny", "--seeds", "x"],
+        ["precompute", "--quick", "--out", "pc", "--seeds", "0,x"],
+    ],
+)
+def test_seeds_that_are_not_numbers_are_refused(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "seed" in one_line(capsys, 2, args)
+    assert not (tmp_path / "pc").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["finetune", "--model", "random:tiny", "--lr", "0", "--train-size", "8", "--out", "ft"],
+        ["finetune", "--model", "random:tiny", "--lr", "nan", "--train-size", "8", "--out", "ft"],
+        ["jobs", "submit", "--model", "random:tiny", "--lr", "0"],
+        ["jobs", "submit", "--model", "random:tiny", "--weight-decay", "-1"],
+        ["sweep", "--model", "random:tiny", "--lr", "0"],
+    ],
+)
+def test_a_zero_or_nan_learning_rate_is_refused_not_replaced_by_the_default(
+    args, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "cache"))
+    err = one_line(capsys, 2, args)
+    assert "learning rate" in err or "weight decay" in err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_reproduce_from_an_empty_cache_is_a_user_error(capsys, tmp_path):
+    err = one_line(
+        capsys, 2, ["reproduce", "--from-cache", "--model", "random:tiny", "--cache", str(tmp_path)]
+    )
+    assert "no cached clean experiment" in err
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert cli._run(argparse.Namespace(run=interrupted)) == 130
+    assert capsys.readouterr().err.strip() == "stopped: interrupted (Ctrl-C)"
+
+
+def test_ctrl_c_in_finetune_says_where_the_checkpoints_are(capsys, tmp_path, monkeypatch):
+    from ioi.models import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "finetune", interrupted)
+    out = tmp_path / "ft"
+    err = one_line(
+        capsys, 130, ["finetune", "--model", "random:tiny", "--train-size", "8", "--out", str(out)]
+    )
+    assert err.startswith("stopped: interrupted") and str(out) in err and "resumes" in err
+
+
+def test_ctrl_c_while_waiting_for_a_job_leaves_it_running_and_says_how_to_follow_it(
+    capsys, tmp_path, monkeypatch
+):
+    from ioi.runs import jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "submit", lambda *a, **k: "0123456789ab")
+    monkeypatch.setattr(jobs, "wait", interrupted)
+    args = ["jobs", "submit", "--model", "random:tiny", "--cache", str(tmp_path), "--wait"]
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "0123456789ab"  # the id was printed before the wait began
+    err = captured.err.strip().splitlines()[-1]
+    assert "Traceback" not in captured.err and "background" in err and "jobs show 0123456789ab" in err
+
+
+def test_a_finished_job_says_where_its_results_are(capsys, tmp_path, monkeypatch):
+    from jobs_support import tiny_config
+
+    from ioi.runs import jobs
+    from ioi.runs.experiment import experiment_id
+
+    cfg = tiny_config()
+    job_id = jobs.submit(cfg, tmp_path, launch=False)
+    assert main(["jobs", "show", job_id, "--cache", str(tmp_path)]) == 0
+    where = str(tmp_path / "experiments" / experiment_id(cfg))
+    assert f"results: {where}" in capsys.readouterr().out
+    assert main(["jobs", "show", job_id, "--cache", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == where
+
+
+def test_a_detached_process_is_started_without_a_resource_warning(tmp_path):
+    """`jobs submit` used to print "warning: subprocess N is still running" (the dropped Popen)."""
+    from ioi.runs.daemon import spawn_detached
+    from ioi.runs.jobs import pid_alive
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pid = spawn_detached([sys.executable, "-c", "import time; time.sleep(2)"], tmp_path / "x" / "log")
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert pid_alive(pid) and (tmp_path / "x" / "log").is_file()
