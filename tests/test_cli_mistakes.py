@@ -130,3 +130,68 @@ def test_a_detached_process_is_started_without_a_resource_warning(tmp_path):
         pid = spawn_detached([sys.executable, "-c", "import time; time.sleep(2)"], tmp_path / "x" / "log")
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert pid_alive(pid) and (tmp_path / "x" / "log").is_file()
+
+
+# --- analysis options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attention", "--option", "k=0"], "option k is at least 1"),  # was: copy scores all 0
+        (["attention", "--option", "k=-1"], "option k is at least 1"),  # was: a topk traceback
+        (["cmap", "--other", "random:tiny", "--option", "n_boot=0"], "option n_boot is at least 1"),
+        (["eap", "--option", "max_rows=0"], "option max_rows is at least 1"),
+        (["classify", "--option", "backup=-1"], "option backup is at least 0"),
+        (["edges", "--option", "points=-2"], "option points is at least 1"),
+        (["dla", "--out", "no/such/folder/x.json"], "does not exist"),  # was: said after the analysis
+    ],
+)
+def test_analysis_numbers_out_of_range_are_refused_before_a_model_loads(
+    args, message, capsys, tmp_path, monkeypatch
+):
+    from ioi.models import load
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert message in one_line(capsys, 2, ["analyze", *args, "--model", "random:tiny"])
+
+
+def test_option_minimum_is_part_of_the_help():
+    from ioi.methods.analyses import OptionError, analysis
+
+    k = next(o for o in analysis("attention").options if o.name == "k")
+    assert "≥ 1" in k.describe() and k.parse("3") == 3
+    with pytest.raises(OptionError):
+        k.parse(0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["knockout", "--option", "mlps=7"], "layers 7 are outside this model"),  # was: IndexError
+        (["knockout", "--option", "heads=5.5"], "heads 5.5 are outside this model"),
+        (["path-patch", "--option", "heads=abc"], "receiver 'logits'"),  # was: heads silently ignored
+        (["path-patch", "--option", "heads=1.1"], "receiver 'logits'"),
+        (["path-patch", "--option", "position=s2"], "receiver 'logits'"),
+        (["attention", "--option", "k=60000"], "top-k must be from 1 to the vocabulary's 50257"),
+    ],
+)
+def test_analysis_options_the_model_cannot_take_are_one_line(args, message, capsys, tmp_path):
+    assert message in one_line(capsys, 2, ["analyze", *args, "--model", "random:tiny", "--size", "4"])
+
+
+def test_a_cross_model_result_names_both_models(capsys, monkeypatch):
+    import pandas as pd
+
+    from ioi.methods import analyses
+
+    def fake(name, model, clean, abc, *, other=None, **options):
+        assert other is not None
+        return analyses.AnalysisResult(name, pd.DataFrame({"layer": [0], "head": [0], "value": [1.0]}))
+
+    monkeypatch.setattr(analyses, "run_analysis", fake)
+    args = ["analyze", "cmap", "--model", "random:tiny", "--other", "random:pythia", "--size", "4", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "random:tiny" and out["other"] == "random:pythia"
