@@ -195,3 +195,37 @@ def test_a_cross_model_result_names_both_models(capsys, monkeypatch):
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "random:tiny" and out["other"] == "random:pythia"
+
+
+# --- a user's own prompts -----------------------------------------------------------------------
+
+WHEN = "When Mary and John went to the store, "
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [  # each of these used to give a number: logit diff 0, a wrong END, or S2 read at S1 / at -1
+        ({"prompt": WHEN + "John gave a drink to", "io": "Mary", "s": "Mary"}, "IO and S are both 'Mary'"),
+        ({"prompt": WHEN + "John gave a drink to ", "io": "Mary", "s": "John"}, "ends with whitespace"),
+        ({"prompt": WHEN + "he gave a drink to", "io": "Mary", "s": "John"}, "must name 'John' again"),
+        (
+            {"prompt": "When John and Mary went out, Mary", "io": "Mary", "s": "John"},
+            "must name 'John' again",
+        ),
+    ],
+)
+def test_own_prompts_that_are_not_ioi_prompts_are_refused(row, message, capsys, tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    assert message in one_line(capsys, 2, ["eval", "--model", "random:tiny", "--dataset", str(data)])
+
+
+def test_every_generated_and_toxic_prompt_still_tokenizes(gpt2_tok):
+    from ioi.task.corruptions import CORRUPTIONS, corrupt
+    from ioi.task.data import make_dataset, tokenize
+
+    clean = make_dataset(300, seed=0)
+    for name in ["clean", *CORRUPTIONS]:
+        samples = clean if name == "clean" else corrupt(clean, name)
+        batch = tokenize(samples, gpt2_tok)
+        assert bool((batch.s2_pos > batch.s1_pos).all() and (batch.s2_pos > batch.io_pos).all())
