@@ -229,3 +229,21 @@ def test_every_generated_and_toxic_prompt_still_tokenizes(gpt2_tok):
         samples = clean if name == "clean" else corrupt(clean, name)
         batch = tokenize(samples, gpt2_tok)
         assert bool((batch.s2_pos > batch.s1_pos).all() and (batch.s2_pos > batch.io_pos).all())
+
+
+# --- fine-tuning into a folder that holds another run -------------------------------------------
+
+
+def test_finetune_into_another_runs_folder_is_refused_and_the_same_run_continues(capsys, tmp_path):
+    out = tmp_path / "ft"
+    base = ["finetune", "--model", "random:tiny", "--train-size", "8", "--eval-size", "4", "--out", str(out)]
+    assert main([*base, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    before = (out / "epoch-001" / "model.safetensors").read_bytes()
+    # was: "resumed" from the seed-0 clean checkpoint and returned it as this run's result
+    err = one_line(capsys, 2, [*base, "--epochs", "1", "--seed", "1"])
+    assert "another run" in err and "seed 0, not 1" in err
+    err = one_line(capsys, 2, [*base, "--epochs", "2", "--scenario", "name_moving"])
+    assert "scenario 'clean', not 'name_moving'" in err and not (out / "epoch-002").exists()
+    assert main([*base, "--epochs", "2"]) == 0  # the same run, longer: continues from epoch 1
+    assert (out / "epoch-002").is_dir() and (out / "epoch-001" / "model.safetensors").read_bytes() == before
