@@ -247,3 +247,35 @@ def test_finetune_into_another_runs_folder_is_refused_and_the_same_run_continues
     assert "scenario 'clean', not 'name_moving'" in err and not (out / "epoch-002").exists()
     assert main([*base, "--epochs", "2"]) == 0  # the same run, longer: continues from epoch 1
     assert (out / "epoch-002").is_dir() and (out / "epoch-001" / "model.safetensors").read_bytes() == before
+
+
+# --- model names and settings -------------------------------------------------------------------
+
+
+def test_every_bundled_model_can_be_submitted_and_an_unknown_random_one_cannot(tmp_path):
+    from ioi.models import load
+    from ioi.models.checks import BUNDLED, RANDOM_MODELS, model_problem
+
+    assert RANDOM_MODELS == tuple(load._RANDOM_CONFIGS)
+    for name in BUNDLED:  # ioi-small loads in `eval` but a job of it was refused as "not in the HF cache"
+        assert model_problem(name) is None
+    # random:bogus was accepted at submit and failed in the background with "download it once"
+    assert "unknown random model 'random:bogus'" in model_problem("random:bogus")
+    with pytest.raises(load.ModelUnavailableError, match="unknown random model"):
+        load.load_hf("random:bogus")
+
+
+def test_a_job_of_an_unknown_random_model_is_refused_at_submit(capsys, tmp_path):
+    err = one_line(capsys, 2, ["jobs", "submit", "--model", "random:bogus", "--cache", str(tmp_path)])
+    assert "unknown random model" in err and not list(tmp_path.glob("experiments/*"))
+
+
+@pytest.mark.parametrize("variable, value", [("IOI_JOB_THREADS", "abc"), ("IOI_JOB_THREADS", "0"),
+                                             ("IOI_MAX_JOBS", "x")])  # fmt: skip
+def test_a_bad_thread_or_job_count_setting_is_one_line(variable, value, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    err = one_line(capsys, 2, ["jobs", "submit", "--model", "random:tiny", "--cache", str(tmp_path)])
+    assert err == f"error: {variable} must be a whole number of at least 1, got {value!r}"
+    if variable == "IOI_JOB_THREADS":  # was: a ValueError traceback (abc) or silently 1 thread (0)
+        err = one_line(capsys, 2, ["eval", "--model", "random:tiny", "--size", "2"])
+        assert variable in err

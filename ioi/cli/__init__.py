@@ -17,6 +17,7 @@ from ioi.cli.registry import COMMANDS
 
 USER_ERRORS: dict[str, tuple[str, ...]] = {
     "ioi.cli.registry": ("UsageError",),
+    "ioi.task.defaults": ("SettingError",),
     "ioi.task.data": ("DatasetError",),
     "ioi.models.load": ("ModelUnavailableError",),
     "ioi.models.checks": ("TrainingError",),

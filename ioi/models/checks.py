@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ioi.task.data import MAX_PROMPTS
-from ioi.task.defaults import ASSETS, DEFAULT_MODEL
+from ioi.task.defaults import ASSETS
 
 
 def _hf_offline() -> bool:
@@ -19,19 +19,25 @@ def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False")
 
 
+BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
+"""Bundled model name (a folder of ioi/assets) -> the subcommand that rebuilds it."""
+RANDOM_MODELS = ("random:gpt2", "random:tiny", "random:pythia")
+"""The seeded random architectures `ioi.models.load` builds."""
+
+
 def model_problem(name: str) -> str | None:
-    """None when `name` is loadable as far as a cheap check can tell: the bundled model, a
+    """None when `name` is loadable as far as a cheap check can tell: a bundled model, a
     ``random:*`` architecture, a directory with a config.json, or a HuggingFace name (when offline,
     only one whose config is in the local HF cache). Otherwise a sentence saying what is wrong."""
     if name.startswith("random:"):
-        return None
-    path = ASSETS / "ioi-tiny" if name == DEFAULT_MODEL else Path(name).expanduser()
+        return None if name in RANDOM_MODELS else unknown_random(name)
+    path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
     if path.is_dir():
         return (
             None if (path / "config.json").exists() else f"{path} is not a model directory (no config.json)"
         )
-    if name == DEFAULT_MODEL:
-        return "the bundled ioi-tiny model is missing; rebuild it with `ioi pretrain-tiny`"
+    if name in BUNDLED:
+        return f"the bundled {name} model is missing; rebuild it with `ioi {BUNDLED[name]}`"
     if path.exists():
         return f"{path} is a file, not a model directory"
     if name.startswith(("/", ".", "~")):
@@ -48,9 +54,14 @@ def model_problem(name: str) -> str | None:
     if isinstance(cached, str):
         return None
     return (
-        f"model {name!r} is neither a directory, {DEFAULT_MODEL}, random:* nor in the local HuggingFace "
-        f"cache (offline); download it once with HF_HUB_OFFLINE=0 or give a local directory"
+        f"model {name!r} is neither a directory, a bundled model ({', '.join(BUNDLED)}), random:* nor "
+        "in the local HuggingFace cache (offline); download it once with HF_HUB_OFFLINE=0 or give a "
+        "local directory"
     )
+
+
+def unknown_random(name: str) -> str:
+    return f"unknown random model {name!r}; known: {', '.join(RANDOM_MODELS)}"
 
 
 class TrainingError(ValueError):

@@ -57,7 +57,7 @@ from typing import Any
 from ioi.runs import daemon
 from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
 from ioi.runs.index import JOB_COLUMNS
-from ioi.task.defaults import torch_threads
+from ioi.task.defaults import env_count, torch_threads
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -73,7 +73,7 @@ class JobError(ValueError):
 
 def max_jobs() -> int:
     """How many jobs may run at once: $IOI_MAX_JOBS, default 2."""
-    return max(1, int(os.environ.get("IOI_MAX_JOBS", "2")))
+    return env_count("IOI_MAX_JOBS", 2)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -233,6 +233,7 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
     from ioi.runs.experiment import adopt_parent, experiment_id, identity, is_complete
 
     cfg.validate()
+    max_jobs(), torch_threads()  # a bad IOI_MAX_JOBS / IOI_JOB_THREADS is refused here, not in the job
     base = cache_root(root)
     if cfg.parent and adopt_parent(base, cfg.parent) is None:
         raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
