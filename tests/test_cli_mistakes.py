@@ -279,3 +279,19 @@ def test_a_bad_thread_or_job_count_setting_is_one_line(variable, value, capsys, 
     if variable == "IOI_JOB_THREADS":  # was: a ValueError traceback (abc) or silently 1 thread (0)
         err = one_line(capsys, 2, ["eval", "--model", "random:tiny", "--size", "2"])
         assert variable in err
+
+
+def test_the_readmes_dataset_command_for_gpt2_works_offline_without_its_weights(tmp_path, monkeypatch):
+    """`ioi dataset --model gpt2` checks tokens only: it used to load GPT-2's weights, which a
+    newcomer offline does not have (the tokenizer is shipped)."""
+    from ioi.models import load
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(load, "load_hf", lambda *a, **k: pytest.fail("weights were loaded"))
+    out = tmp_path / "train.jsonl"
+    assert (
+        main(["dataset", "--size", "20", "--corruption", "name_moving", "--model", "gpt2", "--out", str(out)])
+        == 0
+    )
+    assert len(out.read_text().splitlines()) == 20
+    assert main(["dataset", "--size", "5", "--model", "ioi-tiny", "--out", str(out)]) == 0

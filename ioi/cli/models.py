@@ -47,10 +47,9 @@ def run_dataset(args: argparse.Namespace) -> int:
     if args.corruption:
         samples = corrupt(samples, args.corruption, args.seed)
     if args.model:
-        from ioi.models.load import load_hf
+        from ioi.models.load import tokenizer_of
 
-        _, tok, _ = load_hf(args.model)
-        tokenize(samples, tok)  # raises, naming the offenders, if any role is not one token
+        tokenize(samples, tokenizer_of(args.model))  # raises, naming any role that is not one token
     write_jsonl(samples, args.out)
     print(f"wrote {len(samples)} samples to {args.out}", file=sys.stderr)
     return 0

@@ -165,6 +165,17 @@ def load_hf(
     return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
 
 
+def tokenizer_of(name: str) -> PreTrainedTokenizerFast:
+    """The tokenizer of model `name`, without its weights: the shipped GPT-2 one for gpt2 and the
+    random models, a bundled model's or a directory's own; else the hub's (load_hf's errors)."""
+    if name in _RANDOM_CONFIGS or name == "gpt2":
+        return gpt2_tokenizer()
+    path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
+    if path.is_dir():
+        return load_tokenizer(path)
+    return load_hf(name)[1]
+
+
 def _load_directory(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """The model and tokenizer of a local directory, refusing anything that would run its code
     and verifying a checkpoint's files first."""
