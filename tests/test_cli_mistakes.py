@@ -295,3 +295,25 @@ def test_the_readmes_dataset_command_for_gpt2_works_offline_without_its_weights(
     )
     assert len(out.read_text().splitlines()) == 20
     assert main(["dataset", "--size", "5", "--model", "ioi-tiny", "--out", str(out)]) == 0
+
+
+def test_compare_names_the_model_and_ctrl_c_leaves_its_job_running(capsys, tmp_path, monkeypatch):
+    from jobs_support import tiny_config
+
+    from ioi.runs import jobs
+    from ioi.runs.experiment import experiment_id
+
+    assert main(["compare", "--experiment", "beb0361aac0eeba0", "--json"]) == 0  # the demo's clean run
+    assert json.loads(capsys.readouterr().out)["model"] == "ioi-tiny"
+
+    cfg = tiny_config()
+    jobs.submit(cfg, tmp_path, launch=False)  # an experiment of this cache with no comparison yet
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "submit", lambda *a, **k: "0123456789ab")
+    monkeypatch.setattr(jobs, "wait", interrupted)
+    assert main(["compare", "--experiment", experiment_id(cfg), "--cache", str(tmp_path)]) == 130
+    err = capsys.readouterr().err  # the job's line, then what Ctrl-C left
+    assert "Traceback" not in err and "background" in err and "jobs show 0123456789ab" in err

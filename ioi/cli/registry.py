@@ -43,6 +43,12 @@ class UsageError(ValueError):
     """A command-line value that cannot be used; the message says which and why."""
 
 
+def detached(job_id: str) -> str:
+    """What Ctrl-C while waiting for a job says: only the waiting stops (a job is its own process)."""
+    return (f"stopped waiting: job {job_id} goes on in the background; `ioi jobs show {job_id}` follows "
+            f"it, `ioi jobs cancel {job_id}` stops it")  # fmt: skip
+
+
 def check_device(device: str | None) -> str | None:
     """`device` if this machine has it (None: the default); UsageError otherwise."""
     if device is None or device == "cpu":

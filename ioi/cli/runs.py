@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, check_device, command, learning_rate
+from ioi.cli.registry import UsageError, check_device, command, detached, learning_rate
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
@@ -98,8 +98,7 @@ def _wait_with_bar(job_id: str, root: Path | None) -> int:
         job = wait(job_id, root, on_update=update)
     except KeyboardInterrupt:  # only the waiting stops: the job is a detached process
         bar.close()
-        print(f"stopped waiting: job {job_id} goes on in the background; `ioi jobs show {job_id}` "
-              f"follows it, `ioi jobs cancel {job_id}` stops it", file=sys.stderr)  # fmt: skip
+        print(detached(job_id), file=sys.stderr)
         return 130
     bar.close()
     if job.status != "done":
