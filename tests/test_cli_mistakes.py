@@ -317,3 +317,22 @@ def test_compare_names_the_model_and_ctrl_c_leaves_its_job_running(capsys, tmp_p
     assert main(["compare", "--experiment", experiment_id(cfg), "--cache", str(tmp_path)]) == 130
     err = capsys.readouterr().err  # the job's line, then what Ctrl-C left
     assert "Traceback" not in err and "background" in err and "jobs show 0123456789ab" in err
+
+
+def test_a_damaged_job_file_is_said_when_the_index_is_rebuilt(capsys, tmp_path):
+    from jobs_support import tiny_config
+
+    from ioi.runs import jobs
+    from ioi.runs.experiment import experiment_id
+
+    kept = jobs.submit(tiny_config(), tmp_path, launch=False)
+    lost = jobs.submit(tiny_config(seed=1), tmp_path, launch=False)
+    (tmp_path / "experiments" / experiment_id(tiny_config(seed=1)) / "jobs" / f"{lost}.json").write_text(
+        "{bad"
+    )
+    for index in tmp_path.glob("index.sqlite3*"):
+        index.unlink()
+    assert main(["jobs", "list", "--cache", str(tmp_path)]) == 0  # was: the job vanished without a word
+    captured = capsys.readouterr()
+    assert kept in captured.out and lost not in captured.out
+    assert captured.err.startswith("warning: ") and f"job {lost} is left out" in captured.err
