@@ -1,7 +1,7 @@
 """Matrices across the checkpoints of a family: transfer faithfulness and CMAP.
 
 Transfer faithfulness T[i, j]: the edge circuit found at checkpoint i, evaluated on the model of
-checkpoint j (every other edge patched to the ABC run; :func:`ioi.methods.edges.edge_set_logit_diffs`),
+checkpoint j (every other edge patched to the ABC run; :func:`ioi.methods.edge_sets.edge_set_logit_diffs`),
 as F_j(circuit i)/F_j(M), with a paired-bootstrap interval over prompts. Its diagonal is each
 circuit's faithfulness in its own model; a circuit that still explains a later model has a high
 entry in that column.
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import torch
 
 from ioi.methods.cmap import cmap, summarize
-from ioi.methods.edges import edge_graph, edge_runs, edge_set_logit_diffs
-from ioi.methods.patching import prepare
+from ioi.methods.edge_sets import edge_set_logit_diffs
+from ioi.methods.edges import EdgeRuns, edge_graph, edge_runs
+from ioi.methods.patching import Activations, prepare
 from ioi.methods.stats import ratio_defined, ratio_intervals
 from ioi.models.load import LoadedModel
 from ioi.task.circuit import Head
@@ -33,10 +34,12 @@ def transfer_faithfulness(
     clean: IOIBatch,
     abc: IOIBatch,
     *,
+    runs: Sequence[EdgeRuns] | None = None,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """{"value", "lo", "hi"}: [circuit i, model j] F_j(circuit i)/F_j(M); a column is NaN where
-    model j does not do the task (|F_j(M)| too small for a ratio)."""
+    model j does not do the task (|F_j(M)| too small for a ratio). `runs`: each model's edge runs
+    on these batches (:func:`ioi.methods.edges.edge_runs`; default computed here)."""
     value = torch.full((len(circuits), len(models)), float("nan"), dtype=torch.float64)
     lo, hi = value.clone(), value.clone()
     for j, model in enumerate(models):
@@ -44,9 +47,9 @@ def transfer_faithfulness(
         masks = torch.ones(len(circuits), len(graph.edges), dtype=torch.bool)
         for i, edges in enumerate(circuits):
             masks[i, [graph.index(e) for e in edges]] = False
-        runs = edge_runs(model, clean, abc, prepare(model, clean, abc))
-        f = edge_set_logit_diffs(model, clean, runs, masks).double().cpu()  # [circuit, batch]
-        f_m = runs.acts.ld_clean.double().cpu()
+        run = runs[j] if runs is not None else edge_runs(model, clean, abc, prepare(model, clean, abc))
+        f = edge_set_logit_diffs(model, clean, run, masks).double().cpu()  # [circuit, batch]
+        f_m = run.acts.ld_clean.double().cpu()
         if ratio_defined(f_m, seed=seed):
             continue
         value[:, j], lo[:, j], hi[:, j] = ratio_intervals(f, f_m, seed=seed)
@@ -58,11 +61,14 @@ def cmap_matrix(
     heads: Sequence[Head],
     clean: IOIBatch,
     *,
+    acts: Sequence[Activations] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """{"value", "lo", "hi", "share"}: [source i, receiver j] change of F when model j's `heads`
-    take their END outputs from model i (logits; share of the gap F(i) − F(j))."""
+    take their END outputs from model i (logits; share of the gap F(i) − F(j)). `acts`: each
+    model's clean run on `clean` (:func:`ioi.methods.patching.prepare`), read once instead of once
+    per pair."""
     n = len(models)
     out = {k: torch.full((n, n), float("nan"), dtype=torch.float64) for k in ("value", "lo", "hi", "share")}
     if not heads:
@@ -72,7 +78,8 @@ def cmap_matrix(
             if i == j:
                 out["value"][i, j] = out["lo"][i, j] = out["hi"][i, j] = 0.0
                 continue
-            r = cmap(receiver, source, clean, groups=[list(heads)])
+            reads = (acts[j], acts[i]) if acts is not None else None
+            r = cmap(receiver, source, clean, groups=[list(heads)], reads=reads)
             s = summarize(r.joint, r.f_source - r.f_receiver, n_boot=n_boot, seed=seed)
             out["value"][i, j], out["lo"][i, j] = s.value[0], s.ci_low[0]
             out["hi"][i, j], out["share"][i, j] = s.ci_high[0], s.share[0]

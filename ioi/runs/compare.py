@@ -139,9 +139,11 @@ def compare_experiment(
         models.append(model)
     tables = timeline(profiles, n_boot=n_boot, seed=cfg.seed)
     labels = [c.label for c in checkpoints]
-    transfer = transfer_faithfulness(models, [p.circuit_edges for p in profiles], *batches, seed=cfg.seed)
+    runs = [p.runs for p in profiles]  # each checkpoint's clean/ABC runs, reused by both matrices
+    circuits = [p.circuit_edges for p in profiles]
+    transfer = transfer_faithfulness(models, circuits, *batches, runs=runs, seed=cfg.seed)
     heads = [Head.parse(h) for h in profiles[0].heads]
-    cm = cmap_matrix(models, heads, batches[0], n_boot=n_boot, seed=cfg.seed)
+    cm = cmap_matrix(models, heads, batches[0], acts=[r.acts for r in runs], n_boot=n_boot, seed=cfg.seed)
     tables["transfer"] = _matrix_frame(transfer, labels, ("circuit_of", "model"))
     tables["cmap"] = _matrix_frame(cm, labels, ("source", "receiver"))
     last = tables["roles"][tables["roles"]["checkpoint"] == labels[-1]]
