@@ -137,6 +137,8 @@ def compare_experiment(
         ref_nm = profiles[0].name_movers if profiles else None
         profiles.append(profile_checkpoint(model, *batches, c.label, name_movers=ref_nm))
         models.append(model)
+    if log:
+        log("the timeline, transfer and CMAP matrices")
     tables = timeline(profiles, n_boot=n_boot, seed=cfg.seed)
     labels = [c.label for c in checkpoints]
     runs = [p.runs for p in profiles]  # each checkpoint's clean/ABC runs, reused by both matrices
