@@ -170,12 +170,14 @@ def compare_experiment(
 
 
 def _matrix_frame(m: dict, labels: list[str], axes: tuple[str, str]):
+    """One row per (i, j) cell: the tensors' entries as floats, the texts ([i][j] lists) as text."""
     import pandas as pd
 
     rows = []
     for i, a in enumerate(labels):
         for j, b in enumerate(labels):
-            rows.append({axes[0]: a, axes[1]: b, **{k: float(v[i, j]) for k, v in m.items()}})
+            cell = {k: (v[i][j] if isinstance(v, list) else float(v[i, j])) for k, v in m.items()}
+            rows.append({axes[0]: a, axes[1]: b, **cell})
     return pd.DataFrame(rows)
 
 
