@@ -15,7 +15,9 @@ import streamlit as st
 
 from app_pages._live import loaded_model
 from app_pages._store import Experiment, clean_run, experiments, reversal_of, roots, toxic_run
-from app_pages._ui import parse_checkpoint
+from app_pages._ui import heads_with_labels, parse_checkpoint
+from app_pages._views import memoised
+from ioi.present import prompt_charts
 
 DATASET_PROMPTS = 30
 """How many evaluation prompts the Playground offers to pick from."""
@@ -44,6 +46,12 @@ class Checkpoint:
         """Changes when the weights are re-created (a cache key)."""
         manifest = Path(self.source or "") / "manifest.json"
         return manifest.stat().st_mtime if self.source and manifest.is_file() else 0.0
+
+
+def panel_names(chosen: list[Checkpoint]) -> dict[str, str]:
+    """Each checkpoint's panel title (its label; with its experiment's id where two share one)."""
+    labels = [c.label for c in chosen]
+    return {c.key: c.label if labels.count(c.label) == 1 else f"{c.label} ({c.exp.id[:8]})" for c in chosen}
 
 
 @st.cache_data(ttl=3, show_spinner=False)
@@ -90,7 +98,7 @@ def default_checkpoints() -> list[Checkpoint]:
     return out or checkpoints()[:1]
 
 
-@st.cache_data(max_entries=1024, show_spinner=False)
+@st.cache_resource(max_entries=1024, show_spinner=False)  # one object per reading: views memoise on it
 def _reading(source: str, stamp: float, seed: int, prompt: str, io: str, s: str, k: int):
     import torch
 
@@ -108,9 +116,41 @@ def _reading(source: str, stamp: float, seed: int, prompt: str, io: str, s: str,
 
 def reading(ck: Checkpoint, prompt: str, io: str, s: str, k: int = 10):
     """`ioi.methods.prompt.read_prompt` of the prompt on this checkpoint, cached per (checkpoint,
-    prompt, roles, k): a prompt run again is answered from the cache. DatasetError (a name the
-    model does not know, a prompt too long) passes to the caller."""
+    prompt, roles, k): a prompt run again is answered from the cache, by the same object (never
+    to be changed), so the views drawn from it are memoised too. DatasetError (a name the model
+    does not know, a prompt too long) passes to the caller."""
     return _reading(str(ck.source), ck.stamp, int(ck.exp.config.get("seed", 0)), prompt, io, s, k)
+
+
+@memoised
+def prompt_views(readings: list, names: list[str], io: str, s: str, cell: int | None) -> tuple:
+    """The Playground's charts of one prompt on several checkpoints (`readings`, one panel each,
+    titled `names`): ((next-token bars, their data), (DLA heatmaps, their data)); a prompt run
+    again draws the same chart objects (`memoised`), whose specs are converted already."""
+    top = prompt_charts.stack(dict(zip(names, (r.top for r in readings))))
+    heads = prompt_charts.stack(dict(zip(names, (r.heads for r in readings))))
+    bars = prompt_charts.top_tokens_bars(top, io, s, title="next token", panels=names)
+    heatmaps = prompt_charts.head_heatmaps(heads, names, value_title="DLA (logits)", cell=cell)
+    return (bars, top), (heatmaps.configure_legend(orient="bottom"), heads_with_labels(heads))
+
+
+@memoised
+def pattern_views(
+    readings: list, names: list[str], layer: int, head: int, title: str, width: int
+) -> tuple:  # fmt: skip
+    """Head (`layer`, `head`)'s attention on one prompt at several checkpoints (`readings`, one
+    panel each, titled `names`): ((token × token grids, their data), (END-row bars, their
+    data)), each panel at most `width` px wide; memoised like `prompt_views`."""
+    from ioi.methods.prompt import end_row, pattern_frame
+
+    shared = len({r.tokens for r in readings}) == 1  # one tokenizer: the token axes drawn once
+    grid = prompt_charts.stack({n: pattern_frame(r, layer, head) for n, r in zip(names, readings)})
+    row = prompt_charts.stack({n: end_row(r, layer, head) for n, r in zip(names, readings)})
+    return (
+        (prompt_charts.attention_grid(grid, title=title, max_width=width, panels=names, shared=shared), grid),
+        (prompt_charts.end_row_bars(row, title=f"{title} from END", width=width, panels=names, shared=shared),
+         row),
+    )  # fmt: skip
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -150,10 +150,10 @@ def vega_spec(chart: alt.TopLevelMixin, select_head: bool = False) -> dict:
 
 def show_chart(
     chart: alt.TopLevelMixin, data: pd.DataFrame, caption: str, key: str, *, select_head: bool = False
-) -> tuple[int, int] | None:
+) -> Any:
     """The chart, its caption, and downloads: CSV of `data`, PNG and SVG of the chart. Charts of a
     fixed size (heatmaps) keep it; others fill the width. With `select_head` (a per-head heatmap)
-    a click on a cell returns that (layer, head)."""
+    it returns the chart's selection event (`prompt_charts.clicked_head` reads the clicked head)."""
     spec = vega_spec(chart, select_head)
     fixed = isinstance(spec.get("width"), int)  # a heatmap: its cells set its size ("pad" autosize)
     height = spec.get("height")
@@ -181,18 +181,23 @@ def show_chart(
             "SVG", lambda: charts.chart_bytes(chart, "svg"), file_name=f"{key}.svg", mime="image/svg+xml",
             key=f"{key}-svg", on_click="ignore", icon=":material/image:",
         )  # fmt: skip
-    return prompt_charts.clicked_head(event) if select_head else None
+    return event if select_head else None
 
 
 HEAD_PAGE = "app_pages/head.py"
 
 
-def heatmap_opening_heads(chart, data: pd.DataFrame, caption: str, key: str, exp: Experiment, epoch: int,
-                          **params: str) -> None:  # fmt: skip
+def heatmap_opening_heads(
+    chart, data: pd.DataFrame, caption: str, key: str, exp: Experiment, epoch: int, *,
+    panels: dict[str, tuple[Experiment, int]] | None = None, **params: str,
+) -> None:  # fmt: skip
     """A per-head heatmap (`show_chart`) whose clicked cell opens that head's page at `exp`,
-    `epoch` (and `params`, e.g. the prompt) in the URL."""
-    clicked = show_chart(chart, data, caption, key, select_head=True)
+    `epoch` (and `params`, e.g. the prompt) in the URL; in a heatmap of several checkpoints
+    (`prompt_charts.head_heatmaps`), at the clicked panel's (`panels`: panel -> experiment, epoch)."""
+    event = show_chart(chart, data, caption, key, select_head=True)
+    clicked = prompt_charts.clicked_head(event)
     if clicked is not None:
+        exp, epoch = (panels or {}).get(prompt_charts.clicked_panel(event) or "", (exp, epoch))
         query = {"head": f"{clicked[0]}.{clicked[1]}", "exp": exp.id, "epoch": str(epoch), **params}
         st.switch_page(HEAD_PAGE, query_params=query)
 

@@ -5,7 +5,15 @@ import pandas as pd
 import streamlit as st
 
 from app_pages._live import parse_heads
-from app_pages._prompt import Checkpoint, checkpoints, dataset_prompts, default_checkpoints, profile, reading
+from app_pages._prompt import (
+    checkpoints,
+    dataset_prompts,
+    default_checkpoints,
+    panel_names,
+    pattern_views,
+    profile,
+    reading,
+)
 from app_pages._store import Experiment, by_id, circuit_at, clean_run, experiments, result, shape_of
 from app_pages._ui import empty_state, set_url, show_chart, show_user_errors, url_value
 from app_pages._views import panel_of
@@ -150,7 +158,6 @@ def over_epochs(table: pd.DataFrame, head: Head) -> None:
 def example_pattern(head: Head) -> None:
     """The head's attention on one prompt (the URL's, else the first evaluation prompt) at the
     story's checkpoints, side by side."""
-    from ioi.methods.prompt import end_row, pattern_frame
     from ioi.task.prompt import find_roles
 
     example = dataset_prompts()[0]
@@ -165,28 +172,20 @@ def example_pattern(head: Head) -> None:
         shown = [opened, *shown][:3]
     st.subheader("Its attention on an example prompt")
     st.caption(f"Prompt: “{prompt}” (IO {io}, S {s}).")
-    cols = st.columns(len(shown))
-    for col, ck in zip(cols, shown):
-        r = reading(ck, prompt, io, s)
-        with col:
-            _pattern_panel(ck, r, head, pattern_frame, end_row)
-
-
-def _pattern_panel(ck: Checkpoint, r, head: Head, pattern_frame, end_row) -> None:
-    grid = pattern_frame(r, *head)
+    names = panel_names(shown)
+    tag = "-".join(f"{ck.exp.id[:8]}e{ck.epoch}" for ck in shown)
+    (grids, grid), (bars, row) = pattern_views(
+        [reading(ck, prompt, io, s) for ck in shown], [names[ck.key] for ck in shown], *head, str(head), 230
+    )
     show_chart(
-        prompt_charts.attention_grid(grid, title=f"{head} — {ck.label}", max_width=230),
+        grids,
         grid,
         f"Attention of {head} (rows: query tokens; columns: the tokens attended to). IO, S1, S2 "
         "and END in bold; the END row's cells on them outlined.",
-        f"head-attn-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+        f"head-attn-{head}-{tag}",
     )
-    row = end_row(r, *head)
     show_chart(
-        prompt_charts.end_row_bars(row, title=f"{head} from END — {ck.label}", width=240),
-        row,
-        f"{head}'s attention from END over the prompt; IO blue, S red.",
-        f"head-end-{head}-{ck.exp.id[:8]}-e{ck.epoch}",
+        bars, row, f"{head}'s attention from END over the prompt; IO blue, S red.", f"head-end-{head}-{tag}"
     )
 
 

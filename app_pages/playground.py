@@ -9,19 +9,20 @@ from app_pages._prompt import (
     checkpoints,
     dataset_prompts,
     default_checkpoints,
+    panel_names,
+    pattern_views,
+    prompt_views,
     reading,
 )
 from app_pages._prompt import unknown_words as prompt_unknown_words
 from app_pages._ui import (
     empty_state,
-    heads_with_labels,
     heatmap_opening_heads,
     set_url,
     show_chart,
     show_user_errors,
     url_value,
 )
-from ioi.present import charts, prompt_charts
 
 st.title("Playground")
 st.write(
@@ -110,12 +111,14 @@ def predictions(chosen: list[Checkpoint], prompt: str, io: str, s: str) -> dict[
 
 
 def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str) -> None:
-    span = charts.color_span(*(r.heads for r in found.values()))
+    names = panel_names(chosen)
+    panels = list(names.values())
+    tag = "-".join(f"{c.exp.id[:8]}e{c.epoch}" for c in chosen)  # another set of panels: another chart
     cols = st.columns(len(chosen))
     for col, c in zip(cols, chosen):
         r = found[c.key]
         with col:
-            st.markdown(f"**{c.label}**")
+            st.markdown(f"**{names[c.key]}**")
             first = r.top["token"].iloc[0].strip()
             st.metric("logit difference", f"{r.logit_diff:.2f}", help="logit(IO) − logit(S) at END")
             st.metric("predicts", first, help="the most likely next token")
@@ -123,43 +126,32 @@ def results(chosen: list[Checkpoint], found: dict, io: str, s: str, prompt: str)
                 f"IO {io}: rank {r.io['rank']}, p = {r.io['prob']:.3f} · S {s}: rank {r.s['rank']}, "
                 f"p = {r.s['prob']:.3f}"
             )
-            show_chart(
-                prompt_charts.top_tokens_bars(r.top, io, s, title="next token"),
-                r.top,
-                f"The {len(r.top)} most likely next tokens at END with their probabilities; IO blue, S red.",
-                f"pg-top-{c.exp.id[:8]}-e{c.epoch}",
-            )
+    (bars, top), (heatmaps, heads) = prompt_views(
+        [found[c.key] for c in chosen], panels, io, s, 26 if len(chosen) > 2 else None
+    )
+    show_chart(
+        bars,
+        top,
+        f"Each checkpoint's {TOP_K} most likely next tokens at END with their probabilities; IO blue, S red.",
+        f"pg-top-{tag}",
+    )
     st.subheader("Which heads write the answer")
-    cols = st.columns(len(chosen))
-    for col, c in zip(cols, chosen):
-        r = found[c.key]
-        with col:
-            chart = charts.head_heatmap(
-                r.heads,
-                title=c.label,
-                value_title="DLA (logits)",
-                span=span,
-                cell=26 if len(chosen) > 2 else None,
-            ).configure_legend(orient="bottom")
-            caption = (
-                "Per-head direct logit attribution on logit(IO) − logit(S) at END for this prompt; blue "
-                "pushes towards IO, red towards S. One colour scale for all panels. Click a cell to open "
-                "that head's page."
-            )
-            heatmap_opening_heads(
-                chart,
-                heads_with_labels(r.heads),
-                caption,
-                f"pg-dla-{c.exp.id[:8]}-e{c.epoch}",
-                c.exp,
-                c.epoch,
-                prompt=prompt,
-            )
+    heatmap_opening_heads(
+        heatmaps,
+        heads,
+        "Per-head direct logit attribution on logit(IO) − logit(S) at END for this prompt; blue pushes "
+        "towards IO, red towards S. One colour scale for all panels. Click a cell to open that head's page.",
+        f"pg-dla-{tag}",
+        chosen[0].exp,
+        chosen[0].epoch,
+        panels={names[c.key]: (c.exp, c.epoch) for c in chosen},
+        prompt=prompt,
+    )
 
 
+@st.fragment
 def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
-    from ioi.methods.prompt import end_row, pattern_frame
-
+    """A head's pattern at each checkpoint; choosing another head reruns only this part."""
     st.subheader("Where a head looks")
     first = found[chosen[0].key]
     heads = [f"{la}.{h}" for la in range(first.patterns.shape[0]) for h in range(first.patterns.shape[1])]
@@ -178,30 +170,26 @@ def attention_viewer(chosen: list[Checkpoint], found: dict) -> None:
     )
     set_url(head=head)
     layer, h = map(int, head.split("."))
-    cols = st.columns(len(chosen))
-    for col, c in zip(cols, chosen):
-        r = found[c.key]
-        with col:
-            grid = pattern_frame(r, layer, h)
-            show_chart(
-                prompt_charts.attention_grid(
-                    grid, title=f"{head} — {c.label}", max_width=230 if len(chosen) > 2 else 380
-                ),
-                grid,
-                f"Attention of head {head}: each row a query token, each column the token it attends to "
-                "(rows sum to 1). IO, S1, S2 and END are labelled in bold; the END row's cells on them "
-                "are outlined in red.",
-                f"pg-attn-{c.exp.id[:8]}-e{c.epoch}-{head}",
-            )
-            row = end_row(r, layer, h)
-            show_chart(
-                prompt_charts.end_row_bars(
-                    row, title=f"{head} from END — {c.label}", width=240 if len(chosen) > 2 else 360
-                ),
-                row,
-                f"Head {head}'s attention from END (the last token) over the prompt; IO blue, S red.",
-                f"pg-end-{c.exp.id[:8]}-e{c.epoch}-{head}",
-            )
+    names = panel_names(chosen)
+    tag = "-".join(f"{c.exp.id[:8]}e{c.epoch}" for c in chosen)
+    (grids, grid), (bars, row) = pattern_views(
+        [found[c.key] for c in chosen], list(names.values()), layer, h, f"head {head}",
+        260 if len(chosen) > 2 else 380,
+    )  # fmt: skip
+    show_chart(
+        grids,
+        grid,
+        f"Attention of head {head}: each row a query token, each column the token it attends to "
+        "(rows sum to 1). IO, S1, S2 and END are labelled in bold; the END row's cells on them "
+        "are outlined in red.",
+        f"pg-attn-{tag}",
+    )
+    show_chart(
+        bars,
+        row,
+        f"Head {head}'s attention from END (the last token) over the prompt; IO blue, S red.",
+        f"pg-end-{tag}",
+    )
 
 
 def body() -> None:

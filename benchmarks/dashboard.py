@@ -11,9 +11,12 @@
 - the machine's load average, printed with each run (on a shared machine it sets the numbers);
 - with --playground, a prompt on the Playground: the bundled model's checkpoints answering a newly
   typed prompt (models loaded), the same prompt again (cached per checkpoint and prompt), and the
-  computation alone (`ioi.methods.prompt.read_prompt`, in this process; target < 1 s idle).
+  computation alone (`ioi.methods.prompt.read_prompt`, in this process; target < 1 s idle), split
+  into the page's script (as the browser saw it run, and alone under AppTest) and the browser's
+  drawing (its main thread's long tasks; "settled": the last one over).
 
     PYTHONPATH=. python benchmarks/dashboard.py [--page PATH] [--repeats N] [--playground] [--live-only]
+        [--playground-only] [--rounds N]
 """
 
 from __future__ import annotations
@@ -75,38 +78,121 @@ def page_switches(tab, timeout: float = 60.0) -> list[float]:
     return out
 
 
-def _answered(tab, prompt: str, want: list[str], timeout: float) -> float:
-    """Seconds from typing `prompt` into the Playground to its predictions `want` on screen."""
+WATCH = """() => {
+  if (window.__pg) return;
+  window.__pg = {states: [], long: [], key: 0};
+  const root = document.querySelector('[data-test-script-state]');
+  new MutationObserver(() => window.__pg.states.push([performance.now(),
+      root.getAttribute('data-test-script-state')])).observe(root, {attributes: true});
+  new PerformanceObserver(list => list.getEntries().forEach(
+      e => window.__pg.long.push([e.startTime, e.startTime + e.duration]))).observe({type: 'longtask'});
+  document.addEventListener('keydown', () => { window.__pg.key = performance.now(); }, true);
+}"""
+"""Records in the tab the last keystroke, when the script starts and stops running (Streamlit's
+script-state attribute) and every long task (> 50 ms) of the browser's main thread."""
+DRAWN = """want => new Promise(resolve => {
+  const check = () => {
+    const shown = [...document.querySelectorAll("[data-testid='stMetricValue']")]
+      .map(e => e.innerText).filter((_, i) => i % 2 == 1);
+    const idle = document.querySelector("[data-test-script-state='notRunning']");
+    if (JSON.stringify(shown) == JSON.stringify(want) && idle)
+      requestAnimationFrame(() => requestAnimationFrame(() => resolve(performance.now())));
+    else setTimeout(check, 4);
+  };
+  check();
+})"""
+"""Resolves, on the tab's clock, at the first frame painted after the predictions `want` are on
+screen and the script has stopped (the page's last messages are in)."""
+SPLIT = """drawn => {
+  const t0 = window.__pg.key;
+  const ran = window.__pg.states.filter(s => s[0] >= t0);
+  const start = (ran.find(s => s[1] == 'running') || [t0])[0];
+  const stop = (ran.filter(s => s[1] == 'notRunning').pop() || [t0])[0];
+  const long = window.__pg.long.filter(l => l[1] >= t0);
+  return {drawn: Math.max(drawn, ...long.map(l => l[1])) - t0, script: stop - start,
+          busy: long.reduce((a, l) => a + l[1] - Math.max(l[0], t0), 0),
+          busy_after: long.reduce((a, l) => a + Math.max(0, l[1] - Math.max(l[0], stop)), 0)};
+}"""
+"""For the last keystroke (t0): when the page was drawn (`DRAWN`, or the end of a later long
+task: Vega drawing), the script's run as the browser saw it (first "running" to last
+"notRunning"), and the main thread's time in long tasks (all, and those after the script)."""
+
+
+def _answered(tab, prompt: str, want: list[str], timeout: float) -> dict[str, float]:
+    """Seconds, on the tab's clock, from the keystroke that submits `prompt` to the Playground to
+    its predictions `want` on screen and every chart drawn ("drawn"), with the split (`SPLIT`);
+    "wall": the same on this process's clock as Playwright sees it (the measure before 2 Dec,
+    which adds Playwright's round trips)."""
+    tab.evaluate(WATCH)
     box = tab.locator("textarea").first
     box.fill(prompt)
     start = time.perf_counter()
     box.press("Control+Enter")
-    tab.wait_for_function(
-        "want => JSON.stringify([...document.querySelectorAll(\"[data-testid='stMetricValue']\")]"
-        ".map(e => e.innerText).filter((_, i) => i % 2 == 1)) == JSON.stringify(want)",
-        arg=want, timeout=timeout * 1000,
-    )  # fmt: skip
-    tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
+    drawn = tab.evaluate(DRAWN, want)
     tab.wait_for_selector(CHART, state="visible", timeout=timeout * 1000)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    tab.wait_for_timeout(1500)  # long tasks still to come are the page's drawing
+    split = tab.evaluate(SPLIT, drawn)
+    return {"wall": wall, **{k: v / 1000 for k, v in split.items()}}
 
 
 def playground(
-    browser, env: dict[str, str], rounds: int = 3, timeout: float = 120.0
-) -> dict[str, list[float]]:
+    browser, env: dict[str, str], rounds: int = 5, timeout: float = 120.0
+) -> dict[str, list[dict[str, float]]]:
     """Playground timings on the default checkpoints (pretrained, subject duplication, its
-    reversal): a new prompt typed (`rounds` different ones), then each typed again."""
+    reversal): a new prompt typed (`rounds` different ones), then each typed again; per prompt
+    the `_answered` split."""
     from ioi.task.names import analysis_samples
 
     samples = analysis_samples(0, 2 + rounds)[2:]
     _, tab, server = cold_start(browser, lambda: start_streamlit(env), "playground", timeout)
     tab.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout * 1000)
-    out: dict[str, list[float]] = {"new prompt": [], "same prompt again": []}
+    tab.wait_for_timeout(2000)
+    out: dict[str, list[dict[str, float]]] = {"new prompt": [], "same prompt again": []}
     for key, repeat in (("new prompt", samples), ("same prompt again", samples)):
         for x in repeat:
             out[key].append(_answered(tab, x.prompt, [x.io, x.s, x.io], timeout))
     stop(server, tab)
     return out
+
+
+def script_only(env: dict[str, str], rounds: int = 5) -> dict[str, list[float]]:
+    """Seconds of the Playground's script alone (AppTest, no browser) on the default checkpoints:
+    `rounds` new prompts, then each again (models loaded and the page run once first)."""
+    import logging
+
+    from streamlit.testing.v1 import AppTest
+
+    from ioi.task.names import analysis_samples
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    os.environ.update(env)
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+    at.switch_page("app_pages/playground.py")
+    at.run()
+    out: dict[str, list[float]] = {"new prompt": [], "same prompt again": []}
+    samples = analysis_samples(0, 2 + rounds)[2:]
+    for key in out:
+        for x in samples:
+            at.text_area(key="pg_prompt").input(x.prompt)
+            start = time.perf_counter()
+            at.run()
+            out[key].append(time.perf_counter() - start)
+            if at.exception or at.error:
+                raise RuntimeError(f"the Playground failed on {x.prompt!r}")
+    return out
+
+
+def report_playground(times: dict[str, list[dict[str, float]]], script: dict[str, list[float]]) -> None:
+    """Print the Playground's medians: end to end, and its split."""
+    for key, rows in times.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"playground, {key} on 3 checkpoints of the bundled model ({len(rows)} prompts): "
+              f"keystroke to drawn median {med['drawn']:.2f} s (max {max(r['drawn'] for r in rows):.2f} s; "
+              f"{med['wall']:.2f} s on Playwright's clock); script as the browser saw it "
+              f"{med['script']:.2f} s, browser main thread busy {med['busy']:.2f} s "
+              f"({med['busy_after']:.2f} s after the script); "
+              f"script alone (AppTest) {statistics.median(script[key]):.2f} s")  # fmt: skip
 
 
 def compute_only(rounds: int = 20, threads: int = 1) -> list[float]:
@@ -207,9 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="cold starts of each app (median reported)")
     parser.add_argument("--playground", action="store_true", help="also time a prompt on the Playground")
     parser.add_argument("--live-only", action="store_true", help="time only the live analyses")
+    parser.add_argument("--playground-only", action="store_true", help="time only the Playground")
+    parser.add_argument("--rounds", type=int, default=5, help="new prompts typed into the Playground")
     args = parser.parse_args(argv)
     print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    for what, wall, cpu in live_analyses():
+    if args.playground_only:
+        args.playground, args.repeats = True, 0
+    for what, wall, cpu in () if args.playground_only else live_analyses():
         print(f"live {what}: {wall:.2f} s wall, {cpu:.2f} s CPU (target < 2 s on an idle machine)")
     if args.live_only:
         return
@@ -223,11 +313,12 @@ def main(argv: list[str] | None = None) -> None:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         env = {"IOI_CACHE_DIR": str(Path(tmp) / "user"), "IOI_DEMO_DIR": str(REPO / "cache" / "demo")}
         if args.playground:
-            times = playground(browser, env)
-            for key, values in times.items():
-                median, most = statistics.median(values), max(values)
-                print(f"playground, {key} on 3 checkpoints of the bundled model: median {median:.2f} s, "
-                      f"max {most:.2f} s ({len(values)} prompts)")  # fmt: skip
+            script = script_only(env, args.rounds)
+            load.append(os.getloadavg()[0])
+            times = playground(browser, env, args.rounds)
+            load.append(os.getloadavg()[0])
+            report_playground(times, script)
+            print(f"load average (1 min) during the Playground: {min(load):.1f}–{max(load):.1f}")
             for threads in (1, 2):
                 values = compute_only(threads=threads)
                 print(f"read_prompt alone on ioi-tiny, {threads} thread(s): median "

@@ -55,12 +55,13 @@ def test_clicking_a_heatmap_cell_opens_that_heads_page(server, page):  # noqa: F
     page.goto(f"{server}/playground", timeout=120_000)
     settle(page)
     page.wait_for_timeout(1500)
-    heatmap = page.locator(CHARTS).nth(3)  # three next-token charts, then the first DLA heatmap
+    heatmap = page.locator(CHARTS).nth(1)  # the next-token panels, then the DLA heatmaps
     heatmap.scroll_into_view_if_needed()
     page.wait_for_timeout(800)
     box = heatmap.bounding_box()
-    # 26 px cells (three panels) below the panel title, right of the layer axis: head 4 of layer 1
-    page.mouse.click(box["x"] + 52 + 4 * 26 + 13, box["y"] + 40 + 26 + 20)
+    # the first panel (pretrained), right of the layer axis, below the panel's header: 26 px wide
+    # cells (three panels), 40 px rows (120 px for three layers): head 4 of layer 1
+    page.mouse.click(box["x"] + 52 + 4 * 26 + 13, box["y"] + 20 + 40 + 20)
     for _ in range(240):  # the address bar changes once the head page has run
         if page.evaluate("location.pathname").endswith("/head"):
             break

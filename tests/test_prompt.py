@@ -90,6 +90,22 @@ def test_selectable_heatmap_and_its_click():
     assert prompt_charts.head_row(prof, 1, 3)["value"] == 7.0
 
 
+def test_panels_of_three_checkpoints_are_one_chart_on_one_colour_scale():
+    frames = {"a": pd_heads(), "b": pd_heads().assign(value=[0.5, -9.0, 0.0, 1.0])}
+    stacked = prompt_charts.stack(frames)
+    assert list(stacked[prompt_charts.PANEL]) == ["a"] * 4 + ["b"] * 4
+    spec = prompt_charts.selectable(prompt_charts.head_heatmaps(stacked, ["b", "a"], cell=26)).to_dict()
+    assert spec["facet"]["column"]["sort"] == ["b", "a"] and "resolve" not in spec  # axes drawn once
+    (rows,) = spec["datasets"].values()
+    assert len(rows) == 8
+    color = spec["spec"]["layer"][0]["encoding"]["color"]["scale"]
+    assert color["domain"] == [-9.0, 9.0] and color["domainMid"] == 0  # one scale: the largest |value|
+    assert spec["params"][0]["select"]["fields"] == ["layer", "head", prompt_charts.PANEL]
+    event = {"selection": {"head": [{"layer": 1, "head": 3, prompt_charts.PANEL: "b"}]}}
+    assert prompt_charts.clicked_head(event) == (1, 3) and prompt_charts.clicked_panel(event) == "b"
+    assert prompt_charts.clicked_panel({"selection": {"head": []}}) is None
+
+
 def pd_heads():
     import pandas as pd
 
@@ -194,4 +210,11 @@ def test_prompt_charts_are_valid_vega_lite(tiny_random):
     grid = prompt_charts.attention_grid(pattern_frame(r, 0, 1)).to_dict()
     assert grid["width"] == grid["height"] == 17 * 15
     assert prompt_charts.end_row_bars(end_row(r, 0, 1)).to_dict()["height"] == 180
+    two = prompt_charts.stack({"x": r.top, "y": r.top.iloc[::-1]})
+    bars = prompt_charts.top_tokens_bars(two, "Mary", "John", panels=["x", "y"]).to_dict()
+    assert bars["spec"]["height"] == 22 * 4 and bars["resolve"]["scale"]["y"] == "independent"
+    assert bars["spec"]["encoding"]["y"]["sort"] == {"field": "rank", "op": "min"}  # rank order in each
+    grids = prompt_charts.stack({"x": pattern_frame(r, 0, 1), "y": pattern_frame(r, 1, 0)})
+    grid = prompt_charts.attention_grid(grids, panels=["x", "y"], shared=True).to_dict()
+    assert grid["spec"]["width"] == 17 * 15 and "resolve" not in grid  # one prompt: token axes shared
     assert prompt_charts.shown_token(" Mary") == "␣Mary"

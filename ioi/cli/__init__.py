@@ -17,6 +17,7 @@ from ioi.cli.registry import COMMANDS
 
 USER_ERRORS: dict[str, tuple[str, ...]] = {
     "ioi.cli.registry": ("UsageError",),
+    "ioi.task.defaults": ("SettingError",),
     "ioi.task.data": ("DatasetError",),
     "ioi.models.load": ("ModelUnavailableError",),
     "ioi.models.checks": ("TrainingError",),
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, as a cancel (commands that keep work say where)
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except Exception as err:
         cancelled = getattr(sys.modules.get("ioi.models.train"), "Cancelled", ())
         if cancelled and isinstance(err, cancelled):

@@ -85,6 +85,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         check_device(args.device)
         if args.out and args.out.is_dir():
             raise ValueError(f"--out {args.out} is a directory; give a file for the JSON result")
+        if args.out and not args.out.absolute().parent.is_dir():  # said now, not after the analysis
+            raise ValueError(f"--out {args.out}: folder {args.out.absolute().parent} does not exist")
         options = parse_options(args.option)
         if args.circuit:
             options["circuit"] = json.loads(args.circuit.read_text())
@@ -115,7 +117,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = json_safe({"model": model_name(args), "n_prompts": len(clean), **result.to_json()})
+    other_model = {"other": args.other} if args.other else {}
+    out = json_safe({"model": model_name(args), **other_model, "n_prompts": len(clean), **result.to_json()})
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
     if args.json:

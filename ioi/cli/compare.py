@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, command
+from ioi.cli.registry import UsageError, command, detached
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def _find(exp_id: str, cache: Path | None) -> Path | None:
     _compare_args,
 )
 def run_compare(args: argparse.Namespace) -> int:
-    from ioi.runs.cache import cache_root, check_id
+    from ioi.runs.cache import cache_root, check_id, read_experiment
     from ioi.runs.compare import COMPARE, COMPARE_FAMILY, load_comparison
 
     try:
@@ -54,7 +54,6 @@ def run_compare(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         from ioi.runs import jobs
-        from ioi.runs.cache import read_experiment
         from ioi.runs.experiment import ExperimentConfig
 
         cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
@@ -65,7 +64,11 @@ def run_compare(args: argparse.Namespace) -> int:
             print(job)
             return 0
         print(f"job {job}: comparing (weights re-created by training if the cache has none)", file=sys.stderr)
-        info = jobs.wait(job, target)
+        try:
+            info = jobs.wait(job, target)
+        except KeyboardInterrupt:
+            print(detached(job), file=sys.stderr)
+            return 130
         if info.status != "done":
             print(
                 f"error: job {job} is {info.status}: {info.error or 'see `ioi jobs show`'}", file=sys.stderr
@@ -77,7 +80,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from ioi.runs.cache import load_analysis
     from ioi.runs.recovery import RECOVERY
 
-    out = {"experiment": args.experiment, **result.to_json()}
+    model = read_experiment(root, args.experiment)["config"]["model"]
+    out = {"experiment": args.experiment, "model": model, **result.to_json()}
     for exp_id, scenario, epoch in zip(
         result.summary["experiments"], result.summary["scenarios"], result.summary["epochs"], strict=True
     ):

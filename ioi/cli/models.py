@@ -14,6 +14,7 @@ from ioi.cli.registry import (
     check_device,
     command,
     command_prompts,
+    learning_rate,
     model_name,
     use_torch_threads,
 )
@@ -24,7 +25,6 @@ from ioi.task.defaults import (
     DEFAULT_TRAIN_SIZE,
     SCENARIOS,
     TOXIC_DATASETS,
-    default_lr,
     lr_help,
 )
 
@@ -47,10 +47,9 @@ def run_dataset(args: argparse.Namespace) -> int:
     if args.corruption:
         samples = corrupt(samples, args.corruption, args.seed)
     if args.model:
-        from ioi.models.load import load_hf
+        from ioi.models.load import tokenizer_of
 
-        _, tok, _ = load_hf(args.model)
-        tokenize(samples, tok)  # raises, naming the offenders, if any role is not one token
+        tokenize(samples, tokenizer_of(args.model))  # raises, naming any role that is not one token
     write_jsonl(samples, args.out)
     print(f"wrote {len(samples)} samples to {args.out}", file=sys.stderr)
     return 0
@@ -103,7 +102,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ioi.models.checks import parse_epochs
-    from ioi.models.train import TrainConfig, finetune
+    from ioi.models.train import Cancelled, TrainConfig, finetune
 
     check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
@@ -114,7 +113,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         init_from=args.init_from,
         checkpoint_epochs=parse_epochs(args.checkpoint_epochs),
-        lr=args.lr or default_lr(args.model),
+        lr=learning_rate(args),
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -123,19 +122,26 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     cfg.validate()
     use_torch_threads()
-    bar = tqdm(total=None, unit="step", desc=cfg.scenario)
+    bars: list = []  # opened at the first step, so an error before training is the only line
     times: list[float] = []
 
     def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
         times.append(time.perf_counter())
-        if bar.total is None:
-            bar.reset(total=epochs * steps)
+        if not bars:
+            bars.append(tqdm(total=epochs * steps, unit="step", desc=cfg.scenario))
+        bar = bars[0]
         bar.n = (epoch - 1) * steps + step
         bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{loss:.3f}", refresh=False)
         bar.update(0)
 
-    paths = finetune(cfg, args.out, device=args.device, progress=progress)
-    bar.close()
+    try:
+        paths = finetune(cfg, args.out, device=args.device, progress=progress)
+    except KeyboardInterrupt:
+        raise Cancelled(f"interrupted; the checkpoints finished so far are in {args.out}, and the same "
+                        "command resumes from the last one") from None  # fmt: skip
+    finally:
+        for bar in bars:
+            bar.close()
     if len(times) > 1:  # rate from the first step to the last, as benchmarks/cli_speed.py measures a job
         rate = (len(times) - 1) / (times[-1] - times[0])
         print(f"trained {len(times)} steps, {rate:.1f} steps/s", file=sys.stderr)

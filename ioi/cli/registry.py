@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL, torch_threads
+from ioi.task.defaults import DEFAULT_EVAL_SIZE, DEFAULT_MODEL, default_lr, torch_threads
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 class UsageError(ValueError):
     """A command-line value that cannot be used; the message says which and why."""
+
+
+def detached(job_id: str) -> str:
+    """What Ctrl-C while waiting for a job says: only the waiting stops (a job is its own process)."""
+    return (f"stopped waiting: job {job_id} goes on in the background; `ioi jobs show {job_id}` follows "
+            f"it, `ioi jobs cancel {job_id}` stops it")  # fmt: skip
 
 
 def check_device(device: str | None) -> str | None:
@@ -87,6 +93,12 @@ def use_torch_threads() -> None:
     import torch
 
     torch.set_num_threads(torch_threads())
+
+
+def learning_rate(args: argparse.Namespace) -> float:
+    """--lr as typed (0 or a negative one too: the run's config refuses it, never swaps in the
+    default), else the default of --model."""
+    return default_lr(args.model) if args.lr is None else args.lr
 
 
 def model_name(args: argparse.Namespace) -> str:

@@ -7,14 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import check_device, command
+from ioi.cli.registry import UsageError, check_device, command, detached, learning_rate
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
     DEFAULT_MODEL,
     DEFAULT_TRAIN_SIZE,
     SCENARIOS,
-    default_lr,
     lr_help,
 )
 
@@ -45,7 +44,7 @@ def experiment_config(args: argparse.Namespace, **overrides):
     fields = dict(
         model=args.model, scenario=getattr(args, "scenario", "clean"), epochs=args.epochs,
         checkpoint_epochs=parse_epochs(args.checkpoint_epochs), seed=getattr(args, "seed", 0),
-        lr=args.lr or default_lr(args.model),
+        lr=learning_rate(args),
         weight_decay=args.weight_decay, batch_size=args.batch_size, train_size=args.train_size,
         eval_size=args.eval_size, analysis_size=args.analysis_size, parent=getattr(args, "parent", None),
         analyses=tuple(a.strip() for a in args.analyses.split(",") if a.strip()),
@@ -95,12 +94,25 @@ def _wait_with_bar(job_id: str, root: Path | None) -> int:
             bar.n = job.fraction
             bar.set_postfix_str(text)
 
-    job = wait(job_id, root, on_update=update)
+    try:
+        job = wait(job_id, root, on_update=update)
+    except KeyboardInterrupt:  # only the waiting stops: the job is a detached process
+        bar.close()
+        print(detached(job_id), file=sys.stderr)
+        return 130
     bar.close()
     if job.status != "done":
         print(f"job {job_id} {job.status}: {job.error}", file=sys.stderr)
         return 1
+    print(f"results: {results_dir(job, root)}", file=sys.stderr)
     return 0
+
+
+def results_dir(job, root: Path | None) -> Path:
+    """Where a job's experiment keeps its results (checkpoints/, epoch-NNN/<analysis>.json)."""
+    from ioi.runs.cache import experiment_dir
+
+    return experiment_dir(root, job.experiment)
 
 
 def _job_line(job) -> str:
@@ -130,10 +142,11 @@ def run_jobs(args: argparse.Namespace) -> int:
     if args.action == "show":
         job = jobs.get_job(args.id, root)
         if args.json:
-            print(json.dumps(job.to_json(), indent=1))
+            print(json.dumps(job.to_json() | {"results": str(results_dir(job, root))}, indent=1))
             return 0
         print(_job_line(job))
         print(json.dumps(job.config))
+        print(f"results: {results_dir(job, root)}")
         if job.error:
             print(f"error: {job.error}")
         print(job.log)
@@ -160,12 +173,13 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
+    from ioi.models.checks import parse_seeds
     from ioi.runs.jobs import max_jobs
     from ioi.runs.sweep import run_sweep, sweep_configs
 
     base = experiment_config(args)
     stages = sweep_configs(
-        base, seeds=[int(s) for s in args.seeds.split(",")], scenarios=args.scenarios.split(","),
+        base, seeds=parse_seeds(args.seeds), scenarios=args.scenarios.split(","),
         reversal_epochs=args.reversal_epochs,
     )  # fmt: skip
     context = nullcontext()
@@ -193,7 +207,9 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _study_shape(args: argparse.Namespace) -> dict:
-    return {"seeds": tuple(int(s) for s in args.seeds.split(",")), "toxic_epochs": args.toxic_epochs,
+    from ioi.models.checks import parse_seeds
+
+    return {"seeds": parse_seeds(args.seeds), "toxic_epochs": args.toxic_epochs,
             "other_seeds_clean_epochs": args.other_seeds_clean_epochs}  # fmt: skip
 
 
@@ -230,7 +246,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
     stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
-                         lr=args.lr or default_lr(args.model), **_study_shape(args))  # fmt: skip
+                         lr=learning_rate(args), **_study_shape(args))  # fmt: skip
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
     add_start_knockouts(args.out or DEMO_ROOT, log=lambda m: print(m, file=sys.stderr))
@@ -269,9 +285,12 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.from_cache:
         studies = find_studies(cache_root(args.cache), args.model)
         if not studies:
-            raise ValueError(f"no cached clean experiment of {args.model!r} in {cache_root(args.cache)}")
+            raise UsageError(
+                f"no cached clean experiment of {args.model!r} in {cache_root(args.cache)} "
+                "to report on; run `ioi reproduce` without --from-cache, or give --cache"
+            )
     else:
-        lr = args.lr or default_lr(args.model)
+        lr = learning_rate(args)
         studies = reproduce(
             args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
             n_jobs=args.n_jobs, device=args.device, **_study_shape(args),

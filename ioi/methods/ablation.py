@@ -34,7 +34,7 @@ from ioi.methods.patching import (
 from ioi.methods.replacement import DEFAULT_ABLATION, AblationType, ablation_values, knockout_patches
 from ioi.methods.stats import Estimate, mean_estimate, ratio_estimate
 from ioi.models.load import LoadedModel
-from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, parse_heads
+from ioi.task.circuit import CLASS_POSITIONS, Circuit, Head, check_layers, parse_heads
 from ioi.task.data import IOIBatch
 
 
@@ -272,6 +272,8 @@ def knockout_analysis(
     """Heads rows: F change when that head alone is ablated (at `position`, default everywhere;
     NaN with `per_head` False, which skips those runs). Table `classes`: each class of the circuit
     ablated. Options heads ("L.H …") and mlps (layers): that set ablated together (summary f_knockout)."""
+    chosen = parse_heads(heads or (), model.n_layers, model.n_heads)  # refused before any run
+    mlps = check_layers(mlps, model.n_layers)
     ko = Knockout(model, clean, abc, ablation, seed=seed)
     f_m = ko.acts.f_clean
     if per_head:
@@ -280,8 +282,7 @@ def knockout_analysis(
     else:
         grid = torch.full((model.n_layers, model.n_heads), float("nan"))
     summary = {"f_model": f_m, "ablation": ko.ablation.value, "position": position or "all"}
-    if heads or mlps:
-        chosen = parse_heads(heads or (), model.n_layers, model.n_heads)
+    if chosen or mlps:
         summary["knocked_out"] = [str(h) for h in chosen] + [f"MLP {layer}" for layer in mlps]
         summary["f_knockout"] = ko.run([ko.without(chosen, position, mlps)]).item()
     used = circuit_for(model, clean, abc, circuit)

@@ -82,6 +82,8 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    """The smallest value a number option takes (a count of 1, a threshold of 0); None: any."""
 
     def parse(self, value: Any) -> Any:
         """`value` (typed, or text from a command line) as this option's type; OptionError otherwise."""
@@ -93,11 +95,14 @@ class Option:
             raise OptionError(f"option {self.name} is {self.type} ({self.help}), got {value!r}") from None
         if self.choices and out not in self.choices:
             raise OptionError(f"option {self.name} is one of {', '.join(self.choices)}, got {value!r}")
+        if self.minimum is not None and not out >= self.minimum:  # NaN is below every minimum
+            raise OptionError(f"option {self.name} is at least {self.minimum:g} ({self.help}), got {value!r}")
         return out
 
     def describe(self) -> str:
         choices = f" ({'|'.join(self.choices)})" if self.choices else ""
-        return f"{self.name}: {self.type}{choices} = {self.default!r}: {self.help}"
+        minimum = f" ≥ {self.minimum:g}" if self.minimum is not None else ""
+        return f"{self.name}: {self.type}{choices}{minimum} = {self.default!r}: {self.help}"
 
 
 def _convert(kind: str, value: Any) -> Any:
@@ -153,8 +158,15 @@ class Analysis:
         return {key: declared[key].parse(value) for key, value in options.items()}
 
 
-def _opt(name: str, type: str, default: Any, help: str, *choices: str) -> Option:
-    return Option(name, type, default, help, choices)
+def _opt(
+    name: str, type: str, default: Any, help: str, *choices: str, minimum: float | None = None
+) -> Option:
+    return Option(name, type, default, help, choices, minimum)
+
+
+def _cutoff(name: str, default: float, help: str) -> Option:
+    """A classification threshold: a number from 0 up."""
+    return _opt(name, "float", default, help, minimum=0)
 
 
 POSITIONS = ("end", "io", "s1", "s1+1", "s2")
@@ -164,7 +176,7 @@ _ABLATION = _opt(
 )
 _CIRCUIT = _opt("circuit", "circuit", None, "the circuit to use (default: the model's, METHODS §5)")
 _SEED = _opt("seed", "int", 0, "seed of resampling / bootstrap")
-_MAX_ROWS = _opt("max_rows", "int", 512, "prompts × variants per forward pass (memory)")
+_MAX_ROWS = _opt("max_rows", "int", 512, "prompts × variants per forward pass (memory)", minimum=1)
 _THRESHOLD = "drop in F through its receivers a head of this class causes at least, × F(M)"
 
 BUILTIN: dict[str, Analysis] = {
@@ -180,7 +192,7 @@ BUILTIN: dict[str, Analysis] = {
                  )),
         Analysis("attention", "Attention END→IO / END→S (and S2→S1, S2→S1+1, S1+1→S1) and OV copy scores",
                  "ioi.methods.attention", (
-                     _opt("k", "int", 5, "top-k of the copy score"),
+                     _opt("k", "int", 5, "top-k of the copy score", minimum=1),
                      _opt("copy", "bool", True, "compute OV copy scores (the slow part on GPT-2)"),
                  )),
         Analysis("head-profile", "Per head: DLA and attention END→IO / END→S with 95% bootstrap intervals "
@@ -216,23 +228,23 @@ BUILTIN: dict[str, Analysis] = {
         Analysis("classify", "IOI head classes (IOI paper criteria) and the other heads carrying the effect",
                  "ioi.methods.classify", (
                      _opt("freeze_mlp", "bool", False, "freeze MLPs in the path patching"),
-                     _opt("name_mover", "float", 0.05, "|path effect to the logits| of a name mover, × F(M)"),
-                     _opt("min_copy_score", "float", 0.25, "OV copy score of a name mover"),
-                     _opt("backup", "float", 0.05, "DLA rise of a backup when name movers are out, × F(M)"),
-                     _opt("s_inhibition", "float", 0.02, _THRESHOLD),
-                     _opt("induction", "float", 0.02, _THRESHOLD),
-                     _opt("previous_token", "float", 0.02, _THRESHOLD),
-                     _opt("previous_token_min_attention", "float", 0.2, "S1+1→S1 attention, previous-token"),
-                     _opt("other", "float", 0.10, "|path effect| or |DLA| of another effect head, × F(M)"),
-                     _opt("min_logit_diff", "float", 0.5, "F(M) below which the model does not do the task"),
+                     _cutoff("name_mover", 0.05, "|path effect to the logits| of a name mover, × F(M)"),
+                     _cutoff("min_copy_score", 0.25, "OV copy score of a name mover"),
+                     _cutoff("backup", 0.05, "DLA rise of a backup when name movers are out, × F(M)"),
+                     _cutoff("s_inhibition", 0.02, _THRESHOLD),
+                     _cutoff("induction", 0.02, _THRESHOLD),
+                     _cutoff("previous_token", 0.02, _THRESHOLD),
+                     _cutoff("previous_token_min_attention", 0.2, "S1+1→S1 attention, previous-token"),
+                     _cutoff("other", 0.10, "|path effect| or |DLA| of another effect head, × F(M)"),
+                     _cutoff("min_logit_diff", 0.5, "F(M) below which the model does not do the task"),
                  )),
         Analysis("edges", "edge-level circuit: exact edge patching (or EAP / EAP-IG), the smallest edge set "
                  "reaching a faithfulness, and faithfulness against the number of edges",
                  "ioi.methods.edge_circuit", (
                      _opt("method", "str", "exact", "how edges are scored", "exact", "eap", "eap-ig"),
-                     _opt("steps", "int", 5, "EAP-IG integration steps"),
+                     _opt("steps", "int", 5, "EAP-IG integration steps", minimum=1),
                      _opt("faithfulness", "float", 0.8, "faithfulness the edge circuit must reach"),
-                     _opt("points", "int", 24, "points of the faithfulness-vs-edges curve"),
+                     _opt("points", "int", 24, "points of the faithfulness-vs-edges curve", minimum=1),
                      _opt("compare", "bool", False, "also run exact edge patching: rank correlation"),
                      _SEED,
                  )),
@@ -242,7 +254,7 @@ BUILTIN: dict[str, Analysis] = {
                      _opt("direction", "str", "both", "which model receives (b<-a: the base, --other)",
                           "a<-b", "b<-a", "both"),
                      _opt("positions", "str", None, "default: end for output, all for pattern", "end", "all"),
-                     _opt("n_boot", "int", 1000, "bootstrap resamples of the paired intervals"),
+                     _opt("n_boot", "int", 1000, "bootstrap resamples of the paired intervals", minimum=1),
                      _SEED,
                      _CIRCUIT,
                      _MAX_ROWS,

@@ -129,6 +129,10 @@ def model_copy_scores(
     """{"copy_score", "negative_copy_score"}: [layer, head] each, on the model's own weights
     (ValueError naming what does not fit on a model whose LayerNorms are not weightless)."""
     require_weightless_layer_norm(bridge, "the copy score")
+    if not 1 <= k <= bridge.cfg.d_vocab:
+        raise ValueError(
+            f"the copy score's top-k must be from 1 to the vocabulary's {bridge.cfg.d_vocab}, got {k}"
+        )
     resid, tokens = name_residuals(bridge, tokenizer, names)
     pos, neg = signed_copy_scores(
         (resid, bridge.W_V, bridge.W_O, bridge.W_U, tokens), k, bridge.cfg.eps, (1.0, -1.0)

@@ -230,6 +230,9 @@ def parse_receivers(
 ) -> Receivers:
     """Receivers from words: "logits", or "q"/"k"/"v" (or "q_input", …) of `heads` ("9.9 9.6")."""
     if receiver == "logits":
+        if heads or position not in (None, "end"):  # never dropped silently
+            raise ValueError("receiver 'logits' (the logits at END) takes no receiver heads or position; "
+                             "give receiver=q, k or v to end the paths at those heads' inputs")  # fmt: skip
         return LOGITS
     site = receiver if receiver.endswith("_input") else f"{receiver}_input"
     if not heads:

@@ -6,11 +6,12 @@ worker; `ioi.models.load` and `ioi.models.train` are what actually load and trai
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from ioi.task.data import MAX_PROMPTS
-from ioi.task.defaults import ASSETS, DEFAULT_MODEL
+from ioi.task.defaults import ASSETS
 
 
 def _hf_offline() -> bool:
@@ -18,19 +19,25 @@ def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False")
 
 
+BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
+"""Bundled model name (a folder of ioi/assets) -> the subcommand that rebuilds it."""
+RANDOM_MODELS = ("random:gpt2", "random:tiny", "random:pythia")
+"""The seeded random architectures `ioi.models.load` builds."""
+
+
 def model_problem(name: str) -> str | None:
-    """None when `name` is loadable as far as a cheap check can tell: the bundled model, a
+    """None when `name` is loadable as far as a cheap check can tell: a bundled model, a
     ``random:*`` architecture, a directory with a config.json, or a HuggingFace name (when offline,
     only one whose config is in the local HF cache). Otherwise a sentence saying what is wrong."""
     if name.startswith("random:"):
-        return None
-    path = ASSETS / "ioi-tiny" if name == DEFAULT_MODEL else Path(name).expanduser()
+        return None if name in RANDOM_MODELS else unknown_random(name)
+    path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
     if path.is_dir():
         return (
             None if (path / "config.json").exists() else f"{path} is not a model directory (no config.json)"
         )
-    if name == DEFAULT_MODEL:
-        return "the bundled ioi-tiny model is missing; rebuild it with `ioi pretrain-tiny`"
+    if name in BUNDLED:
+        return f"the bundled {name} model is missing; rebuild it with `ioi {BUNDLED[name]}`"
     if path.exists():
         return f"{path} is a file, not a model directory"
     if name.startswith(("/", ".", "~")):
@@ -47,27 +54,46 @@ def model_problem(name: str) -> str | None:
     if isinstance(cached, str):
         return None
     return (
-        f"model {name!r} is neither a directory, {DEFAULT_MODEL}, random:* nor in the local HuggingFace "
-        f"cache (offline); download it once with HF_HUB_OFFLINE=0 or give a local directory"
+        f"model {name!r} is neither a directory, a bundled model ({', '.join(BUNDLED)}), random:* nor "
+        "in the local HuggingFace cache (offline); download it once with HF_HUB_OFFLINE=0 or give a "
+        "local directory"
     )
+
+
+def unknown_random(name: str) -> str:
+    return f"unknown random model {name!r}; known: {', '.join(RANDOM_MODELS)}"
 
 
 class TrainingError(ValueError):
     """A fine-tuning request that cannot run as asked; the message says why."""
 
 
+def _whole_numbers(text: str, what: str, example: str) -> list[int]:
+    """ "1, 3 5" -> [1, 3, 5] in the order written; TrainingError naming `what` for a non-integer."""
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise TrainingError(
+            f"write {what} as whole numbers separated by commas, e.g. {example} (got {text!r})"
+        ) from None
+
+
 def parse_epochs(text: str, epochs: int | None = None) -> tuple[int, ...]:
     """ "1, 3 5" -> (1, 3, 5), sorted and unique; TrainingError for a non-integer, or with `epochs`
     for an epoch outside 1..epochs."""
-    try:
-        values = tuple(sorted({int(t) for t in text.replace(",", " ").split()}))
-    except ValueError:
-        raise TrainingError(
-            f"write checkpoint epochs as whole numbers separated by commas, e.g. 1, 3, 5 (got {text!r})"
-        ) from None
+    values = tuple(sorted(set(_whole_numbers(text, "checkpoint epochs", "1, 3, 5"))))
     bad = [v for v in values if epochs is not None and not 1 <= v <= epochs]
     if bad:
         raise TrainingError(f"checkpoint epochs {list(bad)} are outside 1..{epochs} (the number of epochs)")
+    return values
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """ "0, 1 2" -> (0, 1, 2): training seeds in the order written (a study's first seed is its main
+    one), each once; TrainingError for a non-integer or an empty list."""
+    values = tuple(dict.fromkeys(_whole_numbers(text, "seeds", "0, 1, 2")))
+    if not values:
+        raise TrainingError("give at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
     return values
 
 
@@ -86,3 +112,12 @@ def check_bounds(epochs: int, batch_size: int, **sizes: int) -> None:
         if not 1 <= size <= MAX_PROMPTS:
             what = name.replace("_", " ")
             raise TrainingError(f"{what} must be at least 1 and at most {MAX_PROMPTS:,}, got {size}")
+
+
+def check_optimizer(lr: float, weight_decay: float) -> None:
+    """TrainingError unless the learning rate is a positive number and the weight decay a
+    non-negative one (NaN and infinity are neither)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise TrainingError(f"the learning rate must be a positive number, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise TrainingError(f"the weight decay must be a number >= 0, got {weight_decay}")

@@ -45,12 +45,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ioi.models.checks import BUNDLED, unknown_random
 from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
 
-BUNDLED = {"ioi-tiny": "pretrain-tiny", "ioi-small": "pretrain-small"}
-"""Bundled model name -> the subcommand that rebuilds it."""
 _RANDOM_CONFIGS = {
     "random:gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "random:tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=64),
@@ -142,6 +141,8 @@ def load_hf(
     """The raw HF model, its tokenizer and a sentence saying where the weights came from."""
     if name in _RANDOM_CONFIGS:
         return _random_model(name, seed), gpt2_tokenizer(), f"random weights (seed {seed}), GPT-2 tokenizer"
+    if name.startswith("random:"):
+        raise ModelUnavailableError(unknown_random(name))
     path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
     if path.is_dir():
         return (*_load_directory(path), f"local directory {path}")
@@ -162,6 +163,17 @@ def load_hf(
             f"(HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model /path/to/a/local/copy"
         ) from err
     return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
+
+
+def tokenizer_of(name: str) -> PreTrainedTokenizerFast:
+    """The tokenizer of model `name`, without its weights: the shipped GPT-2 one for gpt2 and the
+    random models, a bundled model's or a directory's own; else the hub's (load_hf's errors)."""
+    if name in _RANDOM_CONFIGS or name == "gpt2":
+        return gpt2_tokenizer()
+    path = ASSETS / name if name in BUNDLED else Path(name).expanduser()
+    if path.is_dir():
+        return load_tokenizer(path)
+    return load_hf(name)[1]
 
 
 def _load_directory(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:

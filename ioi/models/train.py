@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ioi import __version__
-from ioi.models.checks import TrainingError, check_bounds
+from ioi.models.checks import TrainingError, check_bounds, check_optimizer
 from ioi.models.load import DEFAULT_MODEL, file_sha256, load_hf, read_manifest, verify_checkpoint
 from ioi.task.corruptions import CORRUPTIONS, training_samples
 from ioi.task.data import IOIBatch, make_dataset, tokenize
@@ -74,8 +74,7 @@ class TrainConfig:
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise TrainingError(f"checkpoint epochs {bad} are outside 1..{self.epochs}")
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
-            raise TrainingError("lr and batch size must be positive and weight decay non-negative")
+        check_optimizer(self.lr, self.weight_decay)
         check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size)
 
     @property
@@ -158,6 +157,24 @@ def latest_checkpoint(out_dir: Path) -> tuple[int, Path] | None:
     return None
 
 
+RUN_FIELDS = ("model", "scenario", "lr", "weight_decay", "batch_size", "seed", "train_size", "eval_size")
+"""What makes two runs different runs; a longer run of the same ones continues it (epochs may grow)."""
+
+
+def check_same_run(out_dir: Path, cfg: TrainConfig) -> None:
+    """TrainingError when `out_dir` holds a checkpoint of another run than `cfg`'s: resuming from
+    it, or mixing its epochs with this run's, would give a result that is neither."""
+    for path in checkpoints(out_dir).values():
+        saved = (read_manifest(path) or {}).get("config") or {}
+        differ = [f"{k} {saved[k]!r}, not {getattr(cfg, k)!r}" for k in RUN_FIELDS
+                  if k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+        if differ:
+            raise TrainingError(
+                f"{out_dir} holds checkpoints of another run ({path.name} has {'; '.join(differ)}): "
+                "give another --out, or that run's settings to resume it"
+            )
+
+
 def clean_leftovers(out_dir: Path) -> list[Path]:
     """Delete the `*.tmp` files and directories a killed checkpoint write left; returns them."""
     stale = sorted(Path(out_dir).glob("*.tmp"))
@@ -238,7 +255,8 @@ def finetune(
 ) -> list[Path]:
     """Run the scenario of `cfg`, writing checkpoints under `out_dir/epoch-NNN/`.
 
-    Resumes from the latest complete checkpoint already in `out_dir`. Returns every checkpoint
+    Resumes from the latest complete checkpoint already in `out_dir` (TrainingError when its
+    checkpoints are another run's: `check_same_run`). Returns every checkpoint
     directory of the run in epoch order. Raises `Cancelled` when `should_stop()` becomes true.
     on_step(step, model): called with the global step (0 before the first) and the model being
     trained, which it must leave as it is (e.g. evaluate a copy: ioi.runs.recovery).
@@ -247,6 +265,7 @@ def finetune(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
+    check_same_run(out, cfg)
     start = latest_checkpoint(out)
     source = str(start[1]) if start else (cfg.init_from or cfg.model)
     model, tokenizer, _ = load_hf(source, seed=cfg.seed)

@@ -113,25 +113,33 @@ def _diverging(field: str, title: str, frame: pd.DataFrame, span: float | None =
 
 
 def head_heatmap(
-    frame: pd.DataFrame,
-    *,
-    title: str = "",
-    value_title: str = "value",
-    circuit: Circuit | None = None,
-    field: str = "value",
-    cell: int | None = None,
-    span: float | None = None,
-) -> alt.LayerChart:
+    frame: pd.DataFrame, *, title: str = "", value_title: str = "value", circuit: Circuit | None = None,
+    field: str = "value", cell: int | None = None, span: float | None = None,
+) -> alt.LayerChart:  # fmt: skip
     """Layers × heads heatmap of `field`, diverging colour centred at 0 (from −`span` to `span`,
     default this frame's largest |value|), tooltips L.H / value / class, and the heads of
     `circuit` (or of a ``class`` column) outlined in black."""
+    cells, width, height = head_cells(frame, value_title=value_title, circuit=circuit, field=field,
+                                      cell=cell, span=span)  # fmt: skip
+    # "pad": the cells keep their size and the legend comes on top (Streamlit's default "fit"
+    # squeezes axes, legend and cells together into `width`).
+    pad = alt.AutoSizeParams(type="pad", contains="padding")
+    return cells.properties(title=_title(title), width=width, height=height, autosize=pad)
+
+
+def head_cells(
+    frame: pd.DataFrame, *, value_title: str = "value", circuit: Circuit | None = None, field: str = "value",
+    cell: int | None = None, span: float | None = None,
+) -> tuple[alt.LayerChart, int, int]:  # fmt: skip
+    """The layers of `head_heatmap` (cells and outlines, no size or title) with the plot's width
+    and height in pixels: for a heatmap drawn inside another chart (one panel per checkpoint)."""
     if frame.empty:
         raise ValueError("no heads to draw: the per-head table is empty")
     data = with_classes(frame, circuit)
     n_layers = int(data["layer"].max()) + 1
     n_heads = int(data["head"].max()) + 1
     cell = cell or max(22, min(40, 400 // n_heads))  # small models get big cells, GPT-2 fits 400 px
-    base = alt.Chart(data).encode(
+    base = alt.Chart().encode(  # the data on the layer: Altair need not compare the layers' data
         x=alt.X("head:O", title="head", sort=list(range(n_heads)), axis=alt.Axis(labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort=list(range(n_layers))),
         tooltip=[
@@ -146,14 +154,7 @@ def head_heatmap(
         .mark_rect(fill=None, stroke="black", strokeWidth=2)
         .encode(strokeDash=alt.value([1, 0]))
     )
-    return (cells + outline).properties(
-        title=_title(title),
-        width=max(160, cell * n_heads),
-        height=max(120, cell * n_layers),
-        # "pad": the cells keep their size and the legend comes on top (Streamlit's default "fit"
-        # squeezes axes, legend and cells together into `width`).
-        autosize=alt.AutoSizeParams(type="pad", contains="padding"),
-    )
+    return alt.layer(cells, outline, data=data), max(160, cell * n_heads), max(120, cell * n_layers)
 
 
 def difference_frame(a: pd.DataFrame, b: pd.DataFrame, field: str = "value") -> pd.DataFrame:

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -126,14 +127,24 @@ def hand_over(root: Path, job_id: str, record_pid: Callable[[int], None], comman
     return False
 
 
-def _start(root: Path, key: str, command: list[str]) -> None:
-    logs = root / "jobs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"daemon-{key[:12]}.log", "ab") as out:
-        subprocess.Popen(
-            [*command, key], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+def spawn_detached(command: list[str], log: Path) -> int:
+    """Start `command` in a session of its own, its output appended to `log`, and return its pid.
+    It outlives this process, so its Popen is dropped unwaited: without the ResourceWarning ("subprocess
+    N is still running") Python gives such a drop, which the CLI would print as a warning line."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
+        pid = proc.pid
+        del proc
+    return pid
+
+
+def _start(root: Path, key: str, command: list[str]) -> None:
+    spawn_detached([*command, key], root / "jobs" / f"daemon-{key[:12]}.log")
 
 
 def _import(names: Iterable[str]) -> None:

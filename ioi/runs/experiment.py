@@ -80,7 +80,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """ExperimentError naming what to change; cheap (no model is loaded), so submit refuses at once."""
         from ioi.methods.analyses import OptionError, check_analyses
-        from ioi.models.checks import check_bounds, model_problem
+        from ioi.models.checks import check_bounds, check_optimizer, model_problem
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -91,8 +91,9 @@ class ExperimentConfig:
                 check_id(self.parent)
             except ValueError as err:
                 raise ExperimentError(f"--parent: {err}") from None
-        if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1 or self.lr <= 0:
-            raise ExperimentError("sizes, batch size and lr must be positive")
+        if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1:
+            raise ExperimentError("sizes and batch size must be positive")
+        check_optimizer(self.lr, self.weight_decay)
         check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
                      analysis_size=self.analysis_size)  # fmt: skip
         bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]

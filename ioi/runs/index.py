@@ -136,7 +136,8 @@ def connect(base: Path) -> sqlite3.Connection:
 
 
 def rebuild(db: sqlite3.Connection, base: Path) -> None:
-    """Fill an empty index from the files (unreadable files are skipped: reads report them)."""
+    """Fill an empty index from the files (unreadable files are skipped: reads report them; a job's
+    file has no other reader, so its damage is reported here)."""
     now = time.time()
     db.execute("BEGIN IMMEDIATE")
     for record_path in sorted(base.glob("experiments/*/experiment.json")):
@@ -160,6 +161,8 @@ def rebuild(db: sqlite3.Connection, base: Path) -> None:
             row = json.loads(job_path.read_text())
             values = tuple(row[c] for c in JOB_COLUMNS)
         except (OSError, ValueError, KeyError, TypeError):
+            warnings.warn(f"{job_path} is unreadable; job {job_path.stem} is left out of the rebuilt index",
+                          stacklevel=2)  # fmt: skip
             continue
         db.execute(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES "
                    f"({', '.join('?' * len(JOB_COLUMNS))})", values)  # fmt: skip

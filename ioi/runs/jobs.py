@@ -44,7 +44,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -58,7 +57,7 @@ from typing import Any
 from ioi.runs import daemon
 from ioi.runs.cache import cache_root, connect, experiment_dir, is_demo, register_experiment, write_atomic
 from ioi.runs.index import JOB_COLUMNS
-from ioi.task.defaults import torch_threads
+from ioi.task.defaults import env_count, torch_threads
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 STALE_AFTER = 60.0
@@ -74,7 +73,7 @@ class JobError(ValueError):
 
 def max_jobs() -> int:
     """How many jobs may run at once: $IOI_MAX_JOBS, default 2."""
-    return max(1, int(os.environ.get("IOI_MAX_JOBS", "2")))
+    return env_count("IOI_MAX_JOBS", 2)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -234,6 +233,7 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
     from ioi.runs.experiment import adopt_parent, experiment_id, identity, is_complete
 
     cfg.validate()
+    max_jobs(), torch_threads()  # a bad IOI_MAX_JOBS / IOI_JOB_THREADS is refused here, not in the job
     base = cache_root(root)
     if cfg.parent and adopt_parent(base, cfg.parent) is None:
         raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
@@ -270,13 +270,9 @@ def _launch(root: Path, job_id: str) -> None:
     command = [sys.executable, "-m", "ioi.runs.jobs", "--daemon", str(root)]
     if daemon.enabled() and daemon.hand_over(root, job_id, record, command):
         return
-    with open(_log_path(root, job_id), "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )  # fmt: skip
-    _update(root, job_id, pid=proc.pid, heartbeat=time.time(), host=socket.gethostname())
+    command = [sys.executable, "-m", "ioi.runs.jobs", str(root), job_id]
+    pid = daemon.spawn_detached(command, _log_path(root, job_id))
+    _update(root, job_id, pid=pid, heartbeat=time.time(), host=socket.gethostname())
 
 
 def _log_path(root: Path, job_id: str) -> Path:

@@ -6,6 +6,7 @@ heads; a circuit found by the analysis code on any model has the same type as th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -93,6 +94,16 @@ def parse_heads(value, n_layers: int | None = None, n_heads: int | None = None) 
                 f"they are numbered from 0.0 to {n_layers - 1}.{(n_heads or 1) - 1})"
             )
     return heads
+
+
+def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """`layers` (MLP or block numbers) as a tuple; ValueError naming those a model of `n_layers` lacks."""
+    layers = tuple(layers)
+    bad = [str(layer) for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layers {', '.join(bad)} are outside this model (its {n_layers} layers are "
+                         f"numbered 0 to {n_layers - 1})")  # fmt: skip
+    return layers
 
 
 GPT2_SMALL_CIRCUIT = Circuit(

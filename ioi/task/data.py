@@ -424,6 +424,15 @@ class IOIBatch:
         return IOIBatch(**fields, samples=tuple(self.samples[i] for i in idx.tolist()))
 
 
+def check_roles(x: IOISample) -> None:
+    """DatasetError unless IO and S are two names and the prompt ends where the name is predicted
+    (a trailing space would make END the space, not the word before the name)."""
+    if x.io == x.s:
+        raise DatasetError(f"prompt {x.prompt!r}: IO and S are both {x.io!r}; give two different names")
+    if x.prompt != x.prompt.rstrip():
+        raise DatasetError(f"prompt {x.prompt!r} ends with whitespace: end it with the word before the name")
+
+
 def tokenize(
     samples: Sequence[IOISample],
     tokenizer: Tokenizer,
@@ -460,13 +469,21 @@ def tokenize(
     else:
         cols: dict[str, list[int]] = {k: [] for k in ("end", "io_pos", "s1_pos", "s2_pos", "group")}
         for x, toks in zip(samples, rows):
+            check_roles(x)
             io_t, s_t, s2_t = ids[x.io], ids[x.s], ids[x.s2]
             if io_t not in toks or s_t not in toks:
                 raise DatasetError(f"prompt {x.prompt!r} must contain ' {x.io}' and ' {x.s}'")
+            io_pos, s1_pos = toks.index(io_t), toks.index(s_t)
+            s2_pos = len(toks) - 1 - toks[::-1].index(s2_t) if s2_t in toks else -1
+            if s2_pos <= max(io_pos, s1_pos):  # else S2's heads and positions would read another token
+                raise DatasetError(
+                    f"prompt {x.prompt!r} must name {x.s2!r} again after IO and S1 (the S2 position), "
+                    "as in 'When Mary and John went to the store, John gave a drink to'"
+                )
             cols["end"].append(len(toks) - 1)
-            cols["io_pos"].append(toks.index(io_t))
-            cols["s1_pos"].append(toks.index(s_t))
-            cols["s2_pos"].append(len(toks) - 1 - toks[::-1].index(s2_t) if s2_t in toks else -1)
+            cols["io_pos"].append(io_pos)
+            cols["s1_pos"].append(s1_pos)
+            cols["s2_pos"].append(s2_pos)
             cols["group"].append(x.template if x.template >= 0 else -len(toks))
         pos = {k: as_t(v) for k, v in cols.items()}
     width = max(len(r) for r in rows)

@@ -19,13 +19,28 @@ TOXIC_DATASETS: tuple[str, ...] = ("name_moving", "subject_duplication", "duplic
 SCENARIOS: tuple[str, ...] = ("clean", *TOXIC_DATASETS, "reversal")
 
 
+class SettingError(ValueError):
+    """An `IOI_*` environment variable that cannot be used; the message names it."""
+
+
+def env_count(name: str, default: int) -> int:
+    """$`name` as a whole number of at least 1 (unset or empty: `default`); SettingError otherwise,
+    never a silent substitute."""
+    import os
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and int(text) >= 1):
+        raise SettingError(f"{name} must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def torch_threads() -> int:
     """Torch threads of a process that trains or analyses, direct command or job alike:
     $IOI_JOB_THREADS, default 1. Torch's own default (one per core) thrashes on a shared CPU: on 2
     busy cores a direct `finetune` ran 0.3 steps/s with it, 8.2 with one (BENCHMARKS.md)."""
-    import os
-
-    return max(1, int(os.environ.get("IOI_JOB_THREADS", "1")))
+    return env_count("IOI_JOB_THREADS", 1)
 
 
 PAPER_LR = 1e-5
