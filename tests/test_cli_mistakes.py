@@ -336,3 +336,18 @@ def test_a_damaged_job_file_is_said_when_the_index_is_rebuilt(capsys, tmp_path):
     captured = capsys.readouterr()
     assert kept in captured.out and lost not in captured.out
     assert captured.err.startswith("warning: ") and f"job {lost} is left out" in captured.err
+
+
+def test_the_readmes_cmap_example_gives_the_base_model_as_other():
+    """CMAP's --other is the base (B; the circuit comes from it when it does the task): the README's
+    example had ioi-tiny as --model and its toxic fine-tune as --other, so the output called the
+    toxic checkpoint the base and ioi-tiny the fine-tuned model."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    examples = re.findall(r"ioi analyze cmap (.*)", readme)
+    assert examples
+    for line in examples:
+        model, other = re.search(r"--model (\S+)", line)[1], re.search(r"--other (\S+)", line)[1]
+        assert other == "ioi-tiny" and model.startswith("runs/"), line

@@ -29,7 +29,11 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _analyses_epilog()
     p.add_argument("method", help=f"one of: {', '.join(ANALYSES)} (options below)")
-    p.add_argument("--other", help="second model name or directory (cross-model analyses)")
+    p.add_argument(
+        "--other",
+        help="the base model a cross-model analysis compares --model with (cmap: the starting model, "
+        "--model the fine-tuned one)",
+    )
     add_inputs(p, size=ANALYZE_SIZE)
     p.add_argument(
         "--option",
