@@ -351,3 +351,18 @@ def test_the_readmes_cmap_example_gives_the_base_model_as_other():
     for line in examples:
         model, other = re.search(r"--model (\S+)", line)[1], re.search(r"--other (\S+)", line)[1]
         assert other == "ioi-tiny" and model.startswith("runs/"), line
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [  # was: the toxic stage trained first, then the reversal stage was refused
+        (["--scenarios", "name_moving", "--reversal-epochs", "0"], "epochs must be from 1"),
+        (["--n-jobs", "0"], "--n-jobs 0 runs nothing"),  # was: silently $IOI_MAX_JOBS
+    ],
+)
+def test_a_sweep_is_refused_whole_before_anything_trains(extra, message, capsys, tmp_path, monkeypatch):
+    from ioi.runs import sweep
+
+    monkeypatch.setattr(sweep, "run_one", lambda *a: pytest.fail("an experiment ran"))
+    args = ["sweep", "--model", "random:tiny", "--epochs", "1", "--cache", str(tmp_path), *extra]
+    assert message in one_line(capsys, 2, args)
