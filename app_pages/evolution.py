@@ -124,7 +124,9 @@ def body() -> None:
             ),
             t["transfer"],
             "Row i, column j: the edge circuit of checkpoint i evaluated on the model of "
-            "checkpoint j; the diagonal is each circuit's own faithfulness.",
+            "checkpoint j; the diagonal is each circuit's own faithfulness. Grey cells marked "
+            "F(M) ≈ 0: model j does not do the task (|F_j(M)| < 0.5 logits, or its interval contains 0), "
+            "so the ratio is not defined; their tooltip gives F_j(circuit i) in logits.",
             "evo-transfer",
         )
     with c[1]:

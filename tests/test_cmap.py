@@ -151,3 +151,21 @@ def test_share_of_a_gap_near_zero_is_undefined(model_a, batches):
     assert out.summary["gap"] == pytest.approx(0.0, abs=1e-5)
     assert "barely differ" in out.summary["share_undefined"]
     assert out.heads["share_of_gap"].isna().all() and out.heads["value"].abs().max() < 1e-5
+
+
+def test_prepared_runs_give_what_reading_gives(model_a, model_b, batches):
+    """The CMAP matrix hands each pair the two models' prepare() runs instead of reading again."""
+    from ioi.methods.patching import prepare
+
+    clean, abc = batches
+    groups = [[Head(0, 1), Head(1, 2)], [Head(1, 0)]]
+    read = cmap(model_a, model_b, clean, groups=groups)
+    reads = (prepare(model_a, clean, abc), prepare(model_b, clean, abc))
+    given = cmap(model_a, model_b, clean, groups=groups, reads=reads)
+    assert read.joint.abs().max() > 1e-4
+    for x, y in (
+        (read.joint, given.joint),
+        (read.f_receiver, given.f_receiver),
+        (read.f_source, given.f_source),
+    ):
+        assert torch.allclose(x, y, atol=1e-6), (x - y).abs().max()

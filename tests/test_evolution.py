@@ -81,7 +81,19 @@ def test_transfer_diagonal_is_in_model_faithfulness(family):
     for i, p in enumerate(profiles):
         assert m["value"][i, i].item() == pytest.approx(p.faithfulness.value, abs=1e-5)
     assert m["value"][0, 1].item() == pytest.approx(m["value"][0, 0].item(), abs=1e-6)  # same model
+    reused = transfer_faithfulness(
+        models, [p.circuit_edges for p in profiles], clean, abc, runs=[p.runs for p in profiles]
+    )
+    assert torch.allclose(reused["value"], m["value"], atol=1e-6, equal_nan=True)
     c = cmap_matrix(models, [Head.parse(h) for h in profiles[0].heads], clean, n_boot=100)
+    given = cmap_matrix(
+        models,
+        [Head.parse(h) for h in profiles[0].heads],
+        clean,
+        acts=[p.runs.acts for p in profiles],
+        n_boot=100,
+    )
+    assert torch.allclose(given["value"], c["value"], atol=1e-6, equal_nan=True)
     assert torch.all(c["value"].diagonal() == 0)
     assert c["value"][0, 1].abs().item() < 1e-5  # identical models: patching changes nothing
     # CMAP patches head outputs before W_O (hook_z): a zeroed W_O leaves them, and every head

@@ -22,6 +22,7 @@ from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.methods.classify import CIRCUIT_RULE, circuit_for
 from ioi.methods.patching import (
     DEFAULT_MAX_ROWS,
+    Activations,
     Patch,
     hook_name,
     position_mask,
@@ -58,9 +59,15 @@ class CMAPResult:
 
 
 def _source_values(
-    receiver: LoadedModel, source: LoadedModel, batch: IOIBatch, mode: str, positions: str | None
+    receiver: LoadedModel,
+    source: LoadedModel,
+    batch: IOIBatch,
+    mode: str,
+    positions: str | None,
+    reads: tuple[Activations, Activations] | None = None,
 ):
-    """(site, where, per-layer source activations, receiver's residuals, own final, source final)."""
+    """(site, where, per-layer source activations, receiver's residuals, own final, source final);
+    `reads`: the receiver's and the source's clean runs of `batch` (output mode), instead of reading."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     positions = positions or ("end" if mode == "output" else "all")
@@ -73,13 +80,16 @@ def _source_values(
             f"got {shape(receiver)} and {shape(source)}"
         )
     n_layers, site = receiver.n_layers, MODES[mode]
+    where = position_mask(batch, "end") if positions == "end" else None
+    if reads is not None and site == "z":
+        own, src = reads
+        return site, where, list(src.z_clean), own.resid_pre, own.resid_pre[-1], src.resid_pre[-1]
     final = f"blocks.{n_layers - 1}.hook_resid_post"
     names = [hook_name(layer, site) for layer in range(n_layers)]
     src = read_activations(source, batch, [*names, final])
     pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     own = read_activations(receiver, batch, [*pre, final])
     resid_pre = torch.stack([own[n] for n in [*pre, final]])
-    where = position_mask(batch, "end") if positions == "end" else None
     return site, where, [src[n] for n in names], resid_pre, own[final], src[final]
 
 
@@ -92,15 +102,17 @@ def cmap(
     positions: str | None = None,
     groups: Sequence[Sequence[Head]] | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
+    reads: tuple[Activations, Activations] | None = None,
 ) -> CMAPResult:
     """CMAP of every head: run `receiver` with one head's hook_z (mode "output") or hook_pattern
     (mode "pattern") from `source`'s run on the same prompts. With `groups`, each group is patched
     jointly (all its heads in one run) into `CMAPResult.joint` instead, and `delta` is left empty.
 
     positions: "end" (END only; for patterns END's query row) or "all"; default "end" for output
-    patching and "all" (the whole pattern) for pattern patching.
+    patching and "all" (the whole pattern) for pattern patching. reads: the receiver's and the
+    source's :func:`ioi.methods.patching.prepare` runs of `batch` (output mode; not read again).
     """
-    got = _source_values(receiver, source, batch, mode, positions)
+    got = _source_values(receiver, source, batch, mode, positions, reads)
     site, where, src, resid_pre, own_final, src_final = got
     head_axis = 1 if site == "pattern" else 2  # pattern [batch, head, q, k]; z [batch, pos, head, d]
     patch = lambda h: Patch(h.layer, h.head, src[h.layer].select(head_axis, h.head), where, site)  # noqa: E731

@@ -2,7 +2,7 @@
 
 Edges are ranked by |score| (exact edge patching, or the EAP / EAP-IG estimate); the circuit with k
 edges keeps the k best and patches every other edge to the ABC run
-(:func:`ioi.methods.edges.edge_set_logit_diffs`). Its faithfulness is F(circuit)/F(M), 0 for no
+(:func:`ioi.methods.edge_sets.edge_set_logit_diffs`). Its faithfulness is F(circuit)/F(M), 0 for no
 edge (≈ F(ABC)/F(M)) and 1 for all of them. The curve of faithfulness against k is measured on a
 geometric grid of k; the circuit is the smallest k found reaching the target: the first grid point
 that reaches it, narrowed by bisection down to the previous grid point (so it is exact where the
@@ -19,7 +19,8 @@ import torch
 
 from ioi.methods.analyses import AnalysisResult, heads_frame, register_analysis
 from ioi.methods.edge_attribution import edge_attribution, rank_correlation
-from ioi.methods.edges import EdgeRuns, edge_graph, edge_runs, edge_set_logit_diffs, exact_edge_scores
+from ioi.methods.edge_sets import edge_set_logit_diffs
+from ioi.methods.edges import EdgeRuns, edge_graph, edge_runs, exact_edge_scores
 from ioi.methods.patching import prepare
 from ioi.methods.stats import Estimate, ratio_estimate
 from ioi.models.load import LoadedModel
@@ -81,9 +82,9 @@ def greedy_edge_circuit(
     order = scores.abs().argsort(descending=True, stable=True)
     f_m = runs.acts.ld_clean
     grid = sorted({0, n, *(round(x) for x in torch.logspace(0, math.log10(n), points).tolist())})
-    per_prompt = _faithfulness_of(model, clean, runs, order, grid)
+    per_prompt = dict(zip(grid, _faithfulness_of(model, clean, runs, order, grid), strict=True))
     mean_m = f_m.double().mean().item()
-    curve = {k: f.double().mean().item() / mean_m for k, f in zip(grid, per_prompt, strict=True)}
+    curve = {k: f.double().mean().item() / mean_m for k, f in per_prompt.items()}
     reached = [k for k in grid if curve[k] >= target]
     if not reached:
         best = n
@@ -93,11 +94,11 @@ def greedy_edge_circuit(
         while hi - lo > 1:  # up to 8 interior points a round, evaluated together
             mids = sorted({lo + (hi - lo) * (i + 1) // 9 for i in range(8)} - {lo, hi})
             for k, f in zip(mids, _faithfulness_of(model, clean, runs, order, mids), strict=True):
-                curve[k] = f.double().mean().item() / mean_m
+                per_prompt[k], curve[k] = f, f.double().mean().item() / mean_m
             lo = max([k for k in mids if curve[k] < target], default=lo)
             hi = min([k for k in mids if curve[k] >= target and k > lo], default=hi)
         best = hi
-    f_c = _faithfulness_of(model, clean, runs, order, [best])[0]
+    f_c = per_prompt[best]
     estimate = ratio_estimate(f_c.double().cpu(), f_m.double().cpu(), seed=seed)
     edges = tuple(graph.names[i] for i in order[:best].tolist())
     return EdgeCircuit(edges, target, estimate, bool(reached), dict(sorted(curve.items())))

@@ -10,9 +10,7 @@ l and later, and to the logits).
 contribution is the ABC run's: in_r = clean in_r + (out_u(ABC) − out_u(clean)); everything after r
 recomputes. Its score is the change of the logit difference, F(edge patched) − F(M) (logits).
 
-*An edge set* E is evaluated with every edge outside E patched and every edge inside kept: each
-receiver's input is the running residual minus Σ over its patched edges of (out_u now − out_u(ABC)).
-With E empty every receiver reads the ABC run (F = F(ABC)); with every edge, the clean run.
+*An edge set* (some edges kept, every other patched) is evaluated by :mod:`ioi.methods.edge_sets`.
 
 Both are computed without TransformerLens forward passes, by re-implementing GPT-2's block from the
 bridge's weights (as the END-row engine does), so they apply where
@@ -35,7 +33,7 @@ from ioi.methods.patching import Activations, prepare
 from ioi.methods.readout import end_rows, fast_path_obstacles, final_logit_diff, layer_norm_pre
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
-from ioi.task.types import EdgeMask, EdgePrompts, EdgeValues, PerVariant, Resid
+from ioi.task.types import EdgePrompts, EdgeValues, PerVariant, Resid
 
 SITES = ("q", "k", "v")
 EMBED = "embed"
@@ -181,7 +179,7 @@ _ACTIVATIONS = {
 }
 
 
-class _Blocks:
+class Blocks:
     """GPT-2's block from the bridge's weights, on residuals with any leading axes. Every LayerNorm
     is weightless on a model :func:`require_gpt2_blocks` accepts (compatibility mode folds them)."""
 
@@ -231,7 +229,7 @@ class _Blocks:
         return hidden @ self.w["W_out"][layer] + self.w["b_out"][layer]
 
 
-def _run_from(blocks: _Blocks, batch: IOIBatch, resid: Resid, start: int) -> PerVariant:
+def _run_from(blocks: Blocks, batch: IOIBatch, resid: Resid, start: int) -> PerVariant:
     """[rows, batch] logit differences of the ordinary forward from block `start` fed `resid`
     [rows, batch, pos, d_model]; the last block computes END's query row only."""
     n_layers = blocks.model.n_layers
@@ -281,7 +279,7 @@ def exact_edge_scores(
     """
     require_gpt2_blocks(model)
     runs = runs or edge_runs(model, clean, abc)
-    acts, graph, blocks = runs.acts, edge_graph(model), _Blocks(model)
+    acts, graph, blocks = runs.acts, edge_graph(model), Blocks(model)
     n, n_heads = model.n_layers, model.n_heads
     rows, end = torch.arange(len(clean)), clean.end.to(acts.resid_pre.device)
     f = {}  # (sender index, receiver name) -> [batch] logit differences
@@ -342,50 +340,3 @@ def exact_edge_scores(
         torch.stack([f[(i, graph.receivers[j])] for i, j in graph.edges]) - acts.ld_clean
     )  # [edge, batch]
     return values.cpu() if per_prompt else values.double().mean(1).float().cpu()
-
-
-@torch.no_grad()
-def edge_set_logit_diffs(
-    model: LoadedModel,
-    clean: IOIBatch,
-    runs: EdgeRuns,
-    patched: EdgeMask,
-    *,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> PerVariant:
-    """[variant, batch] logit differences with, per variant, the edges where `patched` [variant,
-    edge] is True patched to the ABC run and the others kept (see the module docstring)."""
-    require_gpt2_blocks(model)
-    graph, blocks, acts = edge_graph(model), _Blocks(model), runs.acts
-    n, n_heads = model.n_layers, model.n_heads
-    off_all = graph.matrix(patched.to(acts.resid_pre.dtype))  # [variant, sender, receiver]
-    shape = acts.resid_pre[0].shape  # [batch, pos, d]
-    n_senders, size = len(graph.senders), acts.resid_pre[0].numel()
-    abc = runs.out_abc.flatten(1)  # [sender, batch·pos·d]
-    out = []
-    for part in _chunks(len(patched), (n_senders + 3 * n_heads) * size, max_elements):
-        off = off_all[part]
-        c = len(off)
-        # per variant, each sender's output now − in the ABC run: [c, sender, batch·pos·d]
-        deltas = torch.zeros(c, n_senders, size, dtype=abc.dtype, device=abc.device)
-        x = acts.resid_pre[0].expand(c, *shape)  # [c, batch, pos, d]
-        deltas[:, 0] = x.flatten(1) - abc[0]
-        for layer in range(n):
-            base, first = layer * (3 * n_heads + 1), 1 + layer * (n_heads + 1)
-            qkv = {}
-            for k, s in enumerate(SITES):
-                m = off[:, :first, base + k : base + 3 * n_heads : 3].transpose(1, 2)  # [c, head, u]
-                corr = torch.bmm(m, deltas[:, :first]).view(c, n_heads, *shape)
-                qkv[s] = blocks.qkv(layer, x.unsqueeze(1) - corr, s, per_head=True)
-            z = blocks.z(qkv["q"], qkv["k"], qkv["v"])  # [c, batch, pos, head, e]
-            heads = torch.einsum("cbphe,hed->chbpd", z, blocks.w["W_O"][layer])
-            deltas[:, first : first + n_heads] = heads.flatten(2) - abc[first : first + n_heads]
-            x = x + heads.sum(1) + blocks.w["b_O"][layer]
-            m = off[:, : first + n_heads, base + 3 * n_heads].unsqueeze(1)  # [c, 1, u]
-            corr = torch.bmm(m, deltas[:, : first + n_heads]).view(c, *shape)
-            mlp = blocks.mlp(layer, x - corr)
-            deltas[:, first + n_heads] = mlp.flatten(1) - abc[first + n_heads]
-            x = x + mlp
-        corr = torch.bmm(off[:, :, -1].unsqueeze(1), deltas).view(c, *shape)
-        out.append(final_logit_diff(model.bridge, end_rows(x - corr, clean), clean))
-    return torch.cat(out)

@@ -21,7 +21,7 @@ of the reference.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor
 from ioi.methods.attention import model_copy_scores
 from ioi.methods.classify import circuit_for, head_direct_effects
 from ioi.methods.edge_circuit import DEFAULT_FAITHFULNESS, greedy_edge_circuit
-from ioi.methods.edges import EdgeGraph, edge_graph, edge_runs, exact_edge_scores
+from ioi.methods.edges import EdgeGraph, EdgeRuns, edge_graph, edge_runs, exact_edge_scores
 from ioi.methods.patching import prepare
 from ioi.methods.stats import N_BOOT, Estimate, bootstrap_means, interval, mean_estimate, resample_indices
 from ioi.models.load import LoadedModel
@@ -49,7 +49,8 @@ class CheckpointProfile:
     """What the timeline needs of one checkpoint (all on the family's shared prompts).
 
     edge_scores [edge, batch]; circuit_edges: the greedy edge circuit; heads: the node circuit's
-    heads ("L.H"); roles: {role: [layer, head, batch]}; copy [layer, head]; f_model [batch]."""
+    heads ("L.H"); roles: {role: [layer, head, batch]}; copy [layer, head]; f_model [batch];
+    runs: the clean/ABC runs the profile was computed on, for the matrices to reuse (not compared)."""
 
     label: str
     graph: EdgeGraph
@@ -61,6 +62,7 @@ class CheckpointProfile:
     roles: dict[str, Tensor]
     copy: HeadGrid
     f_model: PerPrompt
+    runs: EdgeRuns | None = field(default=None, repr=False, compare=False)
 
 
 def profile_checkpoint(
@@ -112,6 +114,7 @@ def profile_checkpoint(
         roles,
         copy,
         acts.ld_clean.cpu(),
+        runs,
     )
 
 

@@ -19,6 +19,8 @@ LEVEL = 0.95
 MIN_DENOMINATOR = 0.5
 """Logits. A ratio F(C)/F(M), or a share of a gap, is undefined when |F(M)| (the gap) is below this
 or its interval reaches 0: the logit differences themselves are reported instead."""
+NO_TASK = "not defined: F(M) ≈ 0"
+"""How a ratio over F(M) is marked where the model does not do the task (:func:`ratio_defined`)."""
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,18 @@ def role_heatmap(roles: pd.DataFrame, checkpoint: str, role: str) -> alt.LayerCh
     return head_heatmap(frame, title=f"{role} at {checkpoint}", value_title=f"{role} (logits)", span=span)
 
 
+def cell_labels(frame: pd.DataFrame, field: str = "value") -> pd.DataFrame:
+    """`frame` with `label`: the value to two decimals, or where it is not defined (an
+    `undefined` text like "not defined: F(M) ≈ 0 (…)") the marker's short form ("F(M) ≈ 0")."""
+    out = frame.copy()
+    why = out["undefined"].fillna("") if "undefined" in out else pd.Series("", index=out.index)
+    why = why.where(~(out[field].isna() & (why == "")), "not defined")  # an entry without reasons
+    short = why.str.removeprefix("not defined: ").str.split(" (", n=1, regex=False).str[0]
+    out["label"] = [s if w else f"{v:.2f}" for v, w, s in zip(out[field], why, short, strict=True)]
+    out["defined"] = why == ""
+    return out
+
+
 def matrix_heatmap(
     frame: pd.DataFrame,
     row: str,
@@ -109,24 +121,40 @@ def matrix_heatmap(
     value_title: str = "value",
 ) -> alt.LayerChart:
     """A checkpoint × checkpoint heatmap of `field` (rows `row`, columns `col`, both in `order`)
-    with the value written in each cell; `domain` fixes the colour scale (default symmetric)."""
-    span = color_span(frame, field=field)
+    with the value written in each cell; `domain` fixes the colour scale (default symmetric). A
+    cell whose `undefined` text is set is grey and says why (its short marker; the whole text and
+    any other column, such as the logit difference it still has, in the tooltip)."""
+    frame = cell_labels(frame, field)
+    defined, undefined = frame[frame["defined"]], frame[~frame["defined"]]
+    span = color_span(defined, field=field)
     scale = (
         alt.Scale(scheme="viridis", domain=list(domain))
         if domain is not None
         else alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0)
     )
-    base = alt.Chart(frame).encode(
-        alt.X(f"{col}:N", sort=order, title=col.replace("_", " ")),
-        alt.Y(f"{row}:N", sort=order, title=row.replace("_", " ")),
+    x = alt.X(f"{col}:N", sort=order, title=col.replace("_", " "), scale=alt.Scale(domain=order))
+    y = alt.Y(f"{row}:N", sort=order, title=row.replace("_", " "), scale=alt.Scale(domain=order))
+    extra = (
+        "value",
+        "lo",
+        "hi",
+        "share",
+        "f_circuit",
+        "f_circuit_lo",
+        "f_circuit_hi",
+        "f_model",
+        "undefined",
     )
-    cells = base.mark_rect().encode(
-        alt.Color(f"{field}:Q", scale=scale, title=value_title),
-        tooltip=[row, col, *[c for c in ("value", "lo", "hi", "share") if c in frame]],
+    tooltip = [row, col, *[c for c in extra if c in frame]]
+    cells = (
+        alt.Chart(defined)
+        .mark_rect()
+        .encode(x, y, alt.Color(f"{field}:Q", scale=scale, title=value_title), tooltip=tooltip)
     )
-    text = base.mark_text(fontSize=11).encode(alt.Text(f"{field}:Q", format=".2f"))
+    grey = alt.Chart(undefined).mark_rect(color="#d9d9d9").encode(x, y, tooltip=tooltip)
+    text = alt.Chart(frame).mark_text(fontSize=11).encode(x, y, alt.Text("label:N"))
     n = max(1, len(order))
-    return (cells + text).properties(
+    return (cells + grey + text).properties(
         title=title,
         width=max(200, 64 * n),
         height=max(140, 36 * n),

@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from ioi.methods.stats import NO_TASK
 from ioi.present.findings import SeedStudy, analysis
 
 
@@ -76,9 +77,29 @@ def _changes(result) -> list[str]:
     back = tr[(tr["circuit_of"] == last) & (tr["model"] == first)].iloc[0]
     lines.append(
         f"- Transfer: the circuit of {first} on the model of {last} keeps faithfulness "
-        f"{_ci(cell['value'], cell['lo'], cell['hi'])}; the circuit of {last} on {first}: "
-        f"{_ci(back['value'], back['lo'], back['hi'])}."
+        f"{_transfer_cell(cell)}; the circuit of {last} on {first}: {_transfer_cell(back)}."
     )
+    return lines
+
+
+def _transfer_cell(r: dict) -> str:
+    """A transfer cell: faithfulness with its interval or, where the model does not do the task, the
+    marker and the circuit's own logit difference there (older entries: "undefined")."""
+    if not r.get("undefined") or "f_circuit" not in r:
+        return _ci(r["value"], r["lo"], r["hi"])
+    f_c = _ci(r["f_circuit"], r["f_circuit_lo"], r["f_circuit_hi"])
+    return f"{NO_TASK} (F(M) = {r['f_model']:.2f}; F(circuit) = {f_c} logits)"
+
+
+def transfer_table(transfer: pd.DataFrame, order: list[str]) -> list[str]:
+    """The transfer matrix as markdown: row = whose circuit, column = which model."""
+    cells = {(r["circuit_of"], r["model"]): r for r in transfer.to_dict("records")}
+    lines = [
+        "| circuit of \\ on the model of | " + " | ".join(order) + " |",
+        "| --- |" + " ---: |" * len(order),
+    ]
+    for a in order:
+        lines.append(f"| {a} | " + " | ".join(_transfer_cell(cells[(a, b)]) for b in order) + " |")
     return lines
 
 
@@ -110,6 +131,12 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
             f"{r.summary['n_prompts']} prompts, {r.summary['resamples']} resamples.",
             "",
             *_overlap_table(r.tables["overlap"]),
+            "",
+            "Transfer faithfulness F_j(circuit i)/F_j(M), 95% paired-bootstrap intervals. Where model j "
+            f"does not do the task the ratio is not defined and the cell says so ({NO_TASK}: "
+            "|F_j(M)| < 0.5 logits, or its interval contains 0) with F_j(circuit i) itself in logits.",
+            "",
+            *transfer_table(r.tables["transfer"], r.summary["checkpoints"]),
             "",
             *_changes(r),
             *_recovery(s, r),

@@ -137,11 +137,15 @@ def compare_experiment(
         ref_nm = profiles[0].name_movers if profiles else None
         profiles.append(profile_checkpoint(model, *batches, c.label, name_movers=ref_nm))
         models.append(model)
+    if log:
+        log("the timeline, transfer and CMAP matrices")
     tables = timeline(profiles, n_boot=n_boot, seed=cfg.seed)
     labels = [c.label for c in checkpoints]
-    transfer = transfer_faithfulness(models, [p.circuit_edges for p in profiles], *batches, seed=cfg.seed)
+    runs = [p.runs for p in profiles]  # each checkpoint's clean/ABC runs, reused by both matrices
+    circuits = [p.circuit_edges for p in profiles]
+    transfer = transfer_faithfulness(models, circuits, *batches, runs=runs, seed=cfg.seed)
     heads = [Head.parse(h) for h in profiles[0].heads]
-    cm = cmap_matrix(models, heads, batches[0], n_boot=n_boot, seed=cfg.seed)
+    cm = cmap_matrix(models, heads, batches[0], acts=[r.acts for r in runs], n_boot=n_boot, seed=cfg.seed)
     tables["transfer"] = _matrix_frame(transfer, labels, ("circuit_of", "model"))
     tables["cmap"] = _matrix_frame(cm, labels, ("source", "receiver"))
     last = tables["roles"][tables["roles"]["checkpoint"] == labels[-1]]
@@ -166,12 +170,14 @@ def compare_experiment(
 
 
 def _matrix_frame(m: dict, labels: list[str], axes: tuple[str, str]):
+    """One row per (i, j) cell: the tensors' entries as floats, the texts ([i][j] lists) as text."""
     import pandas as pd
 
     rows = []
     for i, a in enumerate(labels):
         for j, b in enumerate(labels):
-            rows.append({axes[0]: a, axes[1]: b, **{k: float(v[i, j]) for k, v in m.items()}})
+            cell = {k: (v[i][j] if isinstance(v, list) else float(v[i, j])) for k, v in m.items()}
+            rows.append({axes[0]: a, axes[1]: b, **cell})
     return pd.DataFrame(rows)
 
 
