@@ -366,3 +366,22 @@ def test_a_sweep_is_refused_whole_before_anything_trains(extra, message, capsys,
     monkeypatch.setattr(sweep, "run_one", lambda *a: pytest.fail("an experiment ran"))
     args = ["sweep", "--model", "random:tiny", "--epochs", "1", "--cache", str(tmp_path), *extra]
     assert message in one_line(capsys, 2, args)
+
+
+def test_size_with_a_dataset_takes_its_first_prompts_and_more_than_it_has_is_refused(capsys, tmp_path, monkeypatch):
+    """--size used to be ignored with --dataset: the whole file ran, whatever the user asked for."""
+    from ioi.models import load
+
+    data = tmp_path / "mine.jsonl"
+    assert main(["dataset", "--size", "5", "--model", "ioi-tiny", "--out", str(data)]) == 0
+    capsys.readouterr()
+    base = ["analyze", "dla", "--model", "random:tiny", "--dataset", str(data), "--json"]
+    assert main([*base, "--size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_prompts"] == 2
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["n_prompts"] == 5
+    assert one_line(capsys, 2, [*base, "--size", "9"]) == f"error: --size 9, but {data} has 5 prompts"
+    monkeypatch.setattr(load, "load_hf", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert one_line(capsys, 2, ["eval", "--model", "random:tiny", "--size", "0"]) == (
+        "error: --size must be at least 1, got 0"
+    )
