@@ -100,18 +100,13 @@ def default_checkpoints() -> list[Checkpoint]:
 
 @st.cache_resource(max_entries=1024, show_spinner=False)  # one object per reading: views memoise on it
 def _reading(source: str, stamp: float, seed: int, prompt: str, io: str, s: str, k: int):
-    import torch
-
     from ioi.methods.prompt import prompt_batch, read_prompt
+    from ioi.models.threads import one_thread
 
     model = loaded_model(source, "cpu", seed)
     batch = prompt_batch(model, prompt, io, s)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one short prompt: a second thread costs more than it gives (BENCHMARKS.md)
-    try:
+    with one_thread():  # one short prompt: a second thread costs more than it gives (BENCHMARKS.md)
         return read_prompt(model, batch, k)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def reading(ck: Checkpoint, prompt: str, io: str, s: str, k: int = 10):

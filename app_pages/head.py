@@ -17,7 +17,8 @@ from app_pages._prompt import (
 from app_pages._store import Experiment, by_id, circuit_at, clean_run, experiments, result, shape_of
 from app_pages._ui import empty_state, set_url, show_chart, show_user_errors, url_value
 from app_pages._views import panel_of
-from ioi.present import charts, prompt_charts
+from ioi.present import charts
+from ioi.present.head_table import CheckpointResults, head_table, without_intervals
 from ioi.task.circuit import Head
 
 st.title("Head")
@@ -72,55 +73,29 @@ def pick_head(exp: Experiment) -> Head:
     return head
 
 
-def head_table(chosen: list[Experiment], head: Head, known: dict[str, Experiment]) -> pd.DataFrame:
-    """One row per cached checkpoint: class, cached DLA, knockout and CMAP of the head, and its
-    profile (intervals, attention, copy score) where it is cached or the weights are at hand."""
+def checkpoint_results(chosen: list[Experiment], known: dict[str, Experiment]) -> list[CheckpointResults]:
+    """Each cached checkpoint's results for the head table: the cached analyses, and the head
+    profile where it is cached, else measured live where the weights are at hand."""
     live = {c.key: c for c in checkpoints()}
-    rows = []
+    out = []
     for exp in chosen:
         parent = known.get(str(exp.parent)) if exp.parent else None
-        offset = int(parent.config.get("epochs", 0)) if parent is not None else 0
         for epoch in exp.epochs_with("dla"):
-            circuit = circuit_at(exp, epoch)
-            row = {
-                "experiment": exp.label,
-                "lineage": exp.lineage,
-                "panel": panel_of(exp, known, True),
-                "checkpoint": exp.checkpoint_label(epoch),
-                "epoch": epoch,
-                "x": epoch + offset,
-                "class": (circuit.class_of(head) or "—") if circuit else "no circuit recorded",
-                "dla": prompt_charts.head_row(result(exp, epoch, "dla").heads, *head).get("value"),
-            }
-            knock = result(exp, epoch, "knockout") if "knockout" in exp.epochs.get(epoch, []) else None
-            row["knockout_change"] = prompt_charts.head_row(knock.heads if knock else None, *head).get(
-                "value"
-            )
-            cmap = result(exp, epoch, "cmap") if "cmap" in exp.epochs.get(epoch, []) else None
-            c = prompt_charts.head_row(cmap.heads if cmap else None, *head)
-            row |= {"cmap": c.get("value"), "cmap_lo": c.get("ci_low"), "cmap_hi": c.get("ci_high")}
+            ran = exp.epochs.get(epoch, [])
+            cached = result(exp, epoch, "head-profile") if "head-profile" in ran else None
             ck = live.get(f"{exp.id}:{epoch}")
-            cached = (
-                result(exp, epoch, "head-profile") if "head-profile" in exp.epochs.get(epoch, []) else None
-            )
-            if cached is not None or ck is not None:  # the cached profile, else measured live
-                p = prompt_charts.head_row(cached.heads if cached is not None else profile(ck), *head)
-                row |= {
-                    k: p.get(k)
-                    for k in (
-                        "dla_lo",
-                        "dla_hi",
-                        "end_to_io",
-                        "end_to_io_lo",
-                        "end_to_io_hi",
-                        "end_to_s",
-                        "end_to_s_lo",
-                        "end_to_s_hi",
-                        "copy_score",
-                    )
-                }
-            rows.append(row)
-    return pd.DataFrame(rows)
+            out.append(
+                CheckpointResults(
+                    exp.label, exp.lineage, panel_of(exp, known, True), exp.checkpoint_label(epoch), epoch,
+                    int(parent.config.get("epochs", 0)) if parent is not None else 0, circuit_at(exp, epoch),
+                    result(exp, epoch, "dla").heads,
+                    result(exp, epoch, "knockout").heads if "knockout" in ran else None,
+                    result(exp, epoch, "cmap").heads if "cmap" in ran else None,
+                    cached.heads if cached is not None else profile(ck) if ck is not None else None,
+                    "cached" if cached is not None else "live" if ck is not None else "",
+                )
+            )  # fmt: skip
+    return out
 
 
 def over_epochs(table: pd.DataFrame, head: Head) -> None:
@@ -198,7 +173,7 @@ def body() -> None:
         return
     head = pick_head(chosen[0])
     known = {e.id: e for e in experiments()}
-    table = head_table(chosen, head, known)
+    table = head_table(head, checkpoint_results(chosen, known))
     opened = by_id(url_value("exp"))
     epoch = int(url_value("epoch")) if (url_value("epoch") or "").isdigit() else 0
     here = (
@@ -228,8 +203,18 @@ def body() -> None:
         "One row per cached checkpoint. DLA: the cached analysis value (logits); ΔF knocked out: change "
         "in logit difference when this head alone is mean-ablated (where the knockout analysis ran); "
         "CMAP: change in F when the checkpoint runs with this head's output taken from the model it "
-        "started from, with its 95% CI; attention and copy score from the head profile."
+        "started from, with its 95% CI; attention and copy score from the head profile (the "
+        "“intervals” column says where it comes from)."
     )
+    bare = without_intervals(table)
+    if bare:
+        st.info(
+            f"No interval, attention or copy score at {len(bare)} of {len(table)} checkpoints "
+            f"({', '.join(bare)}): their weights are not in the demo or your cache and no head profile "
+            "is cached, so only the cached analysis values (DLA, knockout, CMAP) are shown there; the "
+            "charts below draw those checkpoints as points without a band.",
+            icon="ℹ️",
+        )
     over_epochs(table, head)
     example_pattern(head)
 

@@ -111,11 +111,15 @@ def test_two_concurrent_jobs_and_a_failure(tmp_path, monkeypatch):
     configs = [tiny_config(seed=1), tiny_config(seed=2)]
     ids = [jobs.submit(c, tmp_path) for c in configs]
     assert jobs.submit(configs[0], tmp_path) == ids[0]  # the same experiment is not queued twice
-    bad = jobs.submit(tiny_config(model="random:nope"), tmp_path)
+    # A model that passes submit's cheap check (a config.json) but fails to load in the worker.
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    bad = jobs.submit(tiny_config(model=str(broken)), tmp_path)
     done = [jobs.wait(i, tmp_path, timeout=WAIT) for i in ids]
     assert [j.status for j in done] == ["done", "done"], [j.error for j in done]
     failed = jobs.wait(bad, tmp_path, timeout=WAIT)
-    assert failed.status == "failed" and "random:nope" in failed.error
+    assert failed.status == "failed" and "no-weights has no weights" in failed.error
     for cfg, job in zip(configs, done, strict=True):
         assert job.experiment == experiment_id(cfg)
         for epoch in (0, 1, 2):

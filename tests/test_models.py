@@ -50,3 +50,19 @@ def test_missing_models_say_how_to_get_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelUnavailableError, match="no config.json"):
         load_hf(str(tmp_path / "empty"))
+
+
+def test_one_thread_restores_the_callers_thread_count_even_on_error():
+    from ioi.models.threads import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

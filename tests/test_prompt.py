@@ -87,7 +87,6 @@ def test_selectable_heatmap_and_its_click():
     assert spec["params"][0]["select"]["fields"] == ["layer", "head"]
     assert prompt_charts.clicked_head({"selection": {"head": [{"layer": 1, "head": 3}]}}) == (1, 3)
     assert prompt_charts.clicked_head({"selection": {"head": []}}) is None
-    assert prompt_charts.head_row(prof, 1, 3)["value"] == 7.0
 
 
 def test_panels_of_three_checkpoints_are_one_chart_on_one_colour_scale():
@@ -218,3 +217,36 @@ def test_prompt_charts_are_valid_vega_lite(tiny_random):
     grid = prompt_charts.attention_grid(grids, panels=["x", "y"], shared=True).to_dict()
     assert grid["spec"]["width"] == 17 * 15 and "resolve" not in grid  # one prompt: token axes shared
     assert prompt_charts.shown_token(" Mary") == "␣Mary"
+
+
+def test_the_head_table_lays_out_each_checkpoint_and_says_where_intervals_are_missing():
+    import pandas as pd
+
+    from ioi.present.head_table import (
+        PROFILE_SOURCES,
+        CheckpointResults,
+        head_row,
+        head_table,
+        without_intervals,
+    )
+    from ioi.task.circuit import Circuit, Head
+
+    heads = pd_heads()
+    assert (
+        head_row(heads, 1, 3)["value"] == 7.0 and head_row(heads, 5, 5) == {} and head_row(None, 1, 3) == {}
+    )
+    circuit = Circuit("c", {"name mover": (Head(1, 3),)}, "test")
+    profile = heads.assign(dla_lo=heads["value"] - 1, dla_hi=heads["value"] + 1, copy_score=0.5)
+    cmap = heads.assign(ci_low=heads["value"] - 0.5, ci_high=heads["value"] + 0.5)
+    table = head_table(Head(1, 3), [
+        CheckpointResults("clean", "clean", "clean", "pretrained", 0, 0, circuit, heads, heads, None,
+                          profile, "live"),
+        CheckpointResults("rev", "rev", "p", "rev, epoch 2", 2, 3, None, heads.assign(value=-1.0), None,
+                          cmap),
+    ])  # fmt: skip
+    assert list(table["class"]) == ["name mover", "no circuit recorded"] and list(table["x"]) == [0, 5]
+    assert list(table["dla"]) == [7.0, -1.0] and table["knockout_change"].iloc[0] == 7.0
+    assert (table["dla_lo"].iloc[0], table["dla_hi"].iloc[0], table["copy_score"].iloc[0]) == (6.0, 8.0, 0.5)
+    assert table["cmap_lo"].iloc[1] == 6.5 and pd.isna(table["dla_lo"].iloc[1])
+    assert list(table["intervals"]) == [PROFILE_SOURCES["live"], PROFILE_SOURCES[""]]
+    assert without_intervals(table) == ["rev, epoch 2"]

@@ -33,6 +33,10 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
         assert _count(text, s) >= 1 and text.endswith(" to")
         if k % 2:
             assert _count(text, third) >= 2
+    for k in range(100):  # the large crowds of `max_others` > 2: up to four repeated distractors
+        io, s, *others = gen.rng.sample(NAMES, 2 + k % 5)
+        text = gen.dup_sentence(io, s, others)
+        assert _count(text, io) == 1 and all(_count(text, n) >= 2 for n in others)
     for prompt, io, s in small.three_name_probes(50):
         assert _count(prompt, io) == 1 and _count(prompt, s) >= 1
         others = {n for n in NAMES if _count(prompt, n) and n != io}
@@ -121,3 +125,8 @@ def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
     for layer, head in ((2, 4), (2, 3)):
         assert scores["attn_end_to_s2"][layer, head] > 0.9 and scores["attn_end_to_io"][layer, head] < 0.05
         assert scores["path_logits"][layer, head] < -0.4
+
+
+def test_every_variant_is_reported_in_the_model_card() -> None:
+    card = (Path(small.__file__).parent.parent / "assets" / "ioi-small" / "MODEL_CARD.md").read_text()
+    assert [v for v in small.VARIANTS if f"`{v}`" not in card] == []

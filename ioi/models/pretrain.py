@@ -1,12 +1,12 @@
 """The pretraining of the bundled models (ioi-tiny, ioi-small): one loop, its loss, schedule and
-optimizer, run on one torch thread so that a seed gives the same weights on any machine."""
+optimizer, run on one torch thread (`ioi.models.threads.one_thread`) so that a seed gives the
+same weights on any machine."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,18 +38,6 @@ def lr_at(step: int, steps: int, base: float, warmup: int = 100) -> float:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, steps - warmup)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread inside (bitwise reproducibility across machines with different core
-    counts); the caller's thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def write_model_dir(

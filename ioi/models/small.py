@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ioi.models import pretrain
+from ioi.models.threads import one_thread
 from ioi.models.tiny import (
     BATCH,
     CONTEXT,
@@ -64,6 +65,9 @@ FRAMES_FOUR: tuple[str, ...] = (
     "[X], [Y], [C] and [A] went to the [PLACE].",
     "[X] met [Y], [C] and [A] at the [PLACE].",
 )
+# Five and six people (`Recipe.max_others` > 2); their words are all in the vocabulary already.
+FRAMES_FIVE: tuple[str, ...] = ("[X], [Y], [C], [A] and [D] went to the [PLACE].",)
+FRAMES_SIX: tuple[str, ...] = ("[X], [Y], [C], [A], [D] and [E] went to the [PLACE].",)
 # Sentences that mention a repeated name ([B]) again before the giving clause.
 MIDDLES: tuple[str, ...] = (
     "[B] was tired.",
@@ -109,6 +113,9 @@ class Recipe:
     steps: int
     lr: float = LR
     crowd: bool = False  # duplicate sentences with up to two repeated distractors, not one
+    # With more than two, the number of repeated distractors is uniform in 0..max_others: copying
+    # every name and suppressing the repeated ones then leaves IO a margin shrinking with the crowd.
+    max_others: int = 2
     # A curriculum: the first `warm_steps` draw sentences by `warm_mix` (ioi-tiny's kinds, where S
     # is found by position and name movers with S-inhibition emerge), then by `mix`.
     warm_steps: int = 0
@@ -132,6 +139,16 @@ VARIANTS: dict[str, Recipe] = {
     "4l-crowd-long": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 6000, crowd=True
     ),
+    "6l-crowd": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True
+    ),
+    "6l-crowd-drop": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _CROWD_MIX, 4000, crowd=True
+    ),
+    "6l-crowd6": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
+        max_others=4,
+    ),
     "4l-curriculum": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
         warm_steps=1500, warm_mix=TINY_MIX,
@@ -146,11 +163,13 @@ class SmallStoryGenerator(StoryGenerator):
     name = "ioi-small"
 
     def __init__(
-        self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False
+        self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False,
+        max_others: int = 2,
     ) -> None:
         super().__init__(seed, max_words)
         self.mix = mix
         self.crowd = crowd
+        self.max_others = max_others
 
     def _ending(self, io: str, taken: set[str]) -> str:
         r = self.rng
@@ -171,8 +190,8 @@ class SmallStoryGenerator(StoryGenerator):
         place, obj, o2 = r.choice(PLACES), r.choice(OBJECTS), r.choice(OBJECTS)
         people = [io, s, *others]
         r.shuffle(people)
-        frame = r.choice((FRAMES_TWO, FRAMES_THREE, FRAMES_FOUR)[len(others)])
-        parts = [_fill(frame, dict(zip("XYCA"[: len(people)], people, strict=True)) | {"PLACE": place})]
+        frame = r.choice((FRAMES_TWO, FRAMES_THREE, FRAMES_FOUR, FRAMES_FIVE, FRAMES_SIX)[len(others)])
+        parts = [_fill(frame, dict(zip("XYCADE"[: len(people)], people, strict=True)) | {"PLACE": place})]
         repeats = [*others] + ([s] if r.random() < 0.4 else [])
         middles = [_fill(r.choice(MIDDLES), {"B": n, "O2": o2}) for n in repeats]
         if r.random() < 0.2:
@@ -196,7 +215,9 @@ class SmallStoryGenerator(StoryGenerator):
             rest = [n for n in cast if n not in (io, s)] or [n for n in NAMES if n not in (io, s)]
             if self.crowd:
                 pool = [n for n in NAMES if n not in (io, s)]
-                others = r.sample(pool, r.choices((0, 1, 2), weights=(0.3, 0.35, 0.35))[0])
+                k = (r.choices((0, 1, 2), weights=(0.3, 0.35, 0.35))[0] if self.max_others == 2
+                     else r.randint(0, self.max_others))  # fmt: skip
+                others = r.sample(pool, k)
             else:
                 others = [r.choice(rest)] if r.random() < 0.4 else []
             text = self.dup_sentence(io, s, others)
@@ -276,9 +297,9 @@ def pretrain_small(
     steps = steps or recipe.steps
     tokenizer = build_small_tokenizer()
     vocab = tokenizer.get_vocab()
-    with pretrain.one_thread():
+    with one_thread():
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
-        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd)
+        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd, max_others=recipe.max_others)
         opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
@@ -317,6 +338,7 @@ def pretrain_small(
             {"warm_steps": recipe.warm_steps, "warm_mix": recipe.warm_mix} if recipe.warm_mix else None
         ),
         "crowd": recipe.crowd,
+        "max_others": recipe.max_others,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),

@@ -25,10 +25,10 @@ from ioi.models.pretrain import (
     NAME_LOSS_WEIGHT,
     OPTIMIZER,
     make_optimizer,
-    one_thread,
     pretrain_steps,
     write_model_dir,
 )
+from ioi.models.threads import one_thread
 from ioi.task.data import (
     NAMES,
     OBJECTS,

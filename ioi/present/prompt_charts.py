@@ -243,11 +243,3 @@ def clicked_panel(event) -> str | None:
     except (KeyError, TypeError):
         return None
     return points[0].get(PANEL) if points else None
-
-
-def head_row(frame: pd.DataFrame | None, layer: int, head: int) -> dict:
-    """The row of head (layer, head) of a per-head table as a dict ({} when absent)."""
-    if frame is None or frame.empty:
-        return {}
-    rows = frame[(frame["layer"] == layer) & (frame["head"] == head)]
-    return rows.iloc[0].to_dict() if len(rows) else {}

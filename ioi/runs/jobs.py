@@ -458,6 +458,11 @@ def serve_daemon(root: str, key: str) -> None:
 
 
 if __name__ == "__main__":
+    # Workers are forked from processes that loaded torch. A worker was once found spinning forever
+    # in MKL's own memory manager (mkl_serv_allocate → mm_account_ptr_by_tid, inside its first
+    # sgemm), whose per-thread table is not fork-safe; with it off MKL allocates through malloc.
+    # Set before torch is imported, for the daemon, the supervisors and the workers alike.
+    os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")
     if sys.argv[1] == "--daemon":
         serve_daemon(sys.argv[2], sys.argv[3])
     else:

@@ -33,13 +33,11 @@ def epoch_seconds(model: str, *, batch_size: int = 32, train_size: int = DEFAULT
     import tempfile
     import time
 
-    import torch
-
+    from ioi.models.threads import one_thread
     from ioi.models.train import TrainConfig, finetune
 
-    torch.set_num_threads(1)
     probe = TrainConfig(model=model, epochs=1, batch_size=batch_size, train_size=PROBE_SIZE, eval_size=8)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, one_thread():
         steps: list[float] = []
         finetune(probe, tmp, progress=lambda *_: steps.append(time.perf_counter()))
     per_step = (steps[-1] - steps[0]) / max(1, len(steps) - 1)  # excludes loading and the checkpoint

@@ -54,10 +54,10 @@ def sweep_configs(
 
 def run_one(cfg: ExperimentConfig, root: str, device: str) -> ExperimentSummary:
     """One experiment in a joblib worker (one torch thread each: workers already split the cores)."""
-    import torch
+    from ioi.models.threads import one_thread
 
-    torch.set_num_threads(1)
-    return run_experiment(cfg, root, device=device)
+    with one_thread():
+        return run_experiment(cfg, root, device=device)
 
 
 def run_sweep(
