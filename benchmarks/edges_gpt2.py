@@ -1,13 +1,14 @@
 """EAP and EAP-IG against exact edge patching on GPT-2 small's shape (`random:gpt2`: random weights).
 
-    PYTHONPATH=. python benchmarks/edges_gpt2.py [--prompts 20] [--sample 150] [--steps 1 5 20]
+    PYTHONPATH=. python benchmarks/edges_gpt2.py [--prompts 8] [--logit-sample 40] [--sample 60]
+        [--steps 1 5 20]
 
 GPT-2's own weights are not available offline, so this is `random:gpt2` — GPT-2 small's shape (12
 layers, 12 heads, d_model 768) and tokenizer with RANDOM weights: it does not do the task, and the
 correlations say how well the gradient estimates rank edges on a model of this size, not on GPT-2.
 Exact edge patching of all of its edges is too slow on 2 CPU cores, so the exact score is computed
-for a stated subset: every edge into the logits, plus a seeded random sample of the other edges,
-each by one hooked forward (the receiver's input gets the sender's ABC − clean change, as
+for a stated subset: a seeded random sample of the edges into the logits and one of the other
+edges, each by one hooked forward (the receiver's input gets the sender's ABC − clean change, as
 tests/test_edges.py's reference loop). Prints the load, the times and the rank correlations.
 """
 
@@ -53,8 +54,9 @@ def exact_by_hooks(model, clean, runs, graph, edges: list[int]) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompts", type=int, default=20)
-    p.add_argument("--sample", type=int, default=150, help="random edges not into the logits")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--logit-sample", type=int, default=40, help="random edges into the logits")
+    p.add_argument("--sample", type=int, default=60, help="random edges not into the logits")
     p.add_argument("--steps", type=int, nargs="*", default=[1, 5, 20])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -72,21 +74,26 @@ def main() -> None:
     clean = tokenize(samples, model.tokenizer)
     abc = tokenize(abc_counterfactual(samples, args.seed), model.tokenizer, like=clean)
     graph = edge_graph(model)
-    logits = [e for e, (_, j) in enumerate(graph.edges) if graph.receivers[j] == "logits"]
-    others = [e for e in range(len(graph.edges)) if e not in set(logits)]
-    pick = torch.randperm(len(others), generator=torch.Generator().manual_seed(args.seed))[: args.sample]
-    subset = logits + [others[i] for i in sorted(pick.tolist())]
+    into = [e for e, (_, j) in enumerate(graph.edges) if graph.receivers[j] == "logits"]
+    others = [e for e in range(len(graph.edges)) if e not in set(into)]
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def sample(edges: list[int], k: int) -> list[int]:
+        return [edges[i] for i in sorted(torch.randperm(len(edges), generator=gen)[:k].tolist())]
+
+    logits = sample(into, args.logit_sample)
+    subset = logits + sample(others, args.sample)
     print(
-        f"random:gpt2 (GPT-2 small's shape, RANDOM weights), {args.prompts} prompts, {args.threads} thread(s), "
-        f"{len(graph.edges)} edges; exact on {len(logits)} edges into the logits + {len(subset) - len(logits)} "
-        f"random others (seed {args.seed}); load average {os.getloadavg()[0]:.1f}"
+        f"random:gpt2 (GPT-2 small's shape, RANDOM weights), {args.prompts} prompts, "
+        f"{args.threads} thread(s), "
+        f"{len(graph.edges)} edges; exact on {len(logits)} of the {len(into)} edges into the logits + "
+        f"{len(subset) - len(logits)} random others (seed {args.seed}); load average {os.getloadavg()[0]:.1f}"
     )
     t = time.perf_counter()
     runs = edge_runs(model, clean, abc)
     exact = torch.tensor(exact_by_hooks(model, clean, runs, graph, subset))
-    print(
-        f"exact, one hooked forward per edge: {time.perf_counter() - t:.1f} s (F(M) = {runs.acts.f_clean:.4f})"
-    )
+    took = time.perf_counter() - t
+    print(f"exact, one hooked forward per edge: {took:.1f} s (F(M) = {runs.acts.f_clean:.4f})")
     idx = torch.tensor(subset)
     n_logits = len(logits)
     for steps in args.steps:
