@@ -368,7 +368,9 @@ def test_a_sweep_is_refused_whole_before_anything_trains(extra, message, capsys,
     assert message in one_line(capsys, 2, args)
 
 
-def test_size_with_a_dataset_takes_its_first_prompts_and_more_than_it_has_is_refused(capsys, tmp_path, monkeypatch):
+def test_size_with_a_dataset_takes_its_first_prompts_and_more_than_it_has_is_refused(
+    capsys, tmp_path, monkeypatch
+):
     """--size used to be ignored with --dataset: the whole file ran, whatever the user asked for."""
     from ioi.models import load
 

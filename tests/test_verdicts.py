@@ -94,6 +94,8 @@ def test_edge_revival_is_judged_on_the_seeds_difference():
     assert edge_revival("x", [0.7, 0.8, 0.75], [0.1, 0.2, 0.15]).holds is False
     assert edge_revival("x", [0.1, 0.5, 0.3], [0.5, 0.1, 0.35]).holds is None  # straddles 0
     assert edge_revival("x", [0.1], [0.9]).holds is None  # one seed: no interval
+    high = edge_revival("x", [0.1, 0.2, 0.15], [1.0, 0.8, 1.0]).numbers["edge Jaccard, reversal"]
+    assert high.hi == 1.0 and high.lo < 0.93 and high.over == "seeds (n=3), cut to [0, 1]"
 
 
 def test_intervals_and_guarded_ratios():

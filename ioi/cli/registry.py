@@ -84,7 +84,9 @@ def add_inputs(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> Non
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
-        "--size", type=int, help=f"number of prompts (default {size}; with --dataset its first N, default all)"
+        "--size",
+        type=int,
+        help=f"number of prompts (default {size}; with --dataset its first N, default all)",
     )
     p.set_defaults(default_size=size)
     p.add_argument("--seed", type=int, default=0)

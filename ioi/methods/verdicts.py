@@ -195,6 +195,14 @@ def neuroplasticity(dataset: str, recovery: Estimate, faithfulness: Estimate, ov
     )
 
 
+def within(x: Estimate, lo: float, hi: float) -> Estimate:
+    """x with its interval cut to the range the quantity can take (a t interval over 3 seeds of a
+    Jaccard index can reach past 1); `over` says so when it was cut."""
+    if not x.defined or (x.lo >= lo and x.hi <= hi):
+        return x
+    return Estimate(x.value, max(x.lo, lo), min(x.hi, hi), f"{x.over}, cut to [{lo:g}, {hi:g}]", x.reason)
+
+
 EDGE_REVIVAL_CRITERION = (
     "the reversal revives the pretrained edge circuit when its circuit's edge Jaccard with the "
     "pretrained circuit exceeds the toxic model's: the mean over seeds of Jaccard(reversal) − "
@@ -209,8 +217,8 @@ def edge_revival(dataset: str, toxic: Sequence[float], reversal: Sequence[float]
     diff = seeds_estimate([r - t for t, r in zip(toxic, reversal, strict=True)])
     holds = None if not diff.excludes(0.0) else diff.lo > 0
     numbers = {
-        "edge Jaccard, toxic": seeds_estimate(list(toxic)),
-        "edge Jaccard, reversal": seeds_estimate(list(reversal)),
+        "edge Jaccard, toxic": within(seeds_estimate(list(toxic)), 0.0, 1.0),
+        "edge Jaccard, reversal": within(seeds_estimate(list(reversal)), 0.0, 1.0),
         "reversal − toxic": diff,
     }
     summary = (

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from ioi.methods.stats import NO_TASK
-from ioi.methods.verdicts import Verdict, edge_revival, fmt, seeds_estimate
+from ioi.methods.verdicts import Verdict, edge_revival, fmt, seeds_estimate, within
 from ioi.present.findings import SeedStudy, analysis
 
 
@@ -182,7 +182,7 @@ def across_seeds_lines(results: list) -> list[str]:
         values = [v for r in clean if (v := _jaccard_at(r, "clean", common)) is not None]
         lines.append(
             f"- Clean fine-tuning, epoch {common}: edge Jaccard with the pretrained edge circuit "
-            f"{fmt(seeds_estimate(values))} ({len(values)} seed{'s' * (len(values) != 1)})."
+            f"{fmt(within(seeds_estimate(values), 0.0, 1.0))} ({len(values)} seed{'s' * (len(values) != 1)})."
         )
     for v in revivals:
         lines.append(f"- {v.summary}")
