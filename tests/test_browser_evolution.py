@@ -51,7 +51,8 @@ def test_evolution_page_shows_a_toxic_lineage_and_its_recovery(server, page):  #
     found = [p for p in parents if any(DEMO.glob(f"experiments/{p}/epoch-*/compare-family.json"))]
     if not found:
         pytest.skip("no lineage comparison with recovery dynamics cached")
-    exp = found[0]
+    # the story's family first: subject duplication, whose toxic run flips F and whose reversal climbs back
+    exp = min(found, key=lambda p: read_experiment(DEMO, p)["config"]["scenario"] != "subject_duplication")
     page.set_viewport_size({"width": 1400, "height": 5200})
     page.goto(f"{server}/evolution?scope=compare-family&exp={exp}", timeout=120_000)
     settle(page)

@@ -162,21 +162,56 @@ def matrix_heatmap(
     )
 
 
-def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
-    """Logit difference and circuit overlap against training step, toxic run and reversal, with the
-    pretrained interval of the logit difference shaded."""
-    colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
-    data = points.melt(id_vars=["run", "step"], value_vars=["logit_diff", "jaccard"], var_name="measure")
-    color = alt.Color("run:N", scale=alt.Scale(domain=list(colors), range=list(colors.values())))
+def _band(lo: float, hi: float, fill: str) -> alt.Chart:
     return (
-        alt.Chart(data)
-        .mark_line(point=True)
-        .encode(
-            alt.X("step:Q", title="training step"),
-            alt.Y("value:Q", title=None),
-            color,
-            alt.Row("measure:N", title=None),
-            tooltip=["run", "step", "measure", "value"],
-        )
-        .properties(title=title, width=520, height=160)
+        alt.Chart(pd.DataFrame({"lo": [lo], "hi": [hi]}))
+        .mark_rect(color=fill, opacity=0.25)
+        .encode(y="lo:Q", y2="hi:Q")
+    )
+
+
+def recovery_curve(
+    points: pd.DataFrame,
+    *,
+    pretrained: tuple[float, float],
+    floor: float,
+    baseline: tuple[float, float],
+    revive: int | None = None,
+    title: str = "",
+) -> alt.VConcatChart:
+    """Logit difference (top) and the top edges' Jaccard with the pretrained circuit (bottom, 0–1)
+    against training step, toxic run and reversal. Shaded: the pretrained F interval (top) and the
+    random-edge-set baseline's interval (bottom); dashed: the Jaccard floor that "revived" needs;
+    a vertical rule at the step the reversal revived, if it did."""
+    colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
+    color = alt.Color(
+        "run:N",
+        scale=alt.Scale(domain=list(colors), range=list(colors.values())),
+        legend=alt.Legend(orient="top", title=None),  # above: a stretched chart pushes a side legend out
+    )
+    x = alt.X("step:Q", title="training step")
+    lines = alt.Chart(points).mark_line(point=True)
+    j_scale = alt.Scale(domain=[0, 1])
+    f_layers = [
+        _band(*pretrained, "#9ecae1"),
+        lines.encode(x, alt.Y("logit_diff:Q", title="logit difference F"), color,
+                     tooltip=["run", "step", alt.Tooltip("logit_diff:Q", format=".2f")]),
+    ]  # fmt: skip
+    j_layers = [
+        _band(*baseline, "#d9d9d9"),
+        alt.Chart(pd.DataFrame({"y": [floor]}))
+        .mark_rule(strokeDash=[6, 3], color="black")
+        .encode(y=alt.Y("y:Q", scale=j_scale)),
+        lines.encode(x, alt.Y("jaccard:Q", scale=j_scale, title="edge Jaccard with pretrained"), color,
+                     tooltip=["run", "step", alt.Tooltip("jaccard:Q", format=".2f")]),
+    ]  # fmt: skip
+    if revive is not None:
+        rule = alt.Chart(pd.DataFrame({"step": [revive]})).mark_rule(color="#2ca02c", strokeDash=[2, 2])
+        f_layers.append(rule.encode(x="step:Q"))
+        j_layers.append(rule.encode(x="step:Q"))
+    f_title = title or "Logit difference (shaded: the pretrained interval)"
+    j_title = f"Edge overlap (grey: random edge sets; dashed: the floor {floor:.2f} reviving needs)"
+    return alt.vconcat(
+        alt.layer(*f_layers).properties(title=f_title, width=520, height=160),
+        alt.layer(*j_layers).properties(title=j_title, width=520, height=160),
     )
