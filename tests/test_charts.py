@@ -148,3 +148,11 @@ def test_recovery_curve_draws_the_pretrained_band_the_floor_and_the_revive_step(
     assert len(top["layer"]) == 3 and len(bottom["layer"]) == 4
     no_revive = recovery_curve(pts, pretrained=(9.0, 10.0), floor=0.76, baseline=(0.0, 0.2)).to_dict()
     assert len(no_revive["vconcat"][0]["layer"]) == 2
+
+
+def test_a_long_title_wraps_into_lines_and_a_short_one_is_one_line():
+    long = "DLA B − A: (subject duplication, epoch 3) − (subject duplication, pretrained)"
+    text = charts._title(long).to_dict()["text"]
+    assert len(text) > 1 and " ".join(text) == long
+    assert all(len(line) <= 56 for line in text)
+    assert charts._title("DLA — clean, pretrained").to_dict()["text"] == ["DLA — clean, pretrained"]
