@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ioi.methods.analyses import AnalysisResult
-from ioi.present.evolution_report import across_seeds_lines, edge_revivals
+from ioi.present.evolution_report import across_seeds_lines, edge_revivals, revival_tally
 
 
 def comparison(scenarios: list[str], epochs: list[int], jaccards: list[float]) -> AnalysisResult:
@@ -36,3 +36,11 @@ def test_the_clean_line_uses_the_last_epoch_every_seed_has():
     assert "Clean fine-tuning, epoch 3: edge Jaccard with the pretrained edge circuit 0.50 [" in lines
     assert "(2 seeds)" in lines and "Criterion: the reversal revives" in lines
     assert across_seeds_lines([]) == []
+
+
+def test_revival_tally_counts_the_seeds_that_revived():
+    assert revival_tally("name_moving", [None, 300, 200]) == (
+        "- Recovery dynamics of the reversal of name_moving: revived within the run on 2 of 3 seeds "
+        "(at steps 200, 300)."
+    )
+    assert revival_tally("duplication", [None]).endswith("revived within the run on 0 of 1 seed.")
