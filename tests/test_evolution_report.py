@@ -39,8 +39,10 @@ def test_the_clean_line_uses_the_last_epoch_every_seed_has():
 
 
 def test_revival_tally_counts_the_seeds_that_revived():
-    assert revival_tally("name_moving", [None, 300, 200]) == (
-        "- Recovery dynamics of the reversal of name_moving: revived within the run on 2 of 3 seeds "
-        "(at steps 200, 300)."
+    assert revival_tally("name_moving", [None, 300, 200], [True, True, False]) == (
+        "- Recovery dynamics of the reversal of name_moving: the toxic run left the pretrained state on 2 "
+        "of 3 seeds; the reversal revived within the run on 2 (at steps 200, 300)."
     )
-    assert revival_tally("duplication", [None]).endswith("revived within the run on 0 of 1 seed.")
+    assert revival_tally("duplication", [None], [False]).endswith(
+        "on 0 of 1 seed; the reversal revived within the run on 0."
+    )
