@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ioi.methods.analyses import AnalysisResult
-from ioi.present.evolution_report import across_seeds_lines, edge_revivals
+from ioi.present.evolution_report import across_seeds_lines, edge_revivals, revival_tally
 
 
 def comparison(scenarios: list[str], epochs: list[int], jaccards: list[float]) -> AnalysisResult:
@@ -36,3 +36,13 @@ def test_the_clean_line_uses_the_last_epoch_every_seed_has():
     assert "Clean fine-tuning, epoch 3: edge Jaccard with the pretrained edge circuit 0.50 [" in lines
     assert "(2 seeds)" in lines and "Criterion: the reversal revives" in lines
     assert across_seeds_lines([]) == []
+
+
+def test_revival_tally_counts_the_seeds_that_revived():
+    assert revival_tally("name_moving", [None, 300, 200], [True, True, False]) == (
+        "- Recovery dynamics of the reversal of name_moving: the toxic run left the pretrained state on 2 "
+        "of 3 seeds; the reversal revived within the run on 2 (at steps 200, 300)."
+    )
+    assert revival_tally("duplication", [None], [False]).endswith(
+        "on 0 of 1 seed; the reversal revived within the run on 0."
+    )

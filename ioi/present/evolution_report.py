@@ -143,7 +143,7 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
             *_recovery(s, r),
             "",
         ]
-    return lines + across_seeds_lines([r for _, r in found])
+    return lines + across_seeds_lines([r for _, r in found]) + revival_lines(found)
 
 
 def _jaccard_at(result, scenario: str, epoch: int | None = None) -> float | None:
@@ -233,3 +233,47 @@ def _recovery(study: SeedStudy, r) -> list[str]:
             f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back)."
         )
     return out
+
+
+def revival_tally(dataset: str, steps: list[int | None], left: list[bool]) -> str:
+    """'Recovery dynamics of the reversal of X: the toxic run left the pretrained state on k of n
+    seeds; the reversal revived within the run on m (at steps …).'"""
+    back = sorted(s for s in steps if s is not None)
+    at = f" (at step{'s' * (len(back) > 1)} {', '.join(map(str, back))})" if back else ""
+    return (
+        f"- Recovery dynamics of the reversal of {dataset}: the toxic run left the pretrained state on "
+        f"{sum(left)} of {len(steps)} seed{'s' * (len(steps) != 1)}; the reversal revived within the run "
+        f"on {len(back)}{at}."
+    )
+
+
+def revival_lines(found: list) -> list[str]:
+    """Per toxic dataset, how many seeds' cached recovery dynamics revived (criterion: F inside the
+    pretrained interval and the top edges' Jaccard at or above the pretrained circuit's 5th-percentile
+    self-Jaccard, both at one snapshot)."""
+    from ioi.runs.cache import load_analysis
+
+    steps: dict[str, list[int | None]] = {}
+    left: dict[str, list[bool]] = {}
+    for study, r in found:
+        s = r.summary
+        lineage = list(zip(s["experiments"], s["scenarios"], s["epochs"], strict=True))
+        rev = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
+        dyn = load_analysis(study.root, rev[-1][0], rev[-1][1], "recovery") if rev else None
+        if dyn is not None:
+            d, pts = dyn.summary, dyn.tables["points"]
+            end = pts[pts.run == "toxic"].sort_values("step").iloc[-1]
+            f0 = d["pretrained_logit_diff"]
+            out = not f0["lo"] <= end["logit_diff"] <= f0["hi"] or end["jaccard"] < d["jaccard_floor"]
+            steps.setdefault(s["scenarios"][0], []).append(d["steps_to_revive"])
+            left.setdefault(s["scenarios"][0], []).append(bool(out))
+    if not steps:
+        return []
+    return [
+        *(revival_tally(d, v, left[d]) for d, v in sorted(steps.items())),
+        "",
+        "The pretrained state: F inside the pretrained interval and the top edges' Jaccard with the "
+        "pretrained circuit at or above its own 5th-percentile bootstrap self-Jaccard. The toxic run left "
+        "it when its last snapshot is outside; the reversal revived at the first snapshot back inside.",
+        "",
+    ]
