@@ -31,6 +31,7 @@ from app_pages._views import (
     knockout_view,
 )
 from ioi.present import charts
+from ioi.task.circuit import OTHER
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,27 @@ def heads_of(exp: Experiment, epoch: int, cls: str) -> list[str]:
 
 def listed(heads: list[str]) -> str:
     return " ".join(heads) if heads else "none"
+
+
+def class_words(cls: str) -> str:
+    """A class name as a sentence writes it: "name movers", "S-inhibition heads"."""
+    word = cls.replace("s-inhibition", "S-inhibition")
+    return f"{word}s" if word.endswith("mover") else f"{word} heads"
+
+
+def circuit_words(exp: Experiment, epoch: int) -> str:
+    """What the outline at `epoch` holds, class by class: the IOI classes with a head, then the heads
+    that carry the effect without passing a class test (named as such, not as an IOI class)."""
+    circuit = circuit_at(exp, epoch)
+    if circuit is None or not circuit.heads:
+        return "none found at this checkpoint"
+    named = [f"{class_words(cls)} {listed(heads_of(exp, epoch, cls))}"
+             for cls, heads in circuit.classes.items() if heads and cls != OTHER]  # fmt: skip
+    other = heads_of(exp, epoch, OTHER)
+    words = "; ".join(named) if named else "no head in an IOI class"
+    if other:
+        words += f"; and {listed(other)}, which carry the effect without passing any IOI class's test"
+    return words
 
 
 def value_at(exp: Experiment, column: str, epoch: int) -> float:
@@ -81,8 +103,8 @@ def steps() -> list[Step]:
             "The pretrained model's circuit",
             f"Before fine-tuning, {clean.model} predicts the indirect object over the subject by "
             f"{ld0:.1f} logits. Direct logit attribution shows which heads write that answer: the "
-            f"strongest are {top_heads(a.heads)}. Outlined are the heads classified as its circuit — "
-            f"name movers {listed(movers0)}, S-inhibition {listed(heads_of(clean, 0, 's-inhibition'))}.",
+            f"strongest are {top_heads(a.heads)}. Outlined are the heads of its circuit — "
+            f"{circuit_words(clean, 0)}.",
             "app_pages/attribution.py",
             {"exp": clean.id, "epoch": "0", "mode": "one"},
             lambda: show_chart(

@@ -473,3 +473,25 @@ def test_cmap_class_bars_say_the_class_is_patched_jointly(dash_env):
     per_class = [c for c in captions if c.startswith("Per circuit class")]
     assert per_class and "taken together" in per_class[0] and "one head at a time" not in per_class[0]
     assert any("one head at a time" in c for c in captions)  # the per-head heatmap's caption
+
+
+@pytest.fixture()
+def demo_env(tmp_path, monkeypatch):
+    """The shipped demo cache (ioi-tiny's results) and an empty user cache."""
+    demo = REPO / "cache" / "demo"
+    monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    return demo
+
+
+def test_tour_step_one_names_the_outlined_heads_that_are_in_no_ioi_class(demo_env):
+    """The outline is the circuit: its classes and the heads carrying the effect unclassified (on
+    ioi-tiny the strongest head, 1.2, is one of them); the text must not call them all classified."""
+    from ioi.task.circuit import OTHER
+
+    circuit = _store.circuit_at(_store.clean_run("dla"), 0)
+    other = [str(h) for h in circuit.classes.get(OTHER, ())]
+    assert other, "the demo's pretrained circuit holds heads outside the IOI classes"
+    text = next(m.value for m in app("app_pages/overview.py").markdown if "Outlined" in m.value)
+    assert "classified as its circuit" not in text
+    assert f"{' '.join(other)}, which carry the effect without passing any IOI class's test" in text
