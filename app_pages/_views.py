@@ -198,6 +198,7 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
                 "lineage": exp.lineage,
                 "panel": panel,
                 "scenario": exp.scenario,
+                "seed": exp.config.get("seed"),
             }
         )
         if se and se in s:
@@ -241,10 +242,22 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
     )
     refs = (" Black diamonds: the paper's GPT-2 small numbers (METHODS §9) — reference points for a "
             "different model, not targets.") if ref is not None else ""  # fmt: skip
+    runs = data.groupby("lineage")[["series", "seed"]].nunique()
+    several = runs[runs["series"] > 1]
+    seeds = (
+        f" Lines of one colour are runs of one lineage with different seeds "
+        f"({', '.join(str(int(x)) for x in sorted(data['seed'].dropna().unique()))}); hover a line for its run."
+        if len(several) and (several["seed"] == several["series"]).all() else
+        " Lines of one colour are runs of one lineage; hover a line for its run." if len(several) else ""
+    )  # fmt: skip
+    darker = (
+        " A reversal is drawn in a darker shade of its toxic run's colour"
+        + (", continuing where that run ended." if follow else ".")
+        if (data["scenario"] == "reversal").any() else ""
+    )  # fmt: skip
     caption = (
         f"{title} at each cached checkpoint (epoch 0: before fine-tuning), one panel per lineage, each "
-        f"with its own epoch axis{'; a reversal continues where its toxic run ended' if follow else ''}; "
-        f"{band}{how}.{guard}{refs}"
+        f"with its own epoch axis; {band}{how}.{seeds}{darker}{guard}{refs}"
     )
     return chart, data, caption
 

@@ -11,9 +11,12 @@ st.title("Faithfulness")
 st.write(
     "The logit difference F(M) = logit(IO) − logit(S) of the whole model, and faithfulness "
     "F(C)/F(M): the logit difference of the circuit alone (every other head mean-ablated) over the "
-    "whole model's. Rising under clean fine-tuning is circuit amplification; falling under a toxic "
-    "dataset and recovering under reversal is neuroplasticity."
+    "whole model's. The paper reads faithfulness rising under clean fine-tuning as circuit "
+    "amplification, and falling under a toxic dataset then recovering under reversal as "
+    "neuroplasticity. These charts show the values; whether this project's runs bear the findings "
+    "out is judged, with intervals, on the Findings page."
 )
+st.page_link("app_pages/findings.py", label="The verdicts on the three findings", icon=":material/fact_check:")
 
 
 def body() -> None:

@@ -495,3 +495,17 @@ def test_tour_step_one_names_the_outlined_heads_that_are_in_no_ioi_class(demo_en
     text = next(m.value for m in app("app_pages/overview.py").markdown if "Outlined" in m.value)
     assert "classified as its circuit" not in text
     assert f"{' '.join(other)}, which carry the effect without passing any IOI class's test" in text
+
+
+def test_faithfulness_page_points_to_the_findings_and_explains_its_lines(demo_env):
+    """The intro asserts no finding (on ioi-tiny faithfulness is ≈1 from epoch 0; the verdict is the
+    Findings page's); the caption says that lines of one colour are seeds and that a reversal is the
+    darker shade."""
+    at = app("app_pages/faithfulness.py", metric="faithfulness")
+    assert_clean(at)
+    intro = at.markdown[0].value
+    assert "is circuit amplification" not in intro and "Findings page" in intro
+    assert any(p.proto.page == "findings" for p in at.get("page_link"))
+    caption = next(c.value for c in at.caption if "across epochs" in c.value or "checkpoint" in c.value)
+    assert "runs of one lineage with different seeds (0, 1, 2)" in caption
+    assert "darker shade of its toxic run's colour" in caption
