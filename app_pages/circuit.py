@@ -31,7 +31,8 @@ st.write(
     "Path patching (Wang et al. 2022) sends ABC activations from one sender head at a time along one "
     "path only, and measures the effect on a receiver. Run backwards from the logits it finds each "
     "class: name movers, S-inhibition, induction and duplicate-token, previous-token heads. The "
-    "classes below were found this way in the model itself, at the checkpoint you pick."
+    "classes below were searched for this way in the model itself, at the checkpoint you pick; a "
+    "class no head qualified for is drawn dashed and grey."
 )
 # receiver, the class whose heads receive, the receiver position, what the step finds
 STEPS = (
@@ -75,6 +76,8 @@ def classes_section():
         f"{circuit_caption(circuit)}. Each box lists its heads as L.H; arrows point downstream. "
         "GPT-2 small's published circuit is on the Overview, as a reference."
     )
+    if circuit.empty_classes:
+        st.markdown(f"No head met the criteria of: {', '.join(circuit.empty_classes)} (dashed, grey boxes).")
     return circuit
 
 

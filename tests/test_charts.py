@@ -156,3 +156,13 @@ def test_a_long_title_wraps_into_lines_and_a_short_one_is_one_line():
     assert len(text) > 1 and " ".join(text) == long
     assert all(len(line) <= 56 for line in text)
     assert charts._title("DLA — clean, pretrained").to_dict()["text"] == ["DLA — clean, pretrained"]
+
+
+def test_circuit_dot_draws_classes_without_heads_dashed_and_labelled():
+    circuit = Circuit("toy", {"name mover": (Head(1, 2),), "s-inhibition": ()})
+    assert circuit.empty_classes == ("backup name mover", "negative name mover", "s-inhibition", "induction",
+                                     "duplicate token", "previous token")  # fmt: skip
+    dot = charts.circuit_dot(circuit)
+    assert '"induction" [label="induction\\n(no head)", style="rounded,dashed' in dot
+    assert '"name mover" [label="name mover\\n1.2", fillcolor=' in dot
+    assert "(no head)" not in charts.circuit_dot()  # the bare diagram (no circuit) claims nothing

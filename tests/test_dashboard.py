@@ -509,3 +509,15 @@ def test_faithfulness_page_points_to_the_findings_and_explains_its_lines(demo_en
     caption = next(c.value for c in at.caption if "across epochs" in c.value or "checkpoint" in c.value)
     assert "runs of one lineage with different seeds (0, 1, 2)" in caption
     assert "darker shade of its toxic run's colour" in caption
+
+
+def test_circuit_page_says_which_classes_no_head_met(dash_env):
+    """The synthetic circuit has name movers and S-inhibition only: the other classes are named as
+    empty, and drawn dashed with "(no head)" in the diagram."""
+    at = app("app_pages/circuit.py")
+    assert_clean(at)
+    line = next(m.value for m in at.markdown if m.value.startswith("No head met the criteria of"))
+    assert "backup name mover, negative name mover, induction, duplicate token, previous token" in line
+    assert "name mover," not in line.replace("backup name mover,", "").replace("negative name mover,", "")
+    dot = at.get("graphviz_chart")[0].proto.spec
+    assert '"induction" [label="induction\\n(no head)"' in dot and "1.0" in dot

@@ -37,6 +37,7 @@ LINEAGE_COLORS: dict[str, str] = {
     "duplication": "#9467bd",
     "reversal of duplication": "#3f007d",
 }
+EMPTY_LOOK = 'style="rounded,dashed,filled", fillcolor="#f7f7f7", color="#999999", fontcolor="#777777"'
 # How the IOI classes feed each other (sender -> receiver, with the input they write into).
 CIRCUIT_EDGES: tuple[tuple[str, str, str], ...] = (
     ("previous token", "induction", "K at S1+1"),
@@ -66,12 +67,8 @@ def lineage_color(field: str, title: str = "run", domain: list[str] | None = Non
     shown = domain if domain is not None else list(LINEAGE_COLORS)
     names = [n for n in LINEAGE_COLORS if n in shown] + [d for d in shown if d not in LINEAGE_COLORS]
     colors = [LINEAGE_COLORS.get(n, "#7f7f7f") for n in names]
-    return alt.Color(
-        f"{field}:N",
-        title=title,
-        scale=alt.Scale(domain=names, range=colors),
-        legend=alt.Legend(labelLimit=320),
-    )
+    scale = alt.Scale(domain=names, range=colors)
+    return alt.Color(f"{field}:N", title=title, scale=scale, legend=alt.Legend(labelLimit=320))
 
 
 def head_labels(frame: pd.DataFrame) -> pd.Series:
@@ -351,8 +348,8 @@ def attention_scatter(frame: pd.DataFrame, *, title: str = "") -> alt.Chart:
 
 
 def circuit_dot(circuit: Circuit | None = None) -> str:
-    """Graphviz DOT of the IOI circuit: one node per class (listing its heads when `circuit` is
-    given), edges from sender class to receiver class labelled with the input they write into."""
+    """Graphviz DOT of the IOI circuit: one node per class (its heads when `circuit` is given, an
+    empty class dashed grey), edges from sender class to receiver labelled with the input written."""
     lines = [
         "digraph ioi {",
         '  rankdir=BT; node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
@@ -360,9 +357,10 @@ def circuit_dot(circuit: Circuit | None = None) -> str:
         '  logits [label="logits: IO − S at END", shape=ellipse, fillcolor="#eeeeee"];',
     ]
     for name, colour in CLASS_COLORS.items():
-        heads = circuit.classes.get(name, ()) if circuit is not None else ()
-        listed = "\\n" + " ".join(str(h) for h in heads) if heads else ""
-        lines.append(f'  "{name}" [label="{name}{listed}", fillcolor="{colour}33", color="{colour}"];')
+        heads, empty = (circuit.classes.get(name, ()), name in circuit.empty_classes) if circuit else ((), 0)
+        listed = "\\n" + " ".join(str(h) for h in heads) if heads else "\\n(no head)" if empty else ""
+        look = EMPTY_LOOK if empty else f'fillcolor="{colour}33", color="{colour}"'
+        lines.append(f'  "{name}" [label="{name}{listed}", {look}];')
     for src, dst, label in CIRCUIT_EDGES:
         lines.append(f'  "{src}" -> "{dst}" [label="{label}"];')
     # Classes outside the paper's (e.g. "other heads carrying the effect"): grey, dashed to the logits.

@@ -58,6 +58,11 @@ class Circuit:
     def heads(self) -> tuple[Head, ...]:
         return tuple(h for hs in self.classes.values() for h in hs)
 
+    @property
+    def empty_classes(self) -> tuple[str, ...]:
+        """The IOI classes (circuit order) in which no head met the criteria."""
+        return tuple(c for c in CLASS_POSITIONS if c != OTHER and not self.classes.get(c))
+
     def class_of(self, head: Head) -> str | None:
         return next((c for c, hs in self.classes.items() if head in hs), None)
 
