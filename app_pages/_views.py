@@ -80,6 +80,17 @@ def cmap_roles(found, a: str, b: str, direction: str | None = None) -> tuple[str
     return (a, b) if direction == "a<-b" else (b, a)
 
 
+CMAP_POSITIONS = {"end": "END", "all": "every position"}
+
+
+def cmap_gap(found, direction: str | None = None) -> float:
+    """The stored gap F(source) − F(receiver) of a CMAP entry's `direction` (default its first)."""
+    tables = cmap_directions(found)
+    direction = direction if direction in tables else next(iter(tables))
+    key = "gap" if tables[direction] == "heads" else "reverse_gap"
+    return float(found.summary.get(key, float("nan")))
+
+
 def cmap_class_caption(found, a: str, b: str, direction: str | None = None) -> str:
     """What the per-class CMAP bars of `direction` show (cmap_view's caption is the per-head one)."""
     receiver, source = cmap_roles(found, a, b, direction)
@@ -244,9 +255,10 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
             "different model, not targets.") if ref is not None else ""  # fmt: skip
     runs = data.groupby("lineage")[["series", "seed"]].nunique()
     several = runs[runs["series"] > 1]
+    numbers = ", ".join(str(int(x)) for x in sorted(data["seed"].dropna().unique()))
     seeds = (
-        f" Lines of one colour are runs of one lineage with different seeds "
-        f"({', '.join(str(int(x)) for x in sorted(data['seed'].dropna().unique()))}); hover a line for its run."
+        f" Lines of one colour are runs of one lineage with different seeds ({numbers}); hover a line "
+        "for its run."
         if len(several) and (several["seed"] == several["series"]).all() else
         " Lines of one colour are runs of one lineage; hover a line for its run." if len(several) else ""
     )  # fmt: skip
@@ -302,7 +314,8 @@ def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None
     s = found.summary
     caption = (
         f"{s.get('mode', 'output')} patching: the receiver ({receiver}) runs with one head at a time taken "
-        f"from the source ({source}), at positions {s.get('positions', 'end')}; per head, the "
+        f"from the source ({source}), at {CMAP_POSITIONS.get(str(s.get('positions', 'end')), 'END')}; "
+        f"per head, the "
         f"{CMAP_FIELDS[field]} of logit(IO) − logit(S). Positive: the source's head raises the receiver's "
         "logit difference. No ablation; the CSV has bootstrap 95% CIs over prompts."
     )

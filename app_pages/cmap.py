@@ -21,12 +21,23 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import CMAP_FIELDS, class_bars, cmap_class_caption, cmap_directions, cmap_view
+from app_pages._views import (
+    CMAP_FIELDS,
+    CMAP_POSITIONS,
+    class_bars,
+    cmap_class_caption,
+    cmap_directions,
+    cmap_gap,
+    cmap_roles,
+    cmap_view,
+)
 
 st.title("Cross-model patching")
 st.write(
-    "CMAP runs model A with one head at a time taken from model B (its output at END, or its attention "
-    "pattern) and measures the change in logit difference, also as a share of the gap F(B) − F(A)."
+    "CMAP runs a receiver model with one head at a time taken from a source model (its output at END, "
+    "or its attention pattern) and measures the change in the receiver's logit difference, also as a "
+    "share of the gap F(source) − F(receiver). Below, A is the checkpoint you pick and B the run's "
+    "starting model; the direction says which of the two receives."
 )
 
 
@@ -40,7 +51,8 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
     c = st.columns(3)
     c[0].metric(f"F(A) — {a}", f"{s.get('f_a', float('nan')):.2f}")
     c[1].metric(f"F(B) — {b}", f"{s.get('f_b', float('nan')):.2f}")
-    c[2].metric("patched", f"{s.get('mode', 'output')} at {s.get('positions', 'end')}")
+    where = CMAP_POSITIONS.get(str(s.get("positions")), "END")
+    c[2].metric("patched", f"{s.get('mode', 'output')} at {where}")
     names = {"b<-a": f"{b} run with heads of {a}", "a<-b": f"{a} run with heads of {b}"}
     directions = list(cmap_directions(found))
     c = st.columns(2)
@@ -48,6 +60,11 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
                        radio=True, format_func=names.get)  # fmt: skip
     field = choice("Value", list(CMAP_FIELDS), f"{key}-field", param=param and "field", where=c[1],
                    radio=True, format_func=CMAP_FIELDS.get)  # fmt: skip
+    receiver, source = cmap_roles(found, a, b, direction)
+    gap = cmap_gap(found, direction)
+    worse = " (negative: the source does the task less well than the receiver)" if gap < 0 else ""
+    st.markdown(f"Receiver: **{receiver}**; source: **{source}**. Gap F(source) − F(receiver) = {gap:+.2f} "
+                f"logits{worse}.")  # fmt: skip
     chart, table, caption, classes = cmap_view(found, a, b, field, direction)
     show_chart(chart, table, caption, f"{key}-heads")
     if classes is not None and not classes.empty:

@@ -16,7 +16,9 @@ st.write(
     "neuroplasticity. These charts show the values; whether this project's runs bear the findings "
     "out is judged, with intervals, on the Findings page."
 )
-st.page_link("app_pages/findings.py", label="The verdicts on the three findings", icon=":material/fact_check:")
+st.page_link(
+    "app_pages/findings.py", label="The verdicts on the three findings", icon=":material/fact_check:"
+)
 
 
 def body() -> None:

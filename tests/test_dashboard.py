@@ -521,3 +521,27 @@ def test_circuit_page_says_which_classes_no_head_met(dash_env):
     assert "name mover," not in line.replace("backup name mover,", "").replace("negative name mover,", "")
     dot = at.get("graphviz_chart")[0].proto.spec
     assert '"induction" [label="induction\\n(no head)"' in dot and "1.0" in dot
+
+
+def test_cmap_page_names_receiver_and_source_by_the_chosen_direction(demo_env):
+    """On the demo the entry's first direction runs B (the starting model) with A's heads: the page
+    names that receiver and source, gives the gap as F(source) − F(receiver) with its sign, and the
+    caption writes the positions as END."""
+    at = app("app_pages/cmap.py")
+    assert_clean(at)
+    line = next(m.value for m in at.markdown if m.value.startswith("Receiver: "))
+    heatmap = next(c.value for c in at.caption if "one head at a time" in c.value)
+    assert "at END" in heatmap and "positions end" not in heatmap
+    receiver = heatmap.split("the receiver (")[1].split(")")[0]
+    source = heatmap.split("from the source (")[1].split(")")[0]
+    assert f"Receiver: **{receiver}**; source: **{source}**" in line
+    assert "F(B) − F(A)" not in " ".join(m.value for m in at.markdown)
+    metrics = {m.label: float(m.value) for m in at.metric if m.label.startswith("F(")}
+    f = {label.split(" — ")[1]: value for label, value in metrics.items()}
+    gap = float(line.split("F(source) − F(receiver) = ")[1].split(" ")[0])
+    assert gap == pytest.approx(f[source] - f[receiver], abs=0.02)
+    assert ("negative" in line) == (gap < 0)
+    picker = next(r for r in at.radio if r.label == "Direction")
+    picker.set_value("a<-b" if picker.value == "b<-a" else "b<-a").run()
+    flipped = next(m.value for m in at.markdown if m.value.startswith("Receiver: "))
+    assert f"Receiver: **{source}**; source: **{receiver}**" in flipped
