@@ -22,6 +22,7 @@ from app_pages._views import (
     knockout_view,
 )
 from ioi.present import charts
+from ioi.task.corruptions import readable
 
 st.title("Findings")
 st.write(
@@ -175,7 +176,7 @@ def story_rank(v: dict) -> int:
 
 
 def scope(v: dict) -> str:
-    return v["scope"].replace("_", " ")
+    return readable(v["scope"])
 
 
 def title(v: dict) -> str:
@@ -212,7 +213,7 @@ def body() -> None:
         for tab, v in zip(tabs, group):
             with tab:
                 st.markdown(f"**{title(v)}** {badge(v)}")
-                st.write(v["summary"])
+                st.write(readable(v["summary"]))
                 st.dataframe(numbers_table(v), hide_index=True, width="stretch")
                 show_me(v)
                 CHARTS[finding](v)

@@ -545,3 +545,18 @@ def test_cmap_page_names_receiver_and_source_by_the_chosen_direction(demo_env):
     picker.set_value("a<-b" if picker.value == "b<-a" else "b<-a").run()
     flipped = next(m.value for m in at.markdown if m.value.startswith("Receiver: "))
     assert f"Receiver: **{source}**; source: **{receiver}**" in flipped
+
+
+def test_findings_page_writes_dataset_names_in_words(demo_env):
+    """The stored verdicts name datasets by their keys (subject_duplication); the page shows them
+    in words, in headings, tabs and the verdict sentences alike."""
+    from ioi.task.corruptions import readable
+
+    assert readable("Localized corruption (subject_duplication), reversal of name_moving") == (
+        "Localized corruption (subject duplication), reversal of name moving"
+    )
+    at = app("app_pages/findings.py")
+    assert_clean(at)
+    shown = [m.value for m in at.markdown] + [t.label for t in at.tabs]
+    assert any("subject duplication" in t for t in shown)
+    assert not [t for t in shown if "subject_duplication" in t or "name_moving" in t]

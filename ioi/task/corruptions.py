@@ -93,3 +93,11 @@ def training_samples(scenario: str, seed: int, train_size: int) -> list[IOISampl
     reversal, corrupted for a toxic one. Torch-free, so a submit can hash them (the experiment id)."""
     clean = make_dataset(train_size, seed, "train", names=TRAIN_NAMES)
     return clean if scenario in ("clean", "reversal") else corrupt(clean, scenario, seed)
+
+
+def readable(text: str) -> str:
+    """`text` with every toxic dataset's name written in words ("subject_duplication" →
+    "subject duplication"), for sentences shown to a reader."""
+    for name in sorted(CORRUPTIONS, key=len, reverse=True):
+        text = text.replace(name, name.replace("_", " "))
+    return text
