@@ -82,6 +82,12 @@ def holds_word(holds: bool | None) -> str:
     return {True: "holds", False: "does not hold", None: "is undetermined"}[holds]
 
 
+def outside_words(head: str, share: Estimate) -> str:
+    """The largest head outside a circuit and its share of the gap, as a sentence writes it:
+    "head 0.7 (share 0.10 [0.08, 0.12])", or "none" when no head is outside it."""
+    return "none" if head == "none" else f"head {head} (share {fmt(share)})"
+
+
 AMPLIFICATION_CRITERION = (
     f"amplification holds when clean fine-tuning raises F by ≥ {MIN_DENOMINATOR} logits (interval above "
     f"0), the pretrained circuit's heads patched jointly from the fine-tuned model into the pretrained "
@@ -110,7 +116,7 @@ def amplification(
     ])  # fmt: skip
     summary = (
         f"Amplification {holds_word(holds)}: the pretrained circuit carries {fmt(circuit_share)} of the "
-        f"{fmt(gain)}-logit gain; the largest head outside it, {outside_head}, {fmt(outside_max)}."
+        f"{fmt(gain)}-logit gain; the largest head outside it: {outside_words(outside_head, outside_max)}."
     )
     return Verdict("amplification", holds, AMPLIFICATION_CRITERION, numbers, summary)
 
@@ -156,11 +162,11 @@ def localized_corruption(
     top = max(
         class_shares, key=lambda c: abs(class_shares[c].value) if class_shares[c].defined else -1, default=""
     )
-    top_text = f"; the largest class, {top}, {fmt(class_shares[top])}" if top else ""
+    top_text = f"; the largest class: {top} (share {fmt(class_shares[top])})" if top else ""
     summary = (
         f"{dataset}: localized corruption {holds_word(holds)}: F moves by {fmt(gap)} logits and the "
         f"pretrained circuit carries {fmt(circuit_share)} of it{top_text}; the largest head outside "
-        f"the circuit, {head}, {fmt(outside_max)}.{by_construction}"
+        f"the circuit: {outside_words(head, outside_max)}.{by_construction}"
     )
     return Verdict("localized corruption", holds, LOCALIZED_CRITERION, numbers, summary, scope=dataset)
 
