@@ -71,12 +71,14 @@ def test_localized_corruption_criterion_and_duplication_by_construction():
     # the head and its share read as a head and a share, not as two numbers in a row
     assert "the largest head outside the circuit: head 2.0 (share 0.34 [0.30, 0.38])" in spread.summary
     assert "the largest class: name mover (share 0.70 [0.60, 0.80])" in spread.summary
-    assert "largest head outside it: head 2.0 (share 0.40 [0.30, 0.50])" in amplification(
-        est(5.0, 4.0, 6.0), est(0.8, 0.7, 0.9), est(0.4, 0.3, 0.5), "2.0"
-    ).summary
-    assert "the largest head outside the circuit: none." in localized_corruption(
-        "x", est(-20, -21, -19), est(0.8, 0.7, 0.9), shares, 0.0
-    ).summary
+    assert (
+        "largest head outside it: head 2.0 (share 0.40 [0.30, 0.50])"
+        in amplification(est(5.0, 4.0, 6.0), est(0.8, 0.7, 0.9), est(0.4, 0.3, 0.5), "2.0").summary
+    )
+    assert (
+        "the largest head outside the circuit: none."
+        in localized_corruption("x", est(-20, -21, -19), est(0.8, 0.7, 0.9), shares, 0.0).summary
+    )
     flat = localized_corruption("x", est(0.1, -0.1, 0.3), UNDEFINED, {}, 0.0)
     assert flat.holds is None and "nothing to localize" in flat.summary
     dup = localized_corruption("duplication", est(5, 4, 6), est(0.8, 0.7, 0.9), shares, 1.0)
