@@ -187,6 +187,21 @@ def by_id(exp_id: str | None) -> Experiment | None:
     return next((e for e in experiments() if e.id == exp_id), None)
 
 
+def checkpoint_names(summary: dict) -> dict[str, str]:
+    """A comparison's checkpoint labels ("subject_duplication 3") -> how a reader sees them
+    ("subject duplication, epoch 3"), from the runs and epochs it compared; a label whose run is
+    not in the cache, or that would no longer be distinct, stays as stored."""
+    found = zip(summary.get("checkpoints", []), summary.get("experiments", []), summary.get("epochs", []))
+    names = {raw: by_id(e).checkpoint_label(int(ep)) if by_id(e) else raw for raw, e, ep in found}
+    return names if len(set(names.values())) == len(names) else {raw: raw for raw in names}
+
+
+def lineage_default(scope: str) -> Experiment | None:
+    """The run the Evolution page opens on: for a lineage, the subject-duplication family's toxic
+    run (the story's); for one run's checkpoints, the clean run."""
+    return toxic_run(analysis=scope) if scope == "compare-family" else clean_run(scope)
+
+
 def clean_run(analysis: str | None = None) -> Experiment | None:
     """The run the story starts from: the longest clean run (demo first) with `analysis` cached."""
     found = [

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app_pages._store import by_id, clean_run, result
+from app_pages._store import by_id, checkpoint_names, lineage_default, result
 from app_pages._ui import (
     choice,
     empty_state,
@@ -43,7 +43,9 @@ def body() -> None:
         radio=True,
         format_func=SCOPES.get,
     )
-    exp = pick_experiment("Experiment", "evo_exp", analysis=scope, default=clean_run(scope), where=cols[0])
+    exp = pick_experiment(
+        "Experiment", "evo_exp", analysis=scope, default=lineage_default(scope), where=cols[0]
+    )
     if exp is None:
         empty_state("comparisons", "Run `python -m ioi compare --experiment ID` on a cached experiment.")
         return
@@ -54,7 +56,8 @@ def body() -> None:
     order = list(s["checkpoints"])
     c = st.columns(3)
     c[0].metric("checkpoints", len(order))
-    c[1].metric("reference", s["reference"])
+    names = checkpoint_names(s)
+    c[1].metric("reference", names.get(s["reference"], s["reference"]))
     c[2].metric("bootstrap resamples", s["resamples"])
     show_chart(
         ec.overlap_tracks(t["overlap"], order, title="Edge circuit against the first checkpoint"),
@@ -67,7 +70,7 @@ def body() -> None:
 
     st.subheader("One checkpoint")
     start = url_value("checkpoint") if url_value("checkpoint") in order else order[-1]
-    at = st.select_slider("Checkpoint", order, value=start, key=f"evo_at-{exp.id}")
+    at = st.select_slider("Checkpoint", order, value=start, key=f"evo_at-{exp.id}", format_func=names.get)
     set_url(checkpoint=at)
     role = choice(
         "Role score",

@@ -108,7 +108,8 @@ def test_evolution_page_shows_tracks_heatmap_and_matrices(evo_env):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("vega_lite_chart")) == 5  # overlap, role heatmap, role tracks, transfer, CMAP
-    assert at.select_slider[0].value == "clean 2" and list(at.select_slider[0].options) == evo_env
+    shown = ["clean, pretrained", "clean, epoch 1", "clean, epoch 2"]  # evo_env's labels, in words
+    assert at.select_slider[0].value == "clean 2" and list(at.select_slider[0].options) == shown
     assert at.query_params["checkpoint"] in ("clean 2", ["clean 2"])
 
 
@@ -145,3 +146,32 @@ def test_role_scores_are_named_with_their_unit_not_their_field(evo_env):
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert any("DLA at clean 2" in s for s in specs) and any("DLA (logits)" in s for s in specs)
     assert not any('"dla (logits)"' in s or "dla at clean" in s for s in specs)
+
+
+def test_checkpoints_are_named_in_words_and_the_url_keeps_the_stored_label(evo_env):
+    """The slider and the reference metric show "clean, epoch 1" (the run's checkpoint label), the
+    URL keeps the stored label ("clean 1") so links stay valid."""
+    at = run_page(checkpoint="clean 1")
+    assert not at.exception, [e.value for e in at.exception]
+    slider = at.select_slider[0]
+    assert slider.value == "clean 1" and "clean, epoch 1" in slider.options
+    assert at.query_params["checkpoint"] in ("clean 1", ["clean 1"])
+    assert next(m for m in at.metric if m.label == "reference").value == "clean, pretrained"
+
+
+def test_the_lineage_view_opens_on_the_subject_duplication_family(tmp_path, monkeypatch):
+    from app_pages import _store
+
+    demo = REPO / "cache" / "demo"
+    monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    at = run_page(scope="compare-family")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="evo_exp").value in {
+        e.id for e in _store.experiments() if e.scenario == "subject_duplication"
+    }
+    assert list(at.select_slider[0].options) == [
+        "subject duplication, pretrained",
+        "subject duplication, epoch 3",
+        "reversal of subject duplication, epoch 3",
+    ]
