@@ -154,6 +154,9 @@ VARIANTS: dict[str, Recipe] = {
         {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
         max_others=4,
     ),
+    "6l-crowd-long": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 8000, crowd=True
+    ),
     "6l-crowd-bystander": Recipe(
         {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
         bystander_p=0.5,
