@@ -73,6 +73,24 @@ head_heatmap = memoised(charts.head_heatmap)
 class_bars = memoised(charts.class_bars)
 
 
+def cmap_roles(found, a: str, b: str, direction: str | None = None) -> tuple[str, str]:
+    """(receiver, source) of a CMAP entry's `direction` (default its first), A being `a`, B `b`."""
+    tables = cmap_directions(found)
+    direction = direction if direction in tables else next(iter(tables))
+    return (a, b) if direction == "a<-b" else (b, a)
+
+
+def cmap_class_caption(found, a: str, b: str, direction: str | None = None) -> str:
+    """What the per-class CMAP bars of `direction` show (cmap_view's caption is the per-head one)."""
+    receiver, source = cmap_roles(found, a, b, direction)
+    return (
+        f"Per circuit class: the receiver ({receiver}) runs with all the heads of one class taken "
+        f"together from the source ({source}); also the whole circuit, everything outside it, the "
+        "largest heads outside it one by one ('outside: L.H') and all heads. Change in F = logit(IO) − "
+        "logit(S); bars: bootstrap 95% confidence intervals over prompts."
+    )
+
+
 @memoised
 def dla_view(exp: Experiment, epoch: int, heads: pd.DataFrame, title: str, span: float | None = None):
     """(chart, table, caption) of a checkpoint's DLA, outlined with that checkpoint's own circuit."""
@@ -264,7 +282,7 @@ def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None
     direction = direction if direction in tables else next(iter(tables))
     heads = found.heads if tables[direction] == "heads" else found.tables["reverse"]
     classes = found.tables.get("classes" if tables[direction] == "heads" else "reverse_classes")
-    receiver, source = (a, b) if direction == "a<-b" else (b, a)
+    receiver, source = cmap_roles(found, a, b, direction)
     field = field if field in heads else "value"
     title = f"CMAP: {receiver} run with heads of {source}"
     chart = charts.head_heatmap(heads, field=field, title=title, value_title=CMAP_FIELDS[field])

@@ -21,7 +21,7 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import CMAP_FIELDS, class_bars, cmap_directions, cmap_view
+from app_pages._views import CMAP_FIELDS, class_bars, cmap_class_caption, cmap_directions, cmap_view
 
 st.title("Cross-model patching")
 st.write(
@@ -54,8 +54,7 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
         show_chart(
             class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
             classes,
-            "CMAP effect of each circuit class's heads (patched together where the entry says so), with "
-            "bootstrap 95% confidence intervals over prompts.",
+            cmap_class_caption(found, a, b, direction),
             f"{key}-classes",
         )
 

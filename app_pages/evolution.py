@@ -163,10 +163,19 @@ def recovery_section(s: dict) -> None:
         f"Jaccard {base['value']:.2f} [{base['lo']:.2f}, {base['hi']:.2f}]."
     )
     show_chart(
-        ec.recovery_curve(found.tables["points"], title=f"Every {r['every']} steps"),
+        ec.recovery_curve(
+            found.tables["points"],
+            pretrained=(f0["lo"], f0["hi"]),
+            floor=r["jaccard_floor"],
+            baseline=(base["lo"], base["hi"]),
+            revive=revive,
+            title=f"Logit difference, every {r['every']} steps (shaded: the pretrained interval)",
+        ),
         found.tables["points"],
-        "The toxic run from the pretrained model, then the reversal from the toxic model: logit difference "
-        "and overlap of the top edges with the pretrained edge circuit.",
+        "Orange: the toxic run, from the pretrained model; green: the reversal, from the toxic model (both "
+        "re-trained deterministically, measured every few steps). Top: logit difference, with the pretrained "
+        "model's interval shaded. Bottom: overlap of the top edges with the pretrained edge circuit; the "
+        "dashed line is the floor reviving needs, the grey band random edge sets of the same size.",
         "evo-recovery",
     )
 

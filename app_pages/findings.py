@@ -13,7 +13,14 @@ import streamlit as st
 
 from app_pages._store import by_id, judged, result
 from app_pages._ui import show_chart, show_user_errors
-from app_pages._views import cmap_view, curves_view, dla_difference_view, dla_view, knockout_view
+from app_pages._views import (
+    cmap_class_caption,
+    cmap_view,
+    curves_view,
+    dla_difference_view,
+    dla_view,
+    knockout_view,
+)
 from ioi.present import charts
 
 st.title("Findings")
@@ -120,10 +127,10 @@ def corruption_charts(v) -> None:
     found = result(toxic, epoch, "cmap") if epoch in toxic.epochs_with("cmap") else None
     with cols[1]:
         if found is not None:
-            _, _, caption, classes = cmap_view(
-                found, toxic.checkpoint_label(epoch), toxic.checkpoint_label(0)
-            )
+            a, b = toxic.checkpoint_label(epoch), toxic.checkpoint_label(0)
+            classes = cmap_view(found, a, b)[3]
             if classes is not None and not classes.empty:
+                caption = cmap_class_caption(found, a, b)
                 chart = charts.class_bars(classes, value_title="change in F (logits)", title="CMAP per class")
                 show_chart(chart, classes, caption, f"find-cor-cmap-{toxic.id[:8]}")
     if toxic.epochs_with("knockout"):

@@ -125,7 +125,7 @@ def over_epochs(table: pd.DataFrame, head: Head) -> None:
             f"Head {head}'s {title} at each checkpoint (epoch 0: before fine-tuning; a reversal "
             "continues where its toxic run ended), one colour per lineage. Band: 95% bootstrap "
             "interval over the analysis prompts, at the checkpoints whose weights (or profile) are "
-            "at hand; the DLA points are the cached analysis values.",
+            "at hand" + ("; the DLA points are the cached analysis values." if field == "dla" else "."),
             f"head-{field}-{head}",
         )
 

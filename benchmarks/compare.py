@@ -2,12 +2,16 @@
 
     PYTHONPATH=. python benchmarks/compare.py                      # the shipped clean family, demo cache
     PYTHONPATH=. python benchmarks/compare.py --experiment ID --weights DIR [--family] [--threads 1]
+    PYTHONPATH=. python benchmarks/compare.py --checkpoint-epochs 1,2,3,4,5,7,10   # 8 checkpoints
 
 `--weights`: a cache holding the family's checkpoints (default the demo cache, which keeps the
 weights of the shipped clean family of seed 0; for the others re-create them with `ioi jobs
 submit`, or point at a user cache). Nothing is written. Prints the wall and CPU time, the machine's
 load before and after, the stage split, and the largest difference of every table from the stored
 comparison entry (where there is one): the timing is of a computation that gives the cached result.
+
+`--checkpoint-epochs`: the shipped clean run re-trained (same config and seed, ~1 minute, not
+timed) into `--scratch` with checkpoints at these epochs, and that family timed instead.
 """
 
 from __future__ import annotations
@@ -45,6 +49,21 @@ def _differences(stored, fresh) -> dict[str, float | str]:
     return out
 
 
+def retrain(root, exp_id: str, epochs: str, scratch: str) -> str:
+    """`exp_id`'s config with checkpoints at `epochs`, trained into `scratch` (resumed if there);
+    the new experiment's id."""
+    from ioi.runs.cache import read_experiment
+    from ioi.runs.experiment import ExperimentConfig, run_experiment
+
+    config = read_experiment(root, exp_id)["config"]
+    want = sorted({int(e) for e in epochs.split(",")})
+    cfg = ExperimentConfig.from_json(config | {"checkpoint_epochs": want, "analyses": ["metrics"]})
+    t = time.perf_counter()
+    done = run_experiment(cfg, scratch)
+    print(f"re-trained {exp_id} with checkpoints {want} as {done.id} in {time.perf_counter() - t:.1f} s")
+    return done.id
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiment", default=CLEAN_FAMILY)
@@ -52,6 +71,10 @@ def main() -> None:
     p.add_argument("--root", help="cache holding the experiment records (default the demo cache)")
     p.add_argument("--family", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the jobs)")
+    p.add_argument(
+        "--checkpoint-epochs", help="re-train the shipped clean run with these, e.g. 1,2,3,4,5,7,10"
+    )
+    p.add_argument("--scratch", default="/tmp/ioi-compare-benchmark", help="cache for --checkpoint-epochs")
     args = p.parse_args()
     import torch
 
@@ -60,6 +83,9 @@ def main() -> None:
     from ioi.runs.compare import compare_experiment, load_comparison
 
     root = args.root or DEMO_ROOT
+    if args.checkpoint_epochs:
+        args.experiment = retrain(root, args.experiment, args.checkpoint_epochs, args.scratch)
+        root = args.weights = args.scratch
     stored = load_comparison(root, args.experiment, family=args.family)
     load, log = os.getloadavg(), []
     t, cpu = time.perf_counter(), time.process_time()

@@ -129,3 +129,30 @@ def test_lineage_colours_are_fixed_whatever_is_shown():
     few = charts.lineage_color("lineage", domain=["reversal of name moving", "clean"]).to_dict()["scale"]
     assert few["domain"] == ["clean", "reversal of name moving"]
     assert few["range"] == [charts.LINEAGE_COLORS["clean"], charts.LINEAGE_COLORS["reversal of name moving"]]
+
+
+def test_recovery_curve_draws_the_pretrained_band_the_floor_and_the_revive_step():
+    from ioi.present.evolution_charts import recovery_curve
+
+    pts = pd.DataFrame({"run": ["toxic"] * 2 + ["reversal"] * 2, "step": [0, 100] * 2,
+                        "logit_diff": [9.0, 1.0, 1.0, 9.5], "jaccard": [1.0, 0.2, 0.2, 0.8]})  # fmt: skip
+    spec = recovery_curve(
+        pts, pretrained=(9.0, 10.0), floor=0.76, baseline=(0.03, 0.25), revive=100
+    ).to_dict()
+    top, bottom = spec["vconcat"]
+    datasets = spec["datasets"].values()
+    assert [{"lo": 9.0, "hi": 10.0}] in datasets and [{"lo": 0.03, "hi": 0.25}] in datasets
+    assert [{"y": 0.76}] in datasets and [{"step": 100}] in datasets
+    jaccard = [la for la in bottom["layer"] if la["encoding"].get("y", {}).get("field") == "jaccard"][0]
+    assert jaccard["encoding"]["y"]["scale"]["domain"] == [0, 1]  # its own 0-1 axis, not F's
+    assert len(top["layer"]) == 3 and len(bottom["layer"]) == 4
+    no_revive = recovery_curve(pts, pretrained=(9.0, 10.0), floor=0.76, baseline=(0.0, 0.2)).to_dict()
+    assert len(no_revive["vconcat"][0]["layer"]) == 2
+
+
+def test_a_long_title_wraps_into_lines_and_a_short_one_is_one_line():
+    long = "DLA B − A: (subject duplication, epoch 3) − (subject duplication, pretrained)"
+    text = charts._title(long).to_dict()["text"]
+    assert len(text) > 1 and " ".join(text) == long
+    assert all(len(line) <= 56 for line in text)
+    assert charts._title("DLA — clean, pretrained").to_dict()["text"] == ["DLA — clean, pretrained"]

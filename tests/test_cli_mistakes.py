@@ -336,3 +336,54 @@ def test_a_damaged_job_file_is_said_when_the_index_is_rebuilt(capsys, tmp_path):
     captured = capsys.readouterr()
     assert kept in captured.out and lost not in captured.out
     assert captured.err.startswith("warning: ") and f"job {lost} is left out" in captured.err
+
+
+def test_the_readmes_cmap_example_gives_the_base_model_as_other():
+    """CMAP's --other is the base (B; the circuit comes from it when it does the task): the README's
+    example had ioi-tiny as --model and its toxic fine-tune as --other, so the output called the
+    toxic checkpoint the base and ioi-tiny the fine-tuned model."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    examples = re.findall(r"ioi analyze cmap (.*)", readme)
+    assert examples
+    for line in examples:
+        model, other = re.search(r"--model (\S+)", line)[1], re.search(r"--other (\S+)", line)[1]
+        assert other == "ioi-tiny" and model.startswith("runs/"), line
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [  # was: the toxic stage trained first, then the reversal stage was refused
+        (["--scenarios", "name_moving", "--reversal-epochs", "0"], "epochs must be from 1"),
+        (["--n-jobs", "0"], "--n-jobs 0 runs nothing"),  # was: silently $IOI_MAX_JOBS
+    ],
+)
+def test_a_sweep_is_refused_whole_before_anything_trains(extra, message, capsys, tmp_path, monkeypatch):
+    from ioi.runs import sweep
+
+    monkeypatch.setattr(sweep, "run_one", lambda *a: pytest.fail("an experiment ran"))
+    args = ["sweep", "--model", "random:tiny", "--epochs", "1", "--cache", str(tmp_path), *extra]
+    assert message in one_line(capsys, 2, args)
+
+
+def test_size_with_a_dataset_takes_its_first_prompts_and_more_than_it_has_is_refused(
+    capsys, tmp_path, monkeypatch
+):
+    """--size used to be ignored with --dataset: the whole file ran, whatever the user asked for."""
+    from ioi.models import load
+
+    data = tmp_path / "mine.jsonl"
+    assert main(["dataset", "--size", "5", "--model", "ioi-tiny", "--out", str(data)]) == 0
+    capsys.readouterr()
+    base = ["analyze", "dla", "--model", "random:tiny", "--dataset", str(data), "--json"]
+    assert main([*base, "--size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_prompts"] == 2
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["n_prompts"] == 5
+    assert one_line(capsys, 2, [*base, "--size", "9"]) == f"error: --size 9, but {data} has 5 prompts"
+    monkeypatch.setattr(load, "load_hf", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert one_line(capsys, 2, ["eval", "--model", "random:tiny", "--size", "0"]) == (
+        "error: --size must be at least 1, got 0"
+    )

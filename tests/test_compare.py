@@ -33,3 +33,25 @@ def test_compare_refuses_unknown_experiments(tmp_path, capsys):
     assert main(["compare", "--experiment", "0123456789abcdef", "--cache", str(tmp_path)]) == 2
     assert "no experiment 0123456789abcdef" in capsys.readouterr().err
     assert main(["compare", "--experiment", "../etc", "--cache", str(tmp_path)]) == 2
+
+
+def test_a_lineage_with_a_reversal_comes_with_its_recovery_dynamics(tmp_path, capsys, monkeypatch):
+    """The demo's name-moving family (seed 0) has its reversal's dynamics cached: they are in the
+    JSON. Where they are not, a recovery job is submitted for the reversal (--no-recovery: none)."""
+    from ioi.cli import compare as cli_compare
+
+    args = ["compare", "--experiment", "bca790f7bec0bd8e", "--family", "--cache", str(tmp_path), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recovery"]["experiment"] == "593280fa5c6c332f" and out["recovery"]["method"] == "recovery"
+    asked = []
+    monkeypatch.setattr(cli_compare, "_recovery", lambda *roots: None)
+    monkeypatch.setattr(cli_compare, "_job", lambda cfg, target, a, what: asked.append(cfg) or 0)
+    assert main(args) == 0
+    assert [(c.scenario, c.parent, c.analyses) for c in asked] == [
+        ("reversal", "bca790f7bec0bd8e", ("recovery",))
+    ]
+    assert main([*args, "--no-recovery"]) == 0 and len(asked) == 1
+    monkeypatch.undo()
+    assert main(args[:-1]) == 0  # the text output says how the recovery went
+    assert "recovery: every 100 steps; the reversal ends at step 500" in capsys.readouterr().out

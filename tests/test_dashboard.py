@@ -464,3 +464,12 @@ def test_page_scripts_hold_no_bare_strings_that_streamlit_would_print():
         body = ast.parse(path.read_text()).body[1:]  # the module docstring is not shown
         bare = [n.lineno for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
         assert not bare, f"{path.name}: a bare string at line(s) {bare} would be printed on the page"
+
+
+def test_cmap_class_bars_say_the_class_is_patched_jointly(dash_env):
+    at = app("app_pages/cmap.py")
+    assert_clean(at)
+    captions = [c.value for c in at.caption]
+    per_class = [c for c in captions if c.startswith("Per circuit class")]
+    assert per_class and "taken together" in per_class[0] and "one head at a time" not in per_class[0]
+    assert any("one head at a time" in c for c in captions)  # the per-head heatmap's caption

@@ -80,7 +80,11 @@ def test_analyze_edges_cli(capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert out["method"] == "eap-ig" and out["n_edges_total"] == len(out["edges"]) == 110
+    assert (
+        out["method"] == "edges"
+        and out["scoring"] == "eap-ig"
+        and out["n_edges_total"] == len(out["edges"]) == 110
+    )
     assert -1 <= out["rank_correlation_with_exact"] <= 1
     assert out["curve"][0]["n_edges"] == 0 and out["curve"][-1]["n_edges"] == 110
     assert sum(e["in_circuit"] for e in out["edges"]) == out["n_edges"]

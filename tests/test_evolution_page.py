@@ -116,7 +116,7 @@ def test_the_checkpoint_and_role_come_from_the_url(evo_env):
     at = run_page(checkpoint="clean 1", role="s_inhibition")
     assert not at.exception
     assert at.select_slider[0].value == "clean 1"
-    assert any("s_inhibition at clean 1" in c.proto.spec for c in at.get("vega_lite_chart"))
+    assert any("S-inhibition score at clean 1" in c.proto.spec for c in at.get("vega_lite_chart"))
 
 
 def test_no_comparison_is_an_empty_state(tmp_path, monkeypatch):
@@ -138,3 +138,10 @@ def test_the_page_imports_no_torch(evo_env):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_role_scores_are_named_with_their_unit_not_their_field(evo_env):
+    at = run_page()
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any("DLA at clean 2" in s for s in specs) and any("DLA (logits)" in s for s in specs)
+    assert not any('"dla (logits)"' in s or "dla at clean" in s for s in specs)

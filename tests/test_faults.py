@@ -688,7 +688,7 @@ CASES = {
         "wrong type",
     ),  # fmt: skip
     "prompt longer than the context": (
-        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": LONG, "io": "Mary", "s": "John"})],
+        lambda d: [*EVAL[:3], "--dataset", _jsonl(d, {"prompt": LONG, "io": "Mary", "s": "John"})],
         "longer than the model's context",
     ),
     "line longer than the cap": (

@@ -5,6 +5,7 @@ checkpoints predict what the demo cache's metrics say."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -250,3 +251,12 @@ def test_the_head_table_lays_out_each_checkpoint_and_says_where_intervals_are_mi
     assert table["cmap_lo"].iloc[1] == 6.5 and pd.isna(table["dla_lo"].iloc[1])
     assert list(table["intervals"]) == [PROFILE_SOURCES["live"], PROFILE_SOURCES[""]]
     assert without_intervals(table) == ["rev, epoch 2"]
+
+
+def test_end_row_bars_give_s1_and_s2_one_legend_entry():
+    roles = ["", "IO", "", "S1", "", "S2", "END"]
+    frame = pd.DataFrame({"pos": range(7), "token": [f" t{i}" for i in range(7)], "role": roles,
+                          "attention": [0.1, 0.4, 0.0, 0.2, 0.0, 0.2, 0.1]})  # fmt: skip
+    scale = prompt_charts.end_row_bars(frame).to_dict()["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["IO", "S (S1, S2)", "END", "other"]
+    assert scale["range"] == ["#1f77b4", "#d62728", "#2ca02c", "#9e9e9e"]

@@ -40,6 +40,10 @@ def test_reproduction_copy_points_figures_into_the_report_folder(tmp_path):
     (folder / "REPORT.md").write_text("# r\n\n![dla](dla.svg)\n![x](x.svg)\n")
     out = reproduction_copy(folder / "REPORT.md", tmp_path / "REPRODUCTION.md")
     assert out.read_text() == "# r\n\n![dla](reports/ioi-tiny/dla.svg)\n![x](reports/ioi-tiny/x.svg)\n"
+    # a report folder outside the target's (e.g. --out /tmp/rep): was a ValueError traceback
+    (tmp_path / "docs").mkdir()
+    out = reproduction_copy(folder / "REPORT.md", tmp_path / "docs" / "REPRODUCTION.md")
+    assert "![dla](../reports/ioi-tiny/dla.svg)" in out.read_text()
 
 
 def test_markdown_table():

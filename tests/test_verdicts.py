@@ -19,6 +19,7 @@ from ioi.methods.verdicts import (
     cmap_gap,
     cmap_group_share,
     combine_seeds,
+    edge_revival,
     heads_carrying,
     ioi_label_share,
     largest_outside_head,
@@ -84,6 +85,17 @@ def test_neuroplasticity_and_mlp_criteria():
     first = {"pretrained": est(-0.3, -0.4, -0.2)}
     assert mlps(little, first).holds is True
     assert mlps({"pretrained": est(-0.5, -0.6, -0.4)}, first).holds is False
+
+
+def test_edge_revival_is_judged_on_the_seeds_difference():
+    back = edge_revival("name_moving", toxic=[0.1, 0.2, 0.15], reversal=[0.7, 0.8, 0.75])
+    assert back.holds is True and back.numbers["reversal − toxic"].value == pytest.approx(0.6)
+    assert back.numbers["reversal − toxic"].over == "seeds (n=3)" and "seeds (n=3)" in back.summary
+    assert edge_revival("x", [0.7, 0.8, 0.75], [0.1, 0.2, 0.15]).holds is False
+    assert edge_revival("x", [0.1, 0.5, 0.3], [0.5, 0.1, 0.35]).holds is None  # straddles 0
+    assert edge_revival("x", [0.1], [0.9]).holds is None  # one seed: no interval
+    high = edge_revival("x", [0.1, 0.2, 0.15], [1.0, 0.8, 1.0]).numbers["edge Jaccard, reversal"]
+    assert high.hi == 1.0 and high.lo < 0.93 and high.over == "seeds (n=3), cut to [0, 1]"
 
 
 def test_intervals_and_guarded_ratios():

@@ -8,7 +8,15 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import add_inputs, check_device, command, command_prompts, model_name, use_torch_threads
+from ioi.cli.registry import (
+    add_inputs,
+    check_device,
+    check_size,
+    command,
+    command_prompts,
+    model_name,
+    use_torch_threads,
+)
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
 ANALYZE_SIZE = 100
@@ -29,7 +37,11 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _analyses_epilog()
     p.add_argument("method", help=f"one of: {', '.join(ANALYSES)} (options below)")
-    p.add_argument("--other", help="second model name or directory (cross-model analyses)")
+    p.add_argument(
+        "--other",
+        help="the base model a cross-model analysis compares --model with (cmap: the starting model, "
+        "--model the fine-tuned one)",
+    )
     add_inputs(p, size=ANALYZE_SIZE)
     p.add_argument(
         "--option",
@@ -96,8 +108,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise OptionError(
                 f"analysis {args.method!r} compares two models: give the second one with --other"
             )
-        if args.size < 1 and not args.dataset:
-            raise ValueError(f"--size must be at least 1, got {args.size}")
+        check_size(args)
     except (ValueError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

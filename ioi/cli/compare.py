@@ -18,6 +18,12 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also its lineage: a toxic run's reversal, a reversal's toxic parent",
     )
+    p.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="skip a reversal's recovery dynamics when not cached (computing them re-trains the toxic "
+        "run and the reversal, a few minutes on the bundled model)",
+    )
     p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
     p.add_argument("--no-wait", action="store_true", help="submit the job and print its id")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -33,14 +39,56 @@ def _find(exp_id: str, cache: Path | None) -> Path | None:
     return None
 
 
+def _reversal(summary: dict) -> tuple[str, int] | None:
+    """(experiment, epoch) of the lineage's reversal checkpoint, if it has one."""
+    lineage = zip(summary["experiments"], summary["scenarios"], summary["epochs"], strict=True)
+    return next(((e, ep) for e, sc, ep in lineage if sc == "reversal"), None)
+
+
+def _recovery(reversal: tuple[str, int], *roots):
+    """The reversal's cached recovery dynamics in the first of `roots` (or a demo cache) holding them."""
+    from ioi.runs.cache import demo_roots, load_analysis
+    from ioi.runs.recovery import RECOVERY
+
+    for root in dict.fromkeys([*roots, *demo_roots()]):
+        if (found := load_analysis(root, reversal[0], reversal[1], RECOVERY)) is not None:
+            return found
+    return None
+
+
+def _job(cfg, target: Path, args: argparse.Namespace, what: str) -> int | None:
+    """Submit `cfg` to the job system and wait (or print its id with --no-wait): None when it is
+    done, else the exit status to return."""
+    from ioi.runs import jobs
+
+    job = jobs.submit(cfg, target)
+    if args.no_wait:
+        print(job)
+        return 0
+    print(f"job {job}: {what}", file=sys.stderr)
+    try:
+        info = jobs.wait(job, target)
+    except KeyboardInterrupt:
+        print(detached(job), file=sys.stderr)
+        return 130
+    if info.status != "done":
+        print(f"error: job {job} is {info.status}: {info.error or 'see `ioi jobs show`'}", file=sys.stderr)
+        return 1
+    return None
+
+
 @command(
     "compare",
     "compare the checkpoints of a cached experiment: timeline, transfer and CMAP matrices",
     _compare_args,
 )
 def run_compare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ioi.runs.cache import cache_root, check_id, read_experiment
     from ioi.runs.compare import COMPARE, COMPARE_FAMILY, load_comparison
+    from ioi.runs.experiment import ExperimentConfig
+    from ioi.runs.recovery import RECOVERY
 
     try:
         check_id(args.experiment)
@@ -50,44 +98,30 @@ def run_compare(args: argparse.Namespace) -> int:
     if root is None:
         raise UsageError(f"no experiment {args.experiment} in {cache_root(args.cache)} or the demo cache")
     result = load_comparison(root, args.experiment, family=args.family)
+    target = cache_root(args.cache)
     if result is None:
-        from dataclasses import replace
-
-        from ioi.runs import jobs
-        from ioi.runs.experiment import ExperimentConfig
-
         cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
-        cfg = replace(cfg, analyses=(COMPARE_FAMILY if args.family else COMPARE,))
-        target = cache_root(args.cache)
-        job = jobs.submit(cfg, target)
-        if args.no_wait:
-            print(job)
-            return 0
-        print(f"job {job}: comparing (weights re-created by training if the cache has none)", file=sys.stderr)
-        try:
-            info = jobs.wait(job, target)
-        except KeyboardInterrupt:
-            print(detached(job), file=sys.stderr)
-            return 130
-        if info.status != "done":
-            print(
-                f"error: job {job} is {info.status}: {info.error or 'see `ioi jobs show`'}", file=sys.stderr
-            )
-            return 1
+        status = _job(replace(cfg, analyses=(COMPARE_FAMILY if args.family else COMPARE,)), target, args,
+                      "comparing (weights re-created by training if the cache has none)")  # fmt: skip
+        if status is not None:
+            return status
         root = target
         result = load_comparison(root, args.experiment, family=args.family)
+    reversal = _reversal(result.summary)
+    if reversal is not None and not args.no_recovery and _recovery(reversal, root, target) is None:
+        rev_root = _find(reversal[0], args.cache) or root
+        cfg = ExperimentConfig.from_json(read_experiment(rev_root, reversal[0])["config"])
+        what = f"recovery dynamics of reversal {reversal[0]} (re-trains the toxic run and the reversal)"
+        status = _job(replace(cfg, analyses=(RECOVERY,)), target, args, what)
+        if status is not None:
+            return status
     from ioi.cli.analyze import json_safe
-    from ioi.runs.cache import load_analysis
-    from ioi.runs.recovery import RECOVERY
 
     model = read_experiment(root, args.experiment)["config"]["model"]
     out = {"experiment": args.experiment, "model": model, **result.to_json()}
-    for exp_id, scenario, epoch in zip(
-        result.summary["experiments"], result.summary["scenarios"], result.summary["epochs"], strict=True
-    ):
-        dynamics = load_analysis(root, exp_id, epoch, RECOVERY) if scenario == "reversal" else None
-        if dynamics is not None and "recovery" not in out:
-            out["recovery"] = dynamics.to_json()
+    dynamics = _recovery(reversal, root, target) if reversal is not None else None
+    if dynamics is not None:
+        out["recovery"] = dynamics.to_json()
     out = json_safe(out)
     if args.json:
         print(json.dumps(out))
@@ -98,5 +132,15 @@ def run_compare(args: argparse.Namespace) -> int:
                 f"[{row.edge_jaccard_lo:.2f}, {row.edge_jaccard_hi:.2f}], "
                 f"node Jaccard {row.node_jaccard:.2f}, "
                 f"faithfulness {row.faithfulness:.2f}, stability {row.stability:.2f}"
+            )
+        if dynamics is not None:
+            d, pts = dynamics.summary, dynamics.tables["points"]
+            end = pts[pts.run == "reversal"].sort_values("step").iloc[-1]
+            f0, revive = d["pretrained_logit_diff"], d["steps_to_revive"]
+            outcome = f"revived at step {revive}" if revive is not None else "not revived within the run"
+            print(
+                f"{'recovery':>24}: every {d['every']} steps; the reversal ends at step {int(end['step'])} "
+                f"with F {end['logit_diff']:.2f} (pretrained [{f0['lo']:.2f}, {f0['hi']:.2f}]) and top-edge "
+                f"Jaccard {end['jaccard']:.2f} (floor {d['jaccard_floor']:.2f}); {outcome}"
             )
     return 0

@@ -12,6 +12,7 @@ from ioi.cli.registry import (
     UsageError,
     add_inputs,
     check_device,
+    check_size,
     command,
     command_prompts,
     learning_rate,
@@ -66,6 +67,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ioi.task.metrics import evaluate
 
     check_device(args.device)
+    check_size(args)
     use_torch_threads()
     hf, tok, source = load_hf(model_name(args))
     if args.device:

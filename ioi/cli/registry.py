@@ -83,7 +83,12 @@ def add_inputs(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> Non
         "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--size", type=int, default=size, help=f"number of prompts (default {size})")
+    p.add_argument(
+        "--size",
+        type=int,
+        help=f"number of prompts (default {size}; with --dataset its first N, default all)",
+    )
+    p.set_defaults(default_size=size)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="a JSONL file of prompts instead of generated ones")
 
@@ -106,12 +111,23 @@ def model_name(args: argparse.Namespace) -> str:
 
 
 def load_samples(args: argparse.Namespace, split: str = "eval"):
-    """The prompts a command runs on: the user's JSONL or a generated split."""
+    """The prompts a command runs on: the user's JSONL (its first --size, when given) or a
+    generated split of --size prompts."""
     from ioi.task.data import make_dataset, read_jsonl
 
+    check_size(args)
     if getattr(args, "dataset", None):
-        return read_jsonl(args.dataset)
-    return make_dataset(args.size, args.seed, split)
+        samples = read_jsonl(args.dataset)
+        if args.size is not None and args.size > len(samples):
+            raise UsageError(f"--size {args.size}, but {args.dataset} has {len(samples)} prompts")
+        return samples if args.size is None else samples[: args.size]
+    return make_dataset(args.default_size if args.size is None else args.size, args.seed, split)
+
+
+def check_size(args: argparse.Namespace) -> None:
+    """--size, when given, is at least 1 (said before a model loads)."""
+    if args.size is not None and args.size < 1:
+        raise UsageError(f"--size must be at least 1, got {args.size}")
 
 
 def command_prompts(args: argparse.Namespace, tokenizer, n_ctx: int | None):

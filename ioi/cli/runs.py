@@ -160,6 +160,13 @@ def run_jobs(args: argparse.Namespace) -> int:
     return _wait_with_bar(job.id, root) if args.wait else 0
 
 
+def _n_jobs(args: argparse.Namespace, default: int | None) -> int | None:
+    """--n-jobs as typed (a count, or joblib's negative "all cores but …"), else `default`."""
+    if args.n_jobs == 0:
+        raise UsageError("--n-jobs 0 runs nothing: give 1 or more parallel experiments (-1: one per core)")
+    return default if args.n_jobs is None else args.n_jobs
+
+
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     _experiment_args(p, sweep=True)
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -182,6 +189,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         base, seeds=parse_seeds(args.seeds), scenarios=args.scenarios.split(","),
         reversal_epochs=args.reversal_epochs,
     )  # fmt: skip
+    n_jobs = _n_jobs(args, -1 if args.dask else max_jobs())
     context = nullcontext()
     if args.dask:
         import joblib
@@ -191,7 +199,6 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         context = joblib.parallel_config(backend="dask", wait_for_workers_timeout=60)
         print(f"running on {client.dashboard_link}", file=sys.stderr)
     with context:
-        n_jobs = args.n_jobs or (-1 if args.dask else max_jobs())
         for summary in run_sweep(stages, args.cache, n_jobs=n_jobs, device=args.device, verbose=5):
             last = max(summary.metrics)
             print(f"{summary.id}  epoch {last}: logit diff {summary.metrics[last]['logit_diff']:.3f}")
@@ -248,7 +255,7 @@ def run_precompute(args: argparse.Namespace) -> int:
     stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
                          lr=learning_rate(args), **_study_shape(args))  # fmt: skip
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
-    summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=args.n_jobs or max_jobs(), verbose=5)
+    summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=_n_jobs(args, max_jobs()), verbose=5)
     add_start_knockouts(args.out or DEMO_ROOT, log=lambda m: print(m, file=sys.stderr))
     if not args.keep_weights:
         prune_weights(args.out or DEMO_ROOT, keep=playground_experiments(args.out or DEMO_ROOT))
@@ -293,7 +300,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         lr = learning_rate(args)
         studies = reproduce(
             args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
-            n_jobs=args.n_jobs, device=args.device, **_study_shape(args),
+            n_jobs=_n_jobs(args, None), device=args.device, **_study_shape(args),
         )  # fmt: skip
     path = write_report(studies, args.model, args.out or report_dir(args.model), note=args.note)
     print(path)

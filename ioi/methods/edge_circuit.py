@@ -145,7 +145,7 @@ def edges_analysis(
     runs = edge_runs(model, clean, abc, acts)
     scores = edge_scores(model, clean, abc, method, steps=steps, runs=runs)
     summary: dict = {
-        "method": method,
+        "scoring": method,  # not "method": AnalysisResult.to_json puts the analysis's name there
         "steps": steps if method == "eap-ig" else None,
         "f_model": acts.f_clean,
         "f_abc": acts.f_abc,

@@ -195,6 +195,43 @@ def neuroplasticity(dataset: str, recovery: Estimate, faithfulness: Estimate, ov
     )
 
 
+def within(x: Estimate, lo: float, hi: float) -> Estimate:
+    """x with its interval cut to the range the quantity can take (a t interval over 3 seeds of a
+    Jaccard index can reach past 1); `over` says so when it was cut."""
+    if not x.defined or (x.lo >= lo and x.hi <= hi):
+        return x
+    return Estimate(x.value, max(x.lo, lo), min(x.hi, hi), f"{x.over}, cut to [{lo:g}, {hi:g}]", x.reason)
+
+
+EDGE_REVIVAL_CRITERION = (
+    "the reversal revives the pretrained edge circuit when its circuit's edge Jaccard with the "
+    "pretrained circuit exceeds the toxic model's: the mean over seeds of Jaccard(reversal) − "
+    "Jaccard(toxic) has its 95% t interval above 0 (below 0: it does not; one seed, or an interval "
+    "containing 0: undetermined)"
+)
+
+
+def edge_revival(dataset: str, toxic: Sequence[float], reversal: Sequence[float]) -> Verdict:
+    """Neuroplasticity at the level of edges, from each seed's edge Jaccard (against the pretrained
+    edge circuit) of the toxic model's and of the reversal's circuit."""
+    diff = seeds_estimate([r - t for t, r in zip(toxic, reversal, strict=True)])
+    holds = None if not diff.excludes(0.0) else diff.lo > 0
+    numbers = {
+        "edge Jaccard, toxic": within(seeds_estimate(list(toxic)), 0.0, 1.0),
+        "edge Jaccard, reversal": within(seeds_estimate(list(reversal)), 0.0, 1.0),
+        "reversal − toxic": diff,
+    }
+    summary = (
+        f"Reversal of {dataset}: the edge circuit's revival {holds_word(holds)}: edge Jaccard with the "
+        f"pretrained circuit {fmt(numbers['edge Jaccard, toxic'])} after the toxic run, "
+        f"{fmt(numbers['edge Jaccard, reversal'])} after the reversal (difference {fmt(diff)}, "
+        f"{diff.over})."
+    )
+    return Verdict(
+        "edge revival", holds, EDGE_REVIVAL_CRITERION, numbers, summary, scope=f"reversal of {dataset}"
+    )
+
+
 MLP_CRITERION = (
     f"MLPs contribute little when mean-ablating every MLP after layer 0 changes F by at most "
     f"{MLP_MAX_CHANGE:.0%} of F(M) (interval within ±{MLP_MAX_CHANGE:.0%}) in the pretrained and the "

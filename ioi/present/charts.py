@@ -9,6 +9,8 @@ outlined. `chart_bytes` renders a chart as PNG or SVG (vl-convert) for downloads
 
 from __future__ import annotations
 
+import textwrap
+
 import altair as alt
 import pandas as pd
 
@@ -91,9 +93,9 @@ def with_classes(frame: pd.DataFrame, circuit: Circuit | None) -> pd.DataFrame:
     return out
 
 
-def _title(text: str) -> alt.TitleParams:
-    """A chart title that is never cut to the plot's width."""
-    return alt.TitleParams(text=text, limit=2000, anchor="start")
+def _title(text: str, n: int = 56) -> alt.TitleParams:
+    """A chart title never cut to the plot's width: its lines, wrapped at spaces at `n` characters."""
+    return alt.TitleParams(text=textwrap.wrap(text, n) or text, limit=2000, anchor="start")
 
 
 def color_span(*frames: pd.DataFrame, field: str = "value") -> float:

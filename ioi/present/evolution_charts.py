@@ -33,7 +33,7 @@ def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") 
                 lo, hi = r.get("stability_p05"), r.get("stability")
             rows.append({"checkpoint": r["checkpoint"], "measure": name, "value": r[key], "lo": lo, "hi": hi})
     data = pd.DataFrame(rows)
-    x = alt.X("checkpoint:N", sort=order, title="checkpoint")
+    x = alt.X("checkpoint:N", sort=order, title="checkpoint", axis=alt.Axis(labelLimit=320))
     color = alt.Color(
         "measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400)
     )
@@ -52,25 +52,39 @@ def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") 
     return (line + bars + bar).properties(title=title, width="container", height=280)
 
 
+ROLE_TITLES = {
+    "dla": "DLA (logits)",
+    "name_mover": "name-mover score (logits)",
+    "s_inhibition": "S-inhibition score (logits)",
+    "copy_score": "OV copy score",
+}
+"""A role score's name and unit on a chart (the comparison's tables key them by field name)."""
+
+
+def role_title(role: str) -> str:
+    """`role`'s chart title with its unit: "DLA (logits)", "OV copy score"; an unknown role as it is."""
+    return ROLE_TITLES.get(role, role.replace("_", " "))
+
+
 def role_tracks(roles: pd.DataFrame, order: list[str], heads: list[str], role: str) -> alt.LayerChart:
     """The `role` score of each head in `heads` ("L.H") over the checkpoints, with intervals; a
     sign flip is a red ring, a change from the previous checkpoint a filled black dot."""
     data = roles[roles["role"] == role].copy()
     data["head_label"] = data["layer"].astype(int).astype(str) + "." + data["head"].astype(int).astype(str)
     data = data[data["head_label"].isin(heads)]
-    x = alt.X("checkpoint:N", sort=order, title="checkpoint")
+    x = alt.X("checkpoint:N", sort=order, title="checkpoint", axis=alt.Axis(labelLimit=320))
     color = alt.Color("head_label:N", title="head", sort=heads)
     base = alt.Chart(data)
     line = base.mark_line(point=True).encode(
         x,
-        alt.Y("value:Q", title=f"{role} (logits)"),
+        alt.Y("value:Q", title=role_title(role)),
         color,
         tooltip=["checkpoint", "head_label", "value", "lo", "hi", "sign_flip", "changed"],
     )
     bars = (
         base.transform_filter("isValid(datum.lo)")
         .mark_errorbar()
-        .encode(x, alt.Y("lo:Q", title=f"{role} (logits)"), alt.Y2("hi:Q"), color)
+        .encode(x, alt.Y("lo:Q", title=role_title(role)), alt.Y2("hi:Q"), color)
     )
     flips = (
         base.transform_filter("datum.sign_flip")
@@ -94,7 +108,8 @@ def roles_at(roles: pd.DataFrame, checkpoint: str, role: str) -> tuple[pd.DataFr
 def role_heatmap(roles: pd.DataFrame, checkpoint: str, role: str) -> alt.LayerChart:
     """Layers × heads heatmap of `role` at `checkpoint` on the scale shared by all checkpoints."""
     frame, span = roles_at(roles, checkpoint, role)
-    return head_heatmap(frame, title=f"{role} at {checkpoint}", value_title=f"{role} (logits)", span=span)
+    name = role_title(role)
+    return head_heatmap(frame, title=f"{name.split(' (')[0]} at {checkpoint}", value_title=name, span=span)
 
 
 def cell_labels(frame: pd.DataFrame, field: str = "value") -> pd.DataFrame:
@@ -127,13 +142,16 @@ def matrix_heatmap(
     frame = cell_labels(frame, field)
     defined, undefined = frame[frame["defined"]], frame[~frame["defined"]]
     span = color_span(defined, field=field)
+    bottom = alt.Legend(orient="bottom")  # beside a half-width matrix, its title was cut
     scale = (
         alt.Scale(scheme="viridis", domain=list(domain))
         if domain is not None
         else alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0)
     )
-    x = alt.X(f"{col}:N", sort=order, title=col.replace("_", " "), scale=alt.Scale(domain=order))
-    y = alt.Y(f"{row}:N", sort=order, title=row.replace("_", " "), scale=alt.Scale(domain=order))
+    x = alt.X(f"{col}:N", sort=order, title=col.replace("_", " "), scale=alt.Scale(domain=order),
+              axis=alt.Axis(labelLimit=320))  # fmt: skip
+    y = alt.Y(f"{row}:N", sort=order, title=row.replace("_", " "), scale=alt.Scale(domain=order),
+              axis=alt.Axis(labelLimit=320))  # fmt: skip
     extra = (
         "value",
         "lo",
@@ -149,7 +167,7 @@ def matrix_heatmap(
     cells = (
         alt.Chart(defined)
         .mark_rect()
-        .encode(x, y, alt.Color(f"{field}:Q", scale=scale, title=value_title), tooltip=tooltip)
+        .encode(x, y, alt.Color(f"{field}:Q", scale=scale, title=value_title, legend=bottom), tooltip=tooltip)
     )
     grey = alt.Chart(undefined).mark_rect(color="#d9d9d9").encode(x, y, tooltip=tooltip)
     text = alt.Chart(frame).mark_text(fontSize=11).encode(x, y, alt.Text("label:N"))
@@ -162,21 +180,56 @@ def matrix_heatmap(
     )
 
 
-def recovery_curve(points: pd.DataFrame, *, title: str = "") -> alt.LayerChart:
-    """Logit difference and circuit overlap against training step, toxic run and reversal, with the
-    pretrained interval of the logit difference shaded."""
-    colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
-    data = points.melt(id_vars=["run", "step"], value_vars=["logit_diff", "jaccard"], var_name="measure")
-    color = alt.Color("run:N", scale=alt.Scale(domain=list(colors), range=list(colors.values())))
+def _band(lo: float, hi: float, fill: str) -> alt.Chart:
     return (
-        alt.Chart(data)
-        .mark_line(point=True)
-        .encode(
-            alt.X("step:Q", title="training step"),
-            alt.Y("value:Q", title=None),
-            color,
-            alt.Row("measure:N", title=None),
-            tooltip=["run", "step", "measure", "value"],
-        )
-        .properties(title=title, width=520, height=160)
+        alt.Chart(pd.DataFrame({"lo": [lo], "hi": [hi]}))
+        .mark_rect(color=fill, opacity=0.25)
+        .encode(y="lo:Q", y2="hi:Q")
+    )
+
+
+def recovery_curve(
+    points: pd.DataFrame,
+    *,
+    pretrained: tuple[float, float],
+    floor: float,
+    baseline: tuple[float, float],
+    revive: int | None = None,
+    title: str = "",
+) -> alt.VConcatChart:
+    """Logit difference (top) and the top edges' Jaccard with the pretrained circuit (bottom, 0–1)
+    against training step, toxic run and reversal. Shaded: the pretrained F interval (top) and the
+    random-edge-set baseline's interval (bottom); dashed: the Jaccard floor that "revived" needs;
+    a vertical rule at the step the reversal revived, if it did."""
+    colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
+    color = alt.Color(
+        "run:N",
+        scale=alt.Scale(domain=list(colors), range=list(colors.values())),
+        legend=alt.Legend(orient="top", title=None),  # above: a stretched chart pushes a side legend out
+    )
+    x = alt.X("step:Q", title="training step")
+    lines = alt.Chart(points).mark_line(point=True)
+    j_scale = alt.Scale(domain=[0, 1])
+    f_layers = [
+        _band(*pretrained, "#9ecae1"),
+        lines.encode(x, alt.Y("logit_diff:Q", title="logit difference F"), color,
+                     tooltip=["run", "step", alt.Tooltip("logit_diff:Q", format=".2f")]),
+    ]  # fmt: skip
+    j_layers = [
+        _band(*baseline, "#d9d9d9"),
+        alt.Chart(pd.DataFrame({"y": [floor]}))
+        .mark_rule(strokeDash=[6, 3], color="black")
+        .encode(y=alt.Y("y:Q", scale=j_scale)),
+        lines.encode(x, alt.Y("jaccard:Q", scale=j_scale, title="edge Jaccard with pretrained"), color,
+                     tooltip=["run", "step", alt.Tooltip("jaccard:Q", format=".2f")]),
+    ]  # fmt: skip
+    if revive is not None:
+        rule = alt.Chart(pd.DataFrame({"step": [revive]})).mark_rule(color="#2ca02c", strokeDash=[2, 2])
+        f_layers.append(rule.encode(x="step:Q"))
+        j_layers.append(rule.encode(x="step:Q"))
+    f_title = title or "Logit difference (shaded: the pretrained interval)"
+    j_title = f"Edge overlap (grey: random edge sets; dashed: the floor {floor:.2f} reviving needs)"
+    return alt.vconcat(
+        alt.layer(*f_layers).properties(title=f_title, width=520, height=160),
+        alt.layer(*j_layers).properties(title=j_title, width=520, height=160),
     )

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from ioi.methods.stats import NO_TASK
+from ioi.methods.verdicts import Verdict, edge_revival, fmt, seeds_estimate, within
 from ioi.present.findings import SeedStudy, analysis
 
 
@@ -142,7 +143,52 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
             *_recovery(s, r),
             "",
         ]
-    return lines
+    return lines + across_seeds_lines([r for _, r in found]) + revival_lines(found)
+
+
+def _jaccard_at(result, scenario: str, epoch: int | None = None) -> float | None:
+    """The edge Jaccard (against the first checkpoint) of the lineage's checkpoint of `scenario`
+    (its last one, or at `epoch`); None when the lineage has no such checkpoint."""
+    s, overlap = result.summary, result.tables["overlap"]
+    rows = [i for i, (sc, ep) in enumerate(zip(s["scenarios"], s["epochs"], strict=True))
+            if sc == scenario and (epoch is None or ep == epoch) and ep > 0]  # fmt: skip
+    return float(overlap.iloc[rows[-1]]["edge_jaccard"]) if rows else None
+
+
+def edge_revivals(results: list) -> list[Verdict]:
+    """Per toxic dataset with a cached lineage comparison: `edge_revival` over the seeds."""
+    by_dataset: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        scenarios = r.summary["scenarios"]
+        if "reversal" not in scenarios:
+            continue
+        dataset = scenarios[0]
+        toxic, rev = _jaccard_at(r, dataset), _jaccard_at(r, "reversal")
+        if toxic is not None and rev is not None:
+            by_dataset.setdefault(dataset, []).append((toxic, rev))
+    return [edge_revival(d, [t for t, _ in v], [x for _, x in v]) for d, v in sorted(by_dataset.items())]
+
+
+def across_seeds_lines(results: list) -> list[str]:
+    """The timeline's across-seed lines: the clean run's edge Jaccard at the last epoch every seed
+    has, and each reversal's edge revival verdict with its criterion."""
+    clean = [r for r in results if set(r.summary["scenarios"]) == {"clean"}]
+    revivals = edge_revivals(results)
+    if not clean and not revivals:
+        return []
+    lines = ["### Across seeds", ""]
+    if clean:
+        common = min(max(r.summary["epochs"]) for r in clean)
+        values = [v for r in clean if (v := _jaccard_at(r, "clean", common)) is not None]
+        lines.append(
+            f"- Clean fine-tuning, epoch {common}: edge Jaccard with the pretrained edge circuit "
+            f"{fmt(within(seeds_estimate(values), 0.0, 1.0))} ({len(values)} seed{'s' * (len(values) != 1)})."
+        )
+    for v in revivals:
+        lines.append(f"- {v.summary}")
+    if revivals:
+        lines += ["", f"Criterion: {revivals[0].criterion}."]
+    return lines + [""]
 
 
 def _recovery(study: SeedStudy, r) -> list[str]:
@@ -187,3 +233,47 @@ def _recovery(study: SeedStudy, r) -> list[str]:
             f"reversal's overlap minus the toxic run's averages {gap:+.2f} (0: the same path back)."
         )
     return out
+
+
+def revival_tally(dataset: str, steps: list[int | None], left: list[bool]) -> str:
+    """'Recovery dynamics of the reversal of X: the toxic run left the pretrained state on k of n
+    seeds; the reversal revived within the run on m (at steps …).'"""
+    back = sorted(s for s in steps if s is not None)
+    at = f" (at step{'s' * (len(back) > 1)} {', '.join(map(str, back))})" if back else ""
+    return (
+        f"- Recovery dynamics of the reversal of {dataset}: the toxic run left the pretrained state on "
+        f"{sum(left)} of {len(steps)} seed{'s' * (len(steps) != 1)}; the reversal revived within the run "
+        f"on {len(back)}{at}."
+    )
+
+
+def revival_lines(found: list) -> list[str]:
+    """Per toxic dataset, how many seeds' cached recovery dynamics revived (criterion: F inside the
+    pretrained interval and the top edges' Jaccard at or above the pretrained circuit's 5th-percentile
+    self-Jaccard, both at one snapshot)."""
+    from ioi.runs.cache import load_analysis
+
+    steps: dict[str, list[int | None]] = {}
+    left: dict[str, list[bool]] = {}
+    for study, r in found:
+        s = r.summary
+        lineage = list(zip(s["experiments"], s["scenarios"], s["epochs"], strict=True))
+        rev = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
+        dyn = load_analysis(study.root, rev[-1][0], rev[-1][1], "recovery") if rev else None
+        if dyn is not None:
+            d, pts = dyn.summary, dyn.tables["points"]
+            end = pts[pts.run == "toxic"].sort_values("step").iloc[-1]
+            f0 = d["pretrained_logit_diff"]
+            out = not f0["lo"] <= end["logit_diff"] <= f0["hi"] or end["jaccard"] < d["jaccard_floor"]
+            steps.setdefault(s["scenarios"][0], []).append(d["steps_to_revive"])
+            left.setdefault(s["scenarios"][0], []).append(bool(out))
+    if not steps:
+        return []
+    return [
+        *(revival_tally(d, v, left[d]) for d, v in sorted(steps.items())),
+        "",
+        "The pretrained state: F inside the pretrained interval and the top edges' Jaccard with the "
+        "pretrained circuit at or above its own 5th-percentile bootstrap self-Jaccard. The toxic run left "
+        "it when its last snapshot is outside; the reversal revived at the first snapshot back inside.",
+        "",
+    ]

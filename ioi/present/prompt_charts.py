@@ -172,8 +172,9 @@ def end_row_bars(
     `panels`, one panel per checkpoint of a `stack`-ed frame (`shared`: the same tokens in each)."""
     data = frame.assign(label=_axis_label(frame["pos"], frame["token"], frame["role"]))
     data["role"] = data["role"].where(data["role"].isin(ROLE_COLORS), "S1 S2")
-    roles = [r for r in ROLE_COLORS if r in set(data["role"])]
-    names = {"": "other"}
+    # S1 and S2 share S's red, so they share one legend entry (two red swatches read as a mistake)
+    names = {"": "other", "S1": "S (S1, S2)", "S2": "S (S1, S2)", "S1 S2": "S (S1, S2)"}
+    roles = list({names.get(r, r): r for r in ROLE_COLORS if r in set(data["role"])}.items())
     data["role_name"] = [names.get(r, r) for r in data["role"]]
     chart = (
         alt.Chart(data)
@@ -190,9 +191,7 @@ def end_row_bars(
                 "role_name:N",
                 title="token is",
                 legend=alt.Legend(orient="bottom"),
-                scale=alt.Scale(
-                    domain=[names.get(r, r) for r in roles], range=[ROLE_COLORS[r] for r in roles]
-                ),
+                scale=alt.Scale(domain=[n for n, _ in roles], range=[ROLE_COLORS[r] for _, r in roles]),
             ),
             tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("attention:Q", format=".3f")],
         )

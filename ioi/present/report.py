@@ -317,8 +317,8 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note
 
 def reproduction_copy(report: Path, target: Path) -> Path:
     """REPORT.md rewritten for a file at `target` (e.g. REPRODUCTION.md at the repository root):
-    figure links point into the report's folder."""
-    rel = Path(report.parent).resolve().relative_to(target.parent.resolve())
+    figure links point into the report's folder, wherever the two are (`../` where needed)."""
+    rel = Path(os.path.relpath(Path(report.parent).resolve(), target.parent.resolve()))
     text = re.sub(
         r"!\[([^]]*)\]\(([^)/]+\.svg)\)", lambda m: f"![{m[1]}]({rel.as_posix()}/{m[2]})", report.read_text()
     )

@@ -27,7 +27,7 @@ def recovery_dynamics(
     root,
     reversal_id: str,
     *,
-    every: int = 50,
+    every: int = 100,
     device: str = "cpu",
     write: bool = True,
     log=None,

@@ -49,6 +49,8 @@ def sweep_configs(
                 checkpoint_epochs=tuple(e for e in c.checkpoint_epochs if e <= reversal_epochs))
         for c in first if c.scenario in CORRUPTIONS
     ]  # fmt: skip
+    for cfg in [*first, *second]:  # every stage is refused now, not after the first has trained
+        cfg.validate()
     return [first, second] if second else [first]
 
 
