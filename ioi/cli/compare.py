@@ -133,4 +133,14 @@ def run_compare(args: argparse.Namespace) -> int:
                 f"node Jaccard {row.node_jaccard:.2f}, "
                 f"faithfulness {row.faithfulness:.2f}, stability {row.stability:.2f}"
             )
+        if dynamics is not None:
+            d, pts = dynamics.summary, dynamics.tables["points"]
+            end = pts[pts.run == "reversal"].sort_values("step").iloc[-1]
+            f0, revive = d["pretrained_logit_diff"], d["steps_to_revive"]
+            outcome = f"revived at step {revive}" if revive is not None else "not revived within the run"
+            print(
+                f"{'recovery':>24}: every {d['every']} steps; the reversal ends at step {int(end['step'])} "
+                f"with F {end['logit_diff']:.2f} (pretrained [{f0['lo']:.2f}, {f0['hi']:.2f}]) and top-edge "
+                f"Jaccard {end['jaccard']:.2f} (floor {d['jaccard_floor']:.2f}); {outcome}"
+            )
     return 0

@@ -120,6 +120,11 @@ class Recipe:
     # is found by position and name movers with S-inhibition emerge), then by `mix`.
     warm_steps: int = 0
     warm_mix: dict[str, float] | None = None
+    # The share of crowd "dup" sentences with one or two bystanders: names mentioned once, in a
+    # sentence of their own before or after the frame, never addressed. Copying every name and
+    # suppressing the repeated ones then ties IO with them; only reading which name shares S's
+    # sentence (attention chosen by the query at END, as name movers do) separates them.
+    bystander_p: float = 0.0
 
     def mix_at(self, step: int) -> dict[str, float]:
         return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
@@ -149,6 +154,13 @@ VARIANTS: dict[str, Recipe] = {
         {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
         max_others=4,
     ),
+    "6l-crowd-long": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 8000, crowd=True
+    ),
+    "6l-crowd-bystander": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
+        bystander_p=0.5,
+    ),
     "4l-curriculum": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
         warm_steps=1500, warm_mix=TINY_MIX,
@@ -164,12 +176,13 @@ class SmallStoryGenerator(StoryGenerator):
 
     def __init__(
         self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False,
-        max_others: int = 2,
+        max_others: int = 2, bystander_p: float = 0.0,
     ) -> None:
         super().__init__(seed, max_words)
         self.mix = mix
         self.crowd = crowd
         self.max_others = max_others
+        self.bystander_p = bystander_p
 
     def _ending(self, io: str, taken: set[str]) -> str:
         r = self.rng
@@ -184,14 +197,20 @@ class SmallStoryGenerator(StoryGenerator):
             io, s = self.rng.sample(NAMES, 2)
         return io, s
 
-    def dup_sentence(self, io: str, s: str, others: Sequence[str] = ()) -> str:
-        """IO mentioned once; S and the `others` (0-2 names) at least twice; cut before the answer."""
+    def dup_sentence(
+        self, io: str, s: str, others: Sequence[str] = (), bystanders: Sequence[str] = ()
+    ) -> str:
+        """IO mentioned once; S and the `others` (0-4 names) at least twice; each of `bystanders`
+        once, in a sentence of its own before or after the frame; cut before the answer."""
         r = self.rng
         place, obj, o2 = r.choice(PLACES), r.choice(OBJECTS), r.choice(OBJECTS)
         people = [io, s, *others]
         r.shuffle(people)
         frame = r.choice((FRAMES_TWO, FRAMES_THREE, FRAMES_FOUR, FRAMES_FIVE, FRAMES_SIX)[len(others)])
         parts = [_fill(frame, dict(zip("XYCADE"[: len(people)], people, strict=True)) | {"PLACE": place})]
+        for name in bystanders:
+            aside = _fill(r.choice(MIDDLES), {"B": name, "O2": o2})
+            parts = [aside, *parts] if r.random() < 0.5 else [*parts, aside]
         repeats = [*others] + ([s] if r.random() < 0.4 else [])
         middles = [_fill(r.choice(MIDDLES), {"B": n, "O2": o2}) for n in repeats]
         if r.random() < 0.2:
@@ -220,8 +239,11 @@ class SmallStoryGenerator(StoryGenerator):
                 others = r.sample(pool, k)
             else:
                 others = [r.choice(rest)] if r.random() < 0.4 else []
-            text = self.dup_sentence(io, s, others)
-            return f"{text} {self._ending(io, {io, s, *others})}."
+            bystanders: list[str] = []
+            if self.bystander_p and r.random() < self.bystander_p:  # no draw when 0: recipes unchanged
+                bystanders = r.sample([n for n in pool if n not in others], r.randint(1, 2))
+            text = self.dup_sentence(io, s, others, bystanders)
+            return f"{text} {self._ending(io, {io, s, *others, *bystanders})}."
         return super()._sentence(kind, cast, done)
 
 
@@ -299,7 +321,8 @@ def pretrain_small(
     vocab = tokenizer.get_vocab()
     with one_thread():
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
-        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd, max_others=recipe.max_others)
+        gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd, max_others=recipe.max_others,
+                                  bystander_p=recipe.bystander_p)  # fmt: skip
         opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
@@ -339,6 +362,7 @@ def pretrain_small(
         ),
         "crowd": recipe.crowd,
         "max_others": recipe.max_others,
+        "bystander_p": recipe.bystander_p,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),
