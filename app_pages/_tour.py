@@ -69,7 +69,8 @@ def circuit_words(exp: Experiment, epoch: int) -> str:
     other = heads_of(exp, epoch, OTHER)
     words = "; ".join(named) if named else "no head in an IOI class"
     if other:
-        words += f"; and {listed(other)}, which carry the effect without passing any IOI class's test"
+        verb = "carries" if len(other) == 1 else "carry"
+        words += f"; and {listed(other)}, which {verb} the effect without passing any IOI class's test"
     return words
 
 

@@ -494,7 +494,8 @@ def test_tour_step_one_names_the_outlined_heads_that_are_in_no_ioi_class(demo_en
     assert other, "the demo's pretrained circuit holds heads outside the IOI classes"
     text = next(m.value for m in app("app_pages/overview.py").markdown if "Outlined" in m.value)
     assert "classified as its circuit" not in text
-    assert f"{' '.join(other)}, which carry the effect without passing any IOI class's test" in text
+    verb = "carries" if len(other) == 1 else "carry"
+    assert f"{' '.join(other)}, which {verb} the effect without passing any IOI class's test" in text
 
 
 def test_faithfulness_page_points_to_the_findings_and_explains_its_lines(demo_env):
