@@ -87,6 +87,21 @@ def json_safe(value: object) -> object:
     return value
 
 
+def _circuit_file(path: Path) -> dict:
+    """The circuit JSON in `path`, checked now (before a model loads); ValueError naming the file."""
+    from ioi.task.circuit import Circuit
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--circuit {path} is not a JSON file ({err})") from None
+    try:
+        Circuit.from_json(data)
+    except ValueError as err:
+        raise ValueError(f"--circuit {path}: {err}") from None
+    return data
+
+
 @command(
     "analyze",
     "run one analysis (any name in the analysis registry) and print its per-head table",
@@ -101,7 +116,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out}: folder {args.out.absolute().parent} does not exist")
         options = parse_options(args.option)
         if args.circuit:
-            options["circuit"] = json.loads(args.circuit.read_text())
+            options["circuit"] = _circuit_file(args.circuit)
         entry = analysis(args.method)
         options = entry.check(options)
         if entry.needs_other and not args.other:
