@@ -90,3 +90,26 @@ def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "error" not in err and "Traceback" not in err, err
+
+
+def _checkpoint_of(folder, base: str):
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"format": "ioi-checkpoint/1", "base_model": base}))
+    return str(folder)
+
+
+def test_finetune_from_a_checkpoint_fine_tunes_its_model(tmp_path, capsys, monkeypatch):
+    """--from decides the model: a --model naming another is refused (it changed only the record
+    and the default lr), and without --model the checkpoint's model sets the default lr (GPT-2's
+    1e-5, not ioi-tiny's 1e-4)."""
+    import ioi.models.train as train
+
+    ckpt = _checkpoint_of(tmp_path / "epoch-005", "random:tiny")
+    out = str(tmp_path / "r")
+    args = ["finetune", "--scenario", "reversal", "--from", ckpt, "--epochs", "1", "--out", out]
+    err = one_line(capsys, 2, [*args, "--model", "ioi-tiny"])
+    assert "checkpoint of random:tiny, not ioi-tiny" in err
+    ran = []
+    monkeypatch.setattr(train, "finetune", lambda cfg, out, **kw: ran.append(cfg) or [])
+    assert main(args) == 0 and main([*args, "--model", "random:tiny"]) == 0
+    assert [(c.model, c.lr) for c in ran] == [("random:tiny", 1e-5)] * 2
