@@ -52,7 +52,9 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
         "--option heads='9.9 9.6 10.0'; repeatable",
     )
     p.add_argument(
-        "--circuit", type=Path, help="a circuit JSON file for knockout/faithfulness (Circuit.to_json, or `analyze classify --out`'s)"
+        "--circuit",
+        type=Path,
+        help="a circuit JSON file for knockout/faithfulness (Circuit.to_json, or `analyze classify --out`'s)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", type=Path, help="also write the JSON result to this file")
