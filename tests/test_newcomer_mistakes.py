@@ -113,3 +113,9 @@ def test_finetune_from_a_checkpoint_fine_tunes_its_model(tmp_path, capsys, monke
     monkeypatch.setattr(train, "finetune", lambda cfg, out, **kw: ran.append(cfg) or [])
     assert main(args) == 0 and main([*args, "--model", "random:tiny"]) == 0
     assert [(c.model, c.lr) for c in ran] == [("random:tiny", 1e-5)] * 2
+
+
+def test_other_on_a_one_model_analysis_is_refused(capsys):
+    """`analyze dla --other ioi-tiny` loaded the second model and ignored it without a word."""
+    err = one_line(capsys, 2, ["analyze", "dla", "--model", "random:tiny", "--other", "random:tiny"])
+    assert "reads one model; --other is for cmap" in err

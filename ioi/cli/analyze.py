@@ -125,6 +125,9 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise OptionError(
                 f"analysis {args.method!r} compares two models: give the second one with --other"
             )
+        if args.other and not entry.needs_other:  # it would be loaded and not used
+            pairs = ", ".join(n for n, a in ANALYSES.items() if a.needs_other)
+            raise OptionError(f"analysis {args.method!r} reads one model; --other is for {pairs}")
         check_size(args)
     except (ValueError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
