@@ -80,6 +80,14 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, as a cancel (commands that keep work say where)
         print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ioi … | head`: the reader left; not the user's mistake, nothing to say
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):  # a stdout without a file descriptor (tests)
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as err:
         cancelled = getattr(sys.modules.get("ioi.models.train"), "Cancelled", ())
         if cancelled and isinstance(err, cancelled):

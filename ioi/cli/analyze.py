@@ -52,7 +52,9 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
         "--option heads='9.9 9.6 10.0'; repeatable",
     )
     p.add_argument(
-        "--circuit", type=Path, help="a circuit JSON file (Circuit.to_json) for knockout/faithfulness"
+        "--circuit",
+        type=Path,
+        help="a circuit JSON file for knockout/faithfulness (Circuit.to_json, or `analyze classify --out`'s)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", type=Path, help="also write the JSON result to this file")
@@ -87,6 +89,21 @@ def json_safe(value: object) -> object:
     return value
 
 
+def _circuit_file(path: Path) -> dict:
+    """The circuit JSON in `path`, checked now (before a model loads); ValueError naming the file."""
+    from ioi.task.circuit import Circuit
+
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--circuit {path} is not a JSON file ({err})") from None
+    try:
+        Circuit.from_json(data)
+    except ValueError as err:
+        raise ValueError(f"--circuit {path}: {err}") from None
+    return data
+
+
 @command(
     "analyze",
     "run one analysis (any name in the analysis registry) and print its per-head table",
@@ -101,13 +118,16 @@ def run_analyze(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out}: folder {args.out.absolute().parent} does not exist")
         options = parse_options(args.option)
         if args.circuit:
-            options["circuit"] = json.loads(args.circuit.read_text())
+            options["circuit"] = _circuit_file(args.circuit)
         entry = analysis(args.method)
         options = entry.check(options)
         if entry.needs_other and not args.other:
             raise OptionError(
                 f"analysis {args.method!r} compares two models: give the second one with --other"
             )
+        if args.other and not entry.needs_other:  # it would be loaded and not used
+            pairs = ", ".join(n for n, a in ANALYSES.items() if a.needs_other)
+            raise OptionError(f"analysis {args.method!r} reads one model; --other is for {pairs}")
         check_size(args)
     except (ValueError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)

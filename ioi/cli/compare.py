@@ -86,7 +86,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ioi.runs.cache import cache_root, check_id, read_experiment
-    from ioi.runs.compare import COMPARE, COMPARE_FAMILY, load_comparison
+    from ioi.runs.compare import comparison_name, load_comparison
     from ioi.runs.experiment import ExperimentConfig
     from ioi.runs.recovery import RECOVERY
 
@@ -101,7 +101,7 @@ def run_compare(args: argparse.Namespace) -> int:
     target = cache_root(args.cache)
     if result is None:
         cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
-        status = _job(replace(cfg, analyses=(COMPARE_FAMILY if args.family else COMPARE,)), target, args,
+        status = _job(replace(cfg, analyses=(comparison_name(cfg, args.family),)), target, args,
                       "comparing (weights re-created by training if the cache has none)")  # fmt: skip
         if status is not None:
             return status

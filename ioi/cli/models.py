@@ -84,7 +84,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument(
+        "--model", help=f"model to fine-tune (default {DEFAULT_MODEL}; with --from: the checkpoint's)"
+    )
     p.add_argument("--scenario", choices=SCENARIOS, default="clean")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--from", dest="init_from", help="checkpoint to start from (required for reversal)")
@@ -99,6 +101,21 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
 
 
+def _base_model(model: str | None, init_from: str | None) -> str:
+    """The model a run fine-tunes: --from's base model (a --model naming another is refused, as it
+    would only change the default lr and the record), else --model or the default."""
+    from ioi.models.load import read_manifest
+
+    manifest = read_manifest(init_from) if init_from and Path(init_from).is_dir() else None
+    if manifest is None or "base_model" not in manifest:
+        return model or DEFAULT_MODEL  # TrainConfig.validate says what is wrong with --from
+    base = str(manifest["base_model"])
+    if model is not None and model != base and Path(model).resolve() != Path(base).resolve():
+        raise UsageError(f"--from {init_from} is a checkpoint of {base}, not {model}: give --model {base} "
+                         "or leave --model out")  # fmt: skip
+    return base
+
+
 @command("finetune", "fine-tune a model on a clean, toxic or reversal scenario", _finetune_args)
 def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -109,6 +126,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a directory for the checkpoints")
+    args.model = _base_model(args.model, args.init_from)  # before the default lr, which depends on it
     cfg = TrainConfig(
         model=args.model,
         scenario=args.scenario,

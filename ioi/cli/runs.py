@@ -132,8 +132,16 @@ def run_jobs(args: argparse.Namespace) -> int:
         job_id = jobs.submit(experiment_config(args), root, device=args.device)
         print(job_id)
         return _wait_with_bar(job_id, root) if args.wait else 0
+    if args.action != "submit" and not cache_root(root).is_dir():  # a mistyped --cache is not created
+        if args.action != "list":
+            raise UsageError(f"no job {args.id!r}: cache {cache_root(root)} does not exist")
+        print("[]" if args.json else f"no jobs: cache {cache_root(root)} does not exist",
+              file=sys.stdout if args.json else sys.stderr)  # fmt: skip
+        return 0
     if args.action == "list":
         listed = jobs.list_jobs(root)
+        if not listed and not args.json:
+            print(f"no jobs in {cache_root(root)}", file=sys.stderr)
         if args.json:
             print(json.dumps([j.to_json() for j in listed], indent=1))
         for job in [] if args.json else listed:
@@ -153,10 +161,16 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(f"(process output: {cache_root(root) / 'jobs' / f'{job.id}.log'})")
         return 0
     if args.action == "cancel":
-        print(_job_line(jobs.cancel(args.id, root)))
+        job = jobs.cancel(args.id, root)
+        print(_job_line(job))
+        if job.status in ("done", "failed", "cancelled"):
+            print(f"job {job.id} had already ended ({job.status}): nothing to cancel", file=sys.stderr)
         return 0
     job = jobs.resume(args.id, root)
     print(_job_line(job))
+    if job.status == "done":
+        print(f"job {job.id} is done: nothing to resume", file=sys.stderr)
+        return 0
     return _wait_with_bar(job.id, root) if args.wait else 0
 
 

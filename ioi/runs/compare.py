@@ -38,7 +38,7 @@ class Checkpoint:
 def _config(root, exp_id: str) -> ExperimentConfig:
     record = read_experiment(root, exp_id)
     if record is None:
-        raise ExperimentError(f"no experiment {exp_id} in {root}; `ioi runs list` shows the cached ones")
+        raise ExperimentError(f"no experiment {exp_id} in {root}; `ioi jobs list` shows the cached ones")
     return ExperimentConfig.from_json(record["config"])
 
 
@@ -87,10 +87,16 @@ def missing_weights(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
     return [c for c in checkpoints if "/" in c.source and not (Path(c.source) / "config.json").exists()]
 
 
+def comparison_name(cfg: ExperimentConfig, family: bool) -> str:
+    """The entry a comparison of `cfg` is stored as: COMPARE_FAMILY only where the lineage adds
+    checkpoints; a clean run's lineage is itself (`lineage`), so its family comparison is COMPARE."""
+    return COMPARE_FAMILY if family and cfg.scenario != "clean" else COMPARE
+
+
 def load_comparison(root, exp_id: str, *, family: bool = False):
     """The cached comparison (an AnalysisResult), or None."""
     cfg = _config(root, exp_id)
-    return load_analysis(root, exp_id, cfg.epochs, COMPARE_FAMILY if family else COMPARE)
+    return load_analysis(root, exp_id, cfg.epochs, comparison_name(cfg, family))
 
 
 def compare_experiment(

@@ -249,6 +249,19 @@ def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
     return record
 
 
+def check_parent(cfg: ExperimentConfig, record: dict[str, Any]) -> ExperimentConfig:
+    """The configuration of reversal `cfg`'s parent (its experiment `record`); ExperimentError when
+    the parent is not a toxic run of the same model (said at submit, not when the job runs)."""
+    parent = ExperimentConfig.from_json(record["config"])
+    if parent.scenario not in CORRUPTIONS:
+        raise ExperimentError(f"a reversal starts from a toxic experiment; {cfg.parent} is {parent.scenario}")
+    if parent.model != cfg.model:
+        raise ExperimentError(
+            f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
+        )
+    return parent
+
+
 def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
     """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
     its own checkpoints) if its weights were pruned or are damaged."""
@@ -258,13 +271,7 @@ def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: st
     record = adopt_parent(root, cfg.parent)
     if record is None:
         raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
-    parent = ExperimentConfig.from_json(record["config"])
-    if parent.scenario not in CORRUPTIONS:
-        raise ExperimentError(f"a reversal starts from a toxic experiment; {cfg.parent} is {parent.scenario}")
-    if parent.model != cfg.model:
-        raise ExperimentError(
-            f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"
-        )
+    parent = check_parent(cfg, record)
     final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
     problem = verify_checkpoint(final) if (final / "manifest.json").exists() else "pruned"
     if problem:

@@ -230,13 +230,15 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
     weights are re-created here). `launch=False` only records the job (tests, or a caller that runs
     `supervise` itself).
     """
-    from ioi.runs.experiment import adopt_parent, experiment_id, identity, is_complete
+    from ioi.runs.experiment import adopt_parent, check_parent, experiment_id, identity, is_complete
 
     cfg.validate()
     max_jobs(), torch_threads()  # a bad IOI_MAX_JOBS / IOI_JOB_THREADS is refused here, not in the job
     base = cache_root(root)
-    if cfg.parent and adopt_parent(base, cfg.parent) is None:
-        raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic experiment first")
+    if cfg.parent:
+        if (record := adopt_parent(base, cfg.parent)) is None:
+            raise JobError(f"parent experiment {cfg.parent} is not in {base}; submit the toxic run first")
+        check_parent(cfg, record)
     exp_id = experiment_id(cfg)
     register_experiment(base, exp_id, identity(cfg) | {"id": exp_id, "config": cfg.to_json()})
     done = is_complete(cfg, base)

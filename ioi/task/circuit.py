@@ -75,8 +75,20 @@ class Circuit:
 
     @classmethod
     def from_json(cls, data: dict) -> Circuit:
-        classes = {c: tuple(Head.parse(h) for h in hs) for c, hs in data["classes"].items()}
-        return cls(data["name"], classes, data.get("source", ""))
+        """The circuit `to_json` wrote (or any object with a `classes` map of class -> ["L.H", …],
+        such as `ioi analyze classify --out`'s); ValueError saying what is wrong otherwise."""
+        classes = data.get("classes") if isinstance(data, dict) else None
+        if not isinstance(classes, dict):
+            raise ValueError('a circuit is a JSON object with "classes": {"name mover": ["9.9", …], …}')
+        listed = {
+            c: isinstance(hs, list) and all(isinstance(h, str) for h in hs) for c, hs in classes.items()
+        }
+        if bad := [c for c, ok in listed.items() if not ok]:
+            raise ValueError(
+                f'circuit class {bad[0]!r}: give its heads as a list of "L.H" strings, e.g. ["9.9"]'
+            )
+        parsed = {c: tuple(Head.parse(h) for h in hs) for c, hs in classes.items()}
+        return cls(str(data.get("name", "given circuit")), parsed, str(data.get("source", "")))
 
 
 def _heads(text: str) -> tuple[Head, ...]:
