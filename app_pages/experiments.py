@@ -67,6 +67,9 @@ def launch_form() -> None:
             placeholder="pick a toxic experiment",
         )
         parent = toxic[ids.index(parent_id)] if parent_id else None
+        if parent is not None and parent.model != model:  # a reversal fine-tunes its parent's model
+            model = parent.model
+            c[0].caption(f"A reversal continues its toxic run's model: {model}.")
     seed = c[2].number_input(
         "Seed", min_value=0, max_value=2**31 - 1, value=defaults["seed"], key="form_seed"
     )

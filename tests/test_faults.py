@@ -395,6 +395,8 @@ def test_nothing_the_dashboard_does_writes_under_the_demo_cache(tmp_path, monkey
     assert _snapshot(demo) == before
     made = jobs.list_jobs(user)
     assert sorted(j.config["scenario"] for j in made) == ["clean", "reversal"]
+    # the form's model was ioi-tiny; the reversal takes its parent's (random:tiny), as submit requires
+    assert {j.config["model"] for j in made if j.config["scenario"] == "reversal"} == {"random:tiny"}
     assert cache.read_experiment(user, toxic) is not None  # the parent, adopted
 
 
