@@ -14,6 +14,7 @@ from app_pages._ui import (
     url_value,
 )
 from ioi.present import evolution_charts as ec
+from ioi.runs.compare import lineage_reversal
 
 st.title("Evolution")
 st.write(
@@ -148,10 +149,9 @@ def body() -> None:
 
 def recovery_section(s: dict) -> None:
     """The recovery curve of the lineage's reversal, when its dynamics are cached."""
-    lineage = zip(s.get("experiments", []), s.get("scenarios", []), s.get("epochs", []), strict=True)
-    reversals = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
-    exp = by_id(reversals[-1][0]) if reversals else None
-    found = result(exp, reversals[-1][1], "recovery") if exp is not None else None
+    rev = lineage_reversal(s) if "experiments" in s else None
+    exp = by_id(rev[0]) if rev else None
+    found = result(exp, rev[1], "recovery") if exp is not None else None
     if found is None:
         return
     r = found.summary

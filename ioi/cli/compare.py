@@ -39,12 +39,6 @@ def _find(exp_id: str, cache: Path | None) -> Path | None:
     return None
 
 
-def _reversal(summary: dict) -> tuple[str, int] | None:
-    """(experiment, epoch) of the lineage's reversal checkpoint, if it has one."""
-    lineage = zip(summary["experiments"], summary["scenarios"], summary["epochs"], strict=True)
-    return next(((e, ep) for e, sc, ep in lineage if sc == "reversal"), None)
-
-
 def _recovery(reversal: tuple[str, int], *roots):
     """The reversal's cached recovery dynamics in the first of `roots` (or a demo cache) holding them."""
     from ioi.runs.cache import demo_roots, load_analysis
@@ -86,7 +80,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ioi.runs.cache import cache_root, check_id, read_experiment
-    from ioi.runs.compare import comparison_name, load_comparison
+    from ioi.runs.compare import comparison_name, lineage_reversal, load_comparison
     from ioi.runs.experiment import ExperimentConfig
     from ioi.runs.recovery import RECOVERY
 
@@ -107,7 +101,7 @@ def run_compare(args: argparse.Namespace) -> int:
             return status
         root = target
         result = load_comparison(root, args.experiment, family=args.family)
-    reversal = _reversal(result.summary)
+    reversal = lineage_reversal(result.summary)
     if reversal is not None and not args.no_recovery and _recovery(reversal, root, target) is None:
         rev_root = _find(reversal[0], args.cache) or root
         cfg = ExperimentConfig.from_json(read_experiment(rev_root, reversal[0])["config"])

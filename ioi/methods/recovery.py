@@ -70,14 +70,18 @@ def random_edge_baseline(
     return Estimate(x.mean().item(), lo.item(), hi.item(), f"random edge sets ({n_draws} draws)")
 
 
+def in_pretrained_state(
+    points: pd.DataFrame, ld_range: tuple[float, float], jaccard_floor: float
+) -> pd.Series:
+    """Per snapshot (columns logit_diff, jaccard): the logit difference inside `ld_range` and the
+    Jaccard ≥ `jaccard_floor`, the state a reversal revives to."""
+    return points.logit_diff.between(*ld_range) & (points.jaccard >= jaccard_floor)
+
+
 def steps_to_revive(points: pd.DataFrame, ld_range: tuple[float, float], jaccard_floor: float) -> int | None:
     """The first step of `points` (columns step, logit_diff, jaccard) with the logit difference in
     `ld_range` and the Jaccard ≥ `jaccard_floor`; None if the run never gets there."""
-    ok = points[
-        (points.logit_diff >= ld_range[0])
-        & (points.logit_diff <= ld_range[1])
-        & (points.jaccard >= jaccard_floor)
-    ].sort_values("step")
+    ok = points[in_pretrained_state(points, ld_range, jaccard_floor)].sort_values("step")
     return int(ok.iloc[0]["step"]) if len(ok) else None
 
 

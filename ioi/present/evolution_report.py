@@ -7,9 +7,11 @@ import math
 
 import pandas as pd
 
+from ioi.methods.recovery import in_pretrained_state
 from ioi.methods.stats import NO_TASK
 from ioi.methods.verdicts import Verdict, edge_revival, fmt, seeds_estimate, within
 from ioi.present.findings import SeedStudy, analysis
+from ioi.runs.compare import lineage_reversal
 
 
 def _ci(value: float, lo: float, hi: float) -> str:
@@ -195,13 +197,8 @@ def _recovery(study: SeedStudy, r) -> list[str]:
     """The recovery dynamics of the lineage's reversal, when cached."""
     from ioi.runs.cache import load_analysis
 
-    s = r.summary
-    rows = [
-        (e, ep)
-        for e, sc, ep in zip(s["experiments"], s["scenarios"], s["epochs"], strict=True)
-        if sc == "reversal"
-    ]
-    dyn = load_analysis(study.root, rows[-1][0], rows[-1][1], "recovery") if rows else None
+    rev = lineage_reversal(r.summary)
+    dyn = load_analysis(study.root, *rev, "recovery") if rev else None
     if dyn is None:
         return []
     d, pts = dyn.summary, dyn.tables["points"]
@@ -256,17 +253,16 @@ def revival_lines(found: list) -> list[str]:
     steps: dict[str, list[int | None]] = {}
     left: dict[str, list[bool]] = {}
     for study, r in found:
-        s = r.summary
-        lineage = list(zip(s["experiments"], s["scenarios"], s["epochs"], strict=True))
-        rev = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
-        dyn = load_analysis(study.root, rev[-1][0], rev[-1][1], "recovery") if rev else None
+        rev = lineage_reversal(r.summary)
+        dyn = load_analysis(study.root, *rev, "recovery") if rev else None
         if dyn is not None:
             d, pts = dyn.summary, dyn.tables["points"]
-            end = pts[pts.run == "toxic"].sort_values("step").iloc[-1]
+            end = pts[pts.run == "toxic"].sort_values("step").iloc[-1:]
             f0 = d["pretrained_logit_diff"]
-            out = not f0["lo"] <= end["logit_diff"] <= f0["hi"] or end["jaccard"] < d["jaccard_floor"]
-            steps.setdefault(s["scenarios"][0], []).append(d["steps_to_revive"])
-            left.setdefault(s["scenarios"][0], []).append(bool(out))
+            out = not in_pretrained_state(end, (f0["lo"], f0["hi"]), d["jaccard_floor"]).iloc[0]
+            dataset = r.summary["scenarios"][0]
+            steps.setdefault(dataset, []).append(d["steps_to_revive"])
+            left.setdefault(dataset, []).append(bool(out))
     if not steps:
         return []
     return [

@@ -82,6 +82,13 @@ def _children(root, exp_id: str) -> list[str]:
     return found
 
 
+def lineage_reversal(summary: dict) -> tuple[str, int] | None:
+    """(experiment, epoch) of the last reversal checkpoint in a comparison's summary, if any."""
+    lineage = zip(summary["experiments"], summary["scenarios"], summary["epochs"], strict=True)
+    found = [(e, ep) for e, sc, ep in lineage if sc == "reversal"]
+    return found[-1] if found else None
+
+
 def missing_weights(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
     """The checkpoints whose weights are not on disk (a model name counts as present)."""
     return [c for c in checkpoints if "/" in c.source and not (Path(c.source) / "config.json").exists()]
