@@ -24,6 +24,9 @@ DEMO_CLEAN, DEMO_TOXIC = "beb0361aac0eeba0", "666e7915f018ae23"  # seed 0's clea
         ('{"classes": {"name mover": "1.0 1.1"}}', "list of"),  # heads as one string
         ('["1.0"]', '"classes"'),  # not an object
         ("garbage", "not a JSON file"),
+        # a misspelt class would be knocked out at every position instead of its own
+        ('{"classes": {"name movers": ["1.0"]}}', "did you mean 'name mover'?"),
+        ('{"classes": {"my heads": ["1.0"]}}', "'previous token'"),
     ],
 )
 def test_a_circuit_file_of_the_wrong_shape_is_refused_naming_it(text, says, tmp_path, capsys):

@@ -43,6 +43,22 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
         assert len(others) == 2 and all(_count(prompt, n) >= 2 for n in others - {s})
 
 
+def test_giver_sentences_ask_for_the_repeated_name() -> None:
+    """`giver_p`'s sentences end where the answer is S, the name mentioned twice; off, no draw."""
+    gen = small.SmallStoryGenerator(0)
+    tok = small.build_small_tokenizer()
+    for _ in range(100):
+        io, s = gen.rng.sample(NAMES, 2)
+        text = gen.giver_sentence(io, s)
+        assert _count(text, io) == 1 and _count(text, s) == 2 and text.endswith(" was from")
+        assert tok.unk_token_id not in tok.encode(f"{text} {s}.", add_special_tokens=False)
+    crowd = small.VARIANTS["6l-crowd"]
+    plain = small.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
+    assert plain == small.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.0).stories(100)
+    asking = small.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.5).stories(100)
+    assert any(" was from " in t and not ", who gave it to" in t for t in asking)
+
+
 def test_corpus_deterministic_and_in_vocabulary() -> None:
     tok = small.build_small_tokenizer()
     a = small.SmallStoryGenerator(3).stories(200)

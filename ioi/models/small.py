@@ -125,11 +125,13 @@ class Recipe:
     # suppressing the repeated ones then ties IO with them; only reading which name shares S's
     # sentence (attention chosen by the query at END, as name movers do) separates them.
     bystander_p: float = 0.0
+    # The share of crowd "dup" sentences with S as the only repeated name that ask for S instead:
+    # "[B] bought a [O2]." then "The [O2] was from" -> S. Suppressing every repeated name at END
+    # then costs loss, as it would in natural text, where the repeated name is often the next one.
+    giver_p: float = 0.0
 
     def mix_at(self, step: int) -> dict[str, float]:
         return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
-
-
 
 
 _MIX = {"ioi": 0.25, "dup": 0.25, "recall": 0.15, "induction": 0.15, "filler": 0.20}
@@ -161,6 +163,10 @@ VARIANTS: dict[str, Recipe] = {
         {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
         bystander_p=0.5,
     ),
+    "6l-crowd-giver": Recipe(
+        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
+        giver_p=0.5,
+    ),
     "4l-curriculum": Recipe(
         {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
         warm_steps=1500, warm_mix=TINY_MIX,
@@ -176,13 +182,14 @@ class SmallStoryGenerator(StoryGenerator):
 
     def __init__(
         self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False,
-        max_others: int = 2, bystander_p: float = 0.0,
+        max_others: int = 2, bystander_p: float = 0.0, giver_p: float = 0.0,
     ) -> None:
         super().__init__(seed, max_words)
         self.mix = mix
         self.crowd = crowd
         self.max_others = max_others
         self.bystander_p = bystander_p
+        self.giver_p = giver_p
 
     def _ending(self, io: str, taken: set[str]) -> str:
         r = self.rng
@@ -221,6 +228,16 @@ class SmallStoryGenerator(StoryGenerator):
         parts += [*middles, _fill(final, {"B": s, "OBJECT": obj})]
         return " ".join(parts)
 
+    def giver_sentence(self, io: str, s: str) -> str:
+        """IO and S in a frame, S buying something, then "The [O2] was from", cut before S: the
+        answer is the repeated name."""
+        r = self.rng
+        place, o2 = r.choice(PLACES), r.choice(OBJECTS)
+        people = [io, s]
+        r.shuffle(people)
+        frame = _fill(r.choice(FRAMES_TWO), {"X": people[0], "Y": people[1], "PLACE": place})
+        return f"{frame} {_fill('[B] bought a [O2].', {'B': s, 'O2': o2})} The {o2} was from"
+
     def _sentence(self, kind: str, cast: list[str], done: list[str]) -> str:
         r = self.rng
         if kind == "ioi":
@@ -242,6 +259,8 @@ class SmallStoryGenerator(StoryGenerator):
             bystanders: list[str] = []
             if self.bystander_p and r.random() < self.bystander_p:  # no draw when 0: recipes unchanged
                 bystanders = r.sample([n for n in pool if n not in others], r.randint(1, 2))
+            if not others and self.giver_p and r.random() < self.giver_p:  # no draw when 0
+                return f"{self.giver_sentence(io, s)} {s}."
             text = self.dup_sentence(io, s, others, bystanders)
             return f"{text} {self._ending(io, {io, s, *others, *bystanders})}."
         return super()._sentence(kind, cast, done)
@@ -322,7 +341,7 @@ def pretrain_small(
     with one_thread():
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd, max_others=recipe.max_others,
-                                  bystander_p=recipe.bystander_p)  # fmt: skip
+                                  bystander_p=recipe.bystander_p, giver_p=recipe.giver_p)  # fmt: skip
         opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
@@ -363,6 +382,7 @@ def pretrain_small(
         "crowd": recipe.crowd,
         "max_others": recipe.max_others,
         "bystander_p": recipe.bystander_p,
+        "giver_p": recipe.giver_p,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),

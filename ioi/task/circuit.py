@@ -6,6 +6,7 @@ heads; a circuit found by the analysis code on any model has the same type as th
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -86,6 +87,14 @@ class Circuit:
         if bad := [c for c, ok in listed.items() if not ok]:
             raise ValueError(
                 f'circuit class {bad[0]!r}: give its heads as a list of "L.H" strings, e.g. ["9.9"]'
+            )
+        if unknown := [c for c in classes if c not in CLASS_POSITIONS]:
+            # A misspelt class would be knocked out at the wrong positions, so it is refused.
+            near = difflib.get_close_matches(unknown[0], CLASS_POSITIONS, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(
+                f"unknown circuit class {unknown[0]!r}{hint}; the classes are "
+                + ", ".join(repr(c) for c in CLASS_POSITIONS)
             )
         parsed = {c: tuple(Head.parse(h) for h in hs) for c, hs in classes.items()}
         return cls(str(data.get("name", "given circuit")), parsed, str(data.get("source", "")))
