@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_cli_mistakes import one_line
 
 from ioi.cli import main
+from ioi.runs.compare import lineage
+from ioi.runs.experiment import ExperimentError
 from ioi.task.circuit import Circuit, Head
 
 DEMO_CLEAN, DEMO_TOXIC = "beb0361aac0eeba0", "666e7915f018ae23"  # seed 0's clean and subject-duplication runs
@@ -67,6 +70,24 @@ def test_compare_family_of_a_clean_run_reads_its_cached_comparison(tmp_path, cap
     assert main(["compare", "--experiment", DEMO_CLEAN, "--json", "--cache", str(cache)]) == 0
     assert family == json.loads(capsys.readouterr().out)
     assert not cache.exists()
+
+
+def test_compare_family_of_a_toxic_run_with_two_reversals_is_refused_naming_them(tmp_path, capsys):
+    """Which reversal continues the lineage is the user's choice: both are named, no job starts
+    (it used to take the first by id)."""
+    demo = Path(__file__).parent.parent / "cache" / "demo" / "experiments"
+    cache = tmp_path / "cache"
+    reversal = json.loads((demo / "16d9954c1fc95fad" / "experiment.json").read_text())
+    records = {DEMO_TOXIC: json.loads((demo / DEMO_TOXIC / "experiment.json").read_text()),
+               "16d9954c1fc95fad": reversal, "0000000000000001": {**reversal, "id": "0000000000000001"}}
+    for exp_id, record in records.items():
+        (cache / "experiments" / exp_id).mkdir(parents=True)
+        (cache / "experiments" / exp_id / "experiment.json").write_text(json.dumps(record))
+    err = one_line(capsys, 2, ["compare", "--experiment", DEMO_TOXIC, "--family", "--cache", str(cache)])
+    assert "0000000000000001, 16d9954c1fc95fad" in err and "--experiment 0000000000000001 --family" in err
+    assert not (cache / "jobs").exists()
+    with pytest.raises(ExperimentError, match="2 reversals"):
+        lineage(cache, DEMO_TOXIC, family=True)
 
 
 def test_job_commands_on_a_missing_cache_do_not_create_it(tmp_path, capsys):

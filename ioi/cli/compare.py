@@ -80,7 +80,13 @@ def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ioi.runs.cache import cache_root, check_id, read_experiment
-    from ioi.runs.compare import comparison_name, lineage_reversal, load_comparison
+    from ioi.runs.compare import (
+        ambiguous_lineage,
+        comparison_name,
+        lineage_reversal,
+        load_comparison,
+        reversals_of,
+    )
     from ioi.runs.experiment import ExperimentConfig
     from ioi.runs.recovery import RECOVERY
 
@@ -95,6 +101,8 @@ def run_compare(args: argparse.Namespace) -> int:
     target = cache_root(args.cache)
     if result is None:
         cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
+        if args.family and cfg.parent is None and len(children := reversals_of(root, args.experiment)) > 1:
+            raise UsageError(ambiguous_lineage(args.experiment, children))
         status = _job(replace(cfg, analyses=(comparison_name(cfg, args.family),)), target, args,
                       "comparing (weights re-created by training if the cache has none)")  # fmt: skip
         if status is not None:

@@ -62,7 +62,10 @@ def lineage(root, exp_id: str, *, family: bool = False, weights_root=None) -> li
         own = _own(root, weights_root, exp_id, cfg, cfg.model, 0)
         if not family or cfg.scenario == "clean":
             return own
-        for child in _children(root, exp_id)[:1]:
+        children = reversals_of(root, exp_id)
+        if len(children) > 1:
+            raise ExperimentError(ambiguous_lineage(exp_id, children))
+        for child in children:
             own += _own(root, weights_root, child, _config(root, child), own[-1].source, 1)
         return own
     parent = _config(root, cfg.parent)
@@ -71,7 +74,15 @@ def lineage(root, exp_id: str, *, family: bool = False, weights_root=None) -> li
     return (_own(root, weights_root, cfg.parent, parent, parent.model, 0) if family else []) + own
 
 
-def _children(root, exp_id: str) -> list[str]:
+def ambiguous_lineage(exp_id: str, children: list[str]) -> str:
+    """Why a toxic run with several reversals has no single lineage, and what to run instead."""
+    return (
+        f"{exp_id} has {len(children)} reversals ({', '.join(children)}), so its lineage is not one "
+        f"line: compare one reversal's lineage, e.g. `ioi compare --experiment {children[0]} --family`"
+    )
+
+
+def reversals_of(root, exp_id: str) -> list[str]:
     """The reversals of `exp_id` in the cache, by id."""
     folder = cache_root(root) / "experiments"
     found = []
