@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import re
@@ -29,6 +30,25 @@ def test_every_command_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([cmd, "--help"])
     assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["finetune"], ["jobs", "submit"], ["eval"]])
+def test_help_states_the_defaults_the_parser_uses(argv, capsys):
+    """Each option that has a default says it in --help (flags and unset options say none)."""
+    from ioi.cli import HelpFormatter, build_parser
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    parser = build_parser()
+    for name in argv:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    shown = [a for a in parser._actions if HelpFormatter._shows_default(a)]
+    assert len(shown) >= 2
+    for a in shown:  # the option's line (up to the next option) says its default
+        line = helped.split(f" {a.option_strings[-1]} ", 1)[1].split(" --", 1)[0]
+        assert "default" in line, a.option_strings
+    assert "(default: False)" not in helped and "(default: None)" not in helped
 
 
 def cli_json(capsys, *args: str) -> dict:

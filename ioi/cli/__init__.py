@@ -10,6 +10,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 from ioi.cli import analyze, compare, models, runs  # noqa: F401  (each registers its commands)
@@ -47,8 +48,35 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default where it has one (not None, False or "") and its help
+    does not already say it, also for options without help; epilogs keep their line breaks."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        shown = (
+            not any(action.default is x for x in (None, False, argparse.SUPPRESS)) and action.default != ""
+        )
+        return shown and bool(action.option_strings)  # `is`: 0 is a default to show, False is not
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if not self._shows_default(action) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a mistyped argument is one `error:` line too (the usage is one --help away)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)  # nested subcommands inherit it
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")

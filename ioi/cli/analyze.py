@@ -34,7 +34,6 @@ def _analyses_epilog() -> str:
 
 
 def _analyze_args(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _analyses_epilog()
     p.add_argument("method", help=f"one of: {', '.join(ANALYSES)} (options below)")
     p.add_argument(
