@@ -53,11 +53,13 @@ def body() -> None:
     found = result_or_offer(exp, exp.epochs_with(scope)[-1], scope)
     if found is None:
         return
-    s, t = found.summary, found.tables
-    order = list(s["checkpoints"])
+    s = found.summary
+    names = checkpoint_names(s)
+    t = ec.relabel_checkpoints(found.tables, names)
+    stored = list(s["checkpoints"])  # the URL keeps stored labels; charts and tables show names
+    order = [names.get(c, c) for c in stored]
     c = st.columns(3)
     c[0].metric("checkpoints", len(order))
-    names = checkpoint_names(s)
     c[1].metric("reference", names.get(s["reference"], s["reference"]))
     c[2].metric("bootstrap resamples", s["resamples"])
     show_chart(
@@ -70,9 +72,10 @@ def body() -> None:
     )
 
     st.subheader("One checkpoint")
-    start = url_value("checkpoint") if url_value("checkpoint") in order else order[-1]
-    at = st.select_slider("Checkpoint", order, value=start, key=f"evo_at-{exp.id}", format_func=names.get)
-    set_url(checkpoint=at)
+    start = url_value("checkpoint") if url_value("checkpoint") in stored else stored[-1]
+    picked = st.select_slider("Checkpoint", stored, value=start, key=f"evo_at-{exp.id}", format_func=names.get)
+    set_url(checkpoint=picked)
+    at = names.get(picked, picked)
     role = choice(
         "Role score",
         list(ROLES),

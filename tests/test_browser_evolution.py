@@ -28,7 +28,8 @@ def test_evolution_page_shows_the_shipped_clean_family(server, page):  # noqa: F
     page.goto(f"{server}/evolution?exp={exp}", timeout=120_000)
     settle(page)
     main = page.inner_text("[data-testid='stMain']")
-    assert "Evolution" in main and "Transfer faithfulness" in main and labels[-1] in main
+    assert "Evolution" in main and "Transfer faithfulness" in main
+    assert f"DLA at clean, epoch {found.summary['epochs'][-1]}" in main  # in words, not labels[-1]
     assert page.locator("[data-testid='stVegaLiteChart']").count() == 5
     assert page.locator("[data-testid='stException']").count() == 0
     page.set_viewport_size({"width": 1400, "height": 4600})  # the app scrolls inside its main block

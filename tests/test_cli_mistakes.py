@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import warnings
 
@@ -387,3 +389,15 @@ def test_size_with_a_dataset_takes_its_first_prompts_and_more_than_it_has_is_ref
     assert one_line(capsys, 2, ["eval", "--model", "random:tiny", "--size", "0"]) == (
         "error: --size must be at least 1, got 0"
     )
+
+
+def test_a_prompt_longer_than_the_context_is_one_line_without_the_tokenizers_warning(tmp_path):
+    """The tokenizer's own "Token indices sequence length" warning goes to the transformers
+    logger, which capsys does not see: a subprocess shows everything the user would."""
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": WHEN * 8 + "John gave a drink to", "io": "Mary", "s": "John"}) + "\n")
+    run = subprocess.run([sys.executable, "-m", "ioi", "eval", "--model", "ioi-tiny", "--dataset", str(data)],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "error: a prompt is 78 tokens long (with BOS), longer than the model's context of 64; shorten it"
+    ]

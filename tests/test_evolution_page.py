@@ -117,7 +117,7 @@ def test_the_checkpoint_and_role_come_from_the_url(evo_env):
     at = run_page(checkpoint="clean 1", role="s_inhibition")
     assert not at.exception
     assert at.select_slider[0].value == "clean 1"
-    assert any("S-inhibition score at clean 1" in c.proto.spec for c in at.get("vega_lite_chart"))
+    assert any("S-inhibition score at clean, epoch 1" in c.proto.spec for c in at.get("vega_lite_chart"))
 
 
 def test_no_comparison_is_an_empty_state(tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_the_page_imports_no_torch(evo_env):
 def test_role_scores_are_named_with_their_unit_not_their_field(evo_env):
     at = run_page()
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
-    assert any("DLA at clean 2" in s for s in specs) and any("DLA (logits)" in s for s in specs)
+    assert any("DLA at clean, epoch 2" in s for s in specs) and any("DLA (logits)" in s for s in specs)
     assert not any('"dla (logits)"' in s or "dla at clean" in s for s in specs)
 
 
@@ -157,6 +157,9 @@ def test_checkpoints_are_named_in_words_and_the_url_keeps_the_stored_label(evo_e
     assert slider.value == "clean 1" and "clean, epoch 1" in slider.options
     assert at.query_params["checkpoint"] in ("clean 1", ["clean 1"])
     assert next(m for m in at.metric if m.label == "reference").value == "clean, pretrained"
+    # every chart (titles, axes, matrix cells, tooltips) names checkpoints as the slider does
+    specs = " ".join(c.proto.spec for c in at.get("vega_lite_chart"))
+    assert '"clean, epoch 1"' in specs and '"clean 1"' not in specs and '"clean 0"' not in specs
 
 
 def test_the_lineage_view_opens_on_the_subject_duplication_family(tmp_path, monkeypatch):

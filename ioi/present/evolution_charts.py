@@ -22,6 +22,23 @@ TRACKS = {
 }
 
 
+# The columns of a comparison's tables that hold checkpoint labels.
+CHECKPOINT_COLUMNS = ("checkpoint", "circuit_of", "model", "source", "receiver")
+
+
+def relabel_checkpoints(tables: dict[str, pd.DataFrame], names: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """`tables` with every stored checkpoint label ("subject_duplication 3") replaced by its name in
+    `names` ("subject duplication, epoch 3"), so chart titles, axes and tooltips read as the slider."""
+    out = {}
+    for key, frame in tables.items():
+        frame = frame.copy()
+        for col in CHECKPOINT_COLUMNS:
+            if col in frame.columns:
+                frame[col] = frame[col].map(lambda v: names.get(v, v))
+        out[key] = frame
+    return out
+
+
 def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") -> alt.LayerChart:
     """One line per measure of the `overlap` table over the checkpoints in `order`, with its 95%
     interval as error bars where it has one, the stability bar (0.8) as a dashed rule."""

@@ -329,7 +329,7 @@ class Tokenizer(Protocol):
 
     bos_token_id: int | None
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., verbose: bool = ...) -> list[int]: ...
 
 
 def single_token_id(tokenizer: Tokenizer, word: str) -> int | None:
@@ -460,7 +460,9 @@ def tokenize(
                            "them as its unknown token); use names the model knows")  # fmt: skip
     if bad:
         raise DatasetError("not single tokens for this tokenizer: " + ", ".join(bad))
-    rows = [[bos, *tokenizer.encode(x.prompt, add_special_tokens=False)] for x in samples]
+    # verbose=False: a prompt longer than the context is refused by check_context in one line, not
+    # preceded by the tokenizer's own warning.
+    rows = [[bos, *tokenizer.encode(x.prompt, add_special_tokens=False, verbose=False)] for x in samples]
     as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     if like is not None:
         if len(like) != len(samples) or any(len(r) != e + 1 for r, e in zip(rows, like.end.tolist())):
