@@ -73,7 +73,9 @@ def body() -> None:
 
     st.subheader("One checkpoint")
     start = url_value("checkpoint") if url_value("checkpoint") in stored else stored[-1]
-    picked = st.select_slider("Checkpoint", stored, value=start, key=f"evo_at-{exp.id}", format_func=names.get)
+    picked = st.select_slider(
+        "Checkpoint", stored, value=start, key=f"evo_at-{exp.id}", format_func=names.get
+    )
     set_url(checkpoint=picked)
     at = names.get(picked, picked)
     role = choice(

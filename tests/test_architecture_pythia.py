@@ -141,7 +141,9 @@ def test_knockout_on_pythia_equals_a_hook_run(pythia, data):
     hooks = [(hook_name(layer, "z"), lambda z, hook, layer=layer: ablate(z, hook, layer)) for layer in (0, 1)]
     want = logit_diff(pythia.bridge.run_with_hooks(clean.tokens, fwd_hooks=hooks), clean).item()
     assert got == pytest.approx(want, abs=1e-5)
-    res = run_analysis("knockout", pythia, clean, abc, circuit={"name": "toy", "classes": {"name mover": ["1.0"]}})
+    res = run_analysis(
+        "knockout", pythia, clean, abc, circuit={"name": "toy", "classes": {"name mover": ["1.0"]}}
+    )
     assert len(res.heads) == pythia.n_layers * pythia.n_heads and not res.heads["value"].isna().any()
 
 

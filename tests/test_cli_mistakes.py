@@ -395,9 +395,11 @@ def test_a_prompt_longer_than_the_context_is_one_line_without_the_tokenizers_war
     """The tokenizer's own "Token indices sequence length" warning goes to the transformers
     logger, which capsys does not see: a subprocess shows everything the user would."""
     data = tmp_path / "long.jsonl"
-    data.write_text(json.dumps({"prompt": WHEN * 8 + "John gave a drink to", "io": "Mary", "s": "John"}) + "\n")
-    run = subprocess.run([sys.executable, "-m", "ioi", "eval", "--model", "ioi-tiny", "--dataset", str(data)],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    row = {"prompt": WHEN * 8 + "John gave a drink to", "io": "Mary", "s": "John"}
+    data.write_text(json.dumps(row) + "\n")
+    command = [sys.executable, "-m", "ioi", "eval", "--model", "ioi-tiny", "--dataset", str(data)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         "error: a prompt is 78 tokens long (with BOS), longer than the model's context of 64; shorten it"
     ]
