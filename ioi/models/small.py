@@ -256,11 +256,11 @@ class SmallStoryGenerator(StoryGenerator):
                 others = r.sample(pool, k)
             else:
                 others = [r.choice(rest)] if r.random() < 0.4 else []
+            if not others and self.giver_p and r.random() < self.giver_p:  # no draw when 0
+                return f"{self.giver_sentence(io, s)} {s}."
             bystanders: list[str] = []
             if self.bystander_p and r.random() < self.bystander_p:  # no draw when 0: recipes unchanged
                 bystanders = r.sample([n for n in pool if n not in others], r.randint(1, 2))
-            if not others and self.giver_p and r.random() < self.giver_p:  # no draw when 0
-                return f"{self.giver_sentence(io, s)} {s}."
             text = self.dup_sentence(io, s, others, bystanders)
             return f"{text} {self._ending(io, {io, s, *others, *bystanders})}."
         return super()._sentence(kind, cast, done)
