@@ -34,6 +34,7 @@ FINDINGS = ("amplification", "localized corruption", "neuroplasticity")
 PAGES = {
     "attribution": "app_pages/attribution.py", "faithfulness": "app_pages/faithfulness.py",
     "knockout": "app_pages/knockout.py", "cmap": "app_pages/cmap.py", "circuit": "app_pages/circuit.py",
+    "evolution": "app_pages/evolution.py",
 }  # fmt: skip
 BADGES = {True: ("holds", "green"), False: ("does not hold", "red"), None: ("undetermined", "orange")}
 
@@ -161,6 +162,15 @@ def plasticity_charts(v) -> None:
             )
 
 
+def edge_revival(v: dict) -> None:
+    """A reversal's edge-level verdict, from its lineage comparison (the Evolution page's)."""
+    st.markdown(f"**At the level of edges** {badge(v)}")
+    st.write(readable(v["summary"]))
+    st.caption(f"Criterion: {v['criterion']}")
+    st.dataframe(numbers_table(v), hide_index=True, width="stretch")
+    show_me(v)
+
+
 CHARTS = {"amplification": amplification_charts, "localized corruption": corruption_charts,
           "neuroplasticity": plasticity_charts}  # fmt: skip
 
@@ -188,6 +198,8 @@ def body() -> None:
     for root, why in pending:
         judge(root, why)
     found = [v for v in stored if v["finding"] in FINDINGS]
+    # Each reversal's edge revival (from its lineage comparison) is shown with its neuroplasticity.
+    edges = {v["scope"]: v for v in stored if v["finding"] == "edge revival"}
     if not found:
         st.info(
             "**No findings yet.** Run `python -m ioi reproduce` (or `precompute`) to build the results.",
@@ -204,6 +216,8 @@ def body() -> None:
             for v in group:
                 st.markdown(f"{badge(v)} **{scope(v) or 'clean fine-tuning'}**")
                 st.caption(headline(v))
+                if v["scope"] in edges and finding == "neuroplasticity":
+                    st.markdown(f"{badge(edges[v['scope']])} edge circuit's revival")
     for finding, group in by_finding.items():
         if not group:
             continue
@@ -217,6 +231,8 @@ def body() -> None:
                 st.dataframe(numbers_table(v), hide_index=True, width="stretch")
                 show_me(v)
                 CHARTS[finding](v)
+                if finding == "neuroplasticity" and v["scope"] in edges:
+                    edge_revival(edges[v["scope"]])
 
 
 show_user_errors(body)

@@ -137,6 +137,12 @@ def test_findings_page_shows_the_three_findings_with_their_verdicts(server, page
         assert finding in main
     assert any(word in main for word in ("holds", "does not hold", "undetermined"))
     shoot(page, "0-findings-top")
+    # The open reversal's tab shows its edge-level verdict with a link to its Evolution view.
+    edges = page.get_by_text("At the level of edges").first
+    edges.scroll_into_view_if_needed()
+    assert edges.is_visible()
+    assert page.get_by_text("the edge circuit's revival").first.is_visible()
+    shoot(page, "0-findings-edge-revival")
 
 
 def test_circuit_page_lists_the_pretrained_models_name_movers(server, page):

@@ -442,6 +442,17 @@ def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, m
         assert any(list(t["value [95% interval]"]) == numbers for t in shown), (v.finding, v.scope)
         assert all(n in report for n in numbers), f"{v.finding} {v.scope}: REPRODUCTION.md has other numbers"
     assert len({c.value for c in at.markdown if c.value.startswith("#### ")}) == 3
+    # Each reversal's edge revival (its lineage comparison, as the report's timeline judges it) is
+    # shown with that reversal's neuroplasticity verdict, its numbers as the report writes them.
+    edges = [v for v in findings([demo]) if v.finding == "edge revival"]
+    datasets = ("duplication", "name_moving", "subject_duplication")
+    assert {v.scope for v in edges} == {f"reversal of {d}" for d in datasets}
+    assert sum(c.value.startswith("**At the level of edges**") for c in at.markdown) == len(edges)
+    for v in edges:
+        numbers = [fmt(e, 3) for e in v.numbers.values()]
+        assert any(list(t["value [95% interval]"]) == numbers for t in shown), v.scope
+        assert v.summary in report, f"{v.scope}: REPRODUCTION.md words its edge revival otherwise"
+        assert v.view["page"] == "evolution" and v.view["scope"] == "compare-family"
 
 
 def test_a_stopped_job_whose_model_is_missing_offers_no_resume(tmp_path, monkeypatch):

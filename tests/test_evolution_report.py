@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ioi.methods.analyses import AnalysisResult
-from ioi.present.evolution_report import across_seeds_lines, edge_revivals, revival_tally
+from ioi.present.evolution_report import across_seeds_lines, revival_tally
+from ioi.present.findings import edge_revivals
 
 
 def comparison(scenarios: list[str], epochs: list[int], jaccards: list[float]) -> AnalysisResult:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ioi.models import small, tiny
+from ioi.models import small, small_corpus, tiny
 from ioi.task.data import NAMES, make_dataset, tokenize
 
 
@@ -19,13 +19,13 @@ def _count(text: str, name: str) -> int:
 
 def test_tiny_vocabulary_is_unchanged_by_small_phrases() -> None:
     base = tiny.vocabulary()
-    extended = tiny.vocabulary(small.PHRASES)
+    extended = tiny.vocabulary(small_corpus.PHRASES)
     assert set(base) < set(extended)
     assert tiny.build_tokenizer().get_vocab() == {w: i for i, w in enumerate(base)}
 
 
 def test_duplicate_sentences_mention_the_answer_once() -> None:
-    gen = small.SmallStoryGenerator(0)
+    gen = small_corpus.SmallStoryGenerator(0)
     for k in range(300):
         io, s, third = gen.rng.sample(NAMES, 3)
         text = gen.dup_sentence(io, s, [third] if k % 2 else [])
@@ -37,7 +37,7 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
         io, s, *others = gen.rng.sample(NAMES, 2 + k % 5)
         text = gen.dup_sentence(io, s, others)
         assert _count(text, io) == 1 and all(_count(text, n) >= 2 for n in others)
-    for prompt, io, s in small.three_name_probes(50):
+    for prompt, io, s in small_corpus.three_name_probes(50):
         assert _count(prompt, io) == 1 and _count(prompt, s) >= 1
         others = {n for n in NAMES if _count(prompt, n) and n != io}
         assert len(others) == 2 and all(_count(prompt, n) >= 2 for n in others - {s})
@@ -45,31 +45,49 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
 
 def test_giver_sentences_ask_for_the_repeated_name() -> None:
     """`giver_p`'s sentences end where the answer is S, the name mentioned twice; off, no draw."""
-    gen = small.SmallStoryGenerator(0)
-    tok = small.build_small_tokenizer()
+    gen = small_corpus.SmallStoryGenerator(0)
+    tok = small_corpus.build_small_tokenizer()
     for _ in range(100):
         io, s = gen.rng.sample(NAMES, 2)
         text = gen.giver_sentence(io, s)
         assert _count(text, io) == 1 and _count(text, s) == 2 and text.endswith(" was from")
         assert tok.unk_token_id not in tok.encode(f"{text} {s}.", add_special_tokens=False)
-    crowd = small.VARIANTS["6l-crowd"]
-    plain = small.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
-    assert plain == small.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.0).stories(100)
-    asking = small.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.5).stories(100)
+    crowd = small_corpus.VARIANTS["6l-crowd"]
+    plain = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
+    assert plain == small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.0).stories(100)
+    asking = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.5).stories(100)
     assert any(" was from " in t and ", who gave it to" not in t for t in asking)
 
 
+def test_visit_sentences_end_with_the_other_persons_place() -> None:
+    """`visit_p`'s sentences: IO and S each at a different place, then S going to IO's; off, no draw."""
+    gen = small_corpus.SmallStoryGenerator(0)
+    tok = small_corpus.build_small_tokenizer()
+    for _ in range(100):
+        io, s = gen.rng.sample(NAMES, 2)
+        text = gen.visit_sentence(io, s)
+        head, answer = text.removesuffix(".").rsplit(f"{s} went to the ", 1)
+        assert f"{io} was at the {answer}" in head and f"{s} was at the {answer}" not in head
+        assert _count(text, io) == 1 and _count(text, s) == 2
+        assert tok.unk_token_id not in tok.encode(text, add_special_tokens=False)
+    crowd = small_corpus.VARIANTS["6l-crowd"]
+    plain = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
+    assert plain == small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, visit_p=0.0).stories(100)
+    visiting = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, visit_p=0.4).stories(100)
+    assert sum(" was at the " in t for t in visiting) > sum(" was at the " in t for t in plain)
+
+
 def test_corpus_deterministic_and_in_vocabulary() -> None:
-    tok = small.build_small_tokenizer()
-    a = small.SmallStoryGenerator(3).stories(200)
-    assert a == small.SmallStoryGenerator(3).stories(200)
-    assert a != small.SmallStoryGenerator(4).stories(200)
+    tok = small_corpus.build_small_tokenizer()
+    a = small_corpus.SmallStoryGenerator(3).stories(200)
+    assert a == small_corpus.SmallStoryGenerator(3).stories(200)
+    assert a != small_corpus.SmallStoryGenerator(4).stories(200)
     assert any("given to" in t for t in a) and any(", who gave it to" in t for t in a)
     encoded = tiny._encode_batch(a, tok.get_vocab())
     assert not (encoded == tok.unk_token_id).any()
     for text in a[:20]:
         assert len(tok.encode(text, add_special_tokens=False)) < tiny.CONTEXT
-    probes = tokenize(small.position_probes(40), tok)
+    probes = tokenize(small_corpus.position_probes(40), tok)
     assert not (probes.tokens == tok.unk_token_id).any()
 
 
@@ -111,12 +129,12 @@ def test_shipped_model_does_ioi_also_where_position_does_not_give_s_away(shipped
     seen = [v["logit_diff"] for v in per.values() if not v["held_out"]]
     held = [v["logit_diff"] for v in per.values() if v["held_out"]]
     assert min(held) < min(seen) and sum(held) / len(held) < sum(seen) / len(seen)
-    probes = tiny.evaluate_ioi(shipped.hf_model, shipped.tokenizer, small.position_probes(200))
+    probes = tiny.evaluate_ioi(shipped.hf_model, shipped.tokenizer, small_corpus.position_probes(200))
     assert probes["accuracy"] >= 0.85
     tok = shipped.tokenizer
     right = 0
     with torch.no_grad():
-        for prompt, io, _ in small.three_name_probes(100):
+        for prompt, io, _ in small_corpus.three_name_probes(100):
             ids = torch.tensor([[tok.bos_token_id, *tok.encode(prompt, add_special_tokens=False)]])
             best = shipped.hf_model(ids).logits[0, -1].argmax().item()
             right += int(best == tok.convert_tokens_to_ids(" " + io))
@@ -145,4 +163,4 @@ def test_shipped_classes_are_the_ones_the_card_reports(shipped) -> None:
 
 def test_every_variant_is_reported_in_the_model_card() -> None:
     card = (Path(small.__file__).parent.parent / "assets" / "ioi-small" / "MODEL_CARD.md").read_text()
-    assert [v for v in small.VARIANTS if f"`{v}`" not in card] == []
+    assert [v for v in small_corpus.VARIANTS if f"`{v}`" not in card] == []

@@ -8,11 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, command, detached
+from ioi.cli.registry import UsageError, command, detached, run_id
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", required=True, help="an experiment id (`ioi jobs list`, or the demo's)")
+    p.add_argument(
+        "--experiment", required=True, type=run_id, help="an experiment id (`ioi jobs list`, or the demo's)"
+    )
     p.add_argument(
         "--family",
         action="store_true",

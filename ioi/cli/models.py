@@ -217,7 +217,8 @@ def _pretrain_small_args(p: argparse.ArgumentParser) -> None:
     "pretrain-small", "rebuild the bundled ioi-small model from its synthetic corpus", _pretrain_small_args
 )
 def run_pretrain_small(args: argparse.Namespace) -> int:
-    from ioi.models.small import DEFAULT_VARIANT, VARIANTS, pretrain_small
+    from ioi.models.small import pretrain_small
+    from ioi.models.small_corpus import DEFAULT_VARIANT, VARIANTS
 
     variant = args.variant or DEFAULT_VARIANT
     if variant not in VARIANTS:

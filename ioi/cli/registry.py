@@ -43,6 +43,11 @@ class UsageError(ValueError):
     """A command-line value that cannot be used; the message says which and why."""
 
 
+def run_id(text: str) -> str:
+    """An experiment or job id as typed: ids are lower-case hex, so "16D9954C…" means "16d9954c…"."""
+    return text.strip().lower()
+
+
 def detached(job_id: str) -> str:
     """What Ctrl-C while waiting for a job says: only the waiting stops (a job is its own process)."""
     return (f"stopped waiting: job {job_id} goes on in the background; `ioi jobs show {job_id}` follows "

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, check_device, command, detached, learning_rate
+from ioi.cli.registry import UsageError, check_device, command, detached, learning_rate, run_id
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
@@ -23,7 +23,9 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
     if not sweep:
         p.add_argument("--scenario", choices=SCENARIOS, default="clean")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--parent", help="the toxic experiment id a reversal starts from (`jobs list`)")
+        p.add_argument(
+            "--parent", type=run_id, help="the toxic experiment id a reversal starts from (`jobs list`)"
+        )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs to analyse, e.g. 1,3,5")
     p.add_argument("--lr", type=float, help=lr_help())
@@ -70,7 +72,7 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
     )
     for name, help in actions:
         sub = subs.add_parser(name, help=help)
-        sub.add_argument("id")
+        sub.add_argument("id", type=run_id)
         sub.add_argument("--cache", type=Path)
         if name == "show":
             sub.add_argument("--json", action="store_true")

@@ -9,8 +9,8 @@ import pandas as pd
 
 from ioi.methods.recovery import in_pretrained_state
 from ioi.methods.stats import NO_TASK
-from ioi.methods.verdicts import Verdict, edge_revival, fmt, seeds_estimate, within
-from ioi.present.findings import SeedStudy, analysis
+from ioi.methods.verdicts import fmt, seeds_estimate, within
+from ioi.present.findings import SeedStudy, analysis, edge_revivals, jaccard_at
 from ioi.runs.compare import lineage_reversal
 
 
@@ -148,29 +148,6 @@ def timeline_section(studies: list[SeedStudy]) -> list[str]:
     return lines + across_seeds_lines([r for _, r in found]) + revival_lines(found)
 
 
-def _jaccard_at(result, scenario: str, epoch: int | None = None) -> float | None:
-    """The edge Jaccard (against the first checkpoint) of the lineage's checkpoint of `scenario`
-    (its last one, or at `epoch`); None when the lineage has no such checkpoint."""
-    s, overlap = result.summary, result.tables["overlap"]
-    rows = [i for i, (sc, ep) in enumerate(zip(s["scenarios"], s["epochs"], strict=True))
-            if sc == scenario and (epoch is None or ep == epoch) and ep > 0]  # fmt: skip
-    return float(overlap.iloc[rows[-1]]["edge_jaccard"]) if rows else None
-
-
-def edge_revivals(results: list) -> list[Verdict]:
-    """Per toxic dataset with a cached lineage comparison: `edge_revival` over the seeds."""
-    by_dataset: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        scenarios = r.summary["scenarios"]
-        if "reversal" not in scenarios:
-            continue
-        dataset = scenarios[0]
-        toxic, rev = _jaccard_at(r, dataset), _jaccard_at(r, "reversal")
-        if toxic is not None and rev is not None:
-            by_dataset.setdefault(dataset, []).append((toxic, rev))
-    return [edge_revival(d, [t for t, _ in v], [x for _, x in v]) for d, v in sorted(by_dataset.items())]
-
-
 def across_seeds_lines(results: list) -> list[str]:
     """The timeline's across-seed lines: the clean run's edge Jaccard at the last epoch every seed
     has, and each reversal's edge revival verdict with its criterion."""
@@ -181,7 +158,7 @@ def across_seeds_lines(results: list) -> list[str]:
     lines = ["### Across seeds", ""]
     if clean:
         common = min(max(r.summary["epochs"]) for r in clean)
-        values = [v for r in clean if (v := _jaccard_at(r, "clean", common)) is not None]
+        values = [v for r in clean if (v := jaccard_at(r, "clean", common)) is not None]
         lines.append(
             f"- Clean fine-tuning, epoch {common}: edge Jaccard with the pretrained edge circuit "
             f"{fmt(within(seeds_estimate(values), 0.0, 1.0))} ({len(values)} seed{'s' * (len(values) != 1)})."

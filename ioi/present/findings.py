@@ -25,6 +25,7 @@ from ioi.methods.verdicts import (
     cmap_gap,
     cmap_group_share,
     combine_seeds,
+    edge_revival,
     fmt,
     holds_word,
     ioi_label_share,
@@ -251,6 +252,48 @@ def mlp_verdict(studies: list[SeedStudy]) -> Verdict | None:
     return _across(per_seed, studies, keys, "pretrained and last clean checkpoint")
 
 
+def jaccard_at(result, scenario: str, epoch: int | None = None) -> float | None:
+    """The edge Jaccard (against the first checkpoint) of the lineage's checkpoint of `scenario`
+    (its last one, or at `epoch`); None when the lineage has no such checkpoint."""
+    s, overlap = result.summary, result.tables["overlap"]
+    rows = [i for i, (sc, ep) in enumerate(zip(s["scenarios"], s["epochs"], strict=True))
+            if sc == scenario and (epoch is None or ep == epoch) and ep > 0]  # fmt: skip
+    return float(overlap.iloc[rows[-1]]["edge_jaccard"]) if rows else None
+
+
+def edge_revivals(results: list[AnalysisResult]) -> list[Verdict]:
+    """Per toxic dataset, `edge_revival` over the seeds whose lineage comparison ("compare-family":
+    pretrained → toxic → reversal) is among `results`."""
+    by_dataset: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        scenarios = r.summary["scenarios"]
+        if "reversal" not in scenarios:
+            continue
+        dataset = scenarios[0]
+        toxic, rev = jaccard_at(r, dataset), jaccard_at(r, "reversal")
+        if toxic is not None and rev is not None:
+            by_dataset.setdefault(dataset, []).append((toxic, rev))
+    return [edge_revival(d, [t for t, _ in v], [x for _, x in v]) for d, v in sorted(by_dataset.items())]
+
+
+def lineage_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
+    """The edge revival of each toxic dataset's reversal, from the seeds' cached lineage
+    comparisons (`python -m ioi compare --family`); none where no seed has one. Each links to the
+    Evolution page on the first seed's comparison."""
+    found: dict[str, list[tuple[ExperimentInfo, AnalysisResult]]] = {}
+    for s in studies:
+        for dataset, exp in s.toxic.items():
+            if (r := analysis(s, exp, max(exp.epochs), "compare-family")) is not None:
+                found.setdefault(dataset, []).append((exp, r))
+    first = {d: runs[0][0].id for d, runs in found.items()}
+    verdicts = edge_revivals([r for runs in found.values() for _, r in runs])
+    return [
+        replace(v, view={"page": "evolution", "exp": first[d], "scope": "compare-family"})
+        for v in verdicts
+        if (d := v.scope.removeprefix("reversal of ")) in first
+    ]
+
+
 def study_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
     """Every finding judged on one model's studies (first seed first)."""
     if not studies:
@@ -265,16 +308,18 @@ def study_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
 
 
 def findings(roots: list[Path]) -> list[Verdict]:
-    """Every finding on every model studied in the caches at `roots`."""
+    """Every finding on every model studied in the caches at `roots`: the report's verdict lines
+    and, where lineage comparisons are cached, each reversal's edge revival (the report's timeline)."""
     return [
         v
         for root in roots
         for model in studied_models(root)
-        for v in study_verdicts(find_studies(root, model))
+        for studies in [find_studies(root, model)]
+        for v in [*study_verdicts(studies), *lineage_verdicts(studies)]
     ]
 
 
-JUDGED_FROM = ("cmap", "faithfulness")
+JUDGED_FROM = ("cmap", "faithfulness", "compare-family")
 """The analyses the verdicts read: stored verdicts are stale once one of these entries is added."""
 
 
