@@ -58,7 +58,7 @@ def body() -> None:
     t = ec.relabel_checkpoints(found.tables, names)
     stored = list(s["checkpoints"])  # the URL keeps stored labels; charts and tables show names
     order = [names.get(c, c) for c in stored]
-    c = st.columns(3)
+    c = st.columns([1, 3, 1])  # the reference is a checkpoint's long name: st.metric cuts what overflows
     c[0].metric("checkpoints", len(order))
     c[1].metric("reference", names.get(s["reference"], s["reference"]))
     c[2].metric("bootstrap resamples", s["resamples"])

@@ -267,6 +267,16 @@ def test_every_bundled_model_can_be_submitted_and_an_unknown_random_one_cannot(t
         load.load_hf("random:bogus")
 
 
+def test_a_misspelt_bundled_model_name_is_answered_with_the_right_one(capsys, tmp_path, monkeypatch):
+    from ioi.models.checks import model_problem
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "did you mean 'ioi-small'?" in model_problem("IOI-small")
+    assert "did you mean" not in model_problem("someone/llama-7b")
+    err = one_line(capsys, 2, ["eval", "--model", "ioi_tiny", "--size", "5"])
+    assert "did you mean 'ioi-tiny'?" in err
+
+
 def test_a_job_of_an_unknown_random_model_is_refused_at_submit(capsys, tmp_path):
     err = one_line(capsys, 2, ["jobs", "submit", "--model", "random:bogus", "--cache", str(tmp_path)])
     assert "unknown random model" in err and not list(tmp_path.glob("experiments/*"))

@@ -6,6 +6,7 @@ worker; `ioi.models.load` and `ioi.models.train` are what actually load and trai
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -55,9 +56,16 @@ def model_problem(name: str) -> str | None:
         return None
     return (
         f"model {name!r} is neither a directory, a bundled model ({', '.join(BUNDLED)}), random:* nor "
-        "in the local HuggingFace cache (offline); download it once with HF_HUB_OFFLINE=0 or give a "
-        "local directory"
+        f"in the local HuggingFace cache (offline); {did_you_mean(name)}download it once with "
+        "HF_HUB_OFFLINE=0 or give a local directory"
     )
+
+
+def did_you_mean(name: str) -> str:
+    """'did you mean 'ioi-small'? Else ' when `name` looks like a misspelt bundled, random or
+    GPT-2 name ("IOI-small", "ioi_tiny"), else ''; put before the advice for a hub name."""
+    close = difflib.get_close_matches(name.lower(), [*BUNDLED, *RANDOM_MODELS, "gpt2"], n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? Else " if close else ""
 
 
 def unknown_random(name: str) -> str:

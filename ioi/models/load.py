@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from ioi.models.checks import BUNDLED, unknown_random
+from ioi.models.checks import BUNDLED, did_you_mean, unknown_random
 from ioi.task.defaults import ASSETS, DEFAULT_MODEL
 
 hf_logging.disable_progress_bar()  # per-file bars drown the product's own progress output
@@ -159,8 +159,9 @@ def load_hf(
         tok = PreTrainedTokenizerFast.from_pretrained(name, add_bos_token=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ModelUnavailableError(
-            f"cannot load {name!r} ({type(err).__name__}): download it once with internet access "
-            f"(HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model /path/to/a/local/copy"
+            f"cannot load {name!r} ({type(err).__name__}): {did_you_mean(name)}download it once with "
+            f"internet access (HF_HUB_OFFLINE=0 python -m ioi eval --model {name}) or pass --model "
+            "/path/to/a/local/copy"
         ) from err
     return model, tok, f"HuggingFace model {name} (hub or local HF cache)"
 

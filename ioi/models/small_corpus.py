@@ -124,45 +124,23 @@ class Recipe:
 
 _MIX = {"ioi": 0.25, "dup": 0.25, "recall": 0.15, "induction": 0.15, "filler": 0.20}
 _CROWD_MIX = {"ioi": 0.20, "dup": 0.35, "recall": 0.15, "induction": 0.10, "filler": 0.20}
+_FOUR = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}
+_SIX = _FOUR | {"n_layer": 6}
 VARIANTS: dict[str, Recipe] = {
-    "4l": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 3000),
-    "6l": Recipe({"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _MIX, 2500),
-    "4l-nodrop": Recipe({"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _MIX, 3000),
-    "4l-crowd": Recipe(
-        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 1500, crowd=True
-    ),
-    "4l-crowd-long": Recipe(
-        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 6000, crowd=True
-    ),
-    "6l-crowd": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True
-    ),
-    "6l-crowd-drop": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.1, _CROWD_MIX, 4000, crowd=True
-    ),
-    "6l-crowd6": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
-        max_others=4,
-    ),
-    "6l-crowd-long": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 8000, crowd=True
-    ),
-    "6l-crowd-bystander": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
-        bystander_p=0.5,
-    ),
-    "6l-crowd-giver": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
-        giver_p=0.5,
-    ),
-    "6l-crowd-visit": Recipe(
-        {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 3000, crowd=True,
-        visit_p=0.4,
-    ),
-    "4l-curriculum": Recipe(
-        {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}, 0.0, _CROWD_MIX, 4000, crowd=True,
-        warm_steps=1500, warm_mix=TINY_MIX,
-    ),
+    "4l": Recipe(_FOUR, 0.1, _MIX, 3000),
+    "6l": Recipe(_SIX, 0.1, _MIX, 2500),
+    "4l-nodrop": Recipe(_FOUR, 0.0, _MIX, 3000),
+    "4l-crowd": Recipe(_FOUR, 0.0, _CROWD_MIX, 1500, crowd=True),
+    "4l-crowd-long": Recipe(_FOUR, 0.0, _CROWD_MIX, 6000, crowd=True),
+    "6l-crowd": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True),
+    "6l-crowd-drop": Recipe(_SIX, 0.1, _CROWD_MIX, 4000, crowd=True),
+    "6l-crowd6": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True, max_others=4),
+    "6l-crowd-long": Recipe(_SIX, 0.0, _CROWD_MIX, 8000, crowd=True),
+    "6l-crowd-bystander": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True, bystander_p=0.5),
+    "6l-crowd-giver": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True, giver_p=0.5),
+    "6l-crowd-visit": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True, visit_p=0.4),
+    "6l-crowd-visit-long": Recipe(_SIX, 0.0, _CROWD_MIX, 8000, crowd=True, visit_p=0.4),
+    "4l-curriculum": Recipe(_FOUR, 0.0, _CROWD_MIX, 4000, crowd=True, warm_steps=1500, warm_mix=TINY_MIX),
 }
 DEFAULT_VARIANT = "4l-nodrop"
 
