@@ -60,5 +60,9 @@ def test_evolution_page_shows_a_toxic_lineage_and_its_recovery(server, page):  #
     main = page.inner_text("[data-testid='stMain']")
     assert "Recovery dynamics" in main and "Steps to revive" in main
     assert page.locator("[data-testid='stException']").count() == 0
+    # the reference checkpoint's long name ("subject duplication, pretrained …") is shown whole
+    value = page.locator("[data-testid='stMetricValue']").nth(1)
+    whole = "e => [e, ...e.querySelectorAll('*')].every(x => x.scrollWidth <= x.clientWidth)"
+    assert value.evaluate(whole), f"the reference is cut: {value.inner_text()!r}"
     page.wait_for_timeout(1500)
     shoot(page, "9-evolution-lineage")
