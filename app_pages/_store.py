@@ -170,14 +170,15 @@ def _stored_verdicts(root: str) -> tuple[list[dict[str, Any]], bool] | None:
 
 def judged() -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """The findings stored with each cache shown (as `ioi.present.findings.verdict_json` writes
-    them), and the caches holding a clean run whose findings are missing or older than their
-    results, each with "missing" or "stale". Judging is not done here: it needs torch."""
+    them, with the cache as "root"), and the caches holding a clean run whose findings are missing
+    or older than their results, each with "missing" or "stale". Judging is not done here: it
+    needs torch."""
     found: list[dict[str, Any]] = []
     pending: list[tuple[Path, str]] = []
     studied = {Path(e.root) for e in experiments() if e.scenario == "clean"}
     for root in roots():
         stored = _stored_verdicts(str(root))
-        found += stored[0] if stored else []
+        found += [v | {"root": str(root)} for v in stored[0]] if stored else []
         if root in studied and (stored is None or not stored[1]):
             pending.append((root, "missing" if stored is None else "stale"))
     return found, pending

@@ -189,6 +189,12 @@ def scope(v: dict) -> str:
     return readable(v["scope"])
 
 
+def where(v: dict) -> tuple[str, str, str]:
+    """Which cache, model and run a verdict is about: an edge revival goes with the neuroplasticity
+    verdict of the same reversal."""
+    return v.get("root", ""), v.get("model", ""), v["scope"]
+
+
 def title(v: dict) -> str:
     return f"{v['finding'].capitalize()}{f' — {scope(v)}' if v['scope'] else ''}"
 
@@ -199,7 +205,7 @@ def body() -> None:
         judge(root, why)
     found = [v for v in stored if v["finding"] in FINDINGS]
     # Each reversal's edge revival (from its lineage comparison) is shown with its neuroplasticity.
-    edges = {v["scope"]: v for v in stored if v["finding"] == "edge revival"}
+    edges = {where(v): v for v in stored if v["finding"] == "edge revival"}
     if not found:
         st.info(
             "**No findings yet.** Run `python -m ioi reproduce` (or `precompute`) to build the results.",
@@ -216,8 +222,8 @@ def body() -> None:
             for v in group:
                 st.markdown(f"{badge(v)} **{scope(v) or 'clean fine-tuning'}**")
                 st.caption(headline(v))
-                if v["scope"] in edges and finding == "neuroplasticity":
-                    st.markdown(f"{badge(edges[v['scope']])} edge circuit's revival")
+                if finding == "neuroplasticity" and where(v) in edges:
+                    st.markdown(f"Edge level: {badge(edges[where(v)])}")
     for finding, group in by_finding.items():
         if not group:
             continue
@@ -231,8 +237,8 @@ def body() -> None:
                 st.dataframe(numbers_table(v), hide_index=True, width="stretch")
                 show_me(v)
                 CHARTS[finding](v)
-                if finding == "neuroplasticity" and v["scope"] in edges:
-                    edge_revival(edges[v["scope"]])
+                if finding == "neuroplasticity" and where(v) in edges:
+                    edge_revival(edges[where(v)])
 
 
 show_user_errors(body)

@@ -142,6 +142,8 @@ def test_findings_page_shows_the_three_findings_with_their_verdicts(server, page
     edges.scroll_into_view_if_needed()
     assert edges.is_visible()
     assert page.get_by_text("the edge circuit's revival").first.is_visible()
+    links = page.locator("a[href*='evolution'][href*='scope=compare-family']")
+    assert links.count() >= 1 and links.first.is_visible()
     shoot(page, "0-findings-edge-revival")
 
 

@@ -110,3 +110,22 @@ def test_concurrent_writers_leave_only_whole_entries(tmp_path):
     with cache.connect(tmp_path) as db:
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 3 * 4
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_stored_verdicts_go_stale_when_an_input_is_added_or_were_judged_from_other_inputs(tmp_path):
+    import json
+
+    cache.register_experiment(tmp_path, EXP, {"config": {"scenario": "clean"}})
+    cache.write_analysis(tmp_path, EXP, 3, "dla", _result())
+    catalog.write_verdicts(tmp_path, [{"finding": "amplification"}])
+    assert catalog.read_verdicts(tmp_path) == ([{"finding": "amplification"}], True)
+    cache.write_analysis(tmp_path, EXP, 3, "compare-family", _result())  # read by the edge revival
+    assert catalog.read_verdicts(tmp_path)[1] is False
+    catalog.write_verdicts(tmp_path, [{"finding": "amplification"}])
+    assert catalog.read_verdicts(tmp_path)[1] is True
+    # A file an older release wrote from fewer inputs, its fingerprint right for those: stale.
+    path = tmp_path / catalog.VERDICTS
+    stored = json.loads(path.read_text()) | {"inputs": ["cmap", "faithfulness"]}
+    stored["fingerprint"] = catalog.fingerprint(tmp_path, stored["inputs"])
+    path.write_text(json.dumps(stored))
+    assert catalog.read_verdicts(tmp_path)[1] is False

@@ -268,13 +268,22 @@ def test_every_bundled_model_can_be_submitted_and_an_unknown_random_one_cannot(t
 
 
 def test_a_misspelt_bundled_model_name_is_answered_with_the_right_one(capsys, tmp_path, monkeypatch):
-    from ioi.models.checks import model_problem
+    from ioi.models.checks import did_you_mean, model_problem
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "did you mean 'ioi-small'?" in model_problem("IOI-small")
     assert "did you mean" not in model_problem("someone/llama-7b")
+    assert did_you_mean("gpt2") == "" and did_you_mean("GPT2") == "did you mean 'gpt2'? Else "
     err = one_line(capsys, 2, ["eval", "--model", "ioi_tiny", "--size", "5"])
     assert "did you mean 'ioi-tiny'?" in err
+
+
+def test_ids_are_read_in_any_case(capsys, tmp_path):
+    """Ids are lower-case hex; one typed in capitals names the same job."""
+    err = one_line(capsys, 2, ["jobs", "show", "ABCDEF12", "--cache", str(tmp_path)])
+    assert "'abcdef12'" in err
+    err = one_line(capsys, 2, ["compare", "--experiment", "ABCDEF1234567890", "--cache", str(tmp_path)])
+    assert "no experiment abcdef1234567890 in" in err
 
 
 def test_a_job_of_an_unknown_random_model_is_refused_at_submit(capsys, tmp_path):

@@ -430,7 +430,7 @@ def test_findings_page_shows_three_verdicts_with_the_reports_numbers(tmp_path, m
     assert {v.finding for v in verdicts} == set(three)
     stored = catalog.read_verdicts(demo)
     assert stored is not None and stored[1], "the demo cache's stored verdicts are those of its results"
-    assert [verdict_json(v) for v in verdicts] == [v for v in stored[0] if v["finding"] in three]
+    assert [verdict_json(v, "ioi-tiny") for v in verdicts] == [v for v in stored[0] if v["finding"] in three]
     for v in verdicts:  # each summary opens with the verdict its heading shows
         assert v.summary.startswith(f"{lead(v)} {holds_word(v.holds)} over "), v.summary[:120]
     at = app("app_pages/findings.py")

@@ -64,7 +64,8 @@ def model_problem(name: str) -> str | None:
 def did_you_mean(name: str) -> str:
     """'did you mean 'ioi-small'? Else ' when `name` looks like a misspelt bundled, random or
     GPT-2 name ("IOI-small", "ioi_tiny"), else ''; put before the advice for a hub name."""
-    close = difflib.get_close_matches(name.lower(), [*BUNDLED, *RANDOM_MODELS, "gpt2"], n=1, cutoff=0.75)
+    known = [n for n in (*BUNDLED, *RANDOM_MODELS, "gpt2") if n != name]
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
     return f"did you mean {close[0]!r}? Else " if close else ""
 
 

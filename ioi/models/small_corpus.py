@@ -268,6 +268,3 @@ def three_name_probes(n: int = 200, seed: int = 0) -> list[tuple[str, str, str]]
         io, s, third = gen.rng.sample(NAMES, 3)
         out.append((gen.dup_sentence(io, s, [third]), io, s))
     return out
-
-
-# --- pretraining with checkpoints -------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pandas as pd
 from ioi.methods.recovery import in_pretrained_state
 from ioi.methods.stats import NO_TASK
 from ioi.methods.verdicts import fmt, seeds_estimate, within
-from ioi.present.findings import SeedStudy, analysis, edge_revivals, jaccard_at
-from ioi.runs.compare import lineage_reversal
+from ioi.present.findings import SeedStudy, analysis, edge_revivals, jaccard_at, lineage_comparisons
+from ioi.runs.compare import COMPARE, lineage_reversal
 
 
 def _ci(value: float, lo: float, hi: float) -> str:
@@ -109,11 +109,10 @@ def transfer_table(transfer: pd.DataFrame, order: list[str]) -> list[str]:
 def timeline_section(studies: list[SeedStudy]) -> list[str]:
     """The markdown lines of the section (none when no study has a cached comparison)."""
     found = []
-    for s in studies:
-        for exp, kind in [(s.clean, "compare"), *((e, "compare-family") for e in s.toxic.values())]:
-            r = analysis(s, exp, max(exp.epochs), kind)
-            if r is not None:
-                found.append((s, r))
+    for s in studies:  # per seed: the clean run's comparison, then its toxic runs' lineages
+        clean = analysis(s, s.clean, max(s.clean.epochs), COMPARE)
+        found += [(s, clean)] if clean is not None else []
+        found += [(s, r) for _, _, r in lineage_comparisons([s])]
     if not found:
         return []
     lines = [

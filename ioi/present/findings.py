@@ -38,6 +38,7 @@ from ioi.methods.verdicts import (
 )
 from ioi.runs.cache import load_analysis, load_entry
 from ioi.runs.catalog import ExperimentInfo, list_experiments, write_verdicts
+from ioi.runs.compare import COMPARE_FAMILY
 from ioi.task.circuit import Circuit
 
 __all__ = ["Estimate", "SeedStudy", "Verdict", "find_studies", "findings", "store_findings"]
@@ -261,37 +262,44 @@ def jaccard_at(result, scenario: str, epoch: int | None = None) -> float | None:
     return float(overlap.iloc[rows[-1]]["edge_jaccard"]) if rows else None
 
 
+def revival_pair(result: AnalysisResult) -> tuple[str, float, float] | None:
+    """(toxic dataset, edge Jaccard of the toxic model's circuit, of the reversal's) from a
+    lineage comparison (pretrained → toxic → reversal); None when it has no reversal checkpoint."""
+    scenarios = result.summary["scenarios"]
+    if "reversal" not in scenarios:
+        return None
+    toxic, rev = jaccard_at(result, scenarios[0]), jaccard_at(result, "reversal")
+    return None if toxic is None or rev is None else (scenarios[0], toxic, rev)
+
+
 def edge_revivals(results: list[AnalysisResult]) -> list[Verdict]:
-    """Per toxic dataset, `edge_revival` over the seeds whose lineage comparison ("compare-family":
-    pretrained → toxic → reversal) is among `results`."""
+    """Per toxic dataset, `edge_revival` over the seeds whose lineage comparison is among `results`."""
     by_dataset: dict[str, list[tuple[float, float]]] = {}
-    for r in results:
-        scenarios = r.summary["scenarios"]
-        if "reversal" not in scenarios:
-            continue
-        dataset = scenarios[0]
-        toxic, rev = jaccard_at(r, dataset), jaccard_at(r, "reversal")
-        if toxic is not None and rev is not None:
-            by_dataset.setdefault(dataset, []).append((toxic, rev))
+    for dataset, toxic, rev in filter(None, map(revival_pair, results)):
+        by_dataset.setdefault(dataset, []).append((toxic, rev))
     return [edge_revival(d, [t for t, _ in v], [x for _, x in v]) for d, v in sorted(by_dataset.items())]
 
 
+def lineage_comparisons(studies: list[SeedStudy]) -> list[tuple[SeedStudy, ExperimentInfo, AnalysisResult]]:
+    """Each toxic run's cached lineage comparison (`python -m ioi compare --family`), first seed first."""
+    runs = [(s, exp) for s in studies for exp in s.toxic.values()]
+    found = [(s, exp, analysis(s, exp, max(exp.epochs), COMPARE_FAMILY)) for s, exp in runs]
+    return [(s, exp, r) for s, exp, r in found if r is not None]
+
+
 def lineage_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
-    """The edge revival of each toxic dataset's reversal, from the seeds' cached lineage
-    comparisons (`python -m ioi compare --family`); none where no seed has one. Each links to the
-    Evolution page on the first seed's comparison."""
-    found: dict[str, list[tuple[ExperimentInfo, AnalysisResult]]] = {}
-    for s in studies:
-        for dataset, exp in s.toxic.items():
-            if (r := analysis(s, exp, max(exp.epochs), "compare-family")) is not None:
-                found.setdefault(dataset, []).append((exp, r))
-    first = {d: runs[0][0].id for d, runs in found.items()}
-    verdicts = edge_revivals([r for runs in found.values() for _, r in runs])
+    """The edge revival of each toxic dataset's reversal over the seeds' lineage comparisons; none
+    where no seed has one. Each links to the Evolution page on the first seed's comparison among
+    those it was judged from."""
+    used = [(exp, r) for _, exp, r in lineage_comparisons(studies) if revival_pair(r) is not None]
+    first: dict[str, str] = {}
+    for exp, r in used:
+        first.setdefault(r.summary["scenarios"][0], exp.id)
     return [
-        replace(v, view={"page": "evolution", "exp": first[d], "scope": "compare-family"})
-        for v in verdicts
-        if (d := v.scope.removeprefix("reversal of ")) in first
-    ]
+        replace(v, view={"page": "evolution", "exp": first[v.scope.removeprefix("reversal of ")],
+                         "scope": COMPARE_FAMILY})
+        for v in edge_revivals([r for _, r in used])
+    ]  # fmt: skip
 
 
 def study_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
@@ -307,35 +315,31 @@ def study_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
     return [v for v in found if v is not None]
 
 
+def all_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
+    """The report's verdict lines and, where lineage comparisons are cached, each reversal's edge
+    revival (the report's timeline): every finding the Findings page shows for one model."""
+    return [*study_verdicts(studies), *lineage_verdicts(studies)]
+
+
 def findings(roots: list[Path]) -> list[Verdict]:
-    """Every finding on every model studied in the caches at `roots`: the report's verdict lines
-    and, where lineage comparisons are cached, each reversal's edge revival (the report's timeline)."""
-    return [
-        v
-        for root in roots
-        for model in studied_models(root)
-        for studies in [find_studies(root, model)]
-        for v in [*study_verdicts(studies), *lineage_verdicts(studies)]
-    ]
+    """Every finding on every model studied in the caches at `roots`."""
+    return [v for root in roots for m in studied_models(root) for v in all_verdicts(find_studies(root, m))]
 
 
-JUDGED_FROM = ("cmap", "faithfulness", "compare-family")
-"""The analyses the verdicts read: stored verdicts are stale once one of these entries is added."""
-
-
-def verdict_json(v: Verdict) -> dict:
-    """A verdict as JSON; each number also as the report writes it (`text`: 3 decimals, interval)."""
+def verdict_json(v: Verdict, model: str = "") -> dict:
+    """A verdict as JSON; each number also as the report writes it (`text`: 3 decimals, interval);
+    `model` says whose studies it was judged on (a cache may hold several models')."""
     numbers = {k: e.to_json() | {"text": fmt(e, 3)} for k, e in v.numbers.items()}
     return {"finding": v.finding, "scope": v.scope, "holds": v.holds, "criterion": v.criterion,
-            "summary": v.summary, "numbers": numbers, "view": v.view}  # fmt: skip
+            "summary": v.summary, "numbers": numbers, "view": v.view, "model": model}  # fmt: skip
 
 
 def store_findings(root: str | Path) -> list[Verdict]:
     """Judge the findings on the results cached at `root` and store them there
     (:func:`ioi.runs.catalog.write_verdicts`), so the Findings page only reads them."""
-    found = findings([Path(root)])
-    write_verdicts(root, [verdict_json(v) for v in found], inputs=JUDGED_FROM)
-    return found
+    judged = [(m, v) for m in studied_models(Path(root)) for v in all_verdicts(find_studies(Path(root), m))]
+    write_verdicts(root, [verdict_json(v, m) for m, v in judged])
+    return [v for _, v in judged]
 
 
 def name_split_gap(study: SeedStudy, exp: ExperimentInfo, epoch: int) -> Estimate | None:

@@ -23,6 +23,7 @@ from ioi.methods.verdicts import Verdict, fmt
 from ioi.present.evolution_report import timeline_section
 from ioi.present.findings import (
     SeedStudy,
+    all_verdicts,
     analysis,
     faithfulness_estimate,
     find_studies,
@@ -279,8 +280,9 @@ def write_report(studies: list[SeedStudy], model: str, out_dir: str | Path, note
     cmap = cmap_table(studies)
     if not cmap.empty:
         cmap.to_csv(out / "cmap_classes.csv", index=False)
-    verdicts = study_verdicts(studies)
-    (out / "verdicts.json").write_text(json.dumps([verdict_json(v) for v in verdicts], indent=1))
+    verdicts = study_verdicts(studies)  # the edge revivals are the timeline's (below)
+    judged = [verdict_json(v, model) for v in all_verdicts(studies)]
+    (out / "verdicts.json").write_text(json.dumps(judged, indent=1))
     if not is_demo(studies[0].root) or os.environ.get("IOI_DEMO_WRITE") == "1":
         store_findings(studies[0].root)  # the Findings page reads them from the cache
     lines = [

@@ -26,6 +26,7 @@ from ioi.runs.cache import (
     sha256,
     write_atomic,
 )
+from ioi.runs.compare import COMPARE_FAMILY
 from ioi.runs.index import IndexUnavailable
 from ioi.runs.jobs import latest_jobs
 
@@ -73,6 +74,9 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
 
 
 VERDICTS = "verdicts.json"
+VERDICT_INPUTS = ("cmap", "faithfulness", COMPARE_FAMILY)
+"""The analyses the findings read (`ioi.present.findings`): stored verdicts are stale once one of
+these entries is added, or when they were judged from other inputs (an older release's)."""
 
 
 def fingerprint(root: str | Path | None = None, names: Sequence[str] | None = None) -> str:
@@ -87,25 +91,28 @@ def fingerprint(root: str | Path | None = None, names: Sequence[str] | None = No
     return sha256(json.dumps(held).encode())[:16]
 
 
-def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]], inputs: Sequence[str]) -> Path:
+def write_verdicts(root: str | Path | None, verdicts: list[dict[str, Any]]) -> Path:
     """Store the findings judged on `root`'s results (JSON-ready dicts) with the `fingerprint` of
-    the entries they read (`inputs`: analysis names)."""
+    the entries they read (VERDICT_INPUTS)."""
     path = check_writable(root) / VERDICTS
-    stored = {"inputs": list(inputs), "fingerprint": fingerprint(root, inputs), "verdicts": verdicts}
+    inputs = list(VERDICT_INPUTS)
+    stored = {"inputs": inputs, "fingerprint": fingerprint(root, inputs), "verdicts": verdicts}
     write_atomic(path, json.dumps(stored, indent=1).encode())
     return path
 
 
 def read_verdicts(root: str | Path | None = None) -> tuple[list[dict[str, Any]], bool] | None:
-    """(the stored verdicts, whether they are fresh: judged on the entries `root` holds now), or
-    None when none are stored or the file is unreadable (they are judged again)."""
+    """(the stored verdicts, whether they are fresh: judged from VERDICT_INPUTS on the entries
+    `root` holds now), or None when none are stored or the file is unreadable (judged again)."""
     path = cache_root(root) / VERDICTS
     try:
         stored = json.loads(path.read_bytes())
         verdicts, digest, inputs = stored["verdicts"], stored["fingerprint"], stored["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (verdicts, digest == fingerprint(root, inputs)) if isinstance(verdicts, list) else None
+    if not isinstance(verdicts, list):
+        return None
+    return verdicts, inputs == list(VERDICT_INPUTS) and digest == fingerprint(root, VERDICT_INPUTS)
 
 
 def checkpoint_weights(roots: Sequence[str | Path], exp_id: str, epoch: int) -> str | None:
