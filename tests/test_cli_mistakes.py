@@ -422,3 +422,26 @@ def test_a_prompt_longer_than_the_context_is_one_line_without_the_tokenizers_war
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         "error: a prompt is 78 tokens long (with BOS), longer than the model's context of 64; shorten it"
     ]
+
+
+@pytest.mark.parametrize("model, other", [("random:gpt2", "ioi-tiny"), ("ioi-tiny", "random:gpt2")])
+def test_cmap_between_two_architectures_is_one_error_in_either_order(capsys, model, other):
+    # random:gpt2 first ran ioi-tiny on GPT-2's token ids (an IndexError) before checking the pair
+    err = one_line(capsys, 2, ["analyze", "cmap", "--model", model, "--other", other, "--size", "4"])
+    assert "CMAP needs two models of one architecture" in err
+
+
+@pytest.mark.parametrize(
+    "command", [["eval"], ["analyze", "dla"], ["finetune"], ["jobs", "submit"], ["reproduce"]]
+)
+def test_every_command_that_runs_a_model_defaults_to_cuda_when_there_is_one(capsys, command):
+    # finetune, jobs and reproduce said "default: cpu" while the README and eval said CUDA when present
+    import torch
+
+    from ioi.cli.registry import check_device
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--device DEVICE cpu or cuda (default: cuda when available)" in shown
+    assert check_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")

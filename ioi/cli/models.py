@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ioi.cli.registry import (
+    DEVICE_HELP,
     UsageError,
     add_inputs,
     check_device,
@@ -66,12 +67,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from ioi.models.load import load_hf
     from ioi.task.metrics import evaluate
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     check_size(args)
     use_torch_threads()
     hf, tok, source = load_hf(model_name(args))
-    if args.device:
-        hf.to(args.device)
+    hf.to(args.device)
     _, batch = command_prompts(args, tok, getattr(hf.config, "n_positions", None))
     result = evaluate(hf.eval(), batch).to_json()
     result |= {"model": model_name(args), "source": source}
@@ -97,7 +97,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE)
     p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
 
 
@@ -123,7 +123,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ioi.models.checks import parse_epochs
     from ioi.models.train import Cancelled, TrainConfig, finetune
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a directory for the checkpoints")
     args.model = _base_model(args.model, args.init_from)  # before the default lr, which depends on it

@@ -54,14 +54,19 @@ def detached(job_id: str) -> str:
             f"it, `ioi jobs cancel {job_id}` stops it")  # fmt: skip
 
 
-def check_device(device: str | None) -> str | None:
-    """`device` if this machine has it (None: the default); UsageError otherwise."""
-    if device is None or device == "cpu":
+DEVICE_HELP = "cpu or cuda (default: cuda when available)"
+
+
+def check_device(device: str | None) -> str:
+    """`device` if this machine has it (None: cuda when available, else cpu); UsageError otherwise."""
+    if device == "cpu":
         return device
-    if not re.fullmatch(r"cuda(:\d+)?", device):
+    if device is not None and not re.fullmatch(r"cuda(:\d+)?", device):
         raise UsageError(f"unknown device {device!r}: use cpu or cuda (cuda:N for one GPU)")
     import torch
 
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if not torch.cuda.is_available():
         raise UsageError(f"--device {device}: this torch has no usable CUDA GPU; use --device cpu")
     return device
@@ -87,7 +92,7 @@ def add_inputs(p: argparse.ArgumentParser, size: int = DEFAULT_EVAL_SIZE) -> Non
     p.add_argument(
         "--checkpoint", help="a checkpoint directory written by `ioi finetune` (overrides --model)"
     )
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
         "--size",
         type=int,

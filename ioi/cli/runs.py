@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, check_device, command, detached, learning_rate, run_id
+from ioi.cli.registry import DEVICE_HELP, UsageError, check_device, command, detached, learning_rate, run_id
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
@@ -35,7 +35,7 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
     p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
     p.add_argument("--analysis-size", type=int, default=100, help="prompts the analyses run on")
     p.add_argument("--analyses", default=",".join(DEFAULT_ANALYSES), help="comma-separated analysis names")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
 
 
@@ -53,7 +53,7 @@ def experiment_config(args: argparse.Namespace, **overrides):
     )  # fmt: skip
     cfg = ExperimentConfig(**fields | overrides)
     cfg.validate()
-    check_device(args.device)
+    args.device = check_device(args.device)
     return cfg
 
 
@@ -289,7 +289,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="result cache to use (default $IOI_CACHE_DIR or ./cache)")
     p.add_argument("--clean-epochs", type=int, default=100)
     p.add_argument("--lr", type=float, help=lr_help())
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help=DEVICE_HELP)
     _study_args(p)
     p.add_argument("--n-jobs", type=int, help="parallel experiments (default $IOI_MAX_JOBS)")
     p.add_argument("--out", type=Path, help="report folder (default reports/<model>)")
@@ -314,6 +314,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
             )
     else:
         lr = learning_rate(args)
+        args.device = check_device(args.device)
         studies = reproduce(
             args.model, quick=args.quick, root=args.cache, lr=lr, clean_epochs=args.clean_epochs,
             n_jobs=_n_jobs(args, None), device=args.device, **_study_shape(args),

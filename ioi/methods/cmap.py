@@ -58,6 +58,19 @@ class CMAPResult:
         return (self.f_source - self.f_receiver).mean().item()
 
 
+def check_pair(a: LoadedModel, b: LoadedModel) -> None:
+    """ValueError unless `a` and `b` can be patched into each other: one architecture (model type,
+    layers, heads, head size) and one tokenizer (the prompts are tokenized once, for both)."""
+    shape = lambda m: (m.hf_model.config.model_type, m.n_layers, m.n_heads, m.bridge.cfg.d_head)  # noqa: E731
+    if shape(a) != shape(b):
+        raise ValueError(
+            "CMAP needs two models of one architecture (same model type, layers, heads, head size); "
+            f"got {shape(a)} and {shape(b)}"
+        )
+    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        raise ValueError(f"CMAP needs two models with one tokenizer; {a.name} and {b.name} differ")
+
+
 def _source_values(
     receiver: LoadedModel,
     source: LoadedModel,
@@ -73,12 +86,7 @@ def _source_values(
     positions = positions or ("end" if mode == "output" else "all")
     if positions not in ("end", "all"):
         raise ValueError(f"positions must be 'end' or 'all', got {positions!r}")
-    shape = lambda m: (m.hf_model.config.model_type, m.n_layers, m.n_heads, m.bridge.cfg.d_head)  # noqa: E731
-    if shape(receiver) != shape(source):
-        raise ValueError(
-            "CMAP needs two models of one architecture (same model type, layers, heads, head size); "
-            f"got {shape(receiver)} and {shape(source)}"
-        )
+    check_pair(receiver, source)
     n_layers, site = receiver.n_layers, MODES[mode]
     where = position_mask(batch, "end") if positions == "end" else None
     if reads is not None and site == "z":
@@ -256,6 +264,7 @@ def cmap_analysis(
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if other is None:
         raise ValueError("CMAP compares two models: give the second one (--other)")
+    check_pair(model, other)  # before classifying `other` on prompts tokenized for `model`
     used, origin = cmap_circuit(model, other, clean, abc, circuit)
     pairs = {"a<-b": (model, other), "b<-a": (other, model)}
     wanted = ["b<-a", "a<-b"] if direction == "both" else [direction]
