@@ -171,3 +171,18 @@ def test_every_methods_citation_resolves():
     missing = {str(f): sorted(n - sections) for f, n in cited.items() if n - sections}
     assert not missing, f"sections not in docs/METHODS.md: {missing}"
     assert sections == set(range(1, max(sections) + 1))  # numbered without gaps
+
+
+def test_eval_says_what_each_number_is_and_has_no_standard_error_from_one_prompt(capsys, tmp_path):
+    assert main(["eval", "--model", "ioi-tiny", "--size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 prompts, ioi-tiny" in out and "s.e.): logit(IO) − logit(S) at the last position" in out
+    assert "accuracy" in out and "share of prompts with logit(IO) > logit(S)" in out
+    one = tmp_path / "one.jsonl"
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    one.write_text(json.dumps({"prompt": prompt, "io": "Mary", "s": "John"}) + "\n")
+    assert main(["eval", "--model", "ioi-tiny", "--dataset", str(one), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # strict JSON: no NaN
+    assert result["n"] == 1 and result["logit_diff_se"] is None and result["logit_diff"] > 0
+    assert main(["eval", "--model", "ioi-tiny", "--dataset", str(one)]) == 0
+    assert "undefined from one prompt" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -73,13 +74,18 @@ def run_eval(args: argparse.Namespace) -> int:
     hf, tok, source = load_hf(model_name(args))
     hf.to(args.device)
     _, batch = command_prompts(args, tok, getattr(hf.config, "n_positions", None))
-    result = evaluate(hf.eval(), batch).to_json()
-    result |= {"model": model_name(args), "source": source}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>14}: {v}")
+    m = evaluate(hf.eval(), batch)
+    result = m.to_json() | {"model": model_name(args), "source": source}
+    if args.json:  # NaN is not JSON: an undefined standard error is null
+        print(json.dumps({k: None if v != v else v for k, v in result.items()}))
+        return 0
+    se = "undefined from one prompt" if math.isnan(m.logit_diff_se) else f"± {m.logit_diff_se:.3f} s.e."
+    print(f"{m.n} prompts, {model_name(args)} ({source})")
+    print(f"  logit difference  {m.logit_diff:.3f} ({se}): logit(IO) − logit(S) at the last position, mean")
+    print(f"  accuracy          {m.accuracy:.3f}: share of prompts with logit(IO) > logit(S)")
+    print(f"  IO probability    {m.io_prob:.3f}: mean probability of the IO token")
+    print(f"  label probability {m.label_prob:.3f}: mean probability of each prompt's label (its IO unless "
+          "a dataset gives another)")  # fmt: skip
     return 0
 
 

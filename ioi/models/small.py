@@ -89,7 +89,7 @@ def pretrain_small(
         model = seeded_model(seed, tokenizer, recipe.sizes, recipe.dropout)
         gen = SmallStoryGenerator(seed, recipe.mix, crowd=recipe.crowd, max_others=recipe.max_others,
                                   bystander_p=recipe.bystander_p, giver_p=recipe.giver_p,
-                                  visit_p=recipe.visit_p)  # fmt: skip
+                                  visit_p=recipe.visit_p, back_p=recipe.back_p)  # fmt: skip
         opt = pretrain.make_optimizer(model, recipe.lr)
         start_step, loss_ema, seconds = 0, float("nan"), 0.0
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
@@ -132,6 +132,7 @@ def pretrain_small(
         "bystander_p": recipe.bystander_p,
         "giver_p": recipe.giver_p,
         "visit_p": recipe.visit_p,
+        "back_p": recipe.back_p,
         "io_ending_p": IO_ENDING_P,
         "name_loss_weight": pretrain.NAME_LOSS_WEIGHT,
         "held_out_templates": list(HELD_OUT_TEMPLATES),

@@ -117,6 +117,9 @@ class Recipe:
     # each, so no key marks the answer as a repeat; only a query that knows S (moved to END from
     # S2, as S-inhibition heads do) picks the right place: pressure for the query-side route.
     visit_p: float = 0.0
+    # The share of visit sentences asking for S's own place instead ("[S] went back to the"): a
+    # positive match of S's identity against the places' owners, easier than the negated one.
+    back_p: float = 0.0
 
     def mix_at(self, step: int) -> dict[str, float]:
         return self.warm_mix if self.warm_mix is not None and step < self.warm_steps else self.mix
@@ -144,6 +147,7 @@ VARIANTS: dict[str, Recipe] = {
     "6l-crowd-visit": Recipe(_SIX, 0.0, _CROWD_MIX, 3000, crowd=True, visit_p=0.4),
     "6l-crowd-visit-long": Recipe(_SIX, 0.0, _CROWD_MIX, 8000, crowd=True, visit_p=0.4),
     "6l-visit-kind": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True),
+    "6l-visit-back": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True, back_p=0.5),
     "4l-curriculum": Recipe(_FOUR, 0.0, _CROWD_MIX, 4000, crowd=True, warm_steps=1500, warm_mix=TINY_MIX),
 }
 DEFAULT_VARIANT = "4l-nodrop"
@@ -157,6 +161,7 @@ class SmallStoryGenerator(StoryGenerator):
     def __init__(
         self, seed: int, mix: dict[str, float] = _MIX, max_words: int = CONTEXT - 1, crowd: bool = False,
         max_others: int = 2, bystander_p: float = 0.0, giver_p: float = 0.0, visit_p: float = 0.0,
+        back_p: float = 0.0,
     ) -> None:
         super().__init__(seed, max_words)
         self.mix = mix
@@ -165,6 +170,7 @@ class SmallStoryGenerator(StoryGenerator):
         self.bystander_p = bystander_p
         self.giver_p = giver_p
         self.visit_p = visit_p
+        self.back_p = back_p
 
     def _ending(self, io: str, taken: set[str]) -> str:
         r = self.rng
@@ -215,13 +221,16 @@ class SmallStoryGenerator(StoryGenerator):
 
     def visit_sentence(self, io: str, s: str) -> str:
         """IO and S each at a place, then S going to IO's: "[X] was at the [P1] and [Y] was at
-        the [P2]. [S] went to the" -> IO's place, with the answer."""
+        the [P2]. [S] went to the" -> IO's place, with the answer (with `back_p`, sometimes "[S]
+        went back to the" -> S's own place)."""
         r = self.rng
         people = [io, s]
         r.shuffle(people)
         places = dict(zip(people, r.sample(PLACES, 2), strict=True))
         joint = " and " if r.random() < 0.5 else ". "
         first, second = (f"{n} was at the {places[n]}" for n in people)
+        if self.back_p and r.random() < self.back_p:  # no draw when 0
+            return f"{first}{joint}{second}. {s} went back to the {places[s]}."
         return f"{first}{joint}{second}. {s} went to the {places[io]}."
 
     def _sentence(self, kind: str, cast: list[str], done: list[str]) -> str:

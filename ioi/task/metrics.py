@@ -9,6 +9,7 @@ patching effect puts a patched run on the scale where 0 is the clean run and −
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -67,8 +68,10 @@ def normalized_effect(patched: torch.Tensor, clean: float, abc: float) -> torch.
 
 @dataclass(frozen=True)
 class TaskMetrics:
-    """Mean logit difference (and its standard error), accuracy, IO probability, label
-    probability and the number of prompts."""
+    """Mean logit difference logit(IO) − logit(S) at END (and its standard error over prompts;
+    NaN from one prompt), accuracy (the share of prompts with logit(IO) > logit(S)), the mean
+    probability of the IO token and of each prompt's label (the IO, or a toxic dataset's target),
+    and the number of prompts."""
 
     logit_diff: float
     logit_diff_se: float
@@ -90,7 +93,7 @@ def task_metrics(logits: Logits | EndLogits, batch: IOIBatch) -> TaskMetrics:
     n = len(batch)
     return TaskMetrics(
         logit_diff=diff.mean().item(),
-        logit_diff_se=(diff.std().item() / n**0.5) if n > 1 else 0.0,
+        logit_diff_se=(diff.std().item() / n**0.5) if n > 1 else math.nan,  # none from one prompt
         accuracy=(diff > 0).float().mean().item(),
         io_prob=probs[rows, batch.io_tok.to(last.device)].mean().item(),
         label_prob=probs[rows, batch.label_tok.to(last.device)].mean().item(),
