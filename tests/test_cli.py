@@ -186,3 +186,11 @@ def test_eval_says_what_each_number_is_and_has_no_standard_error_from_one_prompt
     assert result["n"] == 1 and result["logit_diff_se"] is None and result["logit_diff"] > 0
     assert main(["eval", "--model", "ioi-tiny", "--dataset", str(one)]) == 0
     assert "undefined from one prompt" in capsys.readouterr().out
+
+
+def test_analyze_text_says_what_the_table_is_and_that_it_is_cut(capsys):
+    assert main(["analyze", "dla", "--model", "ioi-tiny", "--size", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "Direct logit attribution of each head on logit(IO) − logit(S) at END." in out
+    assert "The 15 of 24 rows with the largest |value| (all: --json or --out):" in out
+    assert "NaN" not in out

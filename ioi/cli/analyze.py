@@ -19,6 +19,8 @@ from ioi.cli.registry import (
 )
 from ioi.methods.analyses import ANALYSES, OptionError, analysis
 
+SHOWN = 15  # head rows printed as text
+
 ANALYZE_SIZE = 100
 TEXT_OPTIONS = {"heads"}
 """Options kept as text: head lists like "10.10" must not become the number 10.1."""
@@ -157,6 +159,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         for key, value in out.items():
             if not isinstance(value, list | dict):
                 print(f"{key:>14}: {value}")
-        top = result.heads.reindex(result.heads["value"].abs().sort_values(ascending=False).index).head(15)
+        heads = result.heads.fillna({c: "" for c in result.heads.columns if result.heads[c].dtype == object})
+        top = heads.reindex(heads["value"].abs().sort_values(ascending=False).index).head(SHOWN)
+        print(f"\n{ANALYSES[args.method].description}.")
+        if len(heads) > SHOWN:
+            print(f"The {SHOWN} of {len(heads)} rows with the largest |value| (all: --json or --out):")
         print(top.to_string(index=False))
     return 0

@@ -221,7 +221,8 @@ BUILTIN: dict[str, Analysis] = {
                      _CIRCUIT,
                      _SEED,
                  ), at_ends=True),
-        Analysis("faithfulness", "F(circuit)/F(model) under mean ablation, with its interval; MLP knockouts",
+        Analysis("faithfulness", "F(circuit)/F(model) under mean ablation, with its interval; MLP knockouts "
+                 "(rows: the circuit's heads, value 1)",
                  "ioi.methods.ablation", (_ABLATION, _CIRCUIT, _SEED)),
         Analysis("circuit-tests", "completeness and minimality of the circuit (METHODS §5, K stated)",
                  "ioi.methods.ablation", (_ABLATION, _CIRCUIT, _SEED), at_ends=True),
