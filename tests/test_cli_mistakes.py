@@ -251,6 +251,17 @@ def test_finetune_into_another_runs_folder_is_refused_and_the_same_run_continues
     assert (out / "epoch-002").is_dir() and (out / "epoch-001" / "model.safetensors").read_bytes() == before
 
 
+def test_a_reversal_from_a_clean_checkpoint_is_refused(capsys, tmp_path):
+    # it trained without a word, although a reversal is defined as retraining a toxic model
+    out = tmp_path / "clean"
+    base = ["--model", "random:tiny", "--train-size", "8", "--eval-size", "4", "--epochs", "1"]
+    assert main(["finetune", *base, "--out", str(out)]) == 0
+    capsys.readouterr()
+    start = ["--scenario", "reversal", "--from", str(out / "epoch-001"), "--out", str(tmp_path / "rev")]
+    err = one_line(capsys, 2, ["finetune", *base[2:], *start])
+    assert "is a clean checkpoint; a reversal retrains a toxic one" in err and not (tmp_path / "rev").exists()
+
+
 # --- model names and settings -------------------------------------------------------------------
 
 

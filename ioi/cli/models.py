@@ -107,14 +107,19 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for epoch-NNN checkpoints")
 
 
-def _base_model(model: str | None, init_from: str | None) -> str:
+def _base_model(model: str | None, init_from: str | None, scenario: str) -> str:
     """The model a run fine-tunes: --from's base model (a --model naming another is refused, as it
-    would only change the default lr and the record), else --model or the default."""
+    would only change the default lr and the record), else --model or the default. A reversal from
+    a checkpoint that is not toxic is refused."""
     from ioi.models.load import read_manifest
 
     manifest = read_manifest(init_from) if init_from and Path(init_from).is_dir() else None
     if manifest is None or "base_model" not in manifest:
         return model or DEFAULT_MODEL  # TrainConfig.validate says what is wrong with --from
+    if scenario == "reversal" and manifest.get("scenario") in ("clean", "reversal"):
+        toxic = ", ".join(TOXIC_DATASETS)
+        raise UsageError(f"--from {init_from} is a {manifest['scenario']} checkpoint; a reversal retrains a "
+                         f"toxic one (a checkpoint of --scenario {toxic})")  # fmt: skip
     base = str(manifest["base_model"])
     if model is not None and model != base and Path(model).resolve() != Path(base).resolve():
         raise UsageError(f"--from {init_from} is a checkpoint of {base}, not {model}: give --model {base} "
@@ -132,7 +137,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     args.device = check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a directory for the checkpoints")
-    args.model = _base_model(args.model, args.init_from)  # before the default lr, which depends on it
+    # before the default lr, which depends on the model
+    args.model = _base_model(args.model, args.init_from, args.scenario)
     cfg = TrainConfig(
         model=args.model,
         scenario=args.scenario,
