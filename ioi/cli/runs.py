@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ioi.cli.registry import DEVICE_HELP, UsageError, check_device, command, detached, learning_rate, run_id
+from ioi.methods.analyses import ANALYSES
 from ioi.task.defaults import (
     DEFAULT_ANALYSES,
     DEFAULT_EVAL_SIZE,
@@ -34,7 +35,10 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
     p.add_argument("--train-size", type=int, default=DEFAULT_TRAIN_SIZE)
     p.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE)
     p.add_argument("--analysis-size", type=int, default=100, help="prompts the analyses run on")
-    p.add_argument("--analyses", default=",".join(DEFAULT_ANALYSES), help="comma-separated analysis names")
+    ends = ", ".join(n for n, a in ANALYSES.items() if a.at_ends)
+    p.add_argument("--analyses", default=",".join(DEFAULT_ANALYSES),
+                   help=f"comma-separated analysis names ({ends}: at the last checkpoint only, and at a "
+                        "clean run's start)")  # fmt: skip
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
 
@@ -59,10 +63,14 @@ def experiment_config(args: argparse.Namespace, **overrides):
 
 def _jobs_args(p: argparse.ArgumentParser) -> None:
     subs = p.add_subparsers(dest="action", required=True)
-    submit = subs.add_parser("submit", help="queue an experiment; prints the job id")
+    submit = subs.add_parser(
+        "submit", help="queue an experiment; prints the job id",
+        description="Queue an experiment (fine-tuning with its analyses at each saved checkpoint) for the\n"
+        "background worker; prints the job id. Results go to the cache; `jobs show ID` follows it.",
+    )  # fmt: skip
     _experiment_args(submit)
     submit.add_argument("--wait", action="store_true", help="block with a progress bar until it ends")
-    listing = subs.add_parser("list", help="every job, newest first")
+    listing = subs.add_parser("list", help="every job, newest first", description="Every job, newest first.")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--cache", type=Path)
     actions = (
@@ -71,7 +79,7 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
         ("resume", "continue an interrupted, failed or cancelled job"),
     )
     for name, help in actions:
-        sub = subs.add_parser(name, help=help)
+        sub = subs.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
         sub.add_argument("id", type=run_id)
         sub.add_argument("--cache", type=Path)
         if name == "show":
