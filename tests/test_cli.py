@@ -194,3 +194,14 @@ def test_analyze_text_says_what_the_table_is_and_that_it_is_cut(capsys):
     assert "Direct logit attribution of each head on logit(IO) − logit(S) at END." in out
     assert "The 15 of 24 rows with the largest |value| (all: --json or --out):" in out
     assert "NaN" not in out
+
+
+def test_a_circuit_found_on_another_model_is_used_with_a_warning(capsys, tmp_path):
+    found = tmp_path / "circuit.json"
+    assert main(["analyze", "classify", "--model", "ioi-tiny", "--size", "6", "--out", str(found)]) == 0
+    capsys.readouterr()
+    use = ["analyze", "faithfulness", "--circuit", str(found), "--size", "4"]
+    assert main([*use, "--model", "ioi-small"]) == 0
+    assert f"warning: --circuit {found} was found on ioi-tiny, not on ioi-small" in capsys.readouterr().err
+    assert main([*use, "--model", "ioi-tiny"]) == 0
+    assert "warning" not in capsys.readouterr().err

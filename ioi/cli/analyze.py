@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from ioi.cli.registry import (
@@ -120,6 +121,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         options = parse_options(args.option)
         if args.circuit:
             options["circuit"] = _circuit_file(args.circuit)
+            found_on = options["circuit"].get("model")
+            if found_on and found_on != model_name(args):  # `analyze classify --out` names its model
+                warnings.warn(f"--circuit {args.circuit} was found on {found_on}, not on {model_name(args)}",
+                              stacklevel=1)  # fmt: skip
         entry = analysis(args.method)
         options = entry.check(options)
         if entry.needs_other and not args.other:
