@@ -100,7 +100,7 @@ def show_user_errors(fn: Callable[[], None]) -> None:
     """Run a page body; a user's error (ValueError and kin) is shown as a message, not a trace."""
     try:
         fn()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         st.error(str(err), icon="⚠️")
 
 

@@ -456,3 +456,12 @@ def test_every_command_that_runs_a_model_defaults_to_cuda_when_there_is_one(caps
     shown = " ".join(capsys.readouterr().out.split())
     assert "--device DEVICE cpu or cuda (default: cuda when available)" in shown
     assert check_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_cache_that_is_a_file_is_one_error(capsys, tmp_path):
+    # it failed inside the first write: "…/experiments/<id>: Not a directory"
+    file = tmp_path / "results.jsonl"
+    file.write_text("")
+    for args in (["jobs", "list"], ["jobs", "submit", "--model", "random:tiny", "--train-size", "8"]):
+        err = one_line(capsys, 2, [*args, "--cache", str(file)])
+        assert err == f"error: the cache {file} is a file; give a directory (--cache or $IOI_CACHE_DIR)"

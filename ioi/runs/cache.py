@@ -91,8 +91,12 @@ def check_writable(root: str | Path | None) -> Path:
 
 
 def cache_root(root: str | Path | None = None) -> Path:
-    """The cache directory: `root` if given, else $IOI_CACHE_DIR, else ./cache."""
-    return Path(root if root is not None else os.environ.get("IOI_CACHE_DIR", "cache")).resolve()
+    """The cache directory: `root` if given, else $IOI_CACHE_DIR, else ./cache; NotADirectoryError
+    when that path is a file (said once, not as a failure deep inside a write)."""
+    path = Path(root if root is not None else os.environ.get("IOI_CACHE_DIR", "cache")).resolve()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"the cache {path} is a file; give a directory (--cache or $IOI_CACHE_DIR)")
+    return path
 
 
 def connect(root: str | Path | None = None) -> sqlite3.Connection:
