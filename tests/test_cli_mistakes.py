@@ -465,3 +465,14 @@ def test_a_cache_that_is_a_file_is_one_error(capsys, tmp_path):
     for args in (["jobs", "list"], ["jobs", "submit", "--model", "random:tiny", "--train-size", "8"]):
         err = one_line(capsys, 2, [*args, "--cache", str(file)])
         assert err == f"error: the cache {file} is a file; give a directory (--cache or $IOI_CACHE_DIR)"
+
+
+def test_compare_given_a_job_id_names_its_experiment(capsys, tmp_path):
+    from jobs_support import tiny_config
+
+    from ioi.runs import jobs
+
+    job = jobs.submit(tiny_config(), tmp_path, launch=False)
+    experiment = jobs.get_job(job, tmp_path).experiment
+    err = one_line(capsys, 2, ["compare", "--experiment", job, "--cache", str(tmp_path)])
+    assert err.endswith(f"; {job} is a job: use --experiment {experiment}")

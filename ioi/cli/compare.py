@@ -98,7 +98,15 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--experiment: {err}") from None
     root = _find(args.experiment, args.cache)
     if root is None:
-        raise UsageError(f"no experiment {args.experiment} in {cache_root(args.cache)} or the demo cache")
+        from ioi.runs.jobs import JobError, get_job
+
+        try:  # a job id (what `jobs submit` printed) names its experiment
+            job = get_job(args.experiment, args.cache)
+        except (JobError, OSError):
+            job = None
+        hint = f"; {args.experiment} is a job: use --experiment {job.experiment}" if job else ""
+        where = f"{cache_root(args.cache)} or the demo cache"
+        raise UsageError(f"no experiment {args.experiment} in {where}{hint}")
     result = load_comparison(root, args.experiment, family=args.family)
     target = cache_root(args.cache)
     if result is None:
