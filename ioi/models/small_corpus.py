@@ -130,6 +130,10 @@ _CROWD_MIX = {"ioi": 0.20, "dup": 0.35, "recall": 0.15, "induction": 0.10, "fill
 # Visit sentences as a kind of their own, a quarter of all sentences (`6l-crowd-visit` drew them
 # inside the duplicate kind, 14% of all, and never learnt them in 8,000 steps).
 _VISIT_MIX = {"ioi": 0.15, "dup": 0.30, "visit": 0.25, "recall": 0.10, "induction": 0.05, "filler": 0.15}
+# Binding a place to its owner, which no visit recipe learnt: "bind" sentences ask who was at
+# either place, so position does not answer them.
+_BIND_MIX = {"ioi": 0.15, "dup": 0.25, "visit": 0.20, "bind": 0.15, "recall": 0.05, "induction": 0.05,
+             "filler": 0.15}  # fmt: skip
 _FOUR = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}
 _SIX = _FOUR | {"n_layer": 6}
 VARIANTS: dict[str, Recipe] = {
@@ -148,6 +152,7 @@ VARIANTS: dict[str, Recipe] = {
     "6l-crowd-visit-long": Recipe(_SIX, 0.0, _CROWD_MIX, 8000, crowd=True, visit_p=0.4),
     "6l-visit-kind": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True),
     "6l-visit-back": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True, back_p=0.5),
+    "6l-visit-bind": Recipe(_SIX, 0.0, _BIND_MIX, 3000, crowd=True, back_p=0.5),
     "4l-curriculum": Recipe(_FOUR, 0.0, _CROWD_MIX, 4000, crowd=True, warm_steps=1500, warm_mix=TINY_MIX),
 }
 DEFAULT_VARIANT = "4l-nodrop"
@@ -233,6 +238,16 @@ class SmallStoryGenerator(StoryGenerator):
             return f"{first}{joint}{second}. {s} went back to the {places[s]}."
         return f"{first}{joint}{second}. {s} went to the {places[io]}."
 
+    def bind_sentence(self, a: str, b: str) -> str:
+        """Two people at two places, then who was at one of them, either one: "[A] was at the [P1]
+        and [B] was at the [P2]. The one at the [P1] was [A]." (tiny's recall sentence of this
+        shape always asks for the second, which position alone answers)."""
+        r = self.rng
+        places = dict(zip((a, b), r.sample(PLACES, 2), strict=True))
+        asked = r.choice((a, b))
+        where = f"{a} was at the {places[a]} and {b} was at the {places[b]}."
+        return f"{where} The one at the {places[asked]} was {asked}."
+
     def _sentence(self, kind: str, cast: list[str], done: list[str]) -> str:
         r = self.rng
         if kind == "ioi":
@@ -243,6 +258,8 @@ class SmallStoryGenerator(StoryGenerator):
             return f"{x.prompt} {self._ending(io, {io, s})}."
         if kind == "visit":
             return self.visit_sentence(*self._pair(cast))
+        if kind == "bind":
+            return self.bind_sentence(*self._pair(cast))
         if kind == "dup":
             io, s = self._pair(cast)
             rest = [n for n in cast if n not in (io, s)] or [n for n in NAMES if n not in (io, s)]
