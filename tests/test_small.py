@@ -76,6 +76,21 @@ def test_visit_sentences_end_with_the_other_persons_place() -> None:
     visiting = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, visit_p=0.4).stories(100)
     assert sum(" was at the " in t for t in visiting) > sum(" was at the " in t for t in plain)
 
+    back = small_corpus.SmallStoryGenerator(0, back_p=1.0)
+    head, answer = back.visit_sentence("Mary", "John").removesuffix(".").rsplit(" John went back to the ", 1)
+    assert f"John was at the {answer}" in head  # S's own place
+
+
+def test_bind_sentences_ask_for_either_person():
+    gen = small_corpus.SmallStoryGenerator(0)
+    asked = []
+    for _ in range(60):
+        where, question = gen.bind_sentence("Mary", "John").split(". The one at the ")
+        place, person = question.removesuffix(".").split(" was ")
+        assert f"{person} was at the {place}" in where
+        asked.append(person)
+    assert {"Mary", "John"} == set(asked)  # not always the second, which position would answer
+
 
 def test_corpus_deterministic_and_in_vocabulary() -> None:
     tok = small_corpus.build_small_tokenizer()
