@@ -205,3 +205,11 @@ def test_a_circuit_found_on_another_model_is_used_with_a_warning(capsys, tmp_pat
     assert f"warning: --circuit {found} was found on ioi-tiny, not on ioi-small" in capsys.readouterr().err
     assert main([*use, "--model", "ioi-tiny"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from ioi import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"ioi {__version__}"

@@ -13,6 +13,7 @@ import argparse
 import copy
 import sys
 
+from ioi import __version__
 from ioi.cli import analyze, compare, models, runs  # noqa: F401  (each registers its commands)
 from ioi.cli.registry import COMMANDS
 
@@ -84,6 +85,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ioi", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ioi {__version__}")
     subs = parser.add_subparsers(dest="command", required=True)
     for cmd in COMMANDS.values():
         sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
