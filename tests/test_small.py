@@ -43,6 +43,16 @@ def test_duplicate_sentences_mention_the_answer_once() -> None:
         assert len(others) == 2 and all(_count(prompt, n) >= 2 for n in others - {s})
 
 
+def _crowd_stories_with(**option: float) -> tuple[list[str], list[str]]:
+    """100 `6l-crowd` stories without and with one generator option; checks first that the
+    option at 0 draws nothing (every earlier recipe's corpus unchanged)."""
+    crowd = small_corpus.VARIANTS["6l-crowd"]
+    stories = lambda **o: small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, **o).stories(100)  # noqa: E731
+    plain = stories()
+    assert plain == stories(**dict.fromkeys(option, 0.0))
+    return plain, stories(**option)
+
+
 def test_giver_sentences_ask_for_the_repeated_name() -> None:
     """`giver_p`'s sentences end where the answer is S, the name mentioned twice; off, no draw."""
     gen = small_corpus.SmallStoryGenerator(0)
@@ -52,10 +62,7 @@ def test_giver_sentences_ask_for_the_repeated_name() -> None:
         text = gen.giver_sentence(io, s)
         assert _count(text, io) == 1 and _count(text, s) == 2 and text.endswith(" was from")
         assert tok.unk_token_id not in tok.encode(f"{text} {s}.", add_special_tokens=False)
-    crowd = small_corpus.VARIANTS["6l-crowd"]
-    plain = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
-    assert plain == small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.0).stories(100)
-    asking = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, giver_p=0.5).stories(100)
+    _, asking = _crowd_stories_with(giver_p=0.5)
     assert any(" was from " in t and ", who gave it to" not in t for t in asking)
 
 
@@ -70,10 +77,7 @@ def test_visit_sentences_end_with_the_other_persons_place() -> None:
         assert f"{io} was at the {answer}" in head and f"{s} was at the {answer}" not in head
         assert _count(text, io) == 1 and _count(text, s) == 2
         assert tok.unk_token_id not in tok.encode(text, add_special_tokens=False)
-    crowd = small_corpus.VARIANTS["6l-crowd"]
-    plain = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True).stories(100)
-    assert plain == small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, visit_p=0.0).stories(100)
-    visiting = small_corpus.SmallStoryGenerator(5, crowd.mix, crowd=True, visit_p=0.4).stories(100)
+    plain, visiting = _crowd_stories_with(visit_p=0.4)
     assert sum(" was at the " in t for t in visiting) > sum(" was at the " in t for t in plain)
 
     back = small_corpus.SmallStoryGenerator(0, back_p=1.0)
