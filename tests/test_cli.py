@@ -86,7 +86,13 @@ def test_dataset_eval_finetune_round_trip(tmp_path, capsys):
     ]
     assert main(args) == 0
     assert (ck / "epoch-001" / "manifest.json").exists() and (ck / "epoch-002" / "model.safetensors").exists()
-    capsys.readouterr()
+    out, err = capsys.readouterr()
+    assert out.split() == [str(ck / "epoch-001"), str(ck / "epoch-002")]
+    for epoch in (1, 2):  # each checkpoint's evaluation, as its manifest holds it
+        m = json.loads((ck / f"epoch-00{epoch}" / "manifest.json").read_text())["metrics"]
+        assert (f"epoch {epoch}: logit diff {m['logit_diff']:.2f} ± {m['logit_diff_se']:.2f}, "
+                f"accuracy {m['accuracy']:.3f}, train loss {m['train_loss']:.3f}") in err  # fmt: skip
+    assert re.search(r"trained 2 steps in [\d.]+ s: [\d.]+ steps/s, evaluations and checkpoints included", err)
     assert (
         cli_json(capsys, "eval", "--checkpoint", str(ck / "epoch-002"), "--size", "10", "--json")["n"] == 10
     )
@@ -213,3 +219,45 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"ioi {__version__}"
+
+
+def test_experiments_lists_a_cache_and_the_demo_and_shows_each_epochs_metrics(capsys, tmp_path):
+    """A finished run can be read from the command line: the listing names the user's experiment
+    beside the demo's (seed by seed, each toxic run followed by its reversal), and one
+    experiment's view gives the evaluation the store holds at every cached epoch."""
+    from jobs_support import tiny_config
+
+    from ioi.runs.cache import demo_root, load_metrics_series
+    from ioi.runs.experiment import run_experiment
+
+    mine = run_experiment(tiny_config(), tmp_path).id
+    listed = json.loads(cli_json_text(capsys, "experiments", "--cache", str(tmp_path), "--json"))
+    ours = [e for e in listed if not e["demo"]]
+    assert [(e["id"], e["cached_epochs"], e["status"]) for e in ours] == [(mine, [0, 1, 2], "done")]
+    demo = [e for e in listed if e["demo"]]
+    assert {e["cache"] for e in demo} == {str(demo_root())} and len(demo) == 21
+    assert main(["experiments", "--cache", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    demo_ids = [ln.split()[0] for ln in lines[lines.index(next(x for x in lines if "(the demo" in x)) + 1 :]
+                if ln.startswith("  ")]  # fmt: skip
+    by_id = {e["id"]: e["config"] for e in demo}
+    for before, after in zip(demo_ids, demo_ids[1:]):
+        if by_id[after]["parent"] is not None:  # a reversal follows its toxic parent
+            assert before == by_id[after]["parent"]
+
+    shown = json.loads(cli_json_text(capsys, "experiments", mine.upper(), "--cache", str(tmp_path), "--json"))
+    series = load_metrics_series(tmp_path, mine)
+    assert [r["epoch"] for r in shown["epochs"]] == [0, 1, 2]
+    assert [r["logit_diff"] for r in shown["epochs"]] == pytest.approx(series["logit_diff"].tolist())
+    assert all("toy-norms" in r["analyses"] for r in shown["epochs"])
+    assert main(["experiments", mine, "--cache", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    for r in shown["epochs"]:
+        assert f"epoch {r['epoch']:>3}: logit diff {r['logit_diff']:.2f} ± {r['logit_diff_se']:.2f}" in text
+    assert main(["experiments", "0123456789abcdef", "--cache", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no experiment 0123456789abcdef in ")
+
+
+def cli_json_text(capsys, *args: str) -> str:
+    assert main(list(args)) == 0
+    return capsys.readouterr().out

@@ -475,4 +475,4 @@ def test_compare_given_a_job_id_names_its_experiment(capsys, tmp_path):
     job = jobs.submit(tiny_config(), tmp_path, launch=False)
     experiment = jobs.get_job(job, tmp_path).experiment
     err = one_line(capsys, 2, ["compare", "--experiment", job, "--cache", str(tmp_path)])
-    assert err.endswith(f"; {job} is a job: use --experiment {experiment}")
+    assert err.endswith(f"; {job} is a job: its experiment is {experiment}")

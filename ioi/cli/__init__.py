@@ -14,7 +14,7 @@ import copy
 import sys
 
 from ioi import __version__
-from ioi.cli import analyze, compare, models, runs  # noqa: F401  (each registers its commands)
+from ioi.cli import analyze, compare, experiments, models, runs  # noqa: F401  (each registers its commands)
 from ioi.cli.registry import COMMANDS
 
 USER_ERRORS: dict[str, tuple[str, ...]] = {

@@ -8,12 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import UsageError, command, detached, run_id
+from ioi.cli.registry import UsageError, command, detached, locate_experiment, run_id
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--experiment", required=True, type=run_id, help="an experiment id (`ioi jobs list`, or the demo's)"
+        "--experiment", required=True, type=run_id, help="an experiment id (`ioi experiments` lists them)"
     )
     p.add_argument(
         "--family",
@@ -29,16 +29,6 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="cache directory (default $IOI_CACHE_DIR or ./cache)")
     p.add_argument("--no-wait", action="store_true", help="submit the job and print its id")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-
-
-def _find(exp_id: str, cache: Path | None) -> Path | None:
-    """The cache (the user's, then the demo ones) that knows `exp_id`."""
-    from ioi.runs.cache import cache_root, demo_roots, read_experiment
-
-    for root in [cache_root(cache), *demo_roots()]:
-        if read_experiment(root, exp_id) is not None:
-            return root
-    return None
 
 
 def _recovery(reversal: tuple[str, int], *roots):
@@ -81,7 +71,8 @@ def _job(cfg, target: Path, args: argparse.Namespace, what: str) -> int | None:
 def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ioi.runs.cache import cache_root, check_id, read_experiment
+    from ioi.runs.cache import cache_root, read_experiment
+    from ioi.runs.catalog import find_experiment
     from ioi.runs.compare import (
         ambiguous_lineage,
         comparison_name,
@@ -92,21 +83,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ioi.runs.experiment import ExperimentConfig
     from ioi.runs.recovery import RECOVERY
 
-    try:
-        check_id(args.experiment)
-    except ValueError as err:
-        raise UsageError(f"--experiment: {err}") from None
-    root = _find(args.experiment, args.cache)
-    if root is None:
-        from ioi.runs.jobs import JobError, get_job
-
-        try:  # a job id (what `jobs submit` printed) names its experiment
-            job = get_job(args.experiment, args.cache)
-        except (JobError, OSError):
-            job = None
-        hint = f"; {args.experiment} is a job: use --experiment {job.experiment}" if job else ""
-        where = f"{cache_root(args.cache)} or the demo cache"
-        raise UsageError(f"no experiment {args.experiment} in {where}{hint}")
+    root = locate_experiment(args.experiment, args.cache)
     result = load_comparison(root, args.experiment, family=args.family)
     target = cache_root(args.cache)
     if result is None:
@@ -121,7 +98,7 @@ def run_compare(args: argparse.Namespace) -> int:
         result = load_comparison(root, args.experiment, family=args.family)
     reversal = lineage_reversal(result.summary)
     if reversal is not None and not args.no_recovery and _recovery(reversal, root, target) is None:
-        rev_root = _find(reversal[0], args.cache) or root
+        rev_root = find_experiment(reversal[0], args.cache) or root
         cfg = ExperimentConfig.from_json(read_experiment(rev_root, reversal[0])["config"])
         what = f"recovery dynamics of reversal {reversal[0]} (re-trains the toxic run and the reversal)"
         status = _job(replace(cfg, analyses=(RECOVERY,)), target, args, what)

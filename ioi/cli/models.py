@@ -18,6 +18,7 @@ from ioi.cli.registry import (
     command,
     command_prompts,
     learning_rate,
+    logit_diff_text,
     model_name,
     use_torch_threads,
 )
@@ -174,10 +175,16 @@ def run_finetune(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    if len(times) > 1:  # rate from the first step to the last, as benchmarks/cli_speed.py measures a job
-        rate = (len(times) - 1) / (times[-1] - times[0])
-        print(f"trained {len(times)} steps, {rate:.1f} steps/s", file=sys.stderr)
-    for p in paths:
+    if len(times) > 1:  # from the first step to the last, as benchmarks/cli_speed.py measures a job
+        seconds = times[-1] - times[0]
+        print(f"trained {len(times)} steps in {seconds:.1f} s: {(len(times) - 1) / seconds:.1f} steps/s, "
+              "evaluations and checkpoints included (the bar's rate is its recent average)",
+              file=sys.stderr)  # fmt: skip
+    for p in paths:  # the evaluation each checkpoint's manifest holds (held-out names)
+        m = json.loads((p / "manifest.json").read_text())
+        e = m["metrics"]
+        print(f"epoch {m['epoch']}: logit diff {logit_diff_text(e)}, accuracy "
+              f"{e['accuracy']:.3f}, train loss {e['train_loss']:.3f}", file=sys.stderr)  # fmt: skip
         print(p)
     return 0
 

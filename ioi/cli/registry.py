@@ -7,6 +7,7 @@ Only light modules are imported here (argparse, ioi.task.defaults): a command's 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -52,6 +53,35 @@ def detached(job_id: str) -> str:
     """What Ctrl-C while waiting for a job says: only the waiting stops (a job is its own process)."""
     return (f"stopped waiting: job {job_id} goes on in the background; `ioi jobs show {job_id}` follows "
             f"it, `ioi jobs cancel {job_id}` stops it")  # fmt: skip
+
+
+def locate_experiment(exp_id: str, cache: Path | None) -> Path:
+    """The cache (the user's, then the demo ones) holding experiment `exp_id`; a UsageError naming
+    where it looked otherwise, with the experiment to give when `exp_id` is a job id."""
+    from ioi.runs.cache import cache_root, check_id
+    from ioi.runs.catalog import find_experiment
+    from ioi.runs.jobs import JobError, get_job
+
+    try:
+        check_id(exp_id)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    root = find_experiment(exp_id, cache)
+    if root is not None:
+        return root
+    try:  # a job id (what `jobs submit` printed) names its experiment
+        job = get_job(exp_id, cache)
+    except (JobError, OSError):
+        job = None
+    hint = f"; {exp_id} is a job: its experiment is {job.experiment}" if job else ""
+    raise UsageError(f"no experiment {exp_id} in {cache_root(cache)} or the demo cache{hint}")
+
+
+def logit_diff_text(metrics: dict) -> str:
+    """"12.27 ± 0.13" from task metrics (JSON), without the ± where the standard error is undefined."""
+    se = metrics.get("logit_diff_se")
+    shown = f"{metrics['logit_diff']:.2f}"
+    return f"{shown} ± {se:.2f}" if isinstance(se, float) and math.isfinite(se) else shown
 
 
 DEVICE_HELP = "cpu or cuda (default: cuda when available)"

@@ -119,7 +119,7 @@ def _index(root: str | Path | None, sql: str, params: tuple) -> None:
 def check_id(exp_id: str) -> str:
     """`exp_id` if it is a hex experiment id; ValueError otherwise (paths come only from hashes)."""
     if not isinstance(exp_id, str) or not _ID.fullmatch(exp_id):
-        raise ValueError(f"{exp_id!r} is not an experiment id (hex digits, as `ioi jobs list` shows)")
+        raise ValueError(f"{exp_id!r} is not an experiment id (hex digits, as `ioi experiments` lists them)")
     return exp_id
 
 

@@ -21,6 +21,7 @@ from ioi.runs.cache import (
     cache_root,
     cached_epochs,
     check_writable,
+    demo_roots,
     is_demo,
     read_experiment,
     sha256,
@@ -71,6 +72,14 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
         status = job.status if job else ("done" if epochs else "new")
         out.append(ExperimentInfo(exp_id, record["config"], status, epochs, job.id if job else None))
     return out
+
+
+def find_experiment(exp_id: str, root: str | Path | None = None) -> Path | None:
+    """The cache holding experiment `exp_id`: `root` (the user's), else a demo cache; None if none."""
+    for base in dict.fromkeys([cache_root(root), *demo_roots()]):
+        if read_experiment(base, exp_id) is not None:
+            return base
+    return None
 
 
 VERDICTS = "verdicts.json"
