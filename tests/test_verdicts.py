@@ -88,10 +88,18 @@ def test_localized_corruption_criterion_and_duplication_by_construction():
 
 
 def test_neuroplasticity_and_mlp_criteria():
-    good = neuroplasticity("name_moving", est(1.1, 1.0, 1.2), est(0.95, 0.9, 1.0), est(1.0, 1.0, 1.0))
+    hurt = est(-1.2, -1.3, -1.1)  # the toxic model prefers S: F at -120% of the pretrained F
+    good = neuroplasticity("name_moving", hurt, est(1.1, 1.0, 1.2), est(0.95, 0.9, 1.0), est(1.0, 1.0, 1.0))
     assert good.holds is True and good.scope == "reversal of name_moving"
-    assert neuroplasticity("x", est(0.5, 0.4, 0.6), est(0.95, 0.9, 1.0), est(1, 1, 1)).holds is False
-    assert neuroplasticity("x", est(1.1, 1.0, 1.2), UNDEFINED, est(1, 1, 1)).holds is None
+    assert neuroplasticity("x", hurt, est(0.5, 0.4, 0.6), est(0.95, 0.9, 1.0), est(1, 1, 1)).holds is False
+    assert neuroplasticity("x", hurt, est(1.1, 1.0, 1.2), UNDEFINED, est(1, 1, 1)).holds is None
+    # a toxic run that raised F (duplication's relabelled clean set) left nothing to restore
+    unhurt = neuroplasticity("duplication", est(1.3, 1.25, 1.35), est(1.1, 1.0, 1.2), est(0.95, 0.9, 1.0),
+                             est(1, 1, 1))  # fmt: skip
+    assert unhurt.holds is None and "no damage to restore" in unhurt.summary
+    # damage not established (interval straddles 80%): a full recovery still cannot be called one
+    assert neuroplasticity("x", est(0.8, 0.7, 0.9), est(1.1, 1.0, 1.2), est(0.95, 0.9, 1.0),
+                           est(1, 1, 1)).holds is None  # fmt: skip
     little = {"pretrained": est(-0.03, -0.05, -0.01), "clean epoch 10": est(0.02, -0.01, 0.05)}
     first = {"pretrained": est(-0.3, -0.4, -0.2)}
     assert mlps(little, first).holds is True

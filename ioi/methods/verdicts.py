@@ -172,7 +172,9 @@ def localized_corruption(
 
 
 NEUROPLASTICITY_CRITERION = (
-    f"neuroplasticity holds when clean retraining of a toxic model brings F back to ≥ {RECOVERY:.0%} "
+    f"neuroplasticity holds when the toxic run left F below {RECOVERY:.0%} of the pretrained F (paired "
+    f"interval upper bound: there was damage to restore; a toxic run that kept F at ≥ {RECOVERY:.0%} "
+    f"leaves it undetermined) and clean retraining of the toxic model brings F back to ≥ {RECOVERY:.0%} "
     f"of the pretrained F (paired interval lower bound), the circuit found on the retrained model "
     f"has faithfulness ≥ {REVERSAL_FAITHFULNESS:.0%} (interval lower bound) and contains "
     f"≥ {REVERSAL_OVERLAP:.0%} of the pretrained circuit's heads (interval over seeds when there are "
@@ -180,25 +182,39 @@ NEUROPLASTICITY_CRITERION = (
 )
 
 
-def neuroplasticity(dataset: str, recovery: Estimate, faithfulness: Estimate, overlap: Estimate) -> Verdict:
-    """Neuroplasticity (the paper's reversal finding) for the reversal of one toxic dataset."""
+def neuroplasticity(
+    dataset: str, damage: Estimate, recovery: Estimate, faithfulness: Estimate, overlap: Estimate
+) -> Verdict:
+    """Neuroplasticity (the paper's reversal finding) for the reversal of one toxic dataset; `damage`
+    is the toxic model's F as a share of the pretrained F, `recovery` the retrained model's."""
     numbers = {
+        "toxic share of F": damage,
         "recovered share of F": recovery,
         "faithfulness": faithfulness,
         "pretrained heads found again": overlap,
     }
+    scope = f"reversal of {dataset}"
+    after = (
+        f"F back to {fmt(recovery)} of the pretrained F, faithfulness {fmt(faithfulness)}, "
+        f"{fmt(overlap)} of the pretrained circuit's heads found again."
+    )
+    damaged = at_most(damage, RECOVERY)
+    if damaged is False:
+        summary = (
+            f"Reversal of {dataset}: neuroplasticity is undetermined: the toxic run left F at "
+            f"{fmt(damage)} of the pretrained F, so there was no damage to restore. After the reversal: "
+            f"{after}"
+        )
+        return Verdict("neuroplasticity", None, NEUROPLASTICITY_CRITERION, numbers, summary, scope=scope)
     holds = all_of([
-        at_least(recovery, RECOVERY), at_least(faithfulness, REVERSAL_FAITHFULNESS),
+        damaged, at_least(recovery, RECOVERY), at_least(faithfulness, REVERSAL_FAITHFULNESS),
         at_least(overlap, REVERSAL_OVERLAP),
     ])  # fmt: skip
     summary = (
-        f"Reversal of {dataset}: neuroplasticity {holds_word(holds)}: F back to {fmt(recovery)} of the "
-        f"pretrained F, faithfulness {fmt(faithfulness)}, {fmt(overlap)} of the pretrained circuit's "
-        "heads found again."
+        f"Reversal of {dataset}: neuroplasticity {holds_word(holds)}: the toxic run left F at "
+        f"{fmt(damage)} of the pretrained F; {after}"
     )
-    return Verdict(
-        "neuroplasticity", holds, NEUROPLASTICITY_CRITERION, numbers, summary, scope=f"reversal of {dataset}"
-    )
+    return Verdict("neuroplasticity", holds, NEUROPLASTICITY_CRITERION, numbers, summary, scope=scope)
 
 
 def within(x: Estimate, lo: float, hi: float) -> Estimate:

@@ -200,6 +200,11 @@ def faithfulness_estimate(result: AnalysisResult) -> Estimate:
     return Estimate(s["faithfulness"], s["faithfulness_lo"], s["faithfulness_hi"], s["interval_over"])
 
 
+def prompt_f(result: AnalysisResult) -> torch.Tensor:
+    """F(M) per prompt ([prompt]) from a faithfulness entry."""
+    return torch.tensor(result.tables["prompts"]["f_model"].to_numpy())
+
+
 def circuit_heads(result: AnalysisResult) -> list[str]:
     return [str(h) for h in Circuit.from_json(result.summary["circuit"]).heads]
 
@@ -209,23 +214,25 @@ def neuroplasticity_verdicts(studies: list[SeedStudy]) -> list[Verdict]:
     for dataset in studies[0].reversal:
         per_seed = []
         for s, exp in seed_runs(studies, "reversal", dataset):
+            toxic = s.toxic.get(dataset)
             after, before = _prompts(s, exp, max(exp.epochs)), _prompts(s, s.clean, 0)
-            if after is None or before is None:
+            hurt = _prompts(s, toxic, max(toxic.epochs)) if toxic is not None else None
+            if after is None or before is None or hurt is None:
                 continue
-            f_after = torch.tensor(after.tables["prompts"]["f_model"].to_numpy())
-            f_before = torch.tensor(before.tables["prompts"]["f_model"].to_numpy())
-            recovery = ratio_estimate(f_after, f_before)  # the same prompts: one seed, one eval set
+            # the same prompts (one seed, one eval set): paired ratios
+            damage, recovery = (ratio_estimate(prompt_f(r), prompt_f(before)) for r in (hurt, after))
             share = circuit_overlap(circuit_heads(before), circuit_heads(after))
             overlap = (
                 Estimate(share, share, share, "exact (two sets of heads)")
                 if not math.isnan(share)
                 else Estimate.undefined("the pretrained model has no circuit: it does not do the task")
             )
-            v = neuroplasticity(dataset, recovery, faithfulness_estimate(after), overlap)
+            v = neuroplasticity(dataset, damage, recovery, faithfulness_estimate(after), overlap)
             per_seed.append(replace(v, view=_view("faithfulness", exp, max(exp.epochs))))
         if per_seed:
             epochs = max(studies[0].reversal[dataset].epochs)
-            keys = ["recovered share of F", "faithfulness", "pretrained heads found again"]
+            keys = ["toxic share of F", "recovered share of F", "faithfulness",
+                    "pretrained heads found again"]  # fmt: skip
             out.append(_across(per_seed, studies, keys, f"after {epochs} clean epochs"))
     return out
 
