@@ -1,9 +1,14 @@
 """The guided tour: the three findings told in steps, each with the chart that shows it, a text
 whose numbers and heads come from that chart's cached data, and a link that opens the detailed
-page at the same view (its URL state). The step is in the URL too (``step``)."""
+page at the same view (its URL state). The step is in the URL too (``step``).
+
+A step states no conclusion of its own: where it is about a finding, it quotes the verdict the
+Findings page shows (judged by `ioi.present.findings` with its criterion and intervals), so the
+tour and the Findings page cannot disagree."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +19,7 @@ from app_pages._store import (
     circuit_at,
     clean_run,
     data_stamp,
+    judged,
     result,
     reversal_of,
     roots,
@@ -32,6 +38,9 @@ from app_pages._views import (
 )
 from ioi.present import charts
 from ioi.task.circuit import OTHER
+from ioi.task.corruptions import readable
+
+VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undetermined"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,18 @@ def circuit_words(exp: Experiment, epoch: int) -> str:
         verb = "carries" if len(other) == 1 else "carry"
         words += f"; and {listed(other)}, which {verb} the effect without passing any IOI class's test"
     return words
+
+
+def verdict_words(exp: Experiment, finding: str, scope: str = "") -> str:
+    """The Findings page's verdict on `finding` (`scope`: its toxic dataset or reversal) for the
+    cache and model of `exp`, as a sentence: what the tour says instead of a conclusion of its own."""
+    stored, _ = judged()
+    found = next((v for v in stored if v["finding"] == finding and v["scope"] == scope
+                  and v.get("root") == exp.root and v.get("model") == exp.model), None)  # fmt: skip
+    if found is None:
+        return f"The Findings page judges whether {finding} holds once the study's results are cached."
+    return (f"**Verdict (Findings page): {finding} {VERDICT_WORDS[found['holds']]}.** "
+            f"{readable(found['summary'])}")  # fmt: skip
 
 
 def value_at(exp: Experiment, column: str, epoch: int) -> float:
@@ -131,11 +152,10 @@ def steps() -> list[Step]:
 
         out.append(
             Step(
-                "Amplification: the same heads, stronger",
+                "Amplification: does clean fine-tuning strengthen the same heads?",
                 f"After {last} epochs of clean fine-tuning the logit difference is {ldn:.1f} "
-                f"(from {ld0:.1f}), and the circuit classified at epoch {last} has {same}: fine-tuning "
-                "strengthened the existing mechanism rather than building a new one. Both panels share one "
-                "colour scale.",
+                f"(from {ld0:.1f}), and the circuit classified at epoch {last} has {same}. Both panels "
+                f"share one colour scale.\n\n{verdict_words(clean, 'amplification')}",
                 "app_pages/attribution.py",
                 {
                     "exp": clean.id,
@@ -162,7 +182,7 @@ def steps() -> list[Step]:
         )  # fmt: skip
         out.append(
             Step(
-                "Amplification across epochs",
+                "Faithfulness across epochs",
                 f"The circuit alone (every other head {how}-ablated) explains {f0:.0%} of the pretrained "
                 f"model's logit difference and {fn:.0%} after {last} clean epochs. {where}The black "
                 "diamonds are GPT-2 small's numbers in the paper (87% → 99.9%), for a different, larger "
@@ -193,11 +213,12 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
                  ) if circuit else 0  # fmt: skip
     out.append(
         Step(
-            f"Localized corruption: {toxic.lineage}",
+            f"Corruption by {toxic.lineage}: is it localized?",
             f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
             f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
             f"The heads whose direct effect changed most: {top_heads(diff)} logits — {inside} of these "
-            f"{len(top)} belong to the pretrained circuit (outlined).",
+            f"{len(top)} belong to the pretrained circuit (outlined).\n\n"
+            + verdict_words(clean, "localized corruption", toxic.scenario),
             "app_pages/attribution.py",
             {"exp": toxic.id, "epoch": "0", "mode": "diff", "compare": f"{toxic.id}:{tl}"},
             lambda: show_chart(
@@ -268,10 +289,11 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
         curve = curves_view([toxic, rev], "logit_diff")
         out.append(
             Step(
-                "Neuroplasticity: clean data restores the circuit",
-                f"Fine-tuning the corrupted model on clean data for {rl} epochs brings the logit difference "
-                f"back from {tn:.1f} to {r_ld:.1f} (pretrained: {t0:.1f}), and the circuit classified at the "
-                f"end of the reversal has {same}.",
+                "Neuroplasticity: does clean data restore the circuit?",
+                f"Fine-tuning the corrupted model on clean data for {rl} epochs takes the logit difference "
+                f"from {tn:.1f} to {r_ld:.1f} (pretrained: {t0:.1f}), and the circuit classified at the "
+                f"end of the reversal has {same}.\n\n"
+                + verdict_words(clean, "neuroplasticity", f"reversal of {toxic.scenario}"),
                 "app_pages/faithfulness.py",
                 {"metric": "logit_diff", "exps": f"{toxic.id},{rev.id}"},
                 lambda: show_chart(*curve, "tour-reversal"),
@@ -281,14 +303,16 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
-def cached_steps(stamp: float, roots: tuple[str, ...]) -> list[Step]:
-    """`steps()`, rebuilt only when the cache changes (a rerun of the Overview stays fast)."""
+def cached_steps(stamp: float, roots: tuple[str, ...], verdicts: str) -> list[Step]:
+    """`steps()`, rebuilt only when the cache or its stored verdicts change (a rerun of the Overview
+    stays fast)."""
     return steps()
 
 
 def tour() -> None:
     """The tour's current step: Back / Next on top (they never move), the text, its chart, its link."""
-    found = cached_steps(data_stamp(), tuple(map(str, roots())))
+    verdicts = json.dumps(judged()[0], sort_keys=True, default=str)
+    found = cached_steps(data_stamp(), tuple(map(str, roots())), verdicts)
     if not found:
         st.caption(
             "No experiment results are cached yet: run `python -m ioi precompute` or use the "

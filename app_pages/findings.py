@@ -164,7 +164,10 @@ def plasticity_charts(v) -> None:
 
 def edge_revival(v: dict) -> None:
     """A reversal's edge-level verdict, from its lineage comparison (the Evolution page's)."""
-    st.markdown(f"**At the level of edges** {badge(v)}")
+    st.markdown(f"**At the level of edges** — is the reversal's edge circuit closer to the pretrained one "
+                f"than the toxic model's was? {badge(v)}")  # fmt: skip
+    st.caption("A narrower question than neuroplasticity above: moving back towards the pretrained "
+               "circuit, not restoring it.")  # fmt: skip
     st.write(readable(v["summary"]))
     st.caption(f"Criterion: {v['criterion']}")
     st.dataframe(numbers_table(v), hide_index=True, width="stretch")
@@ -223,7 +226,7 @@ def body() -> None:
                 st.markdown(f"{badge(v)} **{scope(v) or 'clean fine-tuning'}**")
                 st.caption(headline(v))
                 if finding == "neuroplasticity" and where(v) in edges:
-                    st.markdown(f"Edge level: {badge(edges[where(v)])}")
+                    st.markdown(f"Edges moved back towards pretrained: {badge(edges[where(v)])}")
     for finding, group in by_finding.items():
         if not group:
             continue

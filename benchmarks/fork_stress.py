@@ -32,7 +32,8 @@ stop = threading.Event()
 def busy():  # MKL allocating on another thread while the main thread forks
     while not stop.is_set():
         (a @ a).sum()
-threading.Thread(target=busy, daemon=True).start()
+worker = threading.Thread(target=busy, daemon=True)
+worker.start()
 hung = []
 for i in range(forks):
     pid = os.fork()
@@ -52,6 +53,7 @@ for i in range(forks):
         os.kill(pid, 9)
         os.waitpid(pid, 0)
 stop.set()
+worker.join()  # torch torn down under a running matmul aborts the interpreter
 print(*hung)
 """
 

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app_pages import _forms, _live, _store, _text  # noqa: E402
 from ioi.runs import cache  # noqa: E402
+from ioi.task.corruptions import readable  # noqa: E402
 from ioi.task.data import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -507,6 +508,32 @@ def test_tour_step_one_names_the_outlined_heads_that_are_in_no_ioi_class(demo_en
     assert "classified as its circuit" not in text
     verb = "carries" if len(other) == 1 else "carry"
     assert f"{' '.join(other)}, which {verb} the effect without passing any IOI class's test" in text
+
+
+def test_tour_states_no_finding_of_its_own_but_the_findings_pages_verdicts(demo_env):
+    """Its steps on amplification, corruption and neuroplasticity ask the question and quote the
+    stored verdict, word for word, that the Findings page shows; the shipped demo's amplification and
+    subject-duplication reversal are undetermined, which the tour once stated as settled."""
+    from ioi.runs.catalog import read_verdicts
+
+    stored = {(v["finding"], v["scope"]): v for v in read_verdicts(demo_env)[0]}
+    words = {True: "holds", False: "does not hold", None: "undetermined"}
+    at = app("app_pages/overview.py")
+    n = int(at.get("progress")[0].proto.text.split(" of ")[1].split(":")[0])
+    quoted = set()
+    for step in range(1, n + 1):
+        text = " ".join(m.value for m in at.markdown)
+        assert "strengthened the existing mechanism" not in text and "restores the circuit." not in text
+        for (finding, scope), v in stored.items():
+            if f"**Verdict (Findings page): {finding} {words[v['holds']]}.**" in text and (
+                readable(v["summary"]) in text
+            ):
+                quoted.add((finding, scope))
+        if step < n:
+            at.button(key="tour_next").click().run()
+    assert {("amplification", ""), ("localized corruption", "subject_duplication"),
+            ("neuroplasticity", "reversal of subject_duplication")} <= quoted  # fmt: skip
+    assert stored[("amplification", "")]["holds"] is None  # what the tour used to call settled
 
 
 def test_faithfulness_page_points_to_the_findings_and_explains_its_lines(demo_env):
