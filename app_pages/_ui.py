@@ -159,13 +159,14 @@ def show_chart(
     height = spec.get("height")
     # Charts that fill the width: Streamlit fits the whole chart (title, axes, legend) into
     # `height` and collapses ordinal axes without one, so pass the plot's height plus room for the rest.
+    room = (spec.get("usermeta") or {}).get("room", 130)  # a chart may say how much it needs
     # the key gives every chart its own element: a reused one keeps the last one's size
     event = st.vega_lite_chart(
         spec=spec,
         key=f"{key}-chart",
         on_select="rerun" if select_head else "ignore",
         width="content" if fixed or "facet" in spec else "stretch",
-        height=height + 130 if isinstance(height, int) and not fixed else "content",
+        height=height + room if isinstance(height, int) and not fixed else "content",
     )
     st.caption(caption)
     with st.container(horizontal=True, gap="small"):

@@ -286,7 +286,12 @@ def knockout_bars(
         rule = pd.DataFrame({"baseline": [baseline]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
     rows = frame[target].nunique() * frame[series].nunique()
-    return alt.layer(*layers).properties(title=_title(title), width="container", height=max(120, 20 * rows))
+    # "room": what a page must add to the plot's height for the title, the axis and the legend
+    # below (one line per checkpoint), else Streamlit squeezes the plot to fit them
+    room = {"room": 150 + 20 * frame[series].nunique()}
+    return alt.layer(*layers).properties(
+        title=_title(title), width="container", height=max(120, 24 * rows), usermeta=room
+    )
 
 
 def class_bars(
