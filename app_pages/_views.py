@@ -246,8 +246,9 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
     )  # fmt: skip
     how = f"; circuit kept, other heads {', '.join(sorted(ablations))}-ablated" if ablations else ""
     guard = (
-        f" {hidden} checkpoint(s) left out where |F(M)| < {MIN_F_MODEL} logits: the model no longer "
-        "does the task, so the ratio is undefined (see the logit difference)."
+        f" {hidden} checkpoint(s) left out where F(M) < {MIN_F_MODEL} logits (negative included): the "
+        "model no longer does the task, so no circuit is found and the ratio is undefined (see the "
+        "logit difference)."
         if hidden
         else ""
     )

@@ -44,9 +44,14 @@ def body() -> None:
         radio=True,
         format_func=SCOPES.get,
     )
+    before = by_id(url_value("exp"))
     exp = pick_experiment(
         "Experiment", "evo_exp", analysis=scope, default=lineage_default(scope), where=cols[0]
     )
+    if exp is not None and before is not None and not before.epochs_with(scope):  # the run asked for
+        clean = scope == "compare-family" and before.scenario == "clean"
+        why = "has no lineage (a toxic run and its reversal have one)" if clean else "has no such comparison"
+        st.info(f"{before.label} {why}: showing {exp.label}.", icon="ℹ️")
     if exp is None:
         empty_state("comparisons", "Run `python -m ioi compare --experiment ID` on a cached experiment.")
         return

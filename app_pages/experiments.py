@@ -7,7 +7,7 @@ import streamlit as st
 
 from app_pages._forms import experiment_config, form_defaults, resume_problem, submit
 from app_pages._live import MODELS
-from app_pages._store import experiments, roots
+from app_pages._store import by_id, experiments, roots
 from app_pages._ui import show_user_errors
 from ioi.present.charts import lineage
 from ioi.runs.cache import cache_root
@@ -23,8 +23,13 @@ st.write(
 
 
 def open_results(exp_id: str) -> None:
+    """The run's attribution at its last checkpoint (epoch 0 is where it started: for a reversal,
+    the toxic model)."""
     st.session_state["opened_experiment"] = exp_id
-    st.switch_page("app_pages/attribution.py", query_params={"exp": exp_id})
+    exp = by_id(exp_id)
+    last = exp.epochs_with("dla")[-1:] if exp is not None else []
+    params = {"exp": exp_id} | ({"epoch": str(last[0])} if last else {})
+    st.switch_page("app_pages/attribution.py", query_params=params)
 
 
 def open_from_fragment(exp_id: str) -> None:

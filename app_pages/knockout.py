@@ -44,9 +44,9 @@ def cached_section() -> None:
         )
         return
     epochs = exp.epochs_with("knockout")
-    wanted = [
-        int(e) for e in (st.query_params.get("epoch") or "").split(",") if e.isdigit() and int(e) in epochs
-    ]
+    asked = [int(e) for e in (st.query_params.get("epoch") or "").split(",") if e.isdigit()]
+    # epochs this run lacks mean the URL was another run's (the experiment was just switched)
+    wanted = asked if asked and set(asked) <= set(epochs) else []
     chosen = cols[1].multiselect(
         "Checkpoints",
         epochs,

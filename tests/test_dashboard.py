@@ -599,3 +599,29 @@ def test_findings_page_writes_dataset_names_in_words(demo_env):
     shown = [m.value for m in at.markdown] + [t.label for t in at.tabs]
     assert any("subject duplication" in t for t in shown)
     assert not [t for t in shown if "subject_duplication" in t or "name_moving" in t]
+
+
+def _demo_run(scenario: str, seed: int = 0, parent: bool = False) -> str:
+    from ioi.runs.catalog import list_experiments
+
+    return next(e.id for e in list_experiments(REPO / "cache" / "demo") if e.config["scenario"] == scenario
+                and e.config["seed"] == seed and (e.config["parent"] is not None) == parent)  # fmt: skip
+
+
+def test_pickers_follow_a_switched_experiment(demo_env):
+    """Checkpoints left in the URL by another run do not shrink this run's defaults to the one they
+    share (the knockout opened on the toxic start alone); a run without a lineage comparison says
+    which run is shown instead; opening a run from the Experiments page shows its last checkpoint."""
+    toxic, clean = _demo_run("subject_duplication"), _demo_run("clean")
+    at = app("app_pages/knockout.py", exp=toxic, epoch="0,10")  # the clean run's checkpoints
+    assert_clean(at)
+    assert at.multiselect(key=f"ko_ep-{toxic}").value == [0, 3]
+    at = app("app_pages/evolution.py", exp=clean, scope="compare-family")
+    assert_clean(at)
+    assert any("has no lineage" in i.value and "showing subject duplication" in i.value for i in at.info)
+    assert not app("app_pages/evolution.py", exp=toxic, scope="compare-family").info
+    reversal = _demo_run("reversal", parent=True)
+    at = app("app_pages/experiments.py")
+    at.session_state["open_requested"] = reversal
+    at.run()
+    assert dict(at.query_params).get("epoch") == "3"
