@@ -286,7 +286,7 @@ def reference_frame(data: pd.DataFrame, metric: str, shift: dict[str, int]) -> p
     return pd.DataFrame(rows) if rows else None
 
 
-CMAP_FIELDS = {"value": "change in F (logits)", "share_of_gap": "share of the gap between the two models"}
+CMAP_FIELDS = {"value": "change in F (logits)", "share_of_gap": "share of the gap"}
 
 
 def cmap_directions(found) -> dict[str, str]:
@@ -316,8 +316,15 @@ def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None
     caption = (
         f"{s.get('mode', 'output')} patching: the receiver ({receiver}) runs with one head at a time taken "
         f"from the source ({source}), at {CMAP_POSITIONS.get(str(s.get('positions', 'end')), 'END')}; "
-        f"per head, the "
-        f"{CMAP_FIELDS[field]} of logit(IO) − logit(S). Positive: the source's head raises the receiver's "
-        "logit difference. No ablation; the CSV has bootstrap 95% CIs over prompts."
-    )
+        "per head, the "
+        + (
+            "change in the receiver's logit difference F = logit(IO) − logit(S). Positive: the source's "
+            "head raises the receiver's F."
+            if field == "value" else
+            "change in F as a share of the gap F(source) − F(receiver). Positive: the head moves the "
+            "receiver towards the source (when the gap is negative, that lowers the receiver's F); 1: it "
+            "closes the whole gap alone."
+        )
+        + " No ablation; the CSV has bootstrap 95% CIs over prompts."
+    )  # fmt: skip
     return chart, heads_with_labels(heads), caption, classes

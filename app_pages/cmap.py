@@ -48,11 +48,12 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
     """Metrics, the per-head heatmap (direction and value picked, in the URL with `param`) and the
     per-class sums of a CMAP entry; A is `a`, B is `b`."""
     s = found.summary
-    c = st.columns(3)
+    c = st.columns(2)
     c[0].metric(f"F(A) — {a}", f"{s.get('f_a', float('nan')):.2f}")
     c[1].metric(f"F(B) — {b}", f"{s.get('f_b', float('nan')):.2f}")
     where = CMAP_POSITIONS.get(str(s.get("positions")), "END")
-    c[2].metric("patched", f"{s.get('mode', 'output')} at {where}")
+    st.caption(f"F: mean logit(IO) − logit(S) over the analysis prompts. Patched: each head's "
+               f"{s.get('mode', 'output')} at {where}.")  # fmt: skip
     names = {"b<-a": f"{b} run with heads of {a}", "a<-b": f"{a} run with heads of {b}"}
     directions = list(cmap_directions(found))
     c = st.columns(2)

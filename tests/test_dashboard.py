@@ -625,3 +625,16 @@ def test_pickers_follow_a_switched_experiment(demo_env):
     at.session_state["open_requested"] = reversal
     at.run()
     assert dict(at.query_params).get("epoch") == "3"
+
+
+def test_cmap_share_view_says_what_a_positive_share_means(demo_env):
+    """A share of a negative gap is positive when the head lowers F: the caption must not say that
+    positive raises F there (it did, for both views)."""
+    toxic = _demo_run("subject_duplication")
+    share = app("app_pages/cmap.py", exp=toxic, epoch="3", field="share_of_gap")
+    assert_clean(share)
+    text = " ".join(c.value for c in share.caption)
+    assert "as a share of the gap F(source) − F(receiver)" in text and "when the gap is negative" in text
+    assert "Positive: the source's head raises the receiver's F" not in text
+    logits = " ".join(c.value for c in app("app_pages/cmap.py", exp=toxic, epoch="3").caption)
+    assert "Positive: the source's head raises the receiver's F" in logits
