@@ -31,8 +31,10 @@ with model_col:
     st.markdown(f"**{name}** — {shape}; the results shown come from the demo cache (no model is loaded).")
     card = ASSETS / name / "MODEL_CARD.md"
     if card.exists():
-        with st.expander("Model card"):
-            st.markdown(card.read_text())
+        # a dialog, full width: inside this narrow column the card's tables were a page tall
+        show_card = st.dialog(f"{name}: model card", width="large")(lambda: st.markdown(card.read_text()))
+        if st.button("Model card", key="model_card", icon=":material/description:"):
+            show_card()
 with task_col:
     st.subheader("The task")
     example = dataset("clean", 1, 0, "eval")[0]

@@ -638,3 +638,12 @@ def test_cmap_share_view_says_what_a_positive_share_means(demo_env):
     assert "Positive: the source's head raises the receiver's F" not in text
     logits = " ".join(c.value for c in app("app_pages/cmap.py", exp=toxic, epoch="3").caption)
     assert "Positive: the source's head raises the receiver's F" in logits
+
+
+def test_model_card_opens_full_width_from_the_overview(demo_env):
+    at = app("app_pages/overview.py")
+    assert not [m for m in at.markdown if m.value.startswith("# ioi-tiny — model card")]  # closed at first
+    at.button(key="model_card").click().run()
+    assert_clean(at)
+    card = (REPO / "ioi" / "assets" / "ioi-tiny" / "MODEL_CARD.md").read_text()
+    assert [m for m in at.markdown if m.value == card]
