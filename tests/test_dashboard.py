@@ -646,4 +646,4 @@ def test_model_card_opens_full_width_from_the_overview(demo_env):
     at.button(key="model_card").click().run()
     assert_clean(at)
     card = (REPO / "ioi" / "assets" / "ioi-tiny" / "MODEL_CARD.md").read_text()
-    assert [m for m in at.markdown if m.value == card]
+    assert [m for m in at.markdown if m.value.strip() == card.strip()]
