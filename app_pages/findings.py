@@ -142,24 +142,27 @@ def corruption_charts(v) -> None:
 
 
 def plasticity_charts(v) -> None:
-    """The toxic → reversal logit-difference curve and the reversed model's DLA."""
+    """The toxic → reversal logit-difference curve, then the pretrained and the reversed model's DLA
+    side by side on one colour scale (whether the heads came back is judged by eye there)."""
     rev = by_id(v["view"].get("exp"))
     toxic = by_id(rev.parent) if rev is not None and rev.parent else None
     if rev is None or toxic is None:
         return
-    cols = st.columns(2)
-    with cols[0]:
-        chart = curves_view([toxic, rev], "logit_diff")
-        if chart[0] is not None:
-            show_chart(*chart, f"find-np-curve-{rev.id[:8]}")
+    chart = curves_view([toxic, rev], "logit_diff")
+    if chart[0] is not None:
+        show_chart(*chart, f"find-np-curve-{rev.id[:8]}")
     last = rev.epochs_with("dla")[-1] if rev.epochs_with("dla") else None
-    found = result(rev, last, "dla") if last is not None else None
-    with cols[1]:
-        if found is not None:
-            show_chart(
-                *dla_view(rev, last, found.heads, f"DLA — {rev.checkpoint_label(last)}"),
-                f"find-np-dla-{rev.id[:8]}",
-            )
+    before = result(toxic, 0, "dla") if toxic.epochs_with("dla") else None
+    after = result(rev, last, "dla") if last is not None else None
+    if before is None or after is None:
+        return
+    span = charts.color_span(before.heads, after.heads)
+    cols = st.columns(2)
+    for col, (exp, epoch, found) in zip(cols, ((toxic, 0, before), (rev, last, after))):
+        with col:
+            show_chart(*dla_view(exp, epoch, found.heads, f"DLA — {exp.checkpoint_label(epoch)}", span),
+                       f"find-np-dla-{exp.id[:8]}-e{epoch}")  # fmt: skip
+    st.caption("Both heatmaps share one colour scale.")
 
 
 def edge_revival(v: dict) -> None:
