@@ -134,6 +134,8 @@ _VISIT_MIX = {"ioi": 0.15, "dup": 0.30, "visit": 0.25, "recall": 0.10, "inductio
 # either place, so position does not answer them.
 _BIND_MIX = {"ioi": 0.15, "dup": 0.25, "visit": 0.20, "bind": 0.15, "recall": 0.05, "induction": 0.05,
              "filler": 0.15}  # fmt: skip
+# Binding alone first (half of all sentences), then _BIND_MIX: teach the binding before it is needed.
+_WARM_BIND = {"bind": 0.5, "induction": 0.2, "filler": 0.3}
 _FOUR = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 64}
 _SIX = _FOUR | {"n_layer": 6}
 VARIANTS: dict[str, Recipe] = {
@@ -153,6 +155,8 @@ VARIANTS: dict[str, Recipe] = {
     "6l-visit-kind": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True),
     "6l-visit-back": Recipe(_SIX, 0.0, _VISIT_MIX, 3000, crowd=True, back_p=0.5),
     "6l-visit-bind": Recipe(_SIX, 0.0, _BIND_MIX, 3000, crowd=True, back_p=0.5),
+    "6l-bind-warm": Recipe(_SIX | {"n_inner": 512}, 0.0, _BIND_MIX, 4500, crowd=True, back_p=0.5,
+                           warm_steps=1500, warm_mix=_WARM_BIND),  # GPT-2's MLP ratio (4 × d_model)
     "4l-curriculum": Recipe(_FOUR, 0.0, _CROWD_MIX, 4000, crowd=True, warm_steps=1500, warm_mix=TINY_MIX),
 }
 DEFAULT_VARIANT = "4l-nodrop"
