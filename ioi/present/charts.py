@@ -286,12 +286,9 @@ def knockout_bars(
         rule = pd.DataFrame({"baseline": [baseline]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
     rows = frame[target].nunique() * frame[series].nunique()
-    # "room": what a page must add to the plot's height for the title, the axis and the legend
-    # below (one line per checkpoint), else Streamlit squeezes the plot to fit them
-    room = {"room": 150 + 20 * frame[series].nunique()}
-    return alt.layer(*layers).properties(
-        title=_title(title), width="container", height=max(120, 24 * rows), usermeta=room
-    )
+    room = {"room": 150 + 20 * frame[series].nunique()}  # title, axis, legend: a page adds it to the height
+    return alt.layer(*layers).properties(title=_title(title), width="container", height=max(120, 24 * rows),
+                                         usermeta=room)  # fmt: skip
 
 
 def class_bars(
