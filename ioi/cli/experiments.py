@@ -49,12 +49,12 @@ def _epoch_rows(root: Path, exp_id: str) -> list[dict]:
 @command("experiments", "list the cached experiments, or one experiment's metrics per epoch",
          _experiments_args)  # fmt: skip
 def run_experiments(args: argparse.Namespace) -> int:
-    from ioi.runs.cache import cache_root, demo_roots, is_demo
-    from ioi.runs.catalog import list_experiments
+    from ioi.runs.cache import cache_root, is_demo
+    from ioi.runs.catalog import list_experiments, search_roots
 
     if args.id is not None:
         return _show(args)
-    roots = [r for r in dict.fromkeys([cache_root(args.cache), *demo_roots()]) if r.is_dir()]
+    roots = [r for r in search_roots(args.cache) if r.is_dir()]
     listed = [(root, info) for root in roots for info in list_experiments(root)]
     if args.json:
         out = [{"id": i.id, "cache": str(r), "demo": is_demo(r), "status": i.status, "config": i.config,

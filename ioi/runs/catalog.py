@@ -74,9 +74,14 @@ def list_experiments(root: str | Path | None = None) -> list[ExperimentInfo]:
     return out
 
 
+def search_roots(root: str | Path | None = None) -> list[Path]:
+    """Where experiments are looked for: `root` (the user's cache), then the demo caches."""
+    return list(dict.fromkeys([cache_root(root), *demo_roots()]))
+
+
 def find_experiment(exp_id: str, root: str | Path | None = None) -> Path | None:
     """The cache holding experiment `exp_id`: `root` (the user's), else a demo cache; None if none."""
-    for base in dict.fromkeys([cache_root(root), *demo_roots()]):
+    for base in search_roots(root):
         if read_experiment(base, exp_id) is not None:
             return base
     return None
