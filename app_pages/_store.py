@@ -103,17 +103,13 @@ def unique_labels(base: list[str], configs: list[dict[str, Any]], ids: list[str]
 
 @st.cache_data(ttl=3, show_spinner=False)
 def _experiments(root_list: tuple[str, ...]) -> list[Experiment]:
-    from ioi.runs.catalog import list_experiments
+    from ioi.runs.catalog import best_copies, list_experiments
 
     found = []
     for root in root_list:
         if (Path(root) / "experiments").is_dir():
             found += [(root, info) for info in list_experiments(root)]
-    # One entry per id (the id hashes the configuration): the copy with the most cached epochs.
-    best: dict[str, tuple[str, Any]] = {}
-    for root, info in found:
-        if info.id not in best or len(info.epochs) > len(best[info.id][1].epochs):
-            best[info.id] = (root, info)
+    best = {info.id: (root, info) for root, info in best_copies(found)}
     scenario = {i: str(info.config.get("scenario")) for i, (_, info) in best.items()}
     length = {i: info.config.get("epochs", "?") for i, (_, info) in best.items()}
     models = {str(info.config.get("model")) for _, info in best.values()}
@@ -166,6 +162,10 @@ def _stored_verdicts(root: str) -> tuple[list[dict[str, Any]], bool] | None:
     from ioi.runs.catalog import read_verdicts
 
     return read_verdicts(root)
+
+
+VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undetermined"}
+"""A stored verdict's `holds` in words: `ioi.methods.verdicts.holds_word` (which imports torch)."""
 
 
 def judged() -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app_pages._store import (
+    VERDICT_WORDS,
     Experiment,
     circuit_at,
     clean_run,
@@ -39,8 +40,6 @@ from app_pages._views import (
 from ioi.present import charts
 from ioi.task.circuit import OTHER
 from ioi.task.corruptions import readable
-
-VERDICT_WORDS = {True: "holds", False: "does not hold", None: "undetermined"}
 
 
 @dataclass(frozen=True)

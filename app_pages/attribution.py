@@ -28,13 +28,17 @@ MODES = {"one": "one checkpoint", "side": "side by side", "diff": "difference B 
 
 
 def checkpoint_b(exp_a: Experiment, epoch_a: int, cols):
-    """Picker B: opens on the URL's `compare` (``<id>:<epoch>``), else the clean run's latest
-    epoch, else A's other end — never A itself."""
+    """Picker B: opens on the URL's `compare` (``<id>:<epoch>``), else on A's run at its other end
+    (what that training changed) — never A itself. A new A resets B that way: B follows A."""
     want_id, want_epoch = parse_checkpoint(st.query_params.get("compare"))
-    default = by_id(want_id) or clean_run("dla") or exp_a
-    exp_b = pick_experiment(
-        "Experiment B", "dla_exp_B", analysis="dla", param=None, default=default, where=cols[2]
-    )
+    if st.session_state.get("dla_b_for", exp_a.id) != exp_a.id:
+        for key in [k for k in st.session_state if str(k).startswith(("dla_exp_B", "dla_epoch_B"))]:
+            del st.session_state[key]
+        want_id = None
+    st.session_state["dla_b_for"] = exp_a.id
+    default = by_id(want_id) or exp_a
+    exp_b = pick_experiment("Experiment B", "dla_exp_B", analysis="dla", param=None, default=default,
+                            where=cols[2])  # fmt: skip
     epochs = exp_b.epochs_with("dla")
     fallback = epochs[-1] if (exp_b.id, epochs[-1]) != (exp_a.id, epoch_a) else epochs[0]
     start = want_epoch if exp_b.id == want_id and want_epoch in epochs else fallback

@@ -11,7 +11,7 @@ runs here only when the user asks to judge results that changed since."""
 import pandas as pd
 import streamlit as st
 
-from app_pages._store import by_id, judged, result
+from app_pages._store import VERDICT_WORDS, by_id, judged, result
 from app_pages._ui import show_chart, show_user_errors
 from app_pages._views import (
     cmap_class_caption,
@@ -36,12 +36,11 @@ PAGES = {
     "knockout": "app_pages/knockout.py", "cmap": "app_pages/cmap.py", "circuit": "app_pages/circuit.py",
     "evolution": "app_pages/evolution.py",
 }  # fmt: skip
-BADGES = {True: ("holds", "green"), False: ("does not hold", "red"), None: ("undetermined", "orange")}
+COLOURS = {True: "green", False: "red", None: "orange"}
 
 
 def badge(v: dict) -> str:
-    text, colour = BADGES[v["holds"]]
-    return f":{colour}-badge[{text}]"
+    return f":{COLOURS[v['holds']]}-badge[{VERDICT_WORDS[v['holds']]}]"
 
 
 def numbers_table(v: dict) -> pd.DataFrame:

@@ -198,9 +198,11 @@ def body() -> None:
         m[3].metric("ΔF when knocked out", f"{r['knockout_change']:.3f}")
     st.subheader("Across checkpoints")
     shown = table.drop(columns=["lineage", "panel", "x"]).rename(columns=COLUMNS)
-    st.dataframe(shown, hide_index=True, key="head_table")
+    st.dataframe(shown.style.format(precision=3, na_rep="—"), hide_index=True, key="head_table")
     st.caption(
-        "One row per cached checkpoint. DLA: the cached analysis value (logits); ΔF knocked out: change "
+        "One row per cached checkpoint; — where that analysis did not run at that checkpoint (CMAP "
+        "never at a run's start, which is the model it starts from). DLA: the cached analysis value "
+        "(logits); ΔF knocked out: change "
         "in logit difference when this head alone is mean-ablated (where the knockout analysis ran); "
         "CMAP: change in F when the checkpoint runs with this head's output taken from the model it "
         "started from, with its 95% CI; attention and copy score from the head profile (the "

@@ -431,7 +431,8 @@ def test_a_prompt_longer_than_the_context_is_one_line_without_the_tokenizers_war
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-        "error: a prompt is 78 tokens long (with BOS), longer than the model's context of 64; shorten it"
+        f"error: {data}:1: a prompt is 78 tokens long (with BOS), longer than the model's context of 64; "
+        "shorten it"
     ]
 
 

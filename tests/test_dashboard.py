@@ -514,10 +514,11 @@ def test_tour_states_no_finding_of_its_own_but_the_findings_pages_verdicts(demo_
     """Its steps on amplification, corruption and neuroplasticity ask the question and quote the
     stored verdict, word for word, that the Findings page shows; the shipped demo's amplification and
     subject-duplication reversal are undetermined, which the tour once stated as settled."""
+    from ioi.methods.verdicts import holds_word
     from ioi.runs.catalog import read_verdicts
 
+    assert {h: holds_word(h).removeprefix("is ") for h in (True, False, None)} == _store.VERDICT_WORDS
     stored = {(v["finding"], v["scope"]): v for v in read_verdicts(demo_env)[0]}
-    words = {True: "holds", False: "does not hold", None: "undetermined"}
     at = app("app_pages/overview.py")
     n = int(at.get("progress")[0].proto.text.split(" of ")[1].split(":")[0])
     quoted = set()
@@ -525,7 +526,7 @@ def test_tour_states_no_finding_of_its_own_but_the_findings_pages_verdicts(demo_
         text = " ".join(m.value for m in at.markdown)
         assert "strengthened the existing mechanism" not in text and "restores the circuit." not in text
         for (finding, scope), v in stored.items():
-            if f"**Verdict (Findings page): {finding} {words[v['holds']]}.**" in text and (
+            if f"**Verdict (Findings page): {finding} {_store.VERDICT_WORDS[v['holds']]}.**" in text and (
                 readable(v["summary"]) in text
             ):
                 quoted.add((finding, scope))
@@ -647,3 +648,16 @@ def test_model_card_opens_full_width_from_the_overview(demo_env):
     assert_clean(at)
     card = (REPO / "ioi" / "assets" / "ioi-tiny" / "MODEL_CARD.md").read_text()
     assert [m for m in at.markdown if m.value.strip() == card.strip()]
+
+
+def test_checkpoint_b_follows_a_to_its_runs_other_end(dash_env):
+    """B opens on A's own run at its other end (what that fine-tuning changed); picking another A
+    moves B with it, though B was written to the URL; a URL's B is kept when the page opens."""
+    at = app("app_pages/attribution.py", mode="diff")
+    assert dict(at.query_params)["compare"] == f"{CLEAN}:2"  # A: the clean run's pretrained model
+    at.selectbox(key="dla_exp_A").set_value(TOXIC).run()
+    assert_clean(at)
+    assert at.selectbox(key="dla_exp_B").value == TOXIC and dict(at.query_params)["compare"] == f"{TOXIC}:2"
+    assert "B − A" in at.caption[0].value
+    again = app("app_pages/attribution.py", mode="diff", exp=TOXIC, epoch="0", compare=f"{CLEAN}:2")
+    assert again.selectbox(key="dla_exp_B").value == CLEAN

@@ -29,7 +29,7 @@ from ioi.models import train
 from ioi.models.load import CorruptCheckpoint, ModelUnavailableError, load_hf, verify_checkpoint
 from ioi.models.train import TrainConfig, finetune, latest_checkpoint
 from ioi.runs import cache, catalog, jobs
-from ioi.runs.experiment import experiment_id, experiment_lock, run_experiment
+from ioi.runs.experiment import experiment_id, experiment_lock, parent_checkpoint, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(model="random:tiny", train_size=32, eval_size=8, batch_size=16, lr=3e-3)
@@ -359,9 +359,15 @@ def test_a_reversal_of_a_demo_run_lives_in_the_users_cache(tmp_path, monkeypatch
         f.unlink()
     monkeypatch.setenv("IOI_DEMO_DIR", str(demo))
     before = _snapshot(demo)
-    child = jobs.submit(tiny_config(scenario="reversal", parent=experiment_id(toxic)), user, launch=False)
-    assert cache.read_experiment(user, experiment_id(toxic)) is not None  # the parent, adopted
+    reversal = tiny_config(scenario="reversal", parent=experiment_id(toxic))
+    child = jobs.submit(reversal, user, launch=False)
     assert jobs.get_job(child, user).status == "queued"
+    assert cache.read_experiment(user, experiment_id(toxic)) is None  # the job adopts it, not the submit
+    notes = []
+    final = parent_checkpoint(reversal, user, "cpu", notes.append)
+    assert cache.read_experiment(user, experiment_id(toxic)) is not None  # the parent, adopted
+    assert Path(final).is_relative_to(user) and "re-creating the weights" in notes[-1]  # the demo has none
+    assert catalog.find_experiment(experiment_id(toxic), user) == user  # neither copy has results: the user's
     assert _snapshot(demo) == before
 
 
@@ -397,7 +403,7 @@ def test_nothing_the_dashboard_does_writes_under_the_demo_cache(tmp_path, monkey
     assert sorted(j.config["scenario"] for j in made) == ["clean", "reversal"]
     # the form's model was ioi-tiny; the reversal takes its parent's (random:tiny), as submit requires
     assert {j.config["model"] for j in made if j.config["scenario"] == "reversal"} == {"random:tiny"}
-    assert cache.read_experiment(user, toxic) is not None  # the parent, adopted
+    assert cache.read_experiment(user, toxic) is None  # adopted by the job, which did not run
 
 
 # --- 6-8. submits, dedup and liveness ------------------------------------------------------------
@@ -741,11 +747,29 @@ CASES = {
                 },
             ),
         ],
-        "not in this model's vocabulary: Zork",
+        "d.jsonl:1: name(s) not in this model's vocabulary: Zork",  # the line to mend
     ),  # fmt: skip
+    "a name that is a number": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary", "s": 3})],
+        "d.jsonl:1: field(s) s have the wrong type",  # not "missing"
+    ),
+    "no S": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary"})],
+        "d.jsonl:1: missing string field(s) s",
+    ),
     "a bad job id": (lambda d: ["jobs", "show", "nope", "--cache", str(d)], "no job 'nope'"),
     "a mistyped argument": (lambda d: ["eval", "--size", "abc"], "invalid int value"),
 }
+
+
+def test_a_dataset_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    from ioi.task.data import read_jsonl
+
+    row = {"prompt": "When Mary and John went to the store, John gave a drink to", "io": "Mary", "s": "John"}
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")  # as Windows editors save UTF-8
+    (plain,) = read_jsonl(_jsonl(tmp_path, row))
+    assert read_jsonl(path) == [plain] and plain.prompt == row["prompt"]
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from ioi.runs.experiment import ExperimentError
 from ioi.task.circuit import Circuit, Head
 
 DEMO_CLEAN, DEMO_TOXIC = "beb0361aac0eeba0", "666e7915f018ae23"  # seed 0's clean and subject-duplication runs
+DEMO_REVERSAL = "16d9954c1fc95fad"  # the subject-duplication run's reversal
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,36 @@ def test_a_reversal_of_another_models_or_a_clean_parent_is_refused_at_submit(tmp
     err = one_line(capsys, 2, ["jobs", "submit", "--scenario", "reversal", "--parent", DEMO_CLEAN, *tiny])
     assert "a reversal starts from a toxic experiment" in err
     assert not list((tmp_path / "cache" / "jobs").glob("*.log"))  # no job was queued
+    # nor any record: a stub of the demo's clean run here hid its results (listed "new", retrained)
+    assert not list((tmp_path / "cache").glob("experiments/*/experiment.json"))
+    assert main(["experiments", "--json"]) == 0
+    listed = {e["id"]: e for e in json.loads(capsys.readouterr().out)}
+    assert listed[DEMO_CLEAN]["demo"] and listed[DEMO_CLEAN]["status"] == "done"
+
+
+def test_a_reversal_of_a_demo_run_copies_the_shipped_weights_and_keeps_the_demos_results(tmp_path, capsys):
+    """The demo ships its subject-duplication run's final weights: a reversal from it starts from
+    a copy (no re-training), and the parent's copy in the user's cache (weights only) does not hide
+    the demo's results from `ioi experiments` or `compare`."""
+    from ioi.runs.cache import demo_root, experiment_dir
+    from ioi.runs.catalog import find_experiment
+    from ioi.runs.experiment import ExperimentConfig, parent_checkpoint
+
+    demo = demo_root() / "experiments"
+    record = json.loads((demo / DEMO_REVERSAL / "experiment.json").read_text())
+    cfg = ExperimentConfig.from_json(record["config"])
+    user, notes = tmp_path / "cache", []
+    final = Path(parent_checkpoint(cfg, user, "cpu", notes.append))
+    assert notes == [f"copied the weights of parent {DEMO_TOXIC} from the demo cache"]
+    shipped = demo / DEMO_TOXIC / "checkpoints" / "epoch-003" / "model.safetensors"
+    assert final == experiment_dir(user, DEMO_TOXIC) / "checkpoints" / "epoch-003"
+    assert (final / "model.safetensors").read_bytes() == shipped.read_bytes()
+    assert find_experiment(DEMO_TOXIC, user) == demo_root()  # the copy holds weights, the demo results
+    assert main(["experiments", "--cache", str(user), "--json"]) == 0
+    listed = [(e["id"], e["demo"]) for e in json.loads(capsys.readouterr().out)]
+    assert (DEMO_TOXIC, True) in listed and (DEMO_TOXIC, False) not in listed
+    notes.clear()
+    assert parent_checkpoint(cfg, user, "cpu", notes.append) == str(final) and notes == []  # once
 
 
 def test_compare_family_of_a_clean_run_reads_its_cached_comparison(tmp_path, capsys):
@@ -143,3 +174,98 @@ def test_other_on_a_one_model_analysis_is_refused(capsys):
     """`analyze dla --other ioi-tiny` loaded the second model and ignored it without a word."""
     err = one_line(capsys, 2, ["analyze", "dla", "--model", "random:tiny", "--other", "random:tiny"])
     assert "reads one model; --other is for cmap" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["faithfulness", "--option", "circuit=c.json"], "--circuit FILE, not --option circuit="),
+        (["dla", "--circuit", "c.json"], "dla uses no circuit; these do: circuit-tests, cmap, faithfulness"),
+    ],
+)
+def test_a_circuit_given_the_wrong_way_is_answered_with_the_right_one(args, says, tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text('{"classes": {"name mover": ["1.0"]}}')
+    assert says in one_line(capsys, 2, ["analyze", *args, "--model", "random:tiny"])
+
+
+def test_an_experiment_is_named_by_the_start_of_its_id_as_listings_print_it(tmp_path, capsys, monkeypatch):
+    from ioi.runs import jobs
+
+    cache = tmp_path / "cache"
+    assert main(["experiments", DEMO_TOXIC[:8], "--cache", str(cache)]) == 0
+    assert capsys.readouterr().out.startswith(f"{DEMO_TOXIC}: subject_duplication")
+    monkeypatch.setattr(jobs, "_launch", lambda root, job_id: None)  # record the job, run nothing
+    tiny = ["--epochs", "1", "--train-size", "8", "--eval-size", "8", "--analysis-size", "8"]
+    submit = ["jobs", "submit", "--scenario", "reversal", "--parent", DEMO_TOXIC[:8], "--cache", str(cache)]
+    assert main([*submit, *tiny]) == 0
+    assert [j.config["parent"] for j in jobs.list_jobs(cache)] == [DEMO_TOXIC]
+    for twin in ("abcdef0123456789", "abcdef01ffffffff"):
+        (cache / "experiments" / twin).mkdir(parents=True)
+        (cache / "experiments" / twin / "experiment.json").write_text('{"config": {}}')
+    err = one_line(capsys, 2, ["experiments", "abcdef01", "--cache", str(cache)])
+    assert "abcdef01 starts 2 experiment ids (abcdef0123456789, abcdef01ffffffff): give more of it" in err
+
+
+def test_a_model_that_does_not_load_leaves_no_empty_out_folder(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "gpt2"}')
+    out = tmp_path / "a" / "ft"
+    err = one_line(capsys, 2, ["finetune", "--model", str(tmp_path / "m"), "--out", str(out)])
+    assert "has no weights" in err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--analysis-size", "0"], "analysis size must be at least 1 and at most 200,000, got 0"),
+        (["--batch-size", "0"], "batch size must be from 1 to 4,096, got 0"),
+        (["--checkpoint-epochs", "2,7"], "checkpoint epoch(s) 7 outside the run's epochs 1..3"),
+    ],
+)
+def test_a_submit_with_a_bad_size_or_checkpoint_names_which(args, says, tmp_path, capsys):
+    assert one_line(capsys, 2, ["jobs", "submit", "--cache", str(tmp_path), *args]) == f"error: {says}"
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_wait_bar_says_queued_then_the_epoch_without_stray_punctuation(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from ioi.cli.runs import _wait_with_bar
+    from ioi.runs import jobs
+
+    def wait(job_id, root, on_update):
+        for epochs, status, phase in ((0, "queued", ""), (3, "running", "training")):
+            on_update(SimpleNamespace(status=status, epoch=min(1, epochs), epochs=epochs, phase=phase,
+                                      fraction=0.3 * epochs / 3))  # fmt: skip
+        return SimpleNamespace(status="done", experiment="0" * 16)
+
+    monkeypatch.setattr(jobs, "wait", wait)
+    assert _wait_with_bar("0123456789ab", tmp_path) == 0
+    err = capsys.readouterr().err
+    assert "0123456789ab queued" in err and "0123456789ab running epoch 1/3 training" in err
+    assert "0/0" not in err and ", queued" not in err
+
+
+def test_submitting_a_run_the_demo_ships_is_answered_from_the_demo(tmp_path, capsys):
+    """The README's `jobs submit --scenario subject_duplication` is the demo's run: its checkpoint
+    epochs "" and "3" save the same epochs, so it is one experiment, done at once, not re-trained."""
+    from dataclasses import replace
+
+    from ioi.runs import jobs
+    from ioi.runs.cache import demo_root
+    from ioi.runs.experiment import ExperimentConfig, experiment_id
+
+    record = json.loads((demo_root() / "experiments" / DEMO_TOXIC / "experiment.json").read_text())
+    shipped = ExperimentConfig.from_json(record["config"])
+    assert shipped.checkpoint_epochs == (3,)
+    assert experiment_id(replace(shipped, checkpoint_epochs=())) == DEMO_TOXIC
+    assert experiment_id(replace(shipped, checkpoint_epochs=(1,))) != DEMO_TOXIC  # saves epoch 1 too
+    cache = tmp_path / "cache"
+    assert main(["jobs", "submit", "--scenario", "subject_duplication", "--cache", str(cache), "--wait"]) == 0
+    assert f"results: {demo_root() / 'experiments' / DEMO_TOXIC}" in capsys.readouterr().err
+    (job,) = jobs.list_jobs(cache)
+    assert job.status == "done" and "already cached in the demo cache" in job.log
+    assert not list(cache.glob("experiments/*/experiment.json"))  # no stub hiding the demo's copy

@@ -119,13 +119,18 @@ def run_analyze(args: argparse.Namespace) -> int:
         if args.out and not args.out.absolute().parent.is_dir():  # said now, not after the analysis
             raise ValueError(f"--out {args.out}: folder {args.out.absolute().parent} does not exist")
         options = parse_options(args.option)
+        entry = analysis(args.method)
+        if "circuit" in options:
+            raise ValueError("a circuit is given as a file: --circuit FILE, not --option circuit=…")
+        if args.circuit and not any(o.name == "circuit" for o in entry.options):
+            takes = sorted(a.name for a in ANALYSES.values() if any(o.name == "circuit" for o in a.options))
+            raise ValueError(f"--circuit: {entry.name} uses no circuit; these do: {', '.join(takes)}")
         if args.circuit:
             options["circuit"] = _circuit_file(args.circuit)
             found_on = options["circuit"].get("model")
             if found_on and found_on != model_name(args):  # `analyze classify --out` names its model
                 warnings.warn(f"--circuit {args.circuit} was found on {found_on}, not on {model_name(args)}",
                               stacklevel=1)  # fmt: skip
-        entry = analysis(args.method)
         options = entry.check(options)
         if entry.needs_other and not args.other:
             raise OptionError(
@@ -162,12 +167,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         for key, value in out.items():
-            if not isinstance(value, list | dict):
+            if not isinstance(value, list | dict) and value not in (None, ""):  # unset fields say nothing
                 print(f"{key:>14}: {value}")
-        heads = result.heads.fillna({c: "" for c in result.heads.columns if result.heads[c].dtype == object})
+        heads = result.heads
         top = heads.reindex(heads["value"].abs().sort_values(ascending=False).index).head(SHOWN)
         print(f"\n{ANALYSES[args.method].description}.")
         if len(heads) > SHOWN:
             print(f"The {SHOWN} of {len(heads)} rows with the largest |value| (all: --json or --out):")
-        print(top.to_string(index=False))
+        print(top.to_string(index=False, na_rep="-"))  # '-': undefined (a share of a ~0 gap), or no class
     return 0

@@ -72,7 +72,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ioi.runs.cache import cache_root, read_experiment
-    from ioi.runs.catalog import find_experiment
+    from ioi.runs.catalog import find_experiment, search_roots
     from ioi.runs.compare import (
         ambiguous_lineage,
         comparison_name,
@@ -83,13 +83,16 @@ def run_compare(args: argparse.Namespace) -> int:
     from ioi.runs.experiment import ExperimentConfig
     from ioi.runs.recovery import RECOVERY
 
-    root = locate_experiment(args.experiment, args.cache)
+    root, args.experiment = locate_experiment(args.experiment, args.cache)
+    cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
+    if args.family and cfg.parent is None:  # the user's reversals and the demo's continue one lineage each
+        roots = search_roots(args.cache)
+        children = sorted({c for base in roots for c in reversals_of(base, args.experiment)})
+        if len(children) > 1:
+            raise UsageError(ambiguous_lineage(args.experiment, children))
     result = load_comparison(root, args.experiment, family=args.family)
     target = cache_root(args.cache)
     if result is None:
-        cfg = ExperimentConfig.from_json(read_experiment(root, args.experiment)["config"])
-        if args.family and cfg.parent is None and len(children := reversals_of(root, args.experiment)) > 1:
-            raise UsageError(ambiguous_lineage(args.experiment, children))
         status = _job(replace(cfg, analyses=(comparison_name(cfg, args.family),)), target, args,
                       "comparing (weights re-created by training if the cache has none)")  # fmt: skip
         if status is not None:

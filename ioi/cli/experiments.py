@@ -50,12 +50,12 @@ def _epoch_rows(root: Path, exp_id: str) -> list[dict]:
          _experiments_args)  # fmt: skip
 def run_experiments(args: argparse.Namespace) -> int:
     from ioi.runs.cache import cache_root, is_demo
-    from ioi.runs.catalog import list_experiments, search_roots
+    from ioi.runs.catalog import best_copies, list_experiments, search_roots
 
     if args.id is not None:
         return _show(args)
     roots = [r for r in search_roots(args.cache) if r.is_dir()]
-    listed = [(root, info) for root in roots for info in list_experiments(root)]
+    listed = best_copies([(root, info) for root in roots for info in list_experiments(root)])
     if args.json:
         out = [{"id": i.id, "cache": str(r), "demo": is_demo(r), "status": i.status, "config": i.config,
                 "cached_epochs": sorted(i.epochs)} for r, i in listed]  # fmt: skip
@@ -81,7 +81,7 @@ def run_experiments(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from ioi.runs.cache import read_experiment
 
-    root = locate_experiment(args.id, args.cache)
+    root, args.id = locate_experiment(args.id, args.cache)
     record = read_experiment(root, args.id)
     rows = _epoch_rows(root, args.id)
     if args.json:

@@ -81,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: None if v != v else v for k, v in result.items()}))
         return 0
     se = "undefined from one prompt" if math.isnan(m.logit_diff_se) else f"± {m.logit_diff_se:.3f} s.e."
-    print(f"{m.n} prompts, {model_name(args)} ({source})")
+    print(f"{m.n} prompt{'' if m.n == 1 else 's'}, {model_name(args)} ({source})")
     print(f"  logit difference  {m.logit_diff:.3f} ({se}): logit(IO) − logit(S) at the last position, mean")
     print(f"  accuracy          {m.accuracy:.3f}: share of prompts with logit(IO) > logit(S)")
     print(f"  IO probability    {m.io_prob:.3f}: mean probability of the IO token")

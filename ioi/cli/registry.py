@@ -55,20 +55,22 @@ def detached(job_id: str) -> str:
             f"it, `ioi jobs cancel {job_id}` stops it")  # fmt: skip
 
 
-def locate_experiment(exp_id: str, cache: Path | None) -> Path:
-    """The cache (the user's, then the demo ones) holding experiment `exp_id`; a UsageError naming
-    where it looked otherwise, with the experiment to give when `exp_id` is a job id."""
+def locate_experiment(exp_id: str, cache: Path | None) -> tuple[Path, str]:
+    """(the cache holding experiment `exp_id`: the user's, then the demo ones; its whole id, when
+    `exp_id` is the start of one, as listings print); a UsageError naming where it looked
+    otherwise, with the experiment to give when `exp_id` is a job id."""
     from ioi.runs.cache import cache_root, check_id
-    from ioi.runs.catalog import find_experiment
+    from ioi.runs.catalog import complete_id, find_experiment
     from ioi.runs.jobs import JobError, get_job
 
     try:
         check_id(exp_id)
+        exp_id = complete_id(exp_id, cache)
     except ValueError as err:
         raise UsageError(str(err)) from None
     root = find_experiment(exp_id, cache)
     if root is not None:
-        return root
+        return root, exp_id
     try:  # a job id (what `jobs submit` printed) names its experiment
         job = get_job(exp_id, cache)
     except (JobError, OSError):
@@ -173,9 +175,29 @@ def check_size(args: argparse.Namespace) -> None:
 def command_prompts(args: argparse.Namespace, tokenizer, n_ctx: int | None):
     """(samples, batch): `load_samples(args)` tokenized for the model and checked against its
     context length; the words it reads as its unknown token are named in one warning line."""
-    from ioi.task.data import check_context, tokenize
+    from ioi.task.data import DatasetError, check_context, tokenize
 
     samples = load_samples(args)
-    batch = check_context(tokenize(samples, tokenizer), n_ctx)
+    try:
+        batch = check_context(tokenize(samples, tokenizer), n_ctx)
+    except DatasetError as err:
+        if not getattr(args, "dataset", None):
+            raise
+        raise DatasetError(f"{_first_failing_line(args.dataset, samples, tokenizer, n_ctx)}: {err}") from None
     report_unknown_words(samples, tokenizer)
     return samples, batch
+
+
+def _first_failing_line(path: Path, samples, tokenizer, n_ctx: int | None) -> str:
+    """`path:N` for the first prompt of the file that does not tokenize or fit on its own (the file's
+    lines holding prompts, blank ones skipped as `read_jsonl` does); `path` if each one does."""
+    from ioi.task.data import DatasetError, check_context, tokenize
+
+    with open(path, encoding="utf-8-sig") as f:
+        lines = [n for n, line in enumerate(f, 1) if line.strip()]
+    for n, x in zip(lines, samples):
+        try:
+            check_context(tokenize([x], tokenizer), n_ctx)
+        except DatasetError:
+            return f"{path}:{n}"
+    return str(path)

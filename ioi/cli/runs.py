@@ -24,9 +24,8 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
     if not sweep:
         p.add_argument("--scenario", choices=SCENARIOS, default="clean")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument(
-            "--parent", type=run_id, help="the toxic experiment id a reversal starts from (`jobs list`)"
-        )
+        p.add_argument("--parent", type=run_id, help="the toxic experiment a reversal starts from: its id "
+                       "or its first 8+ characters (`ioi experiments` lists them)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs to analyse, e.g. 1,3,5")
     p.add_argument("--lr", type=float, help=lr_help())
@@ -45,14 +44,17 @@ def _experiment_args(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
 
 def experiment_config(args: argparse.Namespace, **overrides):
     from ioi.models.checks import parse_epochs
+    from ioi.runs.catalog import complete_id
     from ioi.runs.experiment import ExperimentConfig
 
+    parent = getattr(args, "parent", None)
     fields = dict(
         model=args.model, scenario=getattr(args, "scenario", "clean"), epochs=args.epochs,
         checkpoint_epochs=parse_epochs(args.checkpoint_epochs), seed=getattr(args, "seed", 0),
         lr=learning_rate(args),
         weight_decay=args.weight_decay, batch_size=args.batch_size, train_size=args.train_size,
-        eval_size=args.eval_size, analysis_size=args.analysis_size, parent=getattr(args, "parent", None),
+        eval_size=args.eval_size, analysis_size=args.analysis_size,
+        parent=parent and complete_id(parent, args.cache),
         analyses=tuple(a.strip() for a in args.analyses.split(",") if a.strip()),
     )  # fmt: skip
     cfg = ExperimentConfig(**fields | overrides)
@@ -93,16 +95,19 @@ def _wait_with_bar(job_id: str, root: Path | None) -> int:
 
     from ioi.runs.jobs import wait
 
-    bar = tqdm(total=1.0, unit="run", desc=job_id, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+    # the state goes in the description: tqdm writes a postfix after ", "
+    bar = tqdm(total=1.0, unit="run", desc=job_id, bar_format="{percentage:3.0f}%|{bar}| {desc}")
 
     shown: list[str] = []
 
     def update(job) -> None:
-        text = f"{job.status} epoch {job.epoch}/{job.epochs} {job.phase}"
+        text = job.status  # a queued job has no epochs yet
+        if job.epochs:
+            text = f"{job.status} epoch {job.epoch}/{job.epochs} {job.phase}".strip()
         if shown[-1:] != [text]:
             shown.append(text)
             bar.n = job.fraction
-            bar.set_postfix_str(text)
+            bar.set_description_str(f"{job_id} {text}")
 
     try:
         job = wait(job_id, root, on_update=update)
@@ -119,10 +124,12 @@ def _wait_with_bar(job_id: str, root: Path | None) -> int:
 
 
 def results_dir(job, root: Path | None) -> Path:
-    """Where a job's experiment keeps its results (checkpoints/, epoch-NNN/<analysis>.json)."""
+    """Where a job's experiment keeps its results (checkpoints/, epoch-NNN/<analysis>.json): the
+    user's cache, or the demo's for a run the demo ships."""
     from ioi.runs.cache import experiment_dir
+    from ioi.runs.catalog import find_experiment
 
-    return experiment_dir(root, job.experiment)
+    return experiment_dir(find_experiment(job.experiment, root) or root, job.experiment)
 
 
 def _job_line(job) -> str:

@@ -263,7 +263,6 @@ def finetune(
     """
     cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)
     check_same_run(out, cfg)
     start = latest_checkpoint(out)
@@ -279,6 +278,7 @@ def finetune(
     batch = tokenize(training_samples(cfg.scenario, cfg.seed, cfg.train_size), tokenizer)
     eval_batch = tokenize(make_dataset(cfg.eval_size, cfg.seed, "eval", names=HELD_OUT_NAMES), tokenizer)
     steps = math.ceil(len(batch) / cfg.batch_size)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a model or prompts that fail leave no empty folder
     if on_step is not None and first_epoch == 1:
         on_step(0, model)
     for epoch in range(first_epoch, cfg.epochs + 1):

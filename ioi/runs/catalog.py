@@ -80,11 +80,38 @@ def search_roots(root: str | Path | None = None) -> list[Path]:
 
 
 def find_experiment(exp_id: str, root: str | Path | None = None) -> Path | None:
-    """The cache holding experiment `exp_id`: `root` (the user's), else a demo cache; None if none."""
-    for base in search_roots(root):
-        if read_experiment(base, exp_id) is not None:
-            return base
-    return None
+    """The cache holding experiment `exp_id` (of `search_roots`): the one with the most cached
+    epochs, the user's on a tie (a reversal's parent copied from the demo holds only weights, so
+    the demo's results stay in view); None if none knows it."""
+    found = [base for base in search_roots(root) if read_experiment(base, exp_id) is not None]
+    return max(found, key=lambda base: len(cached_epochs(base, exp_id)), default=None)
+
+
+def complete_id(prefix: str, root: str | Path | None = None) -> str:
+    """The id of the one experiment (of `search_roots`) whose id starts with `prefix`, as listings
+    print 8 characters; `prefix` itself when it is a whole id or none matches; ValueError naming
+    them when several do."""
+    names = {p.parent.name for base in search_roots(root)
+             for p in (base / "experiments").glob(f"{prefix}*/experiment.json")}  # fmt: skip
+    if prefix in names or not names:
+        return prefix
+    if len(names) > 1:
+        listed = ", ".join(sorted(names))
+        raise ValueError(f"{prefix} starts {len(names)} experiment ids ({listed}): give more of it")
+    return names.pop()
+
+
+def best_copies(found: Sequence[tuple[Path, ExperimentInfo]]) -> list[tuple[Path, ExperimentInfo]]:
+    """One (cache, experiment) per id, as `find_experiment` chooses: the copy with the most cached
+    epochs, the first given on a tie; in the order given. The id hashes the configuration, so two
+    copies are the same run."""
+    best: dict[str, tuple[Path, ExperimentInfo]] = {}
+    for pair in found:
+        info = pair[1]
+        if info.id not in best or len(info.epochs) > len(best[info.id][1].epochs):
+            best[info.id] = pair
+    kept = {id(pair) for pair in best.values()}
+    return [pair for pair in found if id(pair) in kept]
 
 
 VERDICTS = "verdicts.json"

@@ -91,14 +91,13 @@ class ExperimentConfig:
                 check_id(self.parent)
             except ValueError as err:
                 raise ExperimentError(f"--parent: {err}") from None
-        if min(self.analysis_size, self.eval_size, self.train_size, self.batch_size) < 1:
-            raise ExperimentError("sizes and batch size must be positive")
         check_optimizer(self.lr, self.weight_decay)
         check_bounds(self.epochs, self.batch_size, train_size=self.train_size, eval_size=self.eval_size,
                      analysis_size=self.analysis_size)  # fmt: skip
-        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
-        if self.epochs < 1 or bad:
-            raise ExperimentError(f"epochs must be >= 1 and checkpoint epochs within 1..{self.epochs}")
+        if bad := [str(e) for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]:
+            raise ExperimentError(
+                f"checkpoint epoch(s) {', '.join(bad)} outside the run's epochs 1..{self.epochs}"
+            )
         try:
             per_checkpoint = [a for a in self.analyses if a not in (METRICS, *COMPARISONS)]
             check_analyses(per_checkpoint, registered_analyses())
@@ -167,8 +166,11 @@ def model_fingerprint(model: str) -> str:
 
 
 def identity(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What the experiment id hashes: config (without the analysis list), datasets, model, version."""
+    """What the experiment id hashes: config (without the analysis list), datasets, model, version.
+    The checkpoint epochs are the saved ones (the last is always saved), so --checkpoint-epochs
+    "" and "3" of a 3-epoch run are one experiment."""
     config = {k: v for k, v in cfg.to_json().items() if k != "analyses"}
+    config["checkpoint_epochs"] = cfg.save_epochs
     data = dataset_fingerprint(cfg.scenario, cfg.seed, cfg.train_size, cfg.eval_size, cfg.analysis_size)
     return {
         "config": config,
@@ -238,15 +240,12 @@ def checkpoints_dir(root: str | Path | None, exp_id: str) -> Path:
     return experiment_dir(root, exp_id) / "checkpoints"
 
 
-def adopt_parent(root: str | Path | None, parent: str) -> dict[str, Any] | None:
-    """The experiment record of `parent` in `root`, copying it there from a demo cache when only
-    the demo has it (a child of a demo run lives in the user's cache, which re-creates the parent's
-    weights); None if neither knows it."""
+def parent_record(root: str | Path | None, parent: str) -> dict[str, Any] | None:
+    """The experiment record of `parent`: from `root`, else from a demo cache (read only: nothing
+    is written until the reversal is checked); None if neither knows it."""
     record = read_experiment(root, parent)
     demos = (read_experiment(d, parent) for d in demo_roots() if (d / "experiments").is_dir())
-    if record is None and (record := next((r for r in demos if r is not None), None)) is not None:
-        register_experiment(root, parent, record)
-    return record
+    return record if record is not None else next((r for r in demos if r is not None), None)
 
 
 def check_parent(cfg: ExperimentConfig, record: dict[str, Any]) -> ExperimentConfig:
@@ -262,24 +261,54 @@ def check_parent(cfg: ExperimentConfig, record: dict[str, Any]) -> ExperimentCon
     return parent
 
 
-def parent_checkpoint(cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log) -> str:
-    """The final checkpoint of a reversal's toxic parent, re-training it (deterministically, from
-    its own checkpoints) if its weights were pruned or are damaged."""
-    from ioi.models.load import verify_checkpoint
+def parent_checkpoint(
+    cfg: ExperimentConfig, root: str | Path | None, device: str, log: Log, *, every: bool = False
+) -> str:
+    """The final checkpoint of reversal `cfg`'s toxic parent in `root` (with `every`, all its
+    checkpoints: a lineage comparison profiles them). A parent known only to a demo cache is
+    registered in `root` (the lineage analyses read it there) and its shipped weights are copied;
+    what no cache holds intact is re-trained, deterministically."""
     from ioi.models.train import checkpoint_dir, finetune
 
-    record = adopt_parent(root, cfg.parent)
+    record = parent_record(root, cfg.parent)
     if record is None:
         raise ExperimentError(f"parent experiment {cfg.parent} is not in this cache; run it first")
     parent = check_parent(cfg, record)
-    final = checkpoint_dir(checkpoints_dir(root, cfg.parent), parent.epochs)
-    problem = verify_checkpoint(final) if (final / "manifest.json").exists() else "pruned"
-    if problem:
-        log(f"re-creating the weights of parent {cfg.parent} ({problem})")
-        with experiment_lock(root, cfg.parent):
-            source = parent_checkpoint(parent, root, device, log) if parent.parent else None
-            finetune(parent.train_config(source), checkpoints_dir(root, cfg.parent), device=device)
-    return str(final)
+    folder = checkpoints_dir(root, cfg.parent)
+    needed = parent.save_epochs if every else [parent.epochs]
+    with experiment_lock(root, cfg.parent):
+        register_experiment(root, cfg.parent, record)
+        if _copy_shipped(cfg.parent, needed, folder):
+            log(f"copied the weights of parent {cfg.parent} from the demo cache")
+        if _prepare_checkpoints(folder, needed, log):
+            log(f"re-creating the weights of parent {cfg.parent} (no cache holds them intact)")
+            finetune(parent.train_config(None), folder, device=device)
+    return str(checkpoint_dir(folder, parent.epochs))
+
+
+def _copy_shipped(exp_id: str, epochs: list[int], folder: Path) -> bool:
+    """Copy into `folder` the checkpoints of `epochs` a demo cache ships intact, when `folder` lacks
+    an intact one and a demo cache has all of them; whether it copied."""
+    import shutil
+
+    from ioi.models.load import verify_checkpoint
+
+    def intact(d: Path) -> bool:
+        return (d / "manifest.json").is_file() and verify_checkpoint(d) is None
+
+    names = [f"epoch-{e:03d}" for e in epochs]
+    if all(intact(folder / n) for n in names):
+        return False
+    for demo in demo_roots():
+        shipped = checkpoints_dir(demo, exp_id)
+        if all(intact(shipped / n) for n in names):
+            for n in names:
+                if not intact(folder / n):
+                    shutil.rmtree(folder / n, ignore_errors=True)
+                    shutil.copytree(shipped / n, folder / f"{n}.tmp", dirs_exist_ok=True)
+                    (folder / f"{n}.tmp").rename(folder / n)
+            return True
+    return False
 
 
 @dataclass
@@ -323,8 +352,9 @@ def run_experiment(
     with experiment_lock(root, exp_id):
         todo = plan(cfg, root, exp_id, note)
         # a cached reversal needs no weights: its parent is only re-created when something runs
-        init = parent_checkpoint(cfg, root, device, note) if cfg.parent and todo else None
         compares = any(c in names for names in todo.values() for c in COMPARISONS)  # need every checkpoint
+        family = any("compare-family" in names for names in todo.values())
+        init = parent_checkpoint(cfg, root, device, note, every=family) if cfg.parent and todo else None
         needed = cfg.save_epochs if compares else [e for e in todo if e > 0]
         if _prepare_checkpoints(checkpoints_dir(root, exp_id), needed, note):
             finetune(cfg.train_config(init), checkpoints_dir(root, exp_id), device=device,

@@ -267,7 +267,8 @@ def read_jsonl(path: str | Path) -> list[IOISample]:
         raise DatasetError(f"dataset file {path} is not a file")
     out = []
     try:
-        with open(path, encoding="utf-8") as f:  # streamed: a large file is read one line at a time
+        # streamed: a large file is read one line at a time; "-sig" drops a byte-order mark (Windows editors)
+        with open(path, encoding="utf-8-sig") as f:
             for n, line in enumerate(_lines(f, path), 1):
                 if line.strip():
                     out.append(_sample(line, f"{path}:{n}"))
@@ -306,19 +307,17 @@ def _sample(line: str, where: str) -> IOISample:
         raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
     if not isinstance(row, dict):
         raise DatasetError(f"{where}: not a JSON object (got {type(row).__name__})")
-    missing = [k for k in ("prompt", "io", "s") if not isinstance(row.get(k), str)]
+    missing = [k for k in ("prompt", "io", "s") if k not in row]
     if missing:
         raise DatasetError(f"{where}: missing string field(s) {', '.join(missing)}")
     row = {k: v for k, v in row.items() if k in IOISample.__dataclass_fields__}
-    row.setdefault("label", row["io"])
-    row.setdefault("s2", row["s"])
     wrong = [k for k in _STR_FIELDS if k in row and not isinstance(row[k], str)]
     if "template" in row and (isinstance(row["template"], bool) or not isinstance(row["template"], int)):
         wrong.append("template")
     if wrong:
         raise DatasetError(f"{where}: field(s) {', '.join(wrong)} have the wrong type (template is a "
                            "whole number, the others are strings)")  # fmt: skip
-    return IOISample(**row)
+    return IOISample(**{"label": row["io"], "s2": row["s"]} | row)
 
 
 # --- tokenization -----------------------------------------------------------------------------
