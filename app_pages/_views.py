@@ -128,17 +128,29 @@ def dla_difference_view(exp_a: Experiment, epoch_a: int, a: pd.DataFrame, exp_b:
     return chart, heads_with_labels(diff), caption
 
 
+def knockout_frame(found, chosen: str = "") -> pd.DataFrame:
+    """A knockout result as bars (target, value, lo, hi): each class's F with its interval (none
+    on entries written before knockouts had intervals), the `chosen` heads' when they were
+    knocked out together, and the intact model's."""
+    t = found.tables.get("classes", pd.DataFrame(columns=["class", "f_knockout"]))
+    names = {"class": "target", "f_knockout": "value", "f_knockout_lo": "lo", "f_knockout_hi": "hi"}
+    rows = t[[c for c in names if c in t]].rename(columns=names)
+    s = found.summary
+    more = [(chosen, "f_knockout")] if chosen else []
+    bars = [{"target": label, "value": s.get(k), "lo": s.get(f"{k}_lo"), "hi": s.get(f"{k}_hi")}
+            for label, k in [*more, (INTACT, "f_model")]]  # fmt: skip
+    return pd.concat([rows, pd.DataFrame(bars)], ignore_index=True)
+
+
 def knockout_rows(exp: Experiment, epoch: int, found) -> pd.DataFrame:
     """One bar per knocked-out class at this checkpoint, labelled with the class's heads there,
     plus the intact model's F."""
     circuit = circuit_at(exp, epoch)
-    t = found.tables.get("classes", pd.DataFrame(columns=["class", "f_knockout"]))
-    rows = t[["class", "f_knockout"]].rename(columns={"class": "target", "f_knockout": "value"})
+    rows = knockout_frame(found)
     rows["heads"] = [
         " ".join(map(str, circuit.classes.get(c, ()))) if circuit else "" for c in rows["target"]
     ]
-    intact = pd.DataFrame({"target": [INTACT], "value": [found.summary.get("f_model")], "heads": [""]})
-    return pd.concat([rows, intact], ignore_index=True).assign(checkpoint=exp.checkpoint_label(epoch))
+    return rows.assign(checkpoint=exp.checkpoint_label(epoch))
 
 
 @memoised
@@ -167,7 +179,8 @@ def knockout_view(exp: Experiment, epochs: list[int]):
     caption = (
         f"Logit difference F after {how}-ablating every head of one circuit class (all positions), one "
         f"bar per checkpoint of {exp.label}; each bar names the heads it knocked out (the classes are "
-        f"classified at each checkpoint). '{INTACT}' is F with nothing ablated."
+        f"classified at each checkpoint). '{INTACT}' is F with nothing ablated. Error bars: 95% bootstrap "
+        "intervals over the evaluation prompts (none on results cached before knockouts had them)."
     )
     return chart, data, caption, notes
 

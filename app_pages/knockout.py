@@ -23,7 +23,7 @@ from app_pages._ui import (
     show_chart,
     show_user_errors,
 )
-from app_pages._views import INTACT, head_heatmap, knockout_view
+from app_pages._views import INTACT, head_heatmap, knockout_frame, knockout_view
 from ioi.present import charts
 
 st.title("Knockout")
@@ -116,17 +116,14 @@ def live_knockout() -> None:
         # the chart shows classes and the chosen heads: each head alone (24 more runs) is not needed
         opts = options_json(ablation=ablation, heads=chosen or None, per_head=False)
         found = live_analysis(model, "knockout", opts)
-        rows = found.tables["classes"][["class", "f_knockout"]].rename(columns={"class": "target"})
-        if chosen:
-            rows.loc[len(rows)] = [" ".join(chosen), found.summary["f_knockout"]]
-        rows.loc[len(rows)] = [INTACT, found.summary.get("f_model")]
-        frames.append(rows.rename(columns={"f_knockout": "value"}).assign(checkpoint=sources[model]))
+        frames.append(knockout_frame(found, " ".join(chosen)).assign(checkpoint=sources[model]))
     data = pd.concat(frames, ignore_index=True)
     show_chart(
         charts.knockout_bars(data, title=f"{ablation} ablation"),
         data,
         f"Logit difference after {ablation}-ablating each circuit class (and the chosen heads together) at "
-        f"all positions, on 100 evaluation prompts, per model or checkpoint; '{INTACT}' is F unablated.",
+        f"all positions, on 100 evaluation prompts, per model or checkpoint; '{INTACT}' is F unablated. "
+        "Error bars: 95% bootstrap intervals over the prompts.",
         "knockout-live",
     )
 

@@ -140,9 +140,20 @@ def test_minimality_and_class_knockouts_agree_with_direct_runs(tiny_random, data
         without_h = ko.f_many([ko.circuit_kept(circuit, [h])])[0]
         row = table[(table.layer == h.layer) & (table["head"] == h.head)].iloc[0]
         assert row.abs_change >= abs(without_h - f_c) - 1e-6  # K = ∅ is one of the candidates
-    classes = class_knockouts(ko, circuit)
+    classes = class_knockouts(ko, circuit).set_index("class")
     want = ko.f_many([ko.model_kept(circuit.classes["name mover"])])[0]
-    assert classes.set_index("class").loc["name mover", "f_knockout"] == pytest.approx(want, abs=1e-5)
+    assert classes.loc["name mover", "f_knockout"] == pytest.approx(want, abs=1e-5)
+    for c, row in classes.iterrows():  # each value inside its interval, the change paired with F(M)
+        assert row.f_knockout_lo <= row.f_knockout <= row.f_knockout_hi, c
+        assert row.change_lo <= row.change <= row.change_hi and row.change == pytest.approx(
+            row.f_knockout - ko.acts.f_clean, abs=1e-5
+        )
+    # a case whose answer is known: a last-layer head ablated at S2 cannot reach END's logits, so
+    # every prompt's change is 0 and so is its whole interval (the paired bootstrap sees no noise)
+    last = Circuit("c", {"name mover": (Head(tiny_random.n_layers - 1, 0),)})
+    row = class_knockouts(ko, last, "s2").iloc[0]
+    assert row.change == row.change_lo == row.change_hi == pytest.approx(0.0, abs=1e-6)
+    assert row.f_knockout_hi - row.f_knockout_lo > 0.01  # F itself varies over prompts
 
 
 def test_faithfulness_analysis_reports_the_ablation_and_circuit(tiny_random, data):

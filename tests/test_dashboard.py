@@ -18,7 +18,7 @@ pytest.importorskip("streamlit")
 from dashboard_support import open_page  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app_pages import _forms, _live, _store, _text  # noqa: E402
+from app_pages import _forms, _live, _store, _text, _views  # noqa: E402
 from ioi.runs import cache  # noqa: E402
 from ioi.task.corruptions import readable  # noqa: E402
 from ioi.task.data import make_dataset  # noqa: E402
@@ -661,3 +661,21 @@ def test_checkpoint_b_follows_a_to_its_runs_other_end(dash_env):
     assert "B − A" in at.caption[0].value
     again = app("app_pages/attribution.py", mode="diff", exp=TOXIC, epoch="0", compare=f"{CLEAN}:2")
     assert again.selectbox(key="dla_exp_B").value == CLEAN
+
+
+def test_knockout_bars_carry_the_stored_intervals(demo_env):
+    """Each class's bar and the intact model's have error bars from the entry's 95% interval; a
+    knocked-out class lowers F beyond its interval on the demo's pretrained model."""
+    clean = next(e for e in _store.experiments() if e.scenario == "clean")
+    at = app("app_pages/knockout.py", exp=clean.id, epoch="0")
+    assert_clean(at)
+    chart = at.get("vega_lite_chart")[0]
+    assert any(layer["mark"]["type"] == "errorbar" for layer in chart_spec(chart)["layer"])
+    rows = next(f for f in chart_frames(chart) if "lo" in f).set_index("target")
+    stored = cache.load_analysis(demo_env, clean.id, 0, "knockout")
+    classes = stored.tables["classes"].set_index("class")
+    for c, row in classes.iterrows():
+        assert (rows.loc[c, "lo"], rows.loc[c, "hi"]) == (row.f_knockout_lo, row.f_knockout_hi)
+        assert row.f_knockout_hi < stored.summary["f_model_lo"]  # apart from the intact model's interval
+    assert rows.loc[_views.INTACT, "lo"] == stored.summary["f_model_lo"]
+    assert "95% bootstrap intervals over the evaluation prompts" in " ".join(c.value for c in at.caption)

@@ -188,19 +188,29 @@ def faithfulness(
     return Faithfulness(f_c, f_m, f_c / f_m, abs(f_m - f_c), ko.ablation.value)
 
 
-def class_knockouts(ko: Knockout, circuit: Circuit, position: str | None = None) -> pd.DataFrame:
-    """One row per class: F with that class's heads ablated (at `position`, default everywhere)."""
+KNOCKOUT_COLUMNS = (
+    "class", "f_knockout", "f_knockout_lo", "f_knockout_hi", "change", "change_lo", "change_hi", "relative",
+)  # fmt: skip
+
+
+def class_knockouts(
+    ko: Knockout, circuit: Circuit, position: str | None = None, *, seed: int = 0
+) -> pd.DataFrame:
+    """One row per class: F with that class's heads ablated (at `position`, default everywhere)
+    and its change from F(M), each with a 95% bootstrap interval over prompts (the change paired:
+    each prompt against its own unablated logit difference); `relative` is change / F(M)."""
     classes = [c for c, hs in circuit.classes.items() if hs]
-    f = ko.run([ko.without(circuit.classes[c], position) for c in classes]).tolist()
-    f_m = ko.acts.f_clean
-    return pd.DataFrame(
-        {
-            "class": classes,
-            "f_knockout": f,
-            "change": [x - f_m for x in f],
-            "relative": [(x - f_m) / f_m for x in f],
-        }
-    )
+    if not classes:
+        return pd.DataFrame(columns=list(KNOCKOUT_COLUMNS))
+    per_prompt = ko.run_per_prompt([ko.without(circuit.classes[c], position) for c in classes]).double()
+    clean = ko.acts.ld_clean.double().cpu()
+    rows = []
+    for c, f in zip(classes, per_prompt, strict=True):
+        level, change = mean_estimate(f, seed=seed), mean_estimate(f - clean, seed=seed)
+        values = (c, level.value, level.lo, level.hi, change.value, change.lo, change.hi,
+                  change.value / ko.acts.f_clean)  # fmt: skip
+        rows.append(dict(zip(KNOCKOUT_COLUMNS, values, strict=True)))
+    return pd.DataFrame(rows, columns=list(KNOCKOUT_COLUMNS))
 
 
 def class_subsets(circuit: Circuit) -> dict[str, tuple[Head, ...]]:
@@ -271,7 +281,8 @@ def knockout_analysis(
 ) -> AnalysisResult:
     """Heads rows: F change when that head alone is ablated (at `position`, default everywhere;
     NaN with `per_head` False, which skips those runs). Table `classes`: each class of the circuit
-    ablated. Options heads ("L.H …") and mlps (layers): that set ablated together (summary f_knockout)."""
+    ablated, with intervals (`class_knockouts`). Options heads ("L.H …") and mlps (layers): that set
+    ablated together (summary f_knockout)."""
     chosen = parse_heads(heads or (), model.n_layers, model.n_heads)  # refused before any run
     mlps = check_layers(mlps, model.n_layers)
     ko = Knockout(model, clean, abc, ablation, seed=seed)
@@ -281,13 +292,17 @@ def knockout_analysis(
         grid = single.reshape(model.n_layers, model.n_heads).cpu()
     else:
         grid = torch.full((model.n_layers, model.n_heads), float("nan"))
-    summary = {"f_model": f_m, "ablation": ko.ablation.value, "position": position or "all"}
+    intact = mean_estimate(ko.acts.ld_clean.double().cpu(), seed=seed)
+    summary = {"f_model": f_m, "f_model_lo": intact.lo, "f_model_hi": intact.hi,
+               "ablation": ko.ablation.value, "position": position or "all"}  # fmt: skip
     if chosen or mlps:
         summary["knocked_out"] = [str(h) for h in chosen] + [f"MLP {layer}" for layer in mlps]
-        summary["f_knockout"] = ko.run([ko.without(chosen, position, mlps)]).item()
+        per_prompt = ko.run_per_prompt([ko.without(chosen, position, mlps)])[0].double()
+        together = mean_estimate(per_prompt, seed=seed)
+        summary |= {"f_knockout": together.value, "f_knockout_lo": together.lo, "f_knockout_hi": together.hi}
     used = circuit_for(model, clean, abc, circuit)
     summary["circuit"] = used.to_json()
-    tables = {"classes": class_knockouts(ko, used, position)}
+    tables = {"classes": class_knockouts(ko, used, position, seed=seed)}
     return AnalysisResult("knockout", heads_frame(grid), summary, tables)
 
 

@@ -169,14 +169,8 @@ def difference_frame(a: pd.DataFrame, b: pd.DataFrame, field: str = "value") -> 
     return merged
 
 
-def difference_heatmap(
-    a: pd.DataFrame,
-    b: pd.DataFrame,
-    *,
-    title: str = "",
-    value_title: str = "B − A",
-    circuit: Circuit | None = None,
-) -> alt.LayerChart:
+def difference_heatmap(a: pd.DataFrame, b: pd.DataFrame, *, title: str = "", value_title: str = "B − A",
+                       circuit: Circuit | None = None) -> alt.LayerChart:  # fmt: skip
     """Heatmap of the per-head difference B − A (see `difference_frame`)."""
     return head_heatmap(difference_frame(a, b), title=title, value_title=value_title, circuit=circuit)
 
@@ -260,11 +254,14 @@ def knockout_bars(
     value_title: str = "logit difference",
     baseline: float | None = None,
     heads: str | None = "heads",
+    low: str = "lo",
+    high: str = "hi",
     title: str = "",
 ) -> alt.LayerChart:
     """Grouped horizontal bars: `value` for each knocked-out `target`, one bar per `series`
-    (checkpoint), each labelled with the `heads` it knocked out (a class can hold other heads
-    at another checkpoint); an optional dashed rule at `baseline` (the intact model's value)."""
+    (checkpoint), each labelled with the `heads` it knocked out (a class can hold other heads at
+    another checkpoint), with error bars from `low` to `high` where the frame has them; an optional
+    dashed rule at `baseline` (the intact model's value)."""
     if frame.empty:
         raise ValueError("no knockouts to draw")
     base = alt.Chart(frame).encode(
@@ -273,18 +270,21 @@ def knockout_bars(
         x=alt.X(f"{value}:Q", title=value_title),
     )
     tooltip = [f"{target}:N", f"{series}:N", alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")]
-    if heads and heads in frame:
-        tooltip.append(alt.Tooltip(f"{heads}:N", title="heads"))
+    tooltip += [alt.Tooltip(f"{c}:Q", title=f"95% CI {c}", format=".4f") for c in (low, high) if c in frame]
     # below the bars, labels uncut: a checkpoint label ("subject duplication, epoch 3") is long
     legend = alt.Legend(orient="bottom", direction="vertical", labelLimit=0)
     color = alt.Color(f"{series}:N", title=series, sort=None, legend=legend)
-    bars = base.mark_bar().encode(color=color, tooltip=tooltip)
-    layers: list[alt.Chart] = [bars]
-    if heads and heads in frame:
-        layers.append(base.mark_text(align="left", dx=4, fontSize=10).encode(text=f"{heads}:N"))
+    layers: list[alt.Chart] = [base.mark_bar().encode(color=color, tooltip=tooltip + (
+        [alt.Tooltip(f"{heads}:N", title="heads")] if heads and heads in frame else []))]  # fmt: skip
+    ci = low in frame and high in frame
+    if ci:
+        bounds = alt.X(f"{low}:Q", title=value_title)
+        layers.append(base.mark_errorbar(ticks=True).encode(x=bounds, x2=f"{high}:Q"))
+    if heads and heads in frame:  # the heads' label goes past the error bar
+        label = base.mark_text(align="left", dx=4, fontSize=10).encode(text=f"{heads}:N")
+        layers.append(label.encode(x=f"{high}:Q") if ci else label)
     if baseline is not None:
-        rule = pd.DataFrame({"baseline": [baseline]})
-        layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="baseline:Q"))
+        layers.append(alt.Chart(pd.DataFrame({"b": [baseline]})).mark_rule(strokeDash=[4, 4]).encode(x="b:Q"))
     rows = frame[target].nunique() * frame[series].nunique()
     room = {"room": 150 + 20 * frame[series].nunique()}  # title, axis, legend: a page adds it to the height
     return alt.layer(*layers).properties(title=_title(title), width="container", height=max(120, 24 * rows),
