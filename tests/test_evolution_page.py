@@ -3,6 +3,7 @@ synthetic per-checkpoint profiles (no model), plus the page's import hygiene."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -178,3 +179,14 @@ def test_the_lineage_view_opens_on_the_subject_duplication_family(tmp_path, monk
         "subject duplication, epoch 3",
         "reversal of subject duplication, epoch 3",
     ]
+
+
+def test_the_tracks_write_checkpoints_level_on_two_lines(evo_env):
+    """Upright labels ("reversal of subject duplication, epoch 3") took the tracks' height from
+    the plot; level ones, broken at ", ", leave it to the lines."""
+    at = run_page()
+    tracks = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    axes = [layer["encoding"]["x"]["axis"] for spec in tracks for layer in spec.get("layer", [])
+            if layer.get("encoding", {}).get("x", {}).get("field") == "checkpoint"]  # fmt: skip
+    assert len(axes) >= 2
+    assert all(a["labelAngle"] == 0 and "split(datum.label, ', ')" in a["labelExpr"] for a in axes)

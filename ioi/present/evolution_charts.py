@@ -39,6 +39,13 @@ def relabel_checkpoints(tables: dict[str, pd.DataFrame], names: dict[str, str]) 
     return out
 
 
+def checkpoint_x(order: list[str]) -> alt.X:
+    """The checkpoint axis of the evolution tracks: labels level, broken into lines at ", " ("subject
+    duplication" / "epoch 3"), so long checkpoint names do not turn the axis into a column."""
+    axis = alt.Axis(labelAngle=0, labelExpr="split(datum.label, ', ')", labelLimit=240, labelPadding=6)
+    return alt.X("checkpoint:N", sort=order, title="checkpoint", axis=axis)
+
+
 def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") -> alt.LayerChart:
     """One line per measure of the `overlap` table over the checkpoints in `order`, with its 95%
     interval as error bars where it has one, the stability bar (0.8) as a dashed rule."""
@@ -50,7 +57,7 @@ def overlap_tracks(overlap: pd.DataFrame, order: list[str], *, title: str = "") 
                 lo, hi = r.get("stability_p05"), r.get("stability")
             rows.append({"checkpoint": r["checkpoint"], "measure": name, "value": r[key], "lo": lo, "hi": hi})
     data = pd.DataFrame(rows)
-    x = alt.X("checkpoint:N", sort=order, title="checkpoint", axis=alt.Axis(labelLimit=320))
+    x = checkpoint_x(order)
     color = alt.Color(
         "measure:N", title="measure", sort=list(TRACKS.values()), legend=alt.Legend(labelLimit=400)
     )
@@ -89,7 +96,7 @@ def role_tracks(roles: pd.DataFrame, order: list[str], heads: list[str], role: s
     data = roles[roles["role"] == role].copy()
     data["head_label"] = data["layer"].astype(int).astype(str) + "." + data["head"].astype(int).astype(str)
     data = data[data["head_label"].isin(heads)]
-    x = alt.X("checkpoint:N", sort=order, title="checkpoint", axis=alt.Axis(labelLimit=320))
+    x = checkpoint_x(order)
     color = alt.Color("head_label:N", title="head", sort=heads)
     base = alt.Chart(data)
     line = base.mark_line(point=True).encode(
