@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pandas as pd
 import streamlit as st
 
 from app_pages._store import (
@@ -100,6 +101,27 @@ def value_at(exp: Experiment, column: str, epoch: int) -> float:
     return float(row[column].iloc[0]) if column in s and len(row) else float("nan")
 
 
+def ld(exp: Experiment, epoch: int) -> str:
+    """The checkpoint's logit difference as every step quotes it: its evaluation (the held-out
+    prompts of the run's metrics) with its standard error, so a checkpoint has one number
+    throughout the tour."""
+    value, se = value_at(exp, "logit_diff", epoch), value_at(exp, "logit_diff_se", epoch)
+    return f"{value:.1f} ± {se:.1f}" if se == se else f"{value:.1f}"
+
+
+def evaluated_on(exp: Experiment) -> str:
+    n = value_at(exp, "n", 0)
+    return f"mean over {n:.0f} held-out evaluation prompts ± s.e." if n == n else "evaluation prompts' mean"
+
+
+def bar(rows, target: str) -> str:
+    """A knockout bar's F with its interval, as "3.7 [3.1, 4.3]" (no interval on older entries)."""
+    r = rows.loc[target]
+    if pd.notna(r.get("lo")) and pd.notna(r.get("hi")):
+        return f"{r['value']:.1f} [{r['lo']:.1f}, {r['hi']:.1f}]"
+    return f"{r['value']:.1f}"
+
+
 def top_heads(frame, n: int = 3, field: str = "value") -> str:
     """The `n` heads with the largest |`field`|, as "1.4 (+3.2), …"."""
     rows = frame.reindex(frame[field].abs().sort_values(ascending=False).index).head(n)
@@ -117,13 +139,14 @@ def steps() -> list[Step]:
     movers0 = heads_of(clean, 0, "name mover")
     if a is None or b is None:
         return out
-    # The texts quote the charts' own numbers: the DLA entries' logit differences (analysis prompts).
-    ld0, ldn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    # Logit differences come from the evaluations (`ld`): one number per checkpoint on every step.
+    ld0, ldn = ld(clean, 0), ld(clean, last)
     out.append(
         Step(
             "The pretrained model's circuit",
             f"Before fine-tuning, {clean.model} predicts the indirect object over the subject by "
-            f"{ld0:.1f} logits. Direct logit attribution shows which heads write that answer: the "
+            f"{ld0} logits ({evaluated_on(clean)}). Direct logit attribution shows which heads write that "
+            "answer: the "
             f"strongest are {top_heads(a.heads)}. Outlined are the heads of its circuit — "
             f"{circuit_words(clean, 0)}.",
             "app_pages/attribution.py",
@@ -152,8 +175,8 @@ def steps() -> list[Step]:
         out.append(
             Step(
                 "Amplification: does clean fine-tuning strengthen the same heads?",
-                f"After {last} epochs of clean fine-tuning the logit difference is {ldn:.1f} "
-                f"(from {ld0:.1f}), and the circuit classified at epoch {last} has {same}. Both panels "
+                f"After {last} epochs of clean fine-tuning the logit difference is {ldn} "
+                f"(from {ld0}), and the circuit classified at epoch {last} has {same}. Both panels "
                 f"share one colour scale.\n\n{verdict_words(clean, 'amplification')}",
                 "app_pages/attribution.py",
                 {
@@ -175,8 +198,9 @@ def steps() -> list[Step]:
         faith = result(clean, last, "faithfulness")
         how = str(faith.summary.get("ablation", "mean")) if faith is not None else "mean"
         where = (
-            f"{clean.model}'s circuit is complete before fine-tuning already, so its amplification shows "
-            f"in the logit difference ({ld0:.1f} → {ldn:.1f}, step 2), not in this ratio. "
+            f"{clean.model}'s circuit explains all of its logit difference before fine-tuning already, so "
+            f"this ratio cannot show a strengthening; the logit difference itself went from {ld0} to "
+            f"{ldn} (step 2, whose verdict says whether that is amplification). "
             if min(f0, fn) >= 0.95 else ""
         )  # fmt: skip
         out.append(
@@ -204,7 +228,7 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     a, b = result(toxic, 0, "dla"), result(toxic, tl, "dla")
     if a is None or b is None:
         return out
-    t0, tn = a.summary.get("logit_diff", float("nan")), b.summary.get("logit_diff", float("nan"))
+    t0, tn = ld(toxic, 0), ld(toxic, tl)
     diff = charts.difference_frame(a.heads, b.heads)
     circuit = circuit_at(toxic, 0)
     top = diff.reindex(diff["value"].abs().sort_values(ascending=False).index).head(3)
@@ -213,8 +237,9 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     out.append(
         Step(
             f"Corruption by {toxic.lineage}: is it localized?",
-            f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0:.1f} to "
-            f"{tn:.1f}: the model now prefers the {'subject' if tn < 0 else 'indirect object'}. "
+            f"{tl} epochs on the {toxic.lineage} dataset take the logit difference from {t0} to "
+            f"{tn} ({evaluated_on(toxic)}): the model now prefers the "
+            f"{'subject' if value_at(toxic, 'logit_diff', tl) < 0 else 'indirect object'}. "
             f"The heads whose direct effect changed most: {top_heads(diff)} logits — {inside} of these "
             f"{len(top)} belong to the pretrained circuit (outlined).\n\n"
             + verdict_words(clean, "localized corruption", toxic.scenario),
@@ -230,13 +255,15 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
         chart, data, caption, notes = knockout_view(toxic, epochs)
         if chart is not None:
             movers = heads_of(toxic, epochs[-1], "name mover")
-            start = data[data["checkpoint"] == toxic.checkpoint_label(0)].set_index("target")["value"]
-            end = data[data["checkpoint"] == toxic.checkpoint_label(epochs[-1])].set_index("target")["value"]
-            intact = f" (F {end[INTACT]:.1f})" if INTACT in end else ""
+            start = data[data["checkpoint"] == toxic.checkpoint_label(0)].set_index("target")
+            end = data[data["checkpoint"] == toxic.checkpoint_label(epochs[-1])].set_index("target")
+            n = toxic.config.get("analysis_size", "the")
+            intact = f" (F {bar(end, INTACT)} on those prompts)" if INTACT in end.index else ""
             before = (
-                f"In the pretrained model, knocking out the name movers takes F from "
-                f"{start[INTACT]:.1f} to {start['name mover']:.1f} logits. "
-                if 0 in epochs and "name mover" in start and INTACT in start else ""
+                f"On the {n} analysis prompts the knockouts use, knocking out the pretrained model's name "
+                f"movers takes F from {bar(start, INTACT)} to {bar(start, 'name mover')} logits (95% "
+                "intervals). "
+                if 0 in epochs and {"name mover", INTACT} <= set(start.index) else ""
             )  # fmt: skip
             out.append(
                 Step(
@@ -276,8 +303,7 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
     rev = reversal_of(toxic)
     if rev is not None and rev.epochs:
         rl = rev.last_epoch
-        t0, tn, r_ld = (value_at(toxic, "logit_diff", 0), value_at(toxic, "logit_diff", tl),
-                        value_at(rev, "logit_diff", rl))  # fmt: skip
+        t0, tn, r_ld = ld(toxic, 0), ld(toxic, tl), ld(rev, rl)
         movers = heads_of(rev, rl, "name mover")
         back = heads_of(clean, 0, "name mover")
         same = (
@@ -290,7 +316,8 @@ def corruption_steps(clean: Experiment, toxic: Experiment) -> list[Step]:
             Step(
                 "Neuroplasticity: does clean data restore the circuit?",
                 f"Fine-tuning the corrupted model on clean data for {rl} epochs takes the logit difference "
-                f"from {tn:.1f} to {r_ld:.1f} (pretrained: {t0:.1f}), and the circuit classified at the "
+                f"from {tn} to {r_ld} (pretrained: {t0}; {evaluated_on(rev)}), and the circuit classified "
+                "at the "
                 f"end of the reversal has {same}.\n\n"
                 + verdict_words(clean, "neuroplasticity", f"reversal of {toxic.scenario}"),
                 "app_pages/faithfulness.py",

@@ -236,7 +236,7 @@ def cached_table() -> None:
             for e in found
         ]
     )
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table, hide_index=True, width="stretch", placeholder="—")
     ids = [e.id for e in found]
     chosen = st.selectbox(
         "Open an experiment's results",

@@ -53,8 +53,11 @@ def numbers_table(v: dict) -> pd.DataFrame:
 
 
 def headline(v: dict) -> str:
-    """The verdict's first two numbers, for the summary cards (the whole verdict is below)."""
-    return " · ".join(f"{k}: {e['text']}" for k, e in list(v["numbers"].items())[:2])
+    """The summary's first sentence, for the summary cards: the verdict over every seed or
+    checkpoint with its tally ("… undetermined over 4 checkpoints (it fails on 1, …)"), which the
+    badge beside it sums up. The first seed's numbers, which may judge otherwise, are below."""
+    first = v["summary"].split(". ")[0]
+    return readable(first if first.endswith(".") else f"{first}.")
 
 
 def judge(root, why: str) -> None:
@@ -172,7 +175,7 @@ def edge_revival(v: dict) -> None:
                "circuit, not restoring it.")  # fmt: skip
     st.write(readable(v["summary"]))
     st.caption(f"Criterion: {v['criterion']}")
-    st.dataframe(numbers_table(v), hide_index=True, width="stretch")
+    st.dataframe(numbers_table(v), hide_index=True, width="stretch", placeholder="—")
     show_me(v)
 
 
@@ -239,7 +242,7 @@ def body() -> None:
             with tab:
                 st.markdown(f"**{title(v)}** {badge(v)}")
                 st.write(readable(v["summary"]))
-                st.dataframe(numbers_table(v), hide_index=True, width="stretch")
+                st.dataframe(numbers_table(v), hide_index=True, width="stretch", placeholder="—")
                 show_me(v)
                 CHARTS[finding](v)
                 if finding == "neuroplasticity" and where(v) in edges:

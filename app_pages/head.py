@@ -198,7 +198,7 @@ def body() -> None:
         m[3].metric("ΔF when knocked out", f"{r['knockout_change']:.3f}")
     st.subheader("Across checkpoints")
     shown = table.drop(columns=["lineage", "panel", "x"]).rename(columns=COLUMNS)
-    st.dataframe(shown.style.format(precision=3, na_rep="—"), hide_index=True, key="head_table")
+    st.dataframe(shown.style.format(precision=3), hide_index=True, key="head_table", placeholder="—")
     st.caption(
         "One row per cached checkpoint; — where that analysis did not run at that checkpoint (CMAP "
         "never at a run's start, which is the model it starts from). DLA: the cached analysis value "

@@ -268,10 +268,14 @@ def test_guided_tour_walks_every_step_with_a_chart(dash_env):
 
 
 def test_tour_text_quotes_the_data_it_shows(dash_env):
+    """A checkpoint's logit difference is its evaluation, with its s.e. and prompt set, on every
+    step (the DLA entries' own logit differences, on other prompts, once gave a second number)."""
     at = app("app_pages/overview.py")
-    stored = cache.load_analysis(dash_env / "demo", CLEAN, 0, "dla").summary["logit_diff"]
+    stored = cache.load_entry(dash_env / "demo", CLEAN, 0, "metrics").summary
     text = " ".join(m.value for m in at.markdown)
-    assert f"by {stored:.1f} logits" in text and "name movers 1.0" in text
+    ld, se = stored["logit_diff"], stored["logit_diff_se"]
+    quoted = f"by {ld:.1f} ± {se:.1f} logits (mean over {stored['n']} held-out"
+    assert quoted in text and "name movers 1.0" in text
 
 
 def test_damaged_entry_is_reported_with_a_recompute_button(dash_env):
@@ -679,3 +683,20 @@ def test_knockout_bars_carry_the_stored_intervals(demo_env):
         assert row.f_knockout_hi < stored.summary["f_model_lo"]  # apart from the intact model's interval
     assert rows.loc[_views.INTACT, "lo"] == stored.summary["f_model_lo"]
     assert "95% bootstrap intervals over the evaluation prompts" in " ".join(c.value for c in at.caption)
+
+
+def test_findings_cards_say_what_their_badge_sums_up(demo_env):
+    """Each card's line is its verdict over every seed or checkpoint, in the badge's words: the
+    amplification card once showed seed 0's epoch-10 numbers (which fail) beside "undetermined"."""
+    from ioi.runs.catalog import read_verdicts
+
+    at = app("app_pages/findings.py")
+    assert_clean(at)
+    captions = [c.value for c in at.caption]
+    for v in read_verdicts(demo_env)[0]:
+        if v["finding"] not in ("amplification", "localized corruption", "neuroplasticity"):
+            continue  # not on a card of its own
+        line = next(c for c in captions if c == readable(v["summary"].split(". ")[0]) + ".")
+        assert f" {_store.VERDICT_WORDS[v['holds']].split()[-1]} " in f" {line} ", line
+    amplification = next(c for c in captions if c.startswith("Amplification is"))
+    assert "over 4 checkpoints" in amplification and "gain:" not in amplification
