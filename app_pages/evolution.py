@@ -72,7 +72,9 @@ def body() -> None:
         t["overlap"],
         "Jaccard indices of each checkpoint's edge circuit (and of the heads its edges "
         "touch) with the first checkpoint's; its faithfulness; its bootstrap self-Jaccard (Méloux et al. "
-        "2025 call ≥ 0.8 stable: dashed line; bars from the 5th percentile to the mean).",
+        "2025 call ≥ 0.8 stable: dashed line; bars from the 5th percentile to the mean). At the first "
+        "checkpoint both Jaccard indices are 1 by definition (the lines start together)."
+        + ec.wrong_way_note(t["overlap"]),
         "evo-overlap",
     )
 
@@ -140,7 +142,8 @@ def body() -> None:
             "Row i, column j: the edge circuit of checkpoint i evaluated on the model of "
             "checkpoint j; the diagonal is each circuit's own faithfulness. Grey cells marked "
             "F(M) ≈ 0: model j does not do the task (|F_j(M)| < 0.5 logits, or its interval contains 0), "
-            "so the ratio is not defined; their tooltip gives F_j(circuit i) in logits.",
+            "so the ratio is not defined; their tooltip gives F_j(circuit i) in logits."
+            + ec.wrong_way_note(t["overlap"]),
             "evo-transfer",
         )
     with c[1]:

@@ -190,3 +190,17 @@ def test_the_tracks_write_checkpoints_level_on_two_lines(evo_env):
             if layer.get("encoding", {}).get("x", {}).get("field") == "checkpoint"]  # fmt: skip
     assert len(axes) >= 2
     assert all(a["labelAngle"] == 0 and "split(datum.label, ', ')" in a["labelExpr"] for a in axes)
+
+
+def test_a_model_that_prefers_the_subject_has_its_faithfulness_explained(tmp_path, monkeypatch):
+    """On the demo's subject-duplication lineage F(M) is about −12 at epoch 3: the tracks and the
+    transfer matrix say its edge circuit carries the wrong preference (its 0.81 is not the IOI
+    circuit working); the clean run's captions say nothing of the kind."""
+    monkeypatch.setenv("IOI_DEMO_DIR", str(REPO / "cache" / "demo"))
+    monkeypatch.setenv("IOI_CACHE_DIR", str(tmp_path / "user"))
+    at = run_page(scope="compare-family", exp="666e7915f018ae23")
+    assert not at.exception, [e.value for e in at.exception]
+    said = [c.value for c in at.caption if "prefers the subject" in c.value]
+    assert len(said) == 2 and all("subject duplication, epoch 3 (F(M) -12." in c for c in said)
+    at = run_page(scope="compare", exp="beb0361aac0eeba0")
+    assert not [c for c in at.caption if "prefers the subject" in c.value]

@@ -39,6 +39,19 @@ def relabel_checkpoints(tables: dict[str, pd.DataFrame], names: dict[str, str]) 
     return out
 
 
+def wrong_way_note(overlap: pd.DataFrame) -> str:
+    """A caption's sentence for the checkpoints whose model prefers S (F(M) ≤ −0.5 logits, interval
+    below 0): their edge circuit carries that wrong preference, so its faithfulness says how much
+    of the wrong answer it reproduces, not that the IOI mechanism still works; '' when none."""
+    wrong = overlap[overlap["f_model_hi"] < 0]
+    if wrong.empty:
+        return ""
+    names = ", ".join(f"{r.checkpoint} (F(M) {r.f_model:.1f})" for r in wrong.itertuples())
+    return (f" At {names} the model prefers the subject: its edge circuit is the one carrying that wrong "
+            "preference, and its faithfulness is the share of the wrong answer it reproduces — not a sign "
+            "that the IOI circuit still works.")  # fmt: skip
+
+
 def checkpoint_x(order: list[str]) -> alt.X:
     """The checkpoint axis of the evolution tracks: labels level, broken into lines at ", " ("subject
     duplication" / "epoch 3"), so long checkpoint names do not turn the axis into a column."""
