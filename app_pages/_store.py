@@ -59,6 +59,10 @@ class Experiment:
         return str(self.config.get("model", "?"))
 
     @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
     def last_epoch(self) -> int:
         return max(self.epochs, default=0)
 

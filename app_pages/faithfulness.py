@@ -36,12 +36,17 @@ def body() -> None:
     one = by_id(st.query_params.get("exp"))  # a link to one run (e.g. from Findings) shows its lineage
     if not wanted and one is not None and one.id in ids:
         wanted = [e.id for e in found if e.id == one.id or e.id == one.parent or e.parent == one.id]
-    wanted = wanted or ids
-    labels = {e.id: e.label for e in found}
-    chosen = st.multiselect("Experiments", ids, default=wanted, key="faith_exps", format_func=labels.get)
-    set_url(exps=",".join(chosen) if set(chosen) != set(ids) else None)
+    wanted = [e for e in found if e.id in (wanted or ids)]
+    # runs picked by lineage and seed: 21 runs as chips would fill the page (and be cut off)
+    lineages, seeds = list(dict.fromkeys(e.lineage for e in found)), sorted({e.seed for e in found})
+    lines = st.multiselect("Lineages", lineages, default=list(dict.fromkeys(e.lineage for e in wanted)),
+                           key="faith_lineages")  # fmt: skip
     c = st.columns([3, 2, 2], vertical_alignment="bottom")
-    metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True, where=c[0],
+    picked = c[0].pills("Seeds", seeds, selection_mode="multi", default=sorted({e.seed for e in wanted}),
+                        key="faith_seeds")  # fmt: skip
+    chosen = [e.id for e in found if e.lineage in lines and e.seed in picked]
+    set_url(exps=",".join(chosen) if set(chosen) != set(ids) else None)
+    metric = choice("Metric", list(METRICS), "faith_metric", param="metric", radio=True, where=st,
                     horizontal=True, format_func=lambda m: METRICS[m][2])  # fmt: skip
     overlay = c[1].checkbox("Paper's GPT-2 numbers", value=True, key="faith_ref",
                             help="the paper's GPT-2 small results, black diamonds")  # fmt: skip

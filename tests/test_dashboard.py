@@ -700,3 +700,15 @@ def test_findings_cards_say_what_their_badge_sums_up(demo_env):
         assert f" {_store.VERDICT_WORDS[v['holds']].split()[-1]} " in f" {line} ", line
     amplification = next(c for c in captions if c.startswith("Amplification is"))
     assert "over 4 checkpoints" in amplification and "gain:" not in amplification
+
+
+def test_faithfulness_picks_runs_by_lineage_and_seed(demo_env):
+    """21 runs as chips filled the page and were cut off: runs are picked by lineage and seed, and
+    a URL naming some runs opens on their lineages and seeds."""
+    seed0 = [e.id for e in _store.experiments() if e.seed == 0]
+    at = app("app_pages/faithfulness.py", exps=",".join(seed0))
+    assert_clean(at)
+    assert len(at.multiselect(key="faith_lineages").value) == 7 and len(seed0) == 7
+    rows = next(f for f in chart_frames(at.get("vega_lite_chart")[0]) if "seed" in f)
+    assert set(rows.loc[rows["_kind"] == "curve", "seed"]) == {0}
+    assert set(dict(at.query_params)["exps"].split(",")) == set(seed0)

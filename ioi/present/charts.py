@@ -232,7 +232,7 @@ def epoch_curves(
         )
         for right in (False, True):
             side = ref.transform_filter(alt.datum["_right"] == right)
-            text = side.mark_text(align=["left", "right"][right], dx=-8 if right else 8, dy=-8, fontSize=10)
+            text = side.mark_text(align=["left", "right"][right], dx=-8 if right else 8, dy=12, fontSize=10)
             layers.append(text.encode(text="label:N"))
     if panel is None:
         return alt.layer(*layers, data=data).properties(title=_title(title), width="container", height=320)
