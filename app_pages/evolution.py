@@ -176,7 +176,10 @@ def recovery_section(s: dict) -> None:
         f"pretrained interval [{f0['lo']:.2f}, {f0['hi']:.2f}] and the top-{r['n_edges']} edges' "
         "Jaccard with "
         f"the pretrained circuit ≥ {r['jaccard_floor']:.2f}). Random edge sets of the same size and layers: "
-        f"Jaccard {base['value']:.2f} [{base['lo']:.2f}, {base['hi']:.2f}]."
+        f"Jaccard {base['value']:.2f} [{base['lo']:.2f}, {base['hi']:.2f}]. Reviving asks for the "
+        "pretrained state itself; the Findings page's edge-level verdict asks less — whether the reversal's "
+        "edge circuit is closer to the pretrained one than the toxic run's — so a reversal can move back "
+        "there without reviving here."
     )
     show_chart(
         ec.recovery_curve(
@@ -188,8 +191,9 @@ def recovery_section(s: dict) -> None:
             title=f"Logit difference, every {r['every']} steps (shaded: the pretrained interval)",
         ),
         found.tables["points"],
-        "Orange: the toxic run, from the pretrained model; green: the reversal, from the toxic model (both "
-        "re-trained deterministically, measured every few steps). Top: logit difference, with the pretrained "
+        "Orange: the toxic run, from the pretrained model; green: the reversal, from the toxic model, its "
+        "steps continuing where the toxic run ended (both re-trained deterministically, measured every few "
+        "steps). Top: logit difference, with the pretrained "
         "model's interval shaded. Bottom: overlap of the top edges with the pretrained edge circuit; the "
         "dashed line is the floor reviving needs, the grey band random edge sets of the same size.",
         "evo-recovery",

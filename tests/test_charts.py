@@ -142,7 +142,10 @@ def test_recovery_curve_draws_the_pretrained_band_the_floor_and_the_revive_step(
     top, bottom = spec["vconcat"]
     datasets = spec["datasets"].values()
     assert [{"lo": 9.0, "hi": 10.0}] in datasets and [{"lo": 0.03, "hi": 0.25}] in datasets
-    assert [{"y": 0.76}] in datasets and [{"step": 100}] in datasets
+    # the reversal starts from the toxic model: its steps (and the revive step) follow the toxic run's
+    assert [{"y": 0.76}] in datasets and [{"step": 200}] in datasets
+    reversal = [r["step"] for d in datasets for r in d if r.get("run") == "reversal"]
+    assert reversal == [100, 200]
     jaccard = [la for la in bottom["layer"] if la["encoding"].get("y", {}).get("field") == "jaccard"][0]
     assert jaccard["encoding"]["y"]["scale"]["domain"] == [0, 1]  # its own 0-1 axis, not F's
     assert len(top["layer"]) == 3 and len(bottom["layer"]) == 4

@@ -235,16 +235,20 @@ def recovery_curve(
     title: str = "",
 ) -> alt.VConcatChart:
     """Logit difference (top) and the top edges' Jaccard with the pretrained circuit (bottom, 0–1)
-    against training step, toxic run and reversal. Shaded: the pretrained F interval (top) and the
+    against training step, the reversal's steps continuing after the toxic run's (it starts from
+    the toxic model; `revive` is a reversal step). Shaded: the pretrained F interval (top) and the
     random-edge-set baseline's interval (bottom); dashed: the Jaccard floor that "revived" needs;
     a vertical rule at the step the reversal revived, if it did."""
+    toxic_end = points.loc[points["run"] == "toxic", "step"].max() if (points["run"] == "toxic").any() else 0
+    points = points.assign(step=points["step"] + (points["run"] == "reversal") * toxic_end)
+    revive = None if revive is None else revive + toxic_end
     colors = {"toxic": LINEAGE_COLORS.get("name moving", "#d62728"), "reversal": "#2ca02c"}
     color = alt.Color(
         "run:N",
         scale=alt.Scale(domain=list(colors), range=list(colors.values())),
         legend=alt.Legend(orient="top", title=None),  # above: a stretched chart pushes a side legend out
     )
-    x = alt.X("step:Q", title="training step")
+    x = alt.X("step:Q", title="training step (the reversal continues where the toxic run ended)")
     lines = alt.Chart(points).mark_line(point=True)
     j_scale = alt.Scale(domain=[0, 1])
     f_layers = [
