@@ -14,7 +14,7 @@ from app_pages._live import (
     pick_model,
     run_button,
 )
-from app_pages._store import circuit_at, clean_run
+from app_pages._store import circuit_at, clean_run, result
 from app_pages._ui import (
     circuit_caption,
     empty_state,
@@ -66,6 +66,17 @@ def classes_section():
     if circuit is None:
         empty_state("circuit at this checkpoint", "Its faithfulness analysis recorded none.")
         return None
+    found = result(exp, epoch, "faithfulness")
+    reason = found.summary.get("circuit_reason") if found is not None else ""
+    if reason and not circuit.heads:  # a corrupted model: say why, and where its story is told
+        st.info(
+            f"No circuit at this checkpoint: {reason}, so no head can be classified as doing it. The "
+            "pretrained model's circuit is at epoch 0; which of its heads carry the corruption is on "
+            "Cross-model patching (this checkpoint against the model it started from) and Knockout.",
+            icon="ℹ️",
+        )
+        st.page_link("app_pages/cmap.py", label="Cross-model patching of this run",
+                     icon=":material/compare_arrows:", query_params={"exp": exp.id, "epoch": str(epoch)})
     left, right = st.columns([3, 2])
     with left:
         st.graphviz_chart(charts.circuit_dot(circuit))

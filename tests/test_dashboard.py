@@ -712,3 +712,13 @@ def test_faithfulness_picks_runs_by_lineage_and_seed(demo_env):
     rows = next(f for f in chart_frames(at.get("vega_lite_chart")[0]) if "seed" in f)
     assert set(rows.loc[rows["_kind"] == "curve", "seed"]) == {0}
     assert set(dict(at.query_params)["exps"].split(",")) == set(seed0)
+
+
+def test_the_circuit_page_says_why_a_corrupted_model_has_no_circuit(demo_env):
+    toxic = next(e for e in _store.experiments() if e.scenario == "subject_duplication" and e.seed == 0)
+    at = app("app_pages/circuit.py", exp=toxic.id, epoch="3")
+    assert_clean(at)
+    (info,) = [i.value for i in at.info if i.value.startswith("No circuit at this checkpoint")]
+    assert "F(M) = -12.324 < 0.5 logits" in info and "Cross-model patching" in info
+    assert any(p.proto.page == "cmap" for p in at.get("page_link"))
+    assert not [i for i in app("app_pages/circuit.py").info if i.value.startswith("No circuit")]
