@@ -91,14 +91,17 @@ def cmap_gap(found, direction: str | None = None) -> float:
     return float(found.summary.get(key, float("nan")))
 
 
-def cmap_class_caption(found, a: str, b: str, direction: str | None = None) -> str:
-    """What the per-class CMAP bars of `direction` show (cmap_view's caption is the per-head one)."""
+def cmap_class_caption(found, a: str, b: str, direction: str | None = None, share: bool = False) -> str:
+    """What the per-class CMAP bars of `direction` show (cmap_view's caption is the per-head one):
+    the change in F, or with `share` its share of the gap F(source) − F(receiver)."""
     receiver, source = cmap_roles(found, a, b, direction)
+    what = ("The change in F as a share of the gap F(source) − F(receiver) (1: the class closes it alone)"
+            if share else "Change in F = logit(IO) − logit(S)")  # fmt: skip
     return (
         f"Per circuit class: the receiver ({receiver}) runs with all the heads of one class taken "
         f"together from the source ({source}); also the whole circuit, everything outside it, the "
-        "largest heads outside it one by one ('outside: L.H') and all heads. Change in F = logit(IO) − "
-        "logit(S); bars: bootstrap 95% confidence intervals over prompts."
+        f"largest heads outside it one by one ('outside: L.H') and all heads. {what}; bars: bootstrap 95% "
+        "confidence intervals over prompts."
     )
 
 
@@ -336,7 +339,8 @@ def cmap_view(found, a: str, b: str, field: str = "value", direction: str | None
             if field == "value" else
             "change in F as a share of the gap F(source) − F(receiver). Positive: the head moves the "
             "receiver towards the source (when the gap is negative, that lowers the receiver's F); 1: it "
-            "closes the whole gap alone."
+            "closes the whole gap alone. So blue here means towards the source, not towards IO as on the "
+            "logits view: with a toxic source it is the direction of the corruption."
         )
         + " No ablation; the CSV has bootstrap 95% CIs over prompts."
     )  # fmt: skip

@@ -69,10 +69,14 @@ def show_result(found, key: str, a: str, b: str, param: str | None = None) -> No
     chart, table, caption, classes = cmap_view(found, a, b, field, direction)
     show_chart(chart, table, caption, f"{key}-heads")
     if classes is not None and not classes.empty:
+        share = field == "share_of_gap" and "share_of_gap" in classes  # the bars follow the Value choice
+        bars = class_bars(classes, value="share_of_gap", low="share_ci_low", high="share_ci_high",
+                          value_title=CMAP_FIELDS[field], title="Per circuit class") if share else \
+            class_bars(classes, value_title="change in F (logits)", title="Per circuit class")  # fmt: skip
         show_chart(
-            class_bars(classes, value_title="change in F (logits)", title="Per circuit class"),
+            bars,
             classes,
-            cmap_class_caption(found, a, b, direction),
+            cmap_class_caption(found, a, b, direction, share),
             f"{key}-classes",
         )
 

@@ -14,7 +14,7 @@ from app_pages._live import (
     parse_heads,
     run_button,
 )
-from app_pages._store import circuit_at, clean_run, result
+from app_pages._store import circuit_at, clean_run, experiments, result
 from app_pages._ui import (
     empty_state,
     heads_with_labels,
@@ -43,6 +43,9 @@ def cached_section() -> None:
             "knockout results", "Run `python -m ioi precompute`, or launch an experiment with 'knockout'."
         )
         return
+    having = sum(1 for e in experiments() if e.epochs_with("knockout"))
+    cols[0].caption(f"The {having} of {len(experiments())} runs with a cached knockout (a run computes "
+                    "it when launched with 'knockout'; any model or checkpoint: the section below).")
     epochs = exp.epochs_with("knockout")
     asked = [int(e) for e in (st.query_params.get("epoch") or "").split(",") if e.isdigit()]
     # epochs this run lacks mean the URL was another run's (the experiment was just switched)
@@ -75,7 +78,8 @@ def cached_section() -> None:
             show_chart(
                 chart,
                 heads_with_labels(found.heads),
-                "Change in logit difference when each head alone is ablated at all positions.",
+                f"Change in logit difference when each head alone is {found.summary.get('ablation', 'mean')}-"
+                "ablated at all positions.",
                 f"knockout-heads-{exp.id[:8]}",
             )
 

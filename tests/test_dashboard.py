@@ -722,3 +722,15 @@ def test_the_circuit_page_says_why_a_corrupted_model_has_no_circuit(demo_env):
     assert "F(M) = -12.324 < 0.5 logits" in info and "Cross-model patching" in info
     assert any(p.proto.page == "cmap" for p in at.get("page_link"))
     assert not [i for i in app("app_pages/circuit.py").info if i.value.startswith("No circuit")]
+
+
+def test_cmap_class_bars_follow_the_value_choice(demo_env):
+    """'share of the gap' redrew only the heatmap; the per-class bars stayed in logits."""
+    toxic = next(e for e in _store.experiments() if e.scenario == "subject_duplication" and e.seed == 0)
+    at = app("app_pages/cmap.py", exp=toxic.id, epoch="3", field="share_of_gap")
+    assert_clean(at)
+    bars = chart_spec(at.get("vega_lite_chart")[1])
+    assert bars["layer"][0]["encoding"]["x"]["field"] == "share_of_gap"
+    said = " ".join(c.value for c in at.caption)
+    assert "share of the gap F(source) − F(receiver) (1: the class closes it alone)" in said
+    assert "blue here means towards the source" in said
