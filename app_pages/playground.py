@@ -23,6 +23,7 @@ from app_pages._ui import (
     show_user_errors,
     url_value,
 )
+from ioi.task.prompt import EXAMPLE
 
 st.title("Playground")
 st.write(
@@ -45,7 +46,7 @@ def prompt_inputs() -> tuple[str, str, str]:
     in the prompt unless typed."""
     examples = dataset_prompts()
     if "pg_prompt" not in st.session_state:
-        st.session_state["pg_prompt"] = url_value("prompt") or examples[0]["prompt"]
+        st.session_state["pg_prompt"] = url_value("prompt") or EXAMPLE  # the paper's example
     st.selectbox(
         "Start from an evaluation prompt",
         examples,

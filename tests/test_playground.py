@@ -111,3 +111,13 @@ def test_the_page_helpers_import_no_torch():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_playground_opens_on_the_papers_prompt_where_the_name_movers_write_io(demo_env):
+    """The first evaluation prompt, the old default, was one where name mover 1.7 pushes towards
+    S; the paper's example shows the circuit at work: every name mover with DLA > 0."""
+    from ioi.task.prompt import EXAMPLE
+
+    at = app("app_pages/playground.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_area(key="pg_prompt").value == EXAMPLE

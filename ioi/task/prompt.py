@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from ioi.task.data import NAMES, DatasetError, IOISample
 
+EXAMPLE = "When Mary and John went to the store, John gave a drink to"
+"""The IOI paper's example prompt (IO Mary, S John): the one the messages and the Playground show."""
 MAX_PROMPT_CHARS = 1_000
 """The longest prompt accepted (characters); an IOI prompt is a sentence or two."""
 _WORD = re.compile(r"[A-Za-z]+")
@@ -39,7 +41,7 @@ def find_roles(prompt: str, names: Sequence[str] = NAMES) -> tuple[str, str]:
     if not repeated:
         raise DatasetError(
             "no name is repeated in the prompt, so there is no subject S: an IOI prompt names two "
-            'people and repeats one ("When Mary and John went to the store, John gave a drink to")'
+            f'people and repeats one ("{EXAMPLE}")'
         )
     known = set(names)
     s = next((w for w in repeated if w in known), repeated[0])
@@ -47,7 +49,7 @@ def find_roles(prompt: str, names: Sequence[str] = NAMES) -> tuple[str, str]:
     if io is None:
         raise DatasetError(
             f"the prompt names only {s} (repeated): an IOI prompt also names the indirect "
-            "object once, e.g. 'When Mary and John went to the store, John gave a drink to'"
+            f"object once, e.g. '{EXAMPLE}'"
         )
     return io, s
 
