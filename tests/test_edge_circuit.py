@@ -86,7 +86,13 @@ def test_analyze_edges_cli(capsys):
         and out["n_edges_total"] == len(out["edges"]) == 110
     )
     assert -1 <= out["rank_correlation_with_exact"] <= 1
-    assert out["curve"][0]["n_edges"] == 0 and out["curve"][-1]["n_edges"] == 110
-    assert sum(e["in_circuit"] for e in out["edges"]) == out["n_edges"]
+    # a random model does not do the task: no edge circuit (a ratio over F(M) ~ 0 would pick noise)
+    assert out["n_edges"] == 0 and not out["reached"] and "does not do the task" in out["ratio_undefined"]
+    assert out["faithfulness"] is None and not any(e["in_circuit"] for e in out["edges"])
+    assert main(["analyze", "edges", "--model", "ioi-tiny", "--size", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    total = out["n_edges_total"]
+    assert out["curve"][0]["n_edges"] == 0 and out["curve"][-1]["n_edges"] == total and out["reached"]
+    assert sum(e["in_circuit"] for e in out["edges"]) == out["n_edges"] > 0
     assert main(["analyze", "edges", "--model", "random:tiny", "--option", "method=acdc"]) == 2
     assert "method is one of exact, eap, eap-ig" in capsys.readouterr().err

@@ -636,6 +636,7 @@ def test_the_shipped_demo_cache_carries_no_machine_paths():
 # --- 12-13. the command line: one `error:` line, exit 2, for every user mistake -----------------
 
 LONG = "When Mary and John went to the store, " * 20 + "John gave a drink to"
+WHEN = "When Mary and John went to the store, "
 
 
 def _jsonl(folder: Path, *rows) -> str:
@@ -752,6 +753,28 @@ CASES = {
     "a name that is a number": (
         lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary", "s": 3})],
         "d.jsonl:1: field(s) s have the wrong type",  # not "missing"
+    ),
+    "a prompt that ends with the name": (
+        lambda d: [*EVAL[:3], "--dataset", _jsonl(d, {"prompt": "Mary and John. John gave it to Mary",
+                                                      "io": "Mary", "s": "John"})],
+        "ends with the name Mary: end it with the word before the name",
+    ),
+    "a name written with its space": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": " Mary",
+                                                  "s": "John"})],
+        "d.jsonl:1: field(s) io have spaces around the name",  # not "not in the vocabulary"
+    ),
+    # the ABC prompt of a templated line is re-rendered from its template: an edited prompt with the
+    # template left in would be compared with another prompt's counterfactual
+    "a template that does not write the prompt": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": WHEN + "John gave a drink to", "io": "Mary",
+                                                  "s": "John", "template": 0})],
+        "d.jsonl:1: template 0 with this line's names, order, place and object writes",
+    ),
+    "a template that does not exist": (
+        lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "x", "io": "Mary", "s": "John",
+                                                  "template": 99})],
+        "d.jsonl:1: template 99 does not exist",  # was an IndexError traceback
     ),
     "no S": (
         lambda d: [*EVAL, "--dataset", _jsonl(d, {"prompt": "Mary and John. John to", "io": "Mary"})],

@@ -269,3 +269,54 @@ def test_submitting_a_run_the_demo_ships_is_answered_from_the_demo(tmp_path, cap
     (job,) = jobs.list_jobs(cache)
     assert job.status == "done" and "already cached in the demo cache" in job.log
     assert not list(cache.glob("experiments/*/experiment.json"))  # no stub hiding the demo's copy
+
+
+def test_a_comparison_run_on_a_demo_experiment_does_not_hide_the_demos_results(tmp_path, capsys):
+    """`compare --experiment` on a demo run computes the comparison in the user's cache: that copy
+    holds the comparison (and metrics) at two epochs, the demo's every analysis; the demo's is
+    the one listed and shown (the most cached entries, not the most epochs)."""
+    from ioi.runs import cache as store
+    from ioi.runs.catalog import find_experiment
+
+    user = tmp_path / "cache"
+    record = json.loads((store.demo_root() / "experiments" / DEMO_REVERSAL / "experiment.json").read_text())
+    store.register_experiment(user, DEMO_REVERSAL, record)
+    for epoch, name in ((0, "metrics"), (3, "metrics"), (3, "compare")):
+        store.write_entry(user, DEMO_REVERSAL, epoch, name, {"logit_diff": 1.0})
+    assert find_experiment(DEMO_REVERSAL, user) == store.demo_root()
+    assert main(["experiments", DEMO_REVERSAL, "--cache", str(user), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["cache"] == str(store.demo_root()) and "dla" in shown["epochs"][-1]["analyses"]
+
+
+def test_a_job_is_named_by_the_start_of_its_id_and_an_experiment_id_is_answered(tmp_path, capsys,
+                                                                                monkeypatch):
+    from ioi.runs import jobs
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(jobs, "_launch", lambda root, job_id: None)
+    tiny = ["--model", "random:tiny", "--epochs", "1", "--train-size", "8", "--eval-size", "8",
+            "--analysis-size", "8"]
+    assert main(["jobs", "submit", "--cache", str(cache), *tiny]) == 0
+    job = capsys.readouterr().out.strip()
+    assert main(["jobs", "show", job[:6], "--cache", str(cache)]) == 0
+    assert capsys.readouterr().out.startswith(job)
+    err = one_line(capsys, 2, ["jobs", "show", DEMO_TOXIC[:8], "--cache", str(cache)])
+    assert err == (f"error: {DEMO_TOXIC[:8]} is an experiment, not a job: `ioi experiments {DEMO_TOXIC}` "
+                   "shows it")
+    err = one_line(capsys, 2, ["experiments", DEMO_TOXIC[:7], "--cache", str(cache)])
+    assert "too short for an id: give at least its first 8 characters" in err
+    assert main(["jobs", "cancel", job[:6], "--cache", str(cache)]) == 0
+    assert "cancel requested" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--scenario", "reversal"], "a reversal starts from a toxic run: give its id as --parent"),
+        (["--parent", DEMO_TOXIC], "--parent is for --scenario reversal; a clean run starts from the"),
+    ],
+)
+def test_a_reversal_without_a_parent_or_a_parent_without_a_reversal_says_what_to_give(args, says, tmp_path,
+                                                                                     capsys):
+    assert says in one_line(capsys, 2, ["jobs", "submit", "--cache", str(tmp_path), *args])

@@ -119,6 +119,10 @@ def run_compare(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         for row in result.tables["overlap"].itertuples():
+            if row.n_edges == 0:  # the model does not do the task (F(M) ~ 0): nothing to overlap
+                print(f"{row.checkpoint:>24}:    0 edges, edge Jaccard undefined (no circuit: F(M) "
+                      f"{row.f_model:.2f}, the model does not do the task)")  # fmt: skip
+                continue
             print(
                 f"{row.checkpoint:>24}: {row.n_edges:4d} edges, edge Jaccard {row.edge_jaccard:.2f} "
                 f"[{row.edge_jaccard_lo:.2f}, {row.edge_jaccard_hi:.2f}], "

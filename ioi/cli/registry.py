@@ -79,6 +79,11 @@ def locate_experiment(exp_id: str, cache: Path | None) -> tuple[Path, str]:
     raise UsageError(f"no experiment {exp_id} in {cache_root(cache)} or the demo cache{hint}")
 
 
+def plural(n: int, word: str) -> str:
+    """'1 prompt', '3 prompts': a count as output writes it."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def logit_diff_text(metrics: dict) -> str:
     """"12.27 ± 0.13" from task metrics (JSON), without the ± where the standard error is undefined."""
     se = metrics.get("logit_diff_se")
@@ -161,7 +166,7 @@ def load_samples(args: argparse.Namespace, split: str = "eval"):
     if getattr(args, "dataset", None):
         samples = read_jsonl(args.dataset)
         if args.size is not None and args.size > len(samples):
-            raise UsageError(f"--size {args.size}, but {args.dataset} has {len(samples)} prompts")
+            raise UsageError(f"--size {args.size}, but {args.dataset} has {plural(len(samples), 'prompt')}")
         return samples if args.size is None else samples[: args.size]
     return make_dataset(args.default_size if args.size is None else args.size, args.seed, split)
 

@@ -164,6 +164,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         for job in [] if args.json else listed:
             print(_job_line(job))
         return 0
+    args.id = _job_id(args.id, root)
     if args.action == "show":
         job = jobs.get_job(args.id, root)
         if args.json:
@@ -172,8 +173,8 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(_job_line(job))
         print(json.dumps(job.config))
         print(f"results: {results_dir(job, root)}")
-        if job.error:
-            print(f"error: {job.error}")
+        if job.error:  # a cancelled or interrupted job says so; only a failure is an error
+            print(f"{'error' if job.status == 'failed' else job.status}: {job.error}")
         print(job.log)
         print(f"(process output: {cache_root(root) / 'jobs' / f'{job.id}.log'})")
         return 0
@@ -182,6 +183,9 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(_job_line(job))
         if job.status in ("done", "failed", "cancelled"):
             print(f"job {job.id} had already ended ({job.status}): nothing to cancel", file=sys.stderr)
+        elif job.status in ("queued", "running"):
+            print(f"cancel requested: job {job.id} stops at its next training step (`ioi jobs show "
+                  f"{job.id}` follows it)", file=sys.stderr)  # fmt: skip
         return 0
     job = jobs.resume(args.id, root)
     print(_job_line(job))
@@ -189,6 +193,30 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(f"job {job.id} is done: nothing to resume", file=sys.stderr)
         return 0
     return _wait_with_bar(job.id, root) if args.wait else 0
+
+
+def _job_id(typed: str, root: Path | None) -> str:
+    """The job `typed` names: its id, or the one job whose id starts with it; a UsageError saying
+    so when it names several jobs, or an experiment rather than a job."""
+    from ioi.runs import jobs
+    from ioi.runs.cache import check_id
+    from ioi.runs.catalog import complete_id, find_experiment
+
+    ids = [j.id for j in jobs.list_jobs(root)]
+    if typed in ids:
+        return typed
+    starting = [i for i in ids if i.startswith(typed)]
+    if len(starting) == 1:
+        return starting[0]
+    if len(starting) > 1:
+        raise UsageError(f"{typed} starts {len(starting)} job ids ({', '.join(starting)}): give more of it")
+    try:
+        exp_id = complete_id(check_id(typed), root)
+    except ValueError:
+        exp_id = None
+    if exp_id and find_experiment(exp_id, root) is not None:
+        raise UsageError(f"{typed} is an experiment, not a job: `ioi experiments {exp_id}` shows it")
+    return typed
 
 
 def _n_jobs(args: argparse.Namespace, default: int | None) -> int | None:

@@ -22,7 +22,7 @@ from ioi.methods.edge_attribution import edge_attribution, rank_correlation
 from ioi.methods.edge_sets import edge_set_logit_diffs
 from ioi.methods.edges import EdgeRuns, edge_graph, edge_runs, exact_edge_scores
 from ioi.methods.patching import prepare
-from ioi.methods.stats import Estimate, ratio_estimate
+from ioi.methods.stats import Estimate, ratio_defined, ratio_estimate
 from ioi.models.load import LoadedModel
 from ioi.task.data import IOIBatch
 from ioi.task.types import EdgeValues
@@ -75,12 +75,16 @@ def greedy_edge_circuit(
     seed: int = 0,
 ) -> EdgeCircuit:
     """The smallest prefix of the edges ranked by |`scores`| whose faithfulness reaches `target`
-    (see the module docstring); the whole graph when none does (reached False)."""
+    (see the module docstring); the whole graph when none does (reached False). No edge on a model
+    that does not do the task (F(M) not a usable denominator, `ratio_defined`): a ratio over ~0
+    would pick edges by noise. Its faithfulness is then undefined, with the reason."""
     runs = runs or edge_runs(model, clean, abc)
     graph = edge_graph(model)
     n = len(graph.edges)
     order = scores.abs().argsort(descending=True, stable=True)
     f_m = runs.acts.ld_clean
+    if reason := ratio_defined(f_m.double().cpu(), seed=seed):
+        return EdgeCircuit((), target, Estimate.undefined(reason, f"prompts (n={f_m.numel()})"), False, {})
     grid = sorted({0, n, *(round(x) for x in torch.logspace(0, math.log10(n), points).tolist())})
     per_prompt = dict(zip(grid, _faithfulness_of(model, clean, runs, order, grid), strict=True))
     mean_m = f_m.double().mean().item()

@@ -20,6 +20,7 @@ of the reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -119,14 +120,14 @@ def profile_checkpoint(
 
 
 def jaccard(a: set | frozenset, b: set | frozenset) -> float:
-    """|a ∩ b| / |a ∪ b|; 1 for two empty sets."""
-    return len(a & b) / len(a | b) if a | b else 1.0
+    """|a ∩ b| / |a ∪ b|; NaN for two empty sets (two models without a circuit do not share one)."""
+    return len(a & b) / len(a | b) if a | b else math.nan
 
 
 def _rows_jaccard(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise Jaccard of two [rows, items] bool masks."""
+    """Row-wise Jaccard of two [rows, items] bool masks (NaN where both rows are empty)."""
     inter, union = (a & b).sum(-1).double(), (a | b).sum(-1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, math.nan))
 
 
 def _head_incidence(graph: EdgeGraph, n_layers: int, n_heads: int) -> Tensor:

@@ -28,12 +28,14 @@ def _overlap_table(overlap: pd.DataFrame) -> list[str]:
     ]
     for r in overlap.to_dict("records"):
         stable = "stable" if r["stable"] else "not stable"
+        stability = (f"{r['stability']:.2f} (5th pct. {r['stability_p05']:.2f}; {stable})" if r["n_edges"]
+                     else "undefined (no circuit: the model does not do the task)")  # fmt: skip
         lines.append(
             f"| {r['checkpoint']} | {_ci(r['f_model'], r['f_model_lo'], r['f_model_hi'])} | {r['n_edges']} "
             f"| {_ci(r['edge_jaccard'], r['edge_jaccard_lo'], r['edge_jaccard_hi'])} "
             f"| {_ci(r['node_jaccard'], r['node_jaccard_lo'], r['node_jaccard_hi'])} "
             f"| {_ci(r['faithfulness'], r['faithfulness_lo'], r['faithfulness_hi'])} "
-            f"| {r['stability']:.2f} (5th pct. {r['stability_p05']:.2f}; {stable}) |"
+            f"| {stability} |"
         )
     return lines
 

@@ -119,6 +119,8 @@ def _index(root: str | Path | None, sql: str, params: tuple) -> None:
 def check_id(exp_id: str) -> str:
     """`exp_id` if it is a hex experiment id; ValueError otherwise (paths come only from hashes)."""
     if not isinstance(exp_id, str) or not _ID.fullmatch(exp_id):
+        if isinstance(exp_id, str) and re.fullmatch(r"[0-9a-f]{1,7}", exp_id):
+            raise ValueError(f"{exp_id!r} is too short for an id: give at least its first 8 characters")
         raise ValueError(f"{exp_id!r} is not an experiment id (hex digits, as `ioi experiments` lists them)")
     return exp_id
 

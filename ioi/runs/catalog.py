@@ -81,10 +81,14 @@ def search_roots(root: str | Path | None = None) -> list[Path]:
 
 def find_experiment(exp_id: str, root: str | Path | None = None) -> Path | None:
     """The cache holding experiment `exp_id` (of `search_roots`): the one with the most cached
-    epochs, the user's on a tie (a reversal's parent copied from the demo holds only weights, so
-    the demo's results stay in view); None if none knows it."""
+    entries, the user's on a tie (a demo run's parent copy holds only weights, a comparison run on
+    it only that entry, so the demo's results stay in view); None if none knows it."""
     found = [base for base in search_roots(root) if read_experiment(base, exp_id) is not None]
-    return max(found, key=lambda base: len(cached_epochs(base, exp_id)), default=None)
+    return max(found, key=lambda base: _entries(cached_epochs(base, exp_id)), default=None)
+
+
+def _entries(epochs: dict[int, list[str]]) -> int:
+    return sum(len(names) for names in epochs.values())
 
 
 def complete_id(prefix: str, root: str | Path | None = None) -> str:
@@ -103,12 +107,12 @@ def complete_id(prefix: str, root: str | Path | None = None) -> str:
 
 def best_copies(found: Sequence[tuple[Path, ExperimentInfo]]) -> list[tuple[Path, ExperimentInfo]]:
     """One (cache, experiment) per id, as `find_experiment` chooses: the copy with the most cached
-    epochs, the first given on a tie; in the order given. The id hashes the configuration, so two
+    entries, the first given on a tie; in the order given. The id hashes the configuration, so two
     copies are the same run."""
     best: dict[str, tuple[Path, ExperimentInfo]] = {}
     for pair in found:
         info = pair[1]
-        if info.id not in best or len(info.epochs) > len(best[info.id][1].epochs):
+        if info.id not in best or _entries(info.epochs) > _entries(best[info.id][1].epochs):
             best[info.id] = pair
     kept = {id(pair) for pair in best.values()}
     return [pair for pair in found if id(pair) in kept]

@@ -84,8 +84,12 @@ class ExperimentConfig:
 
         if self.scenario not in SCENARIOS:
             raise ExperimentError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
-        if (self.scenario == "reversal") != (self.parent is not None):
-            raise ExperimentError("a reversal experiment, and only it, names its toxic parent experiment id")
+        if self.scenario == "reversal" and self.parent is None:
+            raise ExperimentError("a reversal starts from a toxic run: give its id as --parent "
+                                  "(`ioi experiments` lists them)")  # fmt: skip
+        if self.scenario != "reversal" and self.parent is not None:
+            raise ExperimentError(f"--parent is for --scenario reversal; a {self.scenario} run starts "
+                                  "from the pretrained model")  # fmt: skip
         if self.parent is not None:
             try:
                 check_id(self.parent)

@@ -315,9 +315,33 @@ def _sample(line: str, where: str) -> IOISample:
     if "template" in row and (isinstance(row["template"], bool) or not isinstance(row["template"], int)):
         wrong.append("template")
     if wrong:
-        raise DatasetError(f"{where}: field(s) {', '.join(wrong)} have the wrong type (template is a "
-                           "whole number, the others are strings)")  # fmt: skip
-    return IOISample(**{"label": row["io"], "s2": row["s"]} | row)
+        kinds = "a whole number" if wrong == ["template"] else "strings" if "template" not in wrong else \
+            "strings, template a whole number"  # fmt: skip
+        raise DatasetError(f"{where}: field(s) {', '.join(wrong)} have the wrong type (they are {kinds})")
+    if spaced := [k for k in ("io", "s", "label", "s2") if k in row and row[k] != row[k].strip()]:
+        raise DatasetError(f"{where}: field(s) {', '.join(spaced)} have spaces around the name; write the "
+                           "name alone (the model reads it after a space)")  # fmt: skip
+    x = IOISample(**{"label": row["io"], "s2": row["s"]} | row)
+    _check_template(x, where)
+    return x
+
+
+def _check_template(x: IOISample, where: str) -> None:
+    """DatasetError unless a sample's `template` (-1: none) writes its prompt: the ABC prompt of a
+    templated sample is re-rendered from the template, so an edited prompt would get another's."""
+    if x.template == -1:
+        return
+    if not 0 <= x.template < len(TEMPLATES):
+        raise DatasetError(f"{where}: template {x.template} does not exist (0–{len(TEMPLATES) - 1}, or -1 "
+                           "for none)")  # fmt: skip
+    try:
+        written = render(x.template, x.order, x.io, x.s, x.s2, x.place, x.obj).prompt
+    except (ValueError, KeyError):
+        written = None
+    if written != x.prompt:
+        raise DatasetError(f"{where}: template {x.template} with this line's names, order, place and object "
+                           f"writes {written!r}, not its prompt; drop the template field (the ABC prompt is "
+                           "then made from the prompt's own words)")  # fmt: skip
 
 
 # --- tokenization -----------------------------------------------------------------------------
@@ -430,6 +454,10 @@ def check_roles(x: IOISample) -> None:
         raise DatasetError(f"prompt {x.prompt!r}: IO and S are both {x.io!r}; give two different names")
     if x.prompt != x.prompt.rstrip():
         raise DatasetError(f"prompt {x.prompt!r} ends with whitespace: end it with the word before the name")
+    last = re.findall(r"\w+", x.prompt)[-1:]
+    if last and last[0] in {x.io, x.s, x.label}:
+        raise DatasetError(f"prompt {x.prompt!r} ends with the name {last[0]}: end it with the word before "
+                           "the name, which the model is to predict")  # fmt: skip
 
 
 def tokenize(
