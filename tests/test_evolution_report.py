@@ -47,3 +47,26 @@ def test_revival_tally_counts_the_seeds_that_revived():
     assert revival_tally("duplication", [None], [False]).endswith(
         "on 0 of 1 seed; the reversal revived within the run on 0."
     )
+
+
+def test_a_throwaway_run_with_other_sizes_is_not_read_as_another_seed(tmp_path):
+    """`reproduce --from-cache` on a user's cache once reported seeds -1, 0 and 7: quick runs with
+    16 training prompts beside the study's. A study is the runs of one design."""
+    from ioi.present.findings import find_studies
+    from ioi.runs import cache
+
+    def run(exp_id: str, seed: int, train_size: int, scenario: str = "clean", **more) -> None:
+        config = {"model": "ioi-tiny", "scenario": scenario, "epochs": 1, "seed": seed,
+                  "train_size": train_size, "eval_size": 8, "analysis_size": 8, "lr": 1e-4,
+                  "weight_decay": 0.1, "batch_size": 8} | more
+        cache.register_experiment(tmp_path, exp_id, {"config": config})
+        cache.write_entry(tmp_path, exp_id, 1, "metrics", {"logit_diff": 1.0})
+
+    run("a000000000000001", 0, 100)
+    run("a000000000000002", 1, 100)
+    run("a000000000000003", 0, 100, "name_moving")
+    run("a000000000000004", 7, 16)  # a quick run of another design
+    run("a000000000000005", 0, 16, "subject_duplication")
+    studies = find_studies(tmp_path, "ioi-tiny")
+    assert [s.seed for s in studies] == [0, 1]
+    assert list(studies[0].toxic) == ["name_moving"]  # not the other design's subject duplication

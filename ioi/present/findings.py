@@ -61,13 +61,25 @@ class SeedStudy:
         return max(self.clean.epochs)
 
 
+STUDY_DESIGN = ("train_size", "eval_size", "analysis_size", "lr", "weight_decay", "batch_size")
+"""The settings the seeds of one study share: runs with other values are other studies."""
+
+
 def find_studies(root: str | Path, model: str) -> list[SeedStudy]:
-    """Every seed's study of `model` in the cache at `root`, by seed, from the finished runs; the
-    clean run of a seed is its longest one. A seed without a clean run is left out."""
+    """Every seed's study of `model` in the cache at `root`, by seed, from the finished runs of one
+    design (`STUDY_DESIGN`: the one whose clean runs cover the most seeds, then the most runs), so
+    a throwaway run with other sizes is not read as another seed; the clean run of a seed is its
+    longest one. A seed without a clean run is left out."""
     # only finished runs: a run still training has early epochs cached but not its last one
     exps = [
         e for e in list_experiments(root) if e.config.get("model") == model and e.config["epochs"] in e.epochs
     ]
+    design = lambda e: tuple(e.config.get(k) for k in STUDY_DESIGN)  # noqa: E731
+    cleans = [e for e in exps if e.config["scenario"] == "clean"]
+    seeds = {d: len({e.config.get("seed", 0) for e in cleans if design(e) == d}) for d in map(design, cleans)}
+    designs = set(seeds)
+    chosen = max(designs, key=lambda d: (seeds[d], sum(design(e) == d for e in exps)), default=None)
+    exps = [e for e in exps if design(e) == chosen]
     by_id = {e.id: e for e in exps}
     out = []
     for seed in sorted({e.config.get("seed", 0) for e in exps}):
