@@ -267,3 +267,13 @@ def test_experiments_lists_a_cache_and_the_demo_and_shows_each_epochs_metrics(ca
 def cli_json_text(capsys, *args: str) -> str:
     assert main(list(args)) == 0
     return capsys.readouterr().out
+
+
+def test_one_prompt_has_no_interval(capsys):
+    """A bootstrap of one prompt repeats it: its interval was [x, x], as if certain."""
+    assert main(["analyze", "faithfulness", "--model", "ioi-tiny", "--size", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["faithfulness"] > 0 and out["faithfulness_lo"] is None and out["faithfulness_hi"] is None
+    assert main(["analyze", "faithfulness", "--model", "ioi-tiny", "--size", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["faithfulness_lo"] < out["faithfulness_hi"]

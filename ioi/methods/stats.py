@@ -62,9 +62,11 @@ def resample_indices(n: int, *, n_boot: int = N_BOOT, seed: int = 0) -> torch.Te
 
 def bootstrap_means(values: torch.Tensor, *, n_boot: int = N_BOOT, seed: int = 0) -> torch.Tensor:
     """[n_boot, ...] means over the last (prompt) axis of `values` [..., batch]; the same
-    resample (same `seed`, same batch size) for every leading entry and every call."""
+    resample (same `seed`, same batch size) for every leading entry and every call. NaN from one
+    prompt: it has no spread to resample, and a zero-width interval would claim certainty."""
     idx = resample_indices(values.shape[-1], n_boot=n_boot, seed=seed)
-    return values.cpu().double()[..., idx].mean(-1).movedim(-1, 0)
+    means = values.cpu().double()[..., idx].mean(-1).movedim(-1, 0)
+    return means if values.shape[-1] > 1 else torch.full_like(means, math.nan)
 
 
 def interval(samples: torch.Tensor, level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
