@@ -277,3 +277,9 @@ def test_one_prompt_has_no_interval(capsys):
     assert main(["analyze", "faithfulness", "--model", "ioi-tiny", "--size", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["faithfulness_lo"] < out["faithfulness_hi"]
+
+
+def test_an_empty_table_is_said_in_words_not_as_a_pandas_dump(capsys):
+    assert main(["analyze", "faithfulness", "--model", "random:tiny", "--size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Empty DataFrame" not in out and "No rows: the model does not do the task: F(M) = " in out

@@ -477,3 +477,19 @@ def test_compare_given_a_job_id_names_its_experiment(capsys, tmp_path):
     experiment = jobs.get_job(job, tmp_path).experiment
     err = one_line(capsys, 2, ["compare", "--experiment", job, "--cache", str(tmp_path)])
     assert err.endswith(f"; {job} is a job: its experiment is {experiment}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["precompute", "--out", "pc", "--budget", "-1"],
+        ["precompute", "--out", "pc", "--clean-epochs", "0"],
+        ["precompute", "--out", "pc", "--toxic-epochs", "0"],
+        ["reproduce", "--model", "random:tiny", "--clean-epochs", "0"],
+    ],
+)
+def test_a_study_of_no_epochs_or_no_time_is_refused_before_it_starts(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = one_line(capsys, 2, args)
+    assert "must be at least 1" in err or "give a positive number" in err
+    assert not (tmp_path / "pc").exists()

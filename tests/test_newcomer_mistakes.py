@@ -320,3 +320,18 @@ def test_a_job_is_named_by_the_start_of_its_id_and_an_experiment_id_is_answered(
 def test_a_reversal_without_a_parent_or_a_parent_without_a_reversal_says_what_to_give(args, says, tmp_path,
                                                                                      capsys):
     assert says in one_line(capsys, 2, ["jobs", "submit", "--cache", str(tmp_path), *args])
+
+
+def test_wrong_paths_are_said_in_words(tmp_path, capsys):
+    """A mistyped --cache hid the user's results silently; a missing --from or --circuit, or a
+    folder as --out, gave an OS error's words or a misleading one."""
+    assert main(["experiments", "--cache", str(tmp_path / "typo")]) == 0
+    assert f"warning: cache {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+    err = one_line(capsys, 2, ["finetune", "--model", "random:tiny", "--scenario", "reversal", "--from",
+                               str(tmp_path / "nope"), "--out", str(tmp_path / "ft")])  # fmt: skip
+    assert "does not exist (give a checkpoint directory" in err
+    err = one_line(capsys, 2, ["analyze", "knockout", "--model", "random:tiny", "--circuit",
+                               str(tmp_path / "c.json")])  # fmt: skip
+    assert err.startswith(f"error: --circuit {tmp_path / 'c.json'}: No such file")
+    err = one_line(capsys, 2, ["dataset", "--out", str(tmp_path)])
+    assert "is a directory; give a file name" in err

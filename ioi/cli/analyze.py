@@ -99,6 +99,8 @@ def _circuit_file(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"--circuit {path} is not a JSON file ({err})") from None
+    except OSError as err:
+        raise ValueError(f"--circuit {path}: {err.strerror or err}") from None
     try:
         Circuit.from_json(data)
     except ValueError as err:
@@ -172,6 +174,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         heads = result.heads
         top = heads.reindex(heads["value"].abs().sort_values(ascending=False).index).head(SHOWN)
         print(f"\n{ANALYSES[args.method].description}.")
+        if heads.empty:
+            why = out.get("circuit_reason") or out.get("ratio_undefined") or "the analysis found none"
+            print(f"No rows: {why}")
+            return 0
         if len(heads) > SHOWN:
             print(f"The {SHOWN} of {len(heads)} rows with the largest |value| (all: --json or --out):")
         print(top.to_string(index=False, na_rep="-"))  # '-': undefined (a share of a ~0 gap), or no class

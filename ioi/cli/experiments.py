@@ -54,6 +54,9 @@ def run_experiments(args: argparse.Namespace) -> int:
 
     if args.id is not None:
         return _show(args)
+    if args.cache is not None and not cache_root(args.cache).is_dir():  # a mistyped path hides your runs
+        print(f"warning: cache {cache_root(args.cache)} does not exist: only the demo's experiments are "
+              "listed", file=sys.stderr)  # fmt: skip
     roots = [r for r in search_roots(args.cache) if r.is_dir()]
     listed = best_copies([(root, info) for root in roots for info in list_experiments(root)])
     if args.json:

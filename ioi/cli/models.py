@@ -47,6 +47,10 @@ def run_dataset(args: argparse.Namespace) -> int:
     from ioi.task.corruptions import corrupt
     from ioi.task.data import make_dataset, tokenize, write_jsonl
 
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory; give a file name for the JSONL")
+    if not args.out.absolute().parent.is_dir():
+        raise UsageError(f"--out {args.out}: folder {args.out.absolute().parent} does not exist")
     samples = make_dataset(args.size, args.seed, args.split)
     if args.corruption:
         samples = corrupt(samples, args.corruption, args.seed)

@@ -273,8 +273,16 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _study_shape(args: argparse.Namespace) -> dict:
+    """The study's shape as `demo_stages` takes it; a UsageError for an epoch count or budget below
+    1 (said before anything runs)."""
     from ioi.models.checks import parse_seeds
 
+    for flag in ("clean_epochs", "toxic_epochs", "other_seeds_clean_epochs"):
+        if (n := getattr(args, flag, None)) is not None and n < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {n}")
+    if getattr(args, "budget", 1) <= 0:
+        raise UsageError(f"--budget is minutes the clean run may take: give a positive number, got "
+                         f"{args.budget}")
     return {"seeds": parse_seeds(args.seeds), "toxic_epochs": args.toxic_epochs,
             "other_seeds_clean_epochs": args.other_seeds_clean_epochs}  # fmt: skip
 
@@ -307,12 +315,13 @@ def run_precompute(args: argparse.Namespace) -> int:
     )
     from ioi.runs.sweep import run_sweep
 
+    shape = _study_shape(args)
     if args.clean_epochs is None and not args.quick:
         seconds = epoch_seconds(args.model)
         args.clean_epochs = clean_epochs_within(args.budget * 60, seconds)
         print(f"a clean epoch takes ~{seconds:.0f} s here: {args.clean_epochs} epochs", file=sys.stderr)
     stages = demo_stages(args.model, quick=args.quick, clean_epochs=args.clean_epochs or 100,
-                         lr=learning_rate(args), **_study_shape(args))  # fmt: skip
+                         lr=learning_rate(args), **shape)  # fmt: skip
     os.environ["IOI_DEMO_WRITE"] = "1"  # the one writer of the read-only demo cache (its workers inherit it)
     summaries = run_sweep(stages, args.out or DEMO_ROOT, n_jobs=_n_jobs(args, max_jobs()), verbose=5)
     add_start_knockouts(args.out or DEMO_ROOT, log=lambda m: print(m, file=sys.stderr))

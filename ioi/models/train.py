@@ -67,6 +67,9 @@ class TrainConfig:
             raise TrainingError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
         if self.scenario == "reversal" and not self.init_from:
             raise TrainingError("the reversal scenario needs --from DIR, a toxic checkpoint to retrain")
+        if self.init_from and not Path(self.init_from).is_dir():
+            raise TrainingError(f"--from {self.init_from} does not exist (give a checkpoint directory, "
+                                "e.g. runs/toxic/epoch-005)")  # fmt: skip
         if self.init_from and read_manifest(self.init_from) is None:
             raise TrainingError(f"{self.init_from} is not a checkpoint written by ioi (no manifest.json)")
         if self.epochs < 1:
