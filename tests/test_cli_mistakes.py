@@ -210,6 +210,7 @@ WHEN = "When Mary and John went to the store, "
         ({"prompt": WHEN + "John gave a drink to", "io": "Mary", "s": "Mary"}, "IO and S are both 'Mary'"),
         ({"prompt": WHEN + "John gave a drink to ", "io": "Mary", "s": "John"}, "ends with whitespace"),
         ({"prompt": WHEN + "he gave a drink to", "io": "Mary", "s": "John"}, "must name 'John' again"),
+        ({"prompt": WHEN + "John gave a drink to", "io": "John", "s": "Mary"}, "IO and S look swapped"),
         (
             {"prompt": "When John and Mary went out, Mary", "io": "Mary", "s": "John"},
             "ends with the name Mary",  # (and never repeats John) the name to predict is not in a prompt

@@ -63,4 +63,5 @@ def test_a_lineage_with_a_reversal_comes_with_its_recovery_dynamics(tmp_path, ca
     assert main([*args, "--no-recovery"]) == 0 and len(asked) == 1
     monkeypatch.undo()
     assert main(args[:-1]) == 0  # the text output says how the recovery went
-    assert "recovery: every 100 steps; the reversal ends at step 500" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "recovery: every 100 steps; at the reversal's last measurement (step 500) F is" in said

@@ -135,8 +135,9 @@ def run_compare(args: argparse.Namespace) -> int:
             f0, revive = d["pretrained_logit_diff"], d["steps_to_revive"]
             outcome = f"revived at step {revive}" if revive is not None else "not revived within the run"
             print(
-                f"{'recovery':>24}: every {d['every']} steps; the reversal ends at step {int(end['step'])} "
-                f"with F {end['logit_diff']:.2f} (pretrained [{f0['lo']:.2f}, {f0['hi']:.2f}]) and top-edge "
-                f"Jaccard {end['jaccard']:.2f} (floor {d['jaccard_floor']:.2f}); {outcome}"
+                f"{'recovery':>24}: every {d['every']} steps; at the reversal's last measurement (step "
+                f"{int(end['step'])}) F is {end['logit_diff']:.2f} (pretrained [{f0['lo']:.2f}, "
+                f"{f0['hi']:.2f}]) and top-edge Jaccard {end['jaccard']:.2f} (floor "
+                f"{d['jaccard_floor']:.2f}); {outcome}"
             )
     return 0

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from ioi.cli.registry import command, locate_experiment, logit_diff_text, run_id
+from ioi.cli.registry import command, locate_experiment, logit_diff_text, plural, run_id
 
 
 def _experiments_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,8 @@ def run_experiments(args: argparse.Namespace) -> int:
         if not here:
             print(f"no experiments in {root}\n")
             continue
-        print(f"{root}{' (the demo, read-only)' if is_demo(root) else ''}: {len(here)} experiments")
+        demo = " (the demo, read-only)" if is_demo(root) else ""
+        print(f"{root}{demo}: {plural(len(here), 'experiment')}")
         for info in here:
             cached = ",".join(str(e) for e in sorted(info.epochs)) or "-"
             print(f"  {info.id}  {info.status:<9} {_what(info.config):<44} cached epochs {cached}")

@@ -257,7 +257,9 @@ def check_parent(cfg: ExperimentConfig, record: dict[str, Any]) -> ExperimentCon
     the parent is not a toxic run of the same model (said at submit, not when the job runs)."""
     parent = ExperimentConfig.from_json(record["config"])
     if parent.scenario not in CORRUPTIONS:
-        raise ExperimentError(f"a reversal starts from a toxic experiment; {cfg.parent} is {parent.scenario}")
+        raise ExperimentError(
+            f"a reversal starts from a toxic experiment; {cfg.parent} is a {parent.scenario} run"
+        )
     if parent.model != cfg.model:
         raise ExperimentError(
             f"parent {cfg.parent} fine-tuned {parent.model}, not {cfg.model}: use --model {parent.model}"

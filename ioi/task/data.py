@@ -505,9 +505,13 @@ def tokenize(
             io_pos, s1_pos = toks.index(io_t), toks.index(s_t)
             s2_pos = len(toks) - 1 - toks[::-1].index(s2_t) if s2_t in toks else -1
             if s2_pos <= max(io_pos, s1_pos):  # else S2's heads and positions would read another token
+                said = re.findall(r"\w+", x.prompt)
+                swapped = said.count(x.io) > 1 and said.count(x.s) == 1
+                swap = (f": it names {x.io} {said.count(x.io)} times and {x.s} once, so IO and S look "
+                        "swapped (IO is the name said once)" if swapped else
+                        ", as in 'When Mary and John went to the store, John gave a drink to'")  # fmt: skip
                 raise DatasetError(
-                    f"prompt {x.prompt!r} must name {x.s2!r} again after IO and S1 (the S2 position), "
-                    "as in 'When Mary and John went to the store, John gave a drink to'"
+                    f"prompt {x.prompt!r} must name {x.s2!r} again after IO and S1 (the S2 position){swap}"
                 )
             cols["end"].append(len(toks) - 1)
             cols["io_pos"].append(io_pos)
