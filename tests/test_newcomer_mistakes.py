@@ -335,3 +335,12 @@ def test_wrong_paths_are_said_in_words(tmp_path, capsys):
     assert err.startswith(f"error: --circuit {tmp_path / 'c.json'}: No such file")
     err = one_line(capsys, 2, ["dataset", "--out", str(tmp_path)])
     assert "is a directory; give a file name" in err
+
+
+@pytest.mark.parametrize(
+    ("value", "says"), [("-1", "at least 0.01"), ("nan", "at least 0.01"), ("1.5", "at most 1")]
+)
+def test_an_edge_circuit_target_outside_0_1_is_refused(value, says, capsys):
+    err = one_line(capsys, 2, ["analyze", "edges", "--model", "random:tiny", "--option",
+                               f"faithfulness={value}"])  # fmt: skip
+    assert f"option faithfulness is {says}" in err

@@ -84,6 +84,8 @@ class Option:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     """The smallest value a number option takes (a count of 1, a threshold of 0); None: any."""
+    maximum: float | None = None
+    """The largest (a share of 1); None: any."""
 
     def parse(self, value: Any) -> Any:
         """`value` (typed, or text from a command line) as this option's type; OptionError otherwise."""
@@ -97,12 +99,15 @@ class Option:
             raise OptionError(f"option {self.name} is one of {', '.join(self.choices)}, got {value!r}")
         if self.minimum is not None and not out >= self.minimum:  # NaN is below every minimum
             raise OptionError(f"option {self.name} is at least {self.minimum:g} ({self.help}), got {value!r}")
+        if self.maximum is not None and not out <= self.maximum:
+            raise OptionError(f"option {self.name} is at most {self.maximum:g} ({self.help}), got {value!r}")
         return out
 
     def describe(self) -> str:
         choices = f" ({'|'.join(self.choices)})" if self.choices else ""
         minimum = f" ≥ {self.minimum:g}" if self.minimum is not None else ""
-        return f"{self.name}: {self.type}{choices}{minimum} = {self.default!r}: {self.help}"
+        maximum = f" ≤ {self.maximum:g}" if self.maximum is not None else ""
+        return f"{self.name}: {self.type}{choices}{minimum}{maximum} = {self.default!r}: {self.help}"
 
 
 def _convert(kind: str, value: Any) -> Any:
@@ -159,9 +164,10 @@ class Analysis:
 
 
 def _opt(
-    name: str, type: str, default: Any, help: str, *choices: str, minimum: float | None = None
-) -> Option:
-    return Option(name, type, default, help, choices, minimum)
+    name: str, type: str, default: Any, help: str, *choices: str, minimum: float | None = None,
+    maximum: float | None = None,
+) -> Option:  # fmt: skip
+    return Option(name, type, default, help, choices, minimum, maximum)
 
 
 def _cutoff(name: str, default: float, help: str) -> Option:
@@ -244,7 +250,8 @@ BUILTIN: dict[str, Analysis] = {
                  "ioi.methods.edge_circuit", (
                      _opt("method", "str", "exact", "how edges are scored", "exact", "eap", "eap-ig"),
                      _opt("steps", "int", 5, "EAP-IG integration steps", minimum=1),
-                     _opt("faithfulness", "float", 0.8, "faithfulness the edge circuit must reach"),
+                     _opt("faithfulness", "float", 0.8, "faithfulness the edge circuit must reach",
+                          minimum=0.01, maximum=1.0),
                      _opt("points", "int", 24, "points of the faithfulness-vs-edges curve", minimum=1),
                      _opt("compare", "bool", False, "also run exact edge patching: rank correlation"),
                      _SEED,
