@@ -181,11 +181,13 @@ def body() -> None:
     )
     here = here if len(here) else table.iloc[:1]
     r = here.iloc[0]
-    m = st.columns(4)
+    m = st.columns([1.7, 1.2, 0.9, 1])  # the first holds a value with its interval
+    interval = f" [{r['dla_lo']:.2f}, {r['dla_hi']:.2f}]" if pd.notna(r.get("dla_lo")) else ""
     m[0].metric(
         f"DLA of {head} — {r['checkpoint']}",
-        f"{r['dla']:.4f}",
-        help="the cached DLA analysis value, as on the Logit attribution page",
+        f"{r['dla']:.2f}{interval}",
+        help="the cached DLA analysis value (logits), as on the Logit attribution page, with its 95% "
+        "bootstrap interval over the analysis prompts where the head profile has one",
     )
     m[1].metric("circuit class there", r["class"])
     if pd.notna(r.get("copy_score")):

@@ -83,7 +83,10 @@ def test_the_head_pages_dla_at_epoch_0_is_the_logit_attribution_pages(demo_env):
     head = app("app_pages/head.py", head="1.7", exp=clean, epoch="0")
     assert not head.exception and not head.error, [e.value for e in (*head.exception, *head.error)]
     dla = next(m for m in head.metric if m.label.startswith("DLA of 1.7"))
-    assert "pretrained" in dla.label and float(dla.value) == pytest.approx(row["value"], abs=5e-5)
+    value, _, interval = dla.value.partition(" [")  # "2.41 [1.95, 2.87]": the value and its 95% interval
+    assert "pretrained" in dla.label and float(value) == pytest.approx(row["value"], abs=5e-3)
+    lo, hi = map(float, interval.rstrip("]").split(", "))
+    assert lo < float(value) < hi
     table = head.dataframe[0].value
     assert table["class"].iloc[0] == "name mover" and len(head.get("vega_lite_chart")) >= 3
     # what the table shows: a dash where an analysis did not run (the browser's grid writes its
