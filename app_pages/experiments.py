@@ -236,7 +236,15 @@ def cached_table() -> None:
             for e in found
         ]
     )
-    st.dataframe(table, hide_index=True, width="stretch", placeholder="—")
+    event = st.dataframe(table, hide_index=True, width="stretch", placeholder="—", key="cached_rows",
+                         on_select="rerun", selection_mode="single-row")  # fmt: skip
+    rows = event.selection.rows if event is not None else []
+    if rows:  # a row clicked in the table opens as the picker below does
+        picked = found[rows[0]]
+        if st.button(f"Open {picked.label}", key="open_row", type="primary", icon=":material/open_in_new:"):
+            open_from_fragment(picked.id)
+    else:
+        st.caption("Click a row (its left edge) to open that experiment's results, or pick it below.")
     ids = [e.id for e in found]
     chosen = st.selectbox(
         "Open an experiment's results",

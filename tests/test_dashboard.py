@@ -734,3 +734,21 @@ def test_cmap_class_bars_follow_the_value_choice(demo_env):
     said = " ".join(c.value for c in at.caption)
     assert "share of the gap F(source) − F(receiver) (1: the class closes it alone)" in said
     assert "blue here means towards the source" in said
+
+
+def test_a_clicked_row_of_the_cached_experiments_opens_its_results(demo_env):
+    """A presenter clicks a run in the table (a selectbox under it was the only way): its Open
+    button switches to that run's attribution at its last checkpoint."""
+    found = _store.experiments()
+    at = app("app_pages/experiments.py")
+    assert_clean(at)
+    assert not [b for b in at.button if b.key == "open_row"]  # nothing selected, nothing to open
+    at.session_state["cached_rows"] = {"selection": {"rows": [2], "columns": [], "cells": []}}
+    at.run()
+    (button,) = [b for b in at.button if b.key == "open_row"]
+    assert button.label == f"Open {found[2].label}"
+    button.click().run()
+    assert_clean(at)
+    assert at.session_state["opened_experiment"] == found[2].id
+    url = dict(at.query_params)
+    assert url["exp"] == found[2].id and url["epoch"] == str(found[2].epochs_with("dla")[-1])
