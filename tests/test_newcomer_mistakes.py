@@ -344,3 +344,23 @@ def test_an_edge_circuit_target_outside_0_1_is_refused(value, says, capsys):
     err = one_line(capsys, 2, ["analyze", "edges", "--model", "random:tiny", "--option",
                                f"faithfulness={value}"])  # fmt: skip
     assert f"option faithfulness is {says}" in err
+
+
+def test_a_demo_run_asked_with_more_analyses_computes_only_those(tmp_path):
+    """The README's reversal from the demo's subject-duplication run, with the default analyses:
+    the demo holds its dla, faithfulness and cmap, so the job is left with the others (it once
+    computed everything again)."""
+    from dataclasses import replace
+
+    from ioi.runs import jobs
+    from ioi.runs.cache import demo_root
+    from ioi.runs.experiment import DEFAULT_ANALYSES, ExperimentConfig, plan
+
+    record = json.loads((demo_root() / "experiments" / DEMO_REVERSAL / "experiment.json").read_text())
+    cfg = replace(ExperimentConfig.from_json(record["config"]), analyses=DEFAULT_ANALYSES)
+    user = tmp_path / "cache"
+    jobs.submit(cfg, user, launch=False)
+    todo = plan(cfg, user, DEMO_REVERSAL, print)
+    shipped = {"dla", "faithfulness", "cmap", "metrics"}
+    assert todo and not shipped & {name for names in todo.values() for name in names}
+    assert {"knockout", "circuit-tests"} & {name for names in todo.values() for name in names}
