@@ -284,9 +284,12 @@ def curves_view(chosen: list[Experiment], metric: str, *, follow: bool = True, o
         + (", continuing where that run ended." if follow else ".")
         if (data["scenario"] == "reversal").any() else ""
     )  # fmt: skip
+    which = (" C is the checkpoint's head circuit (its classes and the heads carrying the effect); the "
+             "Evolution page's edge circuit is the fewest edges reaching 80%, so its faithfulness sits near "
+             "0.8 by construction.") if metric == "faithfulness" else ""  # fmt: skip
     caption = (
         f"{title} at each cached checkpoint (epoch 0: before fine-tuning), one panel per lineage, each "
-        f"with its own epoch axis; {band}{how}.{seeds}{darker}{guard}{refs}"
+        f"with its own epoch axis; {band}{how}.{seeds}{darker}{guard}{refs}{which}"
     )
     return chart, data, caption
 
