@@ -364,3 +364,13 @@ def test_a_demo_run_asked_with_more_analyses_computes_only_those(tmp_path):
     shipped = {"dla", "faithfulness", "cmap", "metrics"}
     assert todo and not shipped & {name for names in todo.values() for name in names}
     assert {"knockout", "circuit-tests"} & {name for names in todo.values() for name in names}
+
+
+def test_an_analysis_named_twice_runs_once(tmp_path, capsys, monkeypatch):
+    from ioi.runs import jobs
+
+    monkeypatch.setattr(jobs, "_launch", lambda root, job_id: None)
+    cache = tmp_path / "cache"
+    assert main(["jobs", "submit", "--model", "random:tiny", "--epochs", "1", "--analyses", "cmap,dla,cmap",
+                 "--cache", str(cache)]) == 0  # fmt: skip
+    assert [j.config["analyses"] for j in jobs.list_jobs(cache)] == [["cmap", "dla"]]

@@ -55,7 +55,7 @@ def experiment_config(args: argparse.Namespace, **overrides):
         weight_decay=args.weight_decay, batch_size=args.batch_size, train_size=args.train_size,
         eval_size=args.eval_size, analysis_size=args.analysis_size,
         parent=parent and complete_id(parent, args.cache),
-        analyses=tuple(a.strip() for a in args.analyses.split(",") if a.strip()),
+        analyses=tuple(dict.fromkeys(a.strip() for a in args.analyses.split(",") if a.strip())),  # once each
     )  # fmt: skip
     cfg = ExperimentConfig(**fields | overrides)
     cfg.validate()
