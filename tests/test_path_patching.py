@@ -109,3 +109,14 @@ def test_gpt2_shape_sweep_to_logits_matches_slow_reference_on_some_heads(gpt2_ra
     for layer, head in [(0, 1), (9, 9), (11, 10)]:
         want = slow_path_patch(gpt2_random, clean, acts, Head(layer, head), LOGITS, False)
         assert grid[layer, head].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_heads_that_cannot_reach_the_receivers_have_no_value(tiny_random, data):
+    """A layer-1 receiver's inputs come from layer 0 only: the analysis once ranked the layer-1 rows
+    among the results, every one a structural 0.000000."""
+    from ioi.methods.analyses import run_analysis
+
+    result = run_analysis("path-patch", tiny_random, *data, receiver="q", heads="1.0")
+    later = result.heads[result.heads["layer"] >= 1]["value"]
+    assert later.isna().all() and result.heads[result.heads["layer"] == 0]["value"].notna().all()
+    assert result.summary["no_value"] == "heads of layer 1 and later cannot send to the receivers"

@@ -172,13 +172,16 @@ def run_analyze(args: argparse.Namespace) -> int:
             if not isinstance(value, list | dict) and value not in (None, ""):  # unset fields say nothing
                 print(f"{key:>14}: {value}")
         heads = result.heads
-        top = heads.reindex(heads["value"].abs().sort_values(ascending=False).index).head(SHOWN)
+        valued = heads[heads["value"].notna()]  # e.g. heads that cannot send to a path's receivers
+        top = valued.reindex(valued["value"].abs().sort_values(ascending=False).index).head(SHOWN)
         print(f"\n{ANALYSES[args.method].description}.")
         if heads.empty:
             why = out.get("circuit_reason") or out.get("ratio_undefined") or "the analysis found none"
             print(f"No rows: {why}")
             return 0
-        if len(heads) > SHOWN:
-            print(f"The {SHOWN} of {len(heads)} rows with the largest |value| (all: --json or --out):")
+        if len(heads) > len(valued):
+            print(f"{len(heads) - len(valued)} rows without a value are not shown (--json has them as null).")
+        if len(valued) > SHOWN:
+            print(f"The {SHOWN} of {len(valued)} rows with the largest |value| (all: --json or --out):")
         print(top.to_string(index=False, na_rep="-"))  # '-': undefined (a share of a ~0 gap), or no class
     return 0

@@ -254,13 +254,18 @@ def path_patch_analysis(
     normalize: bool = True,
 ) -> AnalysisResult:
     """Options: receiver ("logits" | "q" | "k" | "v"), heads (receiver heads, "L.H ..."),
-    position (receiver position, default "end"), frozen_mlp (bool), normalize (bool)."""
+    position (receiver position, default "end"), frozen_mlp (bool), normalize (bool). A head in
+    or after the last receiver's layer cannot send to it: its row is NaN, not a measured 0."""
     receivers = parse_receivers(receiver, heads, position)
     parse_heads(receivers.heads, model.n_layers, model.n_heads)  # refuses heads the model lacks
     acts = prepare(model, clean, abc)
     grid = path_patch(model, clean, abc, receivers, freeze_mlp=frozen_mlp, normalize=normalize, acts=acts)
+    if receivers.heads:
+        grid[max(h.layer for h in receivers.heads):] = float("nan")
     summary = {
         "receivers": receivers.describe(),
+        "no_value": (f"heads of layer {max(h.layer for h in receivers.heads)} and later cannot send to the "
+                     "receivers" if receivers.heads else ""),
         "frozen_mlp": frozen_mlp,
         "normalized": normalize,
         "f_clean": acts.f_clean,
