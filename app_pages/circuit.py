@@ -148,6 +148,7 @@ def path_patching(circuit) -> None:
                 f"Path patching on {model_sources().get(model, model)} from each sender head (ABC "
                 f"activations) to {to}; normalised effect (F_patched − F_clean)/(F_clean − F_ABC): −1 is "
                 "as bad as ABC. MLPs recomputed."
+                + (f" Blank cells: {found.summary['no_value']}." if found.summary.get("no_value") else "")
             )
             show_chart(chart, heads_with_labels(found.heads), caption, f"path-patch-step{i}")
     st.subheader("Name movers attend to IO, not S")
