@@ -80,7 +80,7 @@ def test_cancel_keeps_finished_checkpoints(tmp_path):
         (TrainConfig(scenario="reversal"), "needs --from"),
         (TrainConfig(epochs=0), "at least 1"),
         (TrainConfig(epochs=3, checkpoint_epochs=(5,)), "outside 1..3"),
-        (TrainConfig(init_from="/nonexistent"), "not a checkpoint"),
+        (TrainConfig(init_from="/nonexistent"), "/nonexistent does not exist"),
     ],
 )
 def test_bad_configs_are_refused(cfg, message):

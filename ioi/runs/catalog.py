@@ -22,7 +22,6 @@ from ioi.runs.cache import (
     cached_epochs,
     check_writable,
     demo_roots,
-    experiment_dir,
     is_demo,
     read_experiment,
     sha256,
@@ -104,25 +103,6 @@ def complete_id(prefix: str, root: str | Path | None = None) -> str:
         listed = ", ".join(sorted(names))
         raise ValueError(f"{prefix} starts {len(names)} experiment ids ({listed}): give more of it")
     return names.pop()
-
-
-def adopt_results(exp_id: str, root: str | Path | None = None) -> int:
-    """Copy into `root` the cached entries of experiment `exp_id` that a demo cache holds and
-    `root` does not (files only, never over one of `root`'s): a run of the demo's, asked with more
-    analyses, then computes only those (a job re-creates the weights they need). The number of
-    files copied."""
-    base = cache_root(root)
-    donor = next((d for d in demo_roots() if d != base and read_experiment(d, exp_id) is not None), None)
-    if donor is None:
-        return 0
-    copied = 0
-    source = experiment_dir(donor, exp_id)
-    for path in sorted(source.glob("epoch-[0-9][0-9][0-9]/*")):
-        target = experiment_dir(base, exp_id) / path.relative_to(source)
-        if path.is_file() and not path.name.startswith(".") and not target.exists():
-            write_atomic(target, path.read_bytes())
-            copied += 1
-    return copied
 
 
 def best_copies(found: Sequence[tuple[Path, ExperimentInfo]]) -> list[tuple[Path, ExperimentInfo]]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from ioi import __version__
 from ioi.runs.cache import (
+    cache_root,
     canonical_json,
     check_id,
     demo_roots,
@@ -38,6 +39,7 @@ from ioi.runs.cache import (
     read_experiment,
     register_experiment,
     write_analysis,
+    write_atomic,
     write_entry,
 )
 from ioi.task.corruptions import CORRUPTIONS
@@ -250,6 +252,25 @@ def parent_record(root: str | Path | None, parent: str) -> dict[str, Any] | None
     record = read_experiment(root, parent)
     demos = (read_experiment(d, parent) for d in demo_roots() if (d / "experiments").is_dir())
     return record if record is not None else next((r for r in demos if r is not None), None)
+
+
+def adopt_results(exp_id: str, root: str | Path | None = None) -> int:
+    """Copy into `root` the cached entries of experiment `exp_id` that a demo cache holds and
+    `root` does not (files only, never over one of `root`'s): a run of the demo's, asked with more
+    analyses, then computes only those (a job re-creates the weights they need). The number of
+    files copied."""
+    base = cache_root(root)
+    donor = next((d for d in demo_roots() if d != base and read_experiment(d, exp_id) is not None), None)
+    if donor is None:
+        return 0
+    copied = 0
+    source = experiment_dir(donor, exp_id)
+    for path in sorted(source.glob("epoch-[0-9][0-9][0-9]/*")):
+        target = experiment_dir(base, exp_id) / path.relative_to(source)
+        if path.is_file() and not path.name.startswith(".") and not target.exists():
+            write_atomic(target, path.read_bytes())
+            copied += 1
+    return copied
 
 
 def check_parent(cfg: ExperimentConfig, record: dict[str, Any]) -> ExperimentConfig:

@@ -239,8 +239,14 @@ def submit(cfg, root: str | Path | None = None, *, device: str = "cpu", launch: 
     cache by the job. `launch=False` only records the job (tests, or a caller that runs
     `supervise` itself).
     """
-    from ioi.runs.catalog import adopt_results
-    from ioi.runs.experiment import check_parent, experiment_id, identity, is_complete, parent_record
+    from ioi.runs.experiment import (
+        adopt_results,
+        check_parent,
+        experiment_id,
+        identity,
+        is_complete,
+        parent_record,
+    )
 
     cfg.validate()
     max_jobs(), torch_threads()  # a bad IOI_MAX_JOBS / IOI_JOB_THREADS is refused here, not in the job
