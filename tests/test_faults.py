@@ -714,6 +714,10 @@ CASES = {
     ),
     "--device gpu": (lambda d: [*EVAL, "--device", "gpu"], "unknown device 'gpu'"),
     "--device cuda without CUDA": (lambda d: [*EVAL, "--device", "cuda"], "no usable CUDA"),
+    "a --parent that is a glob": (  # never looked up as a pattern over the cache's folders
+        lambda d: ["jobs", "submit", "--scenario", "reversal", "--parent", "*", "--cache", str(d)],
+        "not an experiment id",
+    ),
     "a bad --parent id": (
         lambda d: ["jobs", "submit", "--scenario", "reversal", "--parent", "../x", "--cache", str(d)],
         "not an experiment id",

@@ -94,7 +94,9 @@ def _entries(epochs: dict[int, list[str]]) -> int:
 def complete_id(prefix: str, root: str | Path | None = None) -> str:
     """The id of the one experiment (of `search_roots`) whose id starts with `prefix`, as listings
     print 8 characters; `prefix` itself when it is a whole id or none matches; ValueError naming
-    them when several do."""
+    them when several do. Only hex is looked up (a path-like "../x" is for `check_id` to refuse)."""
+    if not _ID.fullmatch(prefix):
+        return prefix
     names = {p.parent.name for base in search_roots(root)
              for p in (base / "experiments").glob(f"{prefix}*/experiment.json")}  # fmt: skip
     if prefix in names or not names:
